@@ -1,0 +1,6 @@
+"""LightningDataModules that turn rows into lit-align's batch schemas (see docs/architecture.md)."""
+
+from datamodules.preference import PreferenceDataModule
+from datamodules.tokenize import DataError
+
+__all__ = ["DataError", "PreferenceDataModule"]

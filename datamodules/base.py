@@ -1,0 +1,232 @@
+"""What every lit-align DataModule shares: load rows, validate and tokenize once, split, batch.
+
+A subclass names its fields (``FIELDS``), turns one validated row into token ids
+(``tokenize_row``) and turns a list of tokenized rows into the batch schema (``collate``).
+Tokenization runs in ``setup`` through ``datasets.map``, whose on-disk cache makes later runs and
+other ranks reuse it. Rows that truncation shortens or drops are counted and reported once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import lightning as L
+from datasets.fingerprint import Hasher
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from datamodules.tokenize import DataError, where
+
+log = logging.getLogger(__name__)
+
+SAMPLES = Path(__file__).parent / "samples"
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
+    if tokenizer is None:
+        raise ValueError(
+            "The DataModule needs a tokenizer: pass one, or the policy's name (the recipes link it)"
+        )
+    if isinstance(tokenizer, str):
+        from lit_align.models import load_tokenizer
+
+        return load_tokenizer(tokenizer)
+    return tokenizer
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno})"
+            if not isinstance(value, dict):
+                return f"{path}, line {number}: expected a JSON object, got {type(value).__name__}"
+    return None
+
+
+def load_rows(path: str, split: str, config_name: str | None = None) -> datasets.Dataset:
+    """A local json/jsonl/parquet/csv file (or a folder of them), else a ``datasets`` hub name."""
+    local = Path(path)
+    builder = LOCAL_BUILDERS.get(local.suffix.lower())
+    if builder is not None:
+        if not local.is_file():
+            raise FileNotFoundError(f"Data file not found: {local.resolve()}")
+        try:
+            return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
+        except Exception as err:
+            bad = (
+                _first_bad_json_line(local)
+                if builder == "json" and local.suffix.lower() == ".jsonl"
+                else None
+            )
+            raise DataError(bad or f"{local}: could not be read as {builder}: {err}") from err
+    if local.is_dir():
+        return datasets.load_dataset(str(local), config_name, split=split)
+    if local.suffix or path.startswith((".", "/")):
+        raise FileNotFoundError(
+            f"Data file not found or of an unknown type: {path!r} (expected .json, .jsonl, .parquet or .csv)"
+        )
+    return datasets.load_dataset(path, config_name, split=split)
+
+
+NOT_TOKENIZATION = {"batch_size", "eval_batch_size", "num_workers", "pad_to_multiple_of", "stats"}
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None), dict, list, tuple))
+
+
+class TokenizedDataModule(L.LightningDataModule):
+    """Base class; see the subclasses for the arguments."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        tokenizer: str | PreTrainedTokenizerBase | None,
+        data_path: str,
+        split: str,
+        val_split: str | None,
+        val_size: float | int,
+        columns: dict[str, str] | None,
+        max_samples: int | None,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int,
+        pad_to_multiple_of: int | None,
+        seed: int,
+        config_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer_source = tokenizer
+        self.data_path = data_path
+        self.split = split
+        self.val_split = val_split
+        self.val_size = val_size
+        self.columns = dict(columns or {})
+        self.max_samples = max_samples
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.seed = seed
+        self.config_name = config_name
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.stats: Counter[str] = Counter()
+        self.train_dataset: datasets.Dataset | None = None
+        self.val_dataset: datasets.Dataset | None = None
+
+    # -- subclass interface -------------------------------------------------------------------
+    def tokenize_row(
+        self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase
+    ) -> dict[str, Any]:
+        """Row (canonical field names) -> token id lists, plus ``_status`` (``ok``, ``dropped``, ...)."""
+        raise NotImplementedError  # abstract
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError  # abstract
+
+    def check_batch_size(self) -> None:
+        """Subclasses refuse batch sizes their batches cannot be built from."""
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # Rank 0 only: fills the datasets cache so other ranks' setup() reads it.
+        self._tokenized(self.split, resolve_tokenizer(self.tokenizer_source), report=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        self.check_batch_size()
+        self.tokenizer = resolve_tokenizer(self.tokenizer_source)
+        train = self._tokenized(self.split, self.tokenizer)
+        if self.val_split is not None:
+            self.val_dataset = self._tokenized(self.val_split, self.tokenizer)
+            self.train_dataset = train
+        elif self.val_size:
+            parts = train.train_test_split(test_size=self.val_size, seed=self.seed)
+            self.train_dataset, self.val_dataset = parts["train"], parts["test"]
+        else:
+            self.train_dataset = train
+        if len(self.train_dataset) == 0:
+            raise DataError(f"{self.data_path}: no training rows are left after truncation and splitting")
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=False,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return []
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.eval_batch_size,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _canonical(self, row: dict[str, Any], loc: str) -> dict[str, Any]:
+        out = {}
+        for field in self.FIELDS + self.OPTIONAL_FIELDS:
+            source = self.columns.get(field, field)
+            if source in row:
+                out[field] = row[source]
+            elif field in self.FIELDS:
+                available = ", ".join(sorted(row))
+                hint = f" (mapped from {source!r})" if source != field else ""
+                raise DataError(f"{loc}: missing field {field!r}{hint}; the row has: {available}")
+        return out
+
+    def _tokenized(
+        self, split: str, tokenizer: PreTrainedTokenizerBase, report: bool = True
+    ) -> datasets.Dataset:
+        raw = load_rows(self.data_path, split, self.config_name)
+        if self.max_samples is not None:
+            raw = raw.select(range(min(self.max_samples, len(raw))))
+        source = f"{self.data_path} [{split}]"
+
+        def fn(row: dict[str, Any], index: int) -> dict[str, Any]:
+            loc = where(source, index)
+            return self.tokenize_row(self._canonical(row, loc), loc, tokenizer)
+
+        # An explicit fingerprint (data, tokenizer, tokenization settings) keeps the datasets cache
+        # valid across runs and ranks; hashing the closure would drag the whole DataModule in.
+        settings = {k: v for k, v in vars(self).items() if k not in NOT_TOKENIZATION and _plain(v)}
+        fingerprint = Hasher.hash(
+            [raw._fingerprint, type(self).__name__, sorted(settings.items()), tokenizer]
+        )
+        tokenized = raw.map(
+            fn,
+            with_indices=True,
+            remove_columns=raw.column_names,
+            new_fingerprint=fingerprint,
+            desc=f"Tokenizing {split}",
+        )
+        statuses = Counter(tokenized["_status"])
+        kept = tokenized.filter(lambda status: status != "dropped", input_columns="_status")
+        if report:
+            self.stats.update({f"{split}/{k}": v for k, v in statuses.items()})
+            changed = {k: v for k, v in statuses.items() if k != "ok"}
+            if changed:
+                log.warning(
+                    "%s: %d rows; %s", source, len(raw), ", ".join(f"{v} {k}" for k, v in changed.items())
+                )
+        return kept

@@ -1,0 +1,157 @@
+"""Completion log-probs from ``(model, batch)``, memory-lean.
+
+Shapes: B batch, T sequence length, V vocabulary, K kept logit positions (K <= T).
+
+Convention: ``labels`` is ``input_ids`` with -100 on the prompt and on padding. Token ``t`` is
+scored by the logits at position ``t - 1`` (the shift). Outputs are aligned with ``labels``:
+``token_logps[b, t] = log p(labels[b, t] | input_ids[b, :t])`` and 0 where ``labels`` is -100.
+
+Memory: the naive computation is ``log_softmax(logits.float())`` over the whole (B, T, V) block,
+which for a 49k vocabulary is the largest tensor of the step, plus its copy kept for backward.
+Here (1) the model is asked only for the logits from the first completion position onwards
+(``logits_to_keep``, when the model supports it) and (2) log-probs are taken row-chunk by
+row-chunk as ``logit[target] - logsumexp(logits)``, never materializing a log-softmax. For
+half-precision logits each chunk's fp32 upcast is recomputed in backward (checkpointed) rather
+than stored. ``bench/logprobs_memory.py`` measures the saving.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+CHUNK_ROWS = 1024
+
+
+@dataclass
+class SequenceLogps:
+    """Per-sequence completion statistics, each of shape (B,)."""
+
+    sum: torch.Tensor  # sum of completion-token log-probs
+    mean: torch.Tensor  # sum / num_tokens (0 for an empty completion)
+    num_tokens: torch.Tensor  # completion tokens per sequence
+    logits_sum: torch.Tensor  # detached: sum over completion tokens of the vocab-mean logit
+
+    def split(self, n: int) -> tuple[SequenceLogps, SequenceLogps]:
+        """Split the first ``n`` rows from the rest (chosen/rejected after a concatenated pass)."""
+        first = SequenceLogps(self.sum[:n], self.mean[:n], self.num_tokens[:n], self.logits_sum[:n])
+        rest = SequenceLogps(self.sum[n:], self.mean[n:], self.num_tokens[n:], self.logits_sum[n:])
+        return first, rest
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    forward = getattr(model, "forward", None)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if "logits_to_keep" in params:
+        return True
+    # PEFT wrappers take **kwargs and pass them to the wrapped model.
+    inner = getattr(model, "get_base_model", None)
+    return inner is not None and _accepts_logits_to_keep(inner())
+
+
+def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = CHUNK_ROWS):
+    """``log_softmax(logits)[..., targets]`` in fp32, computed ``chunk_rows`` rows at a time.
+
+    Args:
+        logits: (..., V) in any float dtype.
+        targets: (...) token ids.
+    Returns:
+        (...) fp32 log-probs.
+    """
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_targets = targets.reshape(-1)
+    recompute = torch.is_grad_enabled() and logits.requires_grad and logits.dtype != torch.float32
+    chunks = []
+    for start in range(0, flat_logits.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        if recompute:
+            chunks.append(
+                checkpoint(_chunk_logps, flat_logits[rows], flat_targets[rows], use_reentrant=False)
+            )
+        else:
+            chunks.append(_chunk_logps(flat_logits[rows], flat_targets[rows]))
+    if not chunks:
+        return flat_logits.new_zeros(targets.shape, dtype=torch.float32)
+    return torch.cat(chunks).reshape(targets.shape)
+
+
+def token_logps(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token completion log-probs in ONE forward pass.
+
+    Returns:
+        token_logps: (B, T) fp32, aligned with ``labels``, 0 where ``labels == -100``.
+        completion_mask: (B, T) bool, ``labels != -100``.
+        token_mean_logits: (B, T) fp32 detached vocab-mean logit per scored token (0 elsewhere).
+    """
+    completion_mask = labels != IGNORE_INDEX
+    completion_mask[:, 0] = False  # position 0 has no preceding context to score it
+    seq_len = input_ids.shape[1]
+    scored_positions = completion_mask.any(dim=0).nonzero()
+    first = int(scored_positions[0]) if len(scored_positions) else seq_len - 1
+    kwargs = {"use_cache": False}
+    keep = seq_len - first + 1  # logits at positions first-1 .. T-1
+    if _accepts_logits_to_keep(model) and keep < seq_len:
+        kwargs["logits_to_keep"] = keep
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (B, K, V)
+    kept = logits.shape[1]
+    offset = seq_len - kept  # logits[:, j] sits at position offset + j and scores token offset + j + 1
+    targets = labels[:, offset + 1 :].clamp(min=0)  # (B, K-1)
+    mask = completion_mask[:, offset + 1 :]
+    scored_logits = logits[:, :-1]
+    logps = selective_log_softmax(scored_logits, targets) * mask
+    with torch.no_grad():
+        mean_logits = scored_logits.float().mean(-1) * mask
+    out_logps = logps.new_zeros(labels.shape)
+    out_logps[:, offset + 1 :] = logps
+    out_logits = mean_logits.new_zeros(labels.shape)
+    out_logits[:, offset + 1 :] = mean_logits
+    return out_logps, completion_mask, out_logits
+
+
+def sequence_logps(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> SequenceLogps:
+    """Sum and mean of completion-token log-probs per sequence, and token counts."""
+    logps, mask, mean_logits = token_logps(model, input_ids, attention_mask, labels)
+    num_tokens = mask.sum(-1)
+    total = logps.sum(-1)
+    mean = total / num_tokens.clamp(min=1)
+    return SequenceLogps(total, mean, num_tokens, mean_logits.sum(-1))
+
+
+def concatenate_pair(batch: dict[str, torch.Tensor], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Stack a preference batch's chosen rows over its rejected rows, right-padding to one length."""
+    length = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    out = {}
+    for key, value in pad_values.items():
+        parts = []
+        for side in ("chosen", "rejected"):
+            t = batch[f"{side}_{key}"]
+            parts.append(nn.functional.pad(t, (0, length - t.shape[1]), value=value))
+        out[key] = torch.cat(parts)
+    return out
+
+
+def preference_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], pad_token_id: int = 0
+) -> tuple[SequenceLogps, SequenceLogps]:
+    """Chosen and rejected completion log-probs from one forward pass over both."""
+    joint = concatenate_pair(batch, pad_token_id)
+    stats = sequence_logps(model, joint["input_ids"], joint["attention_mask"], joint["labels"])
+    return stats.split(batch["chosen_input_ids"].shape[0])

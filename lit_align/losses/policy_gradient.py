@@ -1,0 +1,303 @@
+"""Policy-gradient losses: advantages, clipped surrogate, value loss, KL estimators, aggregation.
+
+Pure functions for the online algorithms (GRPO, Dr. GRPO, DAPO, RLOO, ReMax, PPO). An algorithm
+composes them: rewards -> ``*_advantages`` -> ``clipped_surrogate`` (+ ``beta * kl_k3``) ->
+``aggregate_loss``.
+
+Shapes: B sequences (B = prompts x G generations, prompt-major: the G completions of a prompt are
+contiguous, as TRL orders them), G = ``num_generations``, T = completion length (right-padded),
+``mask`` (B, T) is 1 on completion tokens and 0 on padding.
+
+Left out on purpose: NaN rewards (TRL's "unscorable" completions, handled there with nanmean and
+nan_to_num) are the caller's to fill; sequence-level importance sampling (GSPO) and the CISPO,
+SAPO, VESPO variants are not here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1; 0 (not NaN) for an empty mask."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def group_normalized_advantages(
+    rewards: Tensor,
+    num_generations: int,
+    scale_rewards: Literal["group", "batch", "none"] = "group",
+    eps: float = 1e-4,
+) -> Tensor:
+    """GRPO advantages (Shao et al. 2024, "DeepSeekMath", eq. 3; Dr. GRPO: Liu et al. 2025).
+
+    A_i = (r_i - mean(r_group)) / (std(r_group) + eps)     scale_rewards="group"  (GRPO)
+    A_i = (r_i - mean(r_group)) / (std(r_batch) + eps)     scale_rewards="batch"
+    A_i =  r_i - mean(r_group)                             scale_rewards="none"   (Dr. GRPO)
+
+    std is the unbiased (Bessel-corrected) standard deviation and eps is added to it, not to the
+    variance: both as TRL 1.16 (``trl/trainer/grpo_trainer.py``,
+    ``GRPOTrainer._generate_and_score_completions``, lines 2765-2787, ``trl.trainer.utils.nanstd``).
+    A group of size 1 or a group of equal rewards gets zero advantage (r_i - mean = 0 exactly).
+
+    Args:
+        rewards: (B,) with B = prompts x ``num_generations``, prompt-major.
+        num_generations: G, completions per prompt.
+        scale_rewards: which standard deviation divides the centred rewards.
+        eps: added to the standard deviation.
+
+    Returns:
+        (B,) advantages.
+    """
+    grouped = rewards.view(-1, num_generations)  # (B/G, G)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)  # (B,)
+    if scale_rewards == "none":
+        return centred
+    if scale_rewards == "group":
+        if num_generations > 1:
+            std = grouped.std(dim=1).repeat_interleave(num_generations)
+        else:  # std of one sample is undefined; TRL uses 0 (and the numerator is 0 anyway)
+            std = torch.zeros_like(rewards)
+    elif scale_rewards == "batch":
+        std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+    else:
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
+    return centred / (std + eps)
+
+
+def leave_one_out_advantages(
+    rewards: Tensor, num_generations: int, normalize: bool = False, eps: float = 1e-4
+) -> Tensor:
+    """RLOO advantages (Ahmadian et al. 2024, "Back to Basics", eq. 5; Kool et al. 2019).
+
+    A_i = r_i - 1/(G-1) sum_{j != i} r_j  =  G/(G-1) (r_i - mean_j r_j)
+
+    With ``normalize=True`` the advantages are then whitened over the whole batch,
+    A <- (A - mean(A)) / (std(A) + eps), std unbiased, as TRL 1.16 does when
+    ``RLOOConfig.normalize_advantages=True`` (TRL's default is False; ``trl/trainer/rloo_trainer.py``,
+    ``RLOOTrainer._generate_and_score_completions``, lines 1682-1696). A group of size 1 has no
+    "other" samples: its advantage is defined as 0, as in TRL.
+
+    Args:
+        rewards: (B,) prompt-major, B = prompts x ``num_generations``.
+        num_generations: G.
+        normalize: whiten the advantages over the batch afterwards.
+        eps: added to the standard deviation when normalizing.
+
+    Returns:
+        (B,) advantages.
+    """
+    if num_generations == 1:
+        return torch.zeros_like(rewards)
+    grouped = rewards.view(-1, num_generations)  # (B/G, G)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (num_generations - 1)
+    advantages = (grouped - baseline).view(-1)  # (B,)
+    if normalize:
+        std = advantages.std() if advantages.numel() > 1 else advantages.new_zeros(())
+        advantages = (advantages - advantages.mean()) / (std + eps)
+    return advantages
+
+
+def greedy_baseline_advantages(
+    sample_rewards: Tensor, greedy_rewards: Tensor, num_generations: int
+) -> Tensor:
+    """ReMax advantages (Li et al. 2023, "ReMax", Algorithm 1): A_i = r(x, y_i) - r(x, y_greedy(x)).
+
+    Args:
+        sample_rewards: (B,) rewards of the sampled completions, prompt-major.
+        greedy_rewards: (B/G,) reward of each prompt's greedy completion.
+        num_generations: G sampled completions per prompt.
+
+    Returns:
+        (B,) advantages.
+    """
+    return sample_rewards - greedy_rewards.repeat_interleave(num_generations)
+
+
+def gae_advantages(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) for token-level PPO.
+
+    delta_t = r_t + gamma V_{t+1} - V_t,   A_t = delta_t + gamma lam A_{t+1},   R_t = A_t + V_t
+
+    Rewards and values are zeroed outside ``mask`` first, so the step after a completion's last
+    token is terminal (V = 0). This assumes a right-padded mask (no holes). Returns are computed
+    from the raw advantages; whiten the advantages afterwards with :func:`whiten` if wanted.
+
+    Args:
+        rewards: (B, T) per-token rewards (e.g. -kl_coef * KL, plus the score on the last token).
+        values: (B, T) value-head estimates V_t.
+        mask: (B, T) completion mask.
+        gamma: discount.
+        lam: GAE lambda.
+
+    Returns:
+        ``(advantages, returns)``, each (B, T), zero outside ``mask``.
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    next_advantage = values.new_zeros(values.shape[0])
+    next_value = values.new_zeros(values.shape[0])
+    reversed_advantages = []
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        next_value = values[:, t]
+        reversed_advantages.append(next_advantage)
+    advantages = torch.stack(reversed_advantages[::-1], dim=1) * mask  # (B, T)
+    return advantages, (advantages + values) * mask
+
+
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Masked whitening: (x - mean) / sqrt(var + eps), mean and unbiased var over masked entries.
+
+    Matches TRL's ``masked_whiten`` (``trl/trainer/utils.py`` up to 0.2x, used by its PPOTrainer),
+    except that it returns 0 outside ``mask`` and, where TRL raises for fewer than two entries,
+    uses var = 0. ``shift_mean=False`` rescales without centring (TRL's reward whitening).
+    """
+    mask = mask.to(x.dtype)
+    count = mask.sum()
+    mean = (x * mask).sum() / count.clamp(min=1.0)
+    var = (((x - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1.0)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def clipped_surrogate(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), per token; DAPO's clip-higher (Yu et al. 2025).
+
+    loss_t = -min(rho_t A_t, clip(rho_t, 1 - epsilon, 1 + epsilon_high) A_t)
+    rho_t = exp(logps_t - old_logps_t)
+
+    Also returns where the clip is active, as TRL 1.16 counts it for its ``clip_ratio/*`` metrics
+    (``grpo_trainer.py``, ``GRPOTrainer._compute_loss``, lines 3272-3279):
+    low = rho < 1 - epsilon and A < 0; high = rho > 1 + epsilon_high and A > 0; region = low | high.
+    ``clip_ratio/low_mean`` is ``masked_mean(low.float(), mask)``, likewise high and region.
+
+    Works on sequence-level inputs too: ``logps`` (B,) summed log-probs, ``advantages`` (B,) and no
+    mask give RLOO's sequence-level ratio as TRL 1.16 ``RLOOTrainer._compute_loss`` uses it.
+
+    Args:
+        logps: (B, T) policy log-probs (with grad).
+        old_logps: (B, T) log-probs of the policy that sampled (no grad).
+        advantages: (B,) per sequence, broadcast over tokens, or (B, T) per token.
+        mask: (B, T) completion mask; the loss and the clip indicators are 0 outside it. None = all ones.
+        epsilon: lower clip range (and upper when ``epsilon_high`` is None).
+        epsilon_high: upper clip range; DAPO uses 0.28.
+
+    Returns:
+        ``(per_token_loss, is_low_clipped, is_high_clipped)``: (B, T) float, bool, bool.
+    """
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    if advantages.dim() == 1 and logps.dim() == 2:
+        advantages = advantages.unsqueeze(1)  # (B, 1)
+    ratio = torch.exp(logps - old_logps)
+    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    per_token_loss = -torch.min(ratio * advantages, clipped_ratio * advantages)
+    is_low_clipped = (ratio < 1 - epsilon) & (advantages < 0)
+    is_high_clipped = (ratio > 1 + epsilon_high) & (advantages > 0)
+    if mask is not None:
+        per_token_loss = per_token_loss * mask.to(per_token_loss.dtype)
+        is_low_clipped, is_high_clipped = is_low_clipped & mask.bool(), is_high_clipped & mask.bool()
+    return per_token_loss, is_low_clipped, is_high_clipped
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float = 0.2
+) -> tuple[Tensor, Tensor]:
+    """Clipped PPO value loss (as in OpenAI baselines / TRL's PPOTrainer; not in the PPO paper).
+
+    loss_t = 0.5 max((V_t - R_t)^2, (clip(V_t, V_old_t - c, V_old_t + c) - R_t)^2)
+
+    Args:
+        values: (B, T) current value estimates (with grad).
+        old_values: (B, T) value estimates at rollout time.
+        returns: (B, T) GAE returns.
+        mask: (B, T) completion mask.
+        clip_range: c.
+
+    Returns:
+        ``(per_token_loss, is_clipped)``, (B, T), 0 outside ``mask``; ``masked_mean(is_clipped)`` is
+        TRL's ``val/clipfrac``. Aggregate the loss with :func:`aggregate_loss` (TRL: token mean).
+    """
+    clipped = torch.clamp(values, old_values - clip_range, old_values + clip_range)
+    unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped - returns) ** 2
+    mask = mask.to(values.dtype)
+    per_token_loss = 0.5 * torch.max(unclipped_loss, clipped_loss) * mask
+    return per_token_loss, (clipped_loss > unclipped_loss) & mask.bool()
+
+
+# KL estimators of KL(pi || pi_ref) from samples of pi (Schulman 2020, "Approximating KL divergence"),
+# per token, with log r = ref_logps - logps.
+def kl_k1(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """k1 = -log r = logps - ref_logps. Unbiased, high variance, can be negative (TRL RLOO's penalty)."""
+    return logps - ref_logps
+
+
+def kl_k2(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """k2 = (log r)^2 / 2. Biased, low variance, >= 0."""
+    return 0.5 * (logps - ref_logps) ** 2
+
+
+def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
+    """k3 = r - 1 - log r = exp(ref - logps) - (ref - logps) - 1. Unbiased, >= 0.
+
+    The GRPO paper's KL term (eq. 4) and TRL 1.16 GRPO's (``GRPOTrainer._compute_loss``, l. 3100-3102).
+    """
+    log_ratio = ref_logps - logps
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    mode: Literal["sequence_mean", "token_mean", "constant"],
+    max_completion_length: int | None = None,
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    """Reduce a (B, T) per-token loss to a scalar; the one place loss normalization is decided.
+
+    sequence_mean: sum_i [sum_t m_it l_it / sum_t m_it] / N,  N = B         (GRPO paper; TRL "grpo")
+    token_mean:    sum_it m_it l_it / N,                       N = sum m_it  (DAPO; TRL "bnpo", "dapo")
+    constant:      sum_it m_it l_it / N,                       N = B * L     (Dr. GRPO; TRL "dr_grpo"),
+                   L = ``max_completion_length``
+
+    ``normalizer`` replaces the default N. Under gradient accumulation pass the count over the
+    whole accumulation window (sequences, tokens, or window sequences x L); the micro-batch losses
+    then sum to exactly the full-batch loss, in all three modes. With the local default N they
+    do not (except for equal-size micro-batches in "sequence_mean"/"constant" divided by the number
+    of micro-batches, which is TRL's "grpo"/"dr_grpo" scaling). Under DDP, whose gradients are
+    averaged over ranks, pass global count / world size (TRL "dapo" does so with ``num_items_in_batch``).
+
+    N is clamped to at least 1, so an all-zero mask gives 0, not NaN.
+    """
+    mask = mask.to(per_token_loss.dtype)
+    masked = per_token_loss * mask
+    if mode == "sequence_mean":
+        numerator = (masked.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)).sum()
+        default = per_token_loss.shape[0]
+    elif mode == "token_mean":
+        numerator, default = masked.sum(), mask.sum()
+    elif mode == "constant":
+        if max_completion_length is None and normalizer is None:
+            raise ValueError("mode='constant' needs max_completion_length (or an explicit normalizer)")
+        numerator = masked.sum()
+        default = per_token_loss.shape[0] * (max_completion_length or 0)
+    else:
+        raise ValueError(f"mode must be 'sequence_mean', 'token_mean' or 'constant', got {mode!r}")
+    n = default if normalizer is None else normalizer
+    return numerator / torch.as_tensor(n, dtype=masked.dtype, device=masked.device).clamp(min=1.0)

