@@ -30,9 +30,7 @@ LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 
 def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
     if tokenizer is None:
-        raise ValueError(
-            "The DataModule needs a tokenizer: pass one, or the policy's name (the recipes link it)"
-        )
+        raise ValueError("The DataModule needs a tokenizer: pass one, or the policy's name (the recipes link it)")
     if isinstance(tokenizer, str):
         from lit_align.models import load_tokenizer
 
@@ -64,11 +62,7 @@ def load_rows(path: str, split: str, config_name: str | None = None) -> datasets
         try:
             return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
         except Exception as err:
-            bad = (
-                _first_bad_json_line(local)
-                if builder == "json" and local.suffix.lower() == ".jsonl"
-                else None
-            )
+            bad = _first_bad_json_line(local) if builder == "json" and local.suffix.lower() == ".jsonl" else None
             raise DataError(bad or f"{local}: could not be read as {builder}: {err}") from err
     if local.is_dir():
         return datasets.load_dataset(str(local), config_name, split=split)
@@ -128,9 +122,7 @@ class TokenizedDataModule(L.LightningDataModule):
         self.val_dataset: datasets.Dataset | None = None
 
     # -- subclass interface -------------------------------------------------------------------
-    def tokenize_row(
-        self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase
-    ) -> dict[str, Any]:
+    def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         """Row (canonical field names) -> token id lists, plus ``_status`` (``ok``, ``dropped``, ...)."""
         raise NotImplementedError  # abstract
 
@@ -195,9 +187,7 @@ class TokenizedDataModule(L.LightningDataModule):
                 raise DataError(f"{loc}: missing field {field!r}{hint}; the row has: {available}")
         return out
 
-    def _tokenized(
-        self, split: str, tokenizer: PreTrainedTokenizerBase, report: bool = True
-    ) -> datasets.Dataset:
+    def _tokenized(self, split: str, tokenizer: PreTrainedTokenizerBase, report: bool = True) -> datasets.Dataset:
         raw = load_rows(self.data_path, split, self.config_name)
         if self.max_samples is not None:
             raw = raw.select(range(min(self.max_samples, len(raw))))
@@ -210,9 +200,7 @@ class TokenizedDataModule(L.LightningDataModule):
         # An explicit fingerprint (data, tokenizer, tokenization settings) keeps the datasets cache
         # valid across runs and ranks; hashing the closure would drag the whole DataModule in.
         settings = {k: v for k, v in vars(self).items() if k not in NOT_TOKENIZATION and _plain(v)}
-        fingerprint = Hasher.hash(
-            [raw._fingerprint, type(self).__name__, sorted(settings.items()), tokenizer]
-        )
+        fingerprint = Hasher.hash([raw._fingerprint, type(self).__name__, sorted(settings.items()), tokenizer])
         tokenized = raw.map(
             fn,
             with_indices=True,
@@ -226,7 +214,5 @@ class TokenizedDataModule(L.LightningDataModule):
             self.stats.update({f"{split}/{k}": v for k, v in statuses.items()})
             changed = {k: v for k, v in statuses.items() if k != "ok"}
             if changed:
-                log.warning(
-                    "%s: %d rows; %s", source, len(raw), ", ".join(f"{v} {k}" for k, v in changed.items())
-                )
+                log.warning("%s: %d rows; %s", source, len(raw), ", ".join(f"{v} {k}" for k, v in changed.items()))
         return kept

@@ -81,17 +81,13 @@ class PreferenceDataModule(TokenizedDataModule):
             eval_batch_size, num_workers, pad_to_multiple_of, seed, config_name,
         )  # fmt: skip
         if max_prompt_length is not None and max_prompt_length >= max_length:
-            raise ValueError(
-                f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})"
-            )
+            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.truncation_mode = truncation_mode
         self.drop_overlong = drop_overlong
 
-    def tokenize_row(
-        self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase
-    ) -> dict[str, Any]:
+    def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         chosen, rejected = row["chosen"], row["rejected"]
         check_text_or_messages(chosen, f"{loc}, field 'chosen'")
         check_text_or_messages(rejected, f"{loc}, field 'rejected'")
@@ -107,9 +103,7 @@ class PreferenceDataModule(TokenizedDataModule):
             check_text_or_messages(prompt, f"{loc}, field 'prompt'")
         if is_conversational(prompt) and not is_conversational(chosen):
             raise DataError(f"{loc}, field 'chosen': expected a message list like the prompt, got text")
-        prompt_ids, (chosen_ids, rejected_ids) = tokenize_prompt_completions(
-            tokenizer, prompt, [chosen, rejected], loc
-        )
+        prompt_ids, (chosen_ids, rejected_ids) = tokenize_prompt_completions(tokenizer, prompt, [chosen, rejected], loc)
         status = "ok"
         truncated_prompt = truncate_prompt(prompt_ids, self.max_prompt_length, self.truncation_mode)
         if len(truncated_prompt) < len(prompt_ids):

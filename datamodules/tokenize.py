@@ -41,16 +41,12 @@ def check_text_or_messages(value: Any, loc: str, allow_empty: bool = False) -> N
     if isinstance(value, list) and value:
         for i, message in enumerate(value):
             if not isinstance(message, dict):
-                raise DataError(
-                    f"{loc}: message {i} should be a dict with 'role' and 'content', got {message!r:.80}"
-                )
+                raise DataError(f"{loc}: message {i} should be a dict with 'role' and 'content', got {message!r:.80}")
             role, content = message.get("role"), message.get("content")
             if role not in ROLES:
                 raise DataError(f"{loc}: message {i} has role {role!r}, expected one of {ROLES}")
             if not isinstance(content, str):
-                raise DataError(
-                    f"{loc}: message {i} content should be a string, got {type(content).__name__}"
-                )
+                raise DataError(f"{loc}: message {i} content should be a string, got {type(content).__name__}")
         return
     got = "None" if value is None else f"{type(value).__name__} {value!r:.80}"
     raise DataError(f"{loc}: expected a non-empty string or a list of messages, got {got}")

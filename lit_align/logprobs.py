@@ -78,9 +78,7 @@ def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, chunk_row
     for start in range(0, flat_logits.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         if recompute:
-            chunks.append(
-                checkpoint(_chunk_logps, flat_logits[rows], flat_targets[rows], use_reentrant=False)
-            )
+            chunks.append(checkpoint(_chunk_logps, flat_logits[rows], flat_targets[rows], use_reentrant=False))
         else:
             chunks.append(_chunk_logps(flat_logits[rows], flat_targets[rows]))
     if not chunks:

@@ -157,9 +157,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
         tokenizer = AutoTokenizer.from_pretrained(_smollm2_dir())
     elif name_or_path.endswith(".gguf"):
         path = Path(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(
-            path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     return _ensure_pad(tokenizer)

@@ -45,9 +45,7 @@ def test_regenerating_gives_byte_identical_files(tmp_path):
         assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes(), name
 
 
-@pytest.mark.parametrize(
-    ("name", "n_rows"), [(n, c) for n, c in zip(FILES, (800, 600, 500, 1000), strict=True)]
-)
+@pytest.mark.parametrize(("name", "n_rows"), [(n, c) for n, c in zip(FILES, (800, 600, 500, 1000), strict=True)])
 def test_sizes(name, n_rows):
     assert len(_rows(name)) == n_rows
     assert (SAMPLES / name).stat().st_size < 300_000
@@ -77,9 +75,7 @@ def test_binary_schema_balance_and_shared_prompts():
         assert isinstance(row["label"], bool)
     n_true = sum(row["label"] for row in rows)
     assert 0.5 <= n_true / len(rows) <= 0.6
-    by_label = {
-        label: {r["prompt"][0]["content"] for r in rows if r["label"] is label} for label in (True, False)
-    }
+    by_label = {label: {r["prompt"][0]["content"] for r in rows if r["label"] is label} for label in (True, False)}
     assert len(by_label[True] & by_label[False]) > len(rows) // 3
 
 

@@ -44,9 +44,7 @@ def test_kto_hand_computed_mixed_batch():
 
 def test_kto_at_reference_point_is_half_weight():
     """Limit case: r = z ⇒ 1 − σ(0) = ½ on either side, so losses are λ/2."""
-    losses, _ = kto_loss(
-        t(-1.0, -1.0), t(-1.3, -1.3), torch.tensor([True, False]), torch.tensor(0.3), 0.1, 2.0
-    )
+    losses, _ = kto_loss(t(-1.0, -1.0), t(-1.3, -1.3), torch.tensor([True, False]), torch.tensor(0.3), 0.1, 2.0)
     torch.testing.assert_close(losses, t(1.0, 0.5))
 
 
@@ -152,8 +150,6 @@ def test_kto_and_apo_match_trl_scalar(labels):
     ours = kto_loss(logps, ref_logps, label, kl, beta=0.1, desirable_weight=1.3, undesirable_weight=0.7)[0]
     theirs = trl_kto_scalar("kto", 0.1, 1.3, 0.7, logps, ref_logps, label, trl_kl)
     torch.testing.assert_close(ours.mean(), theirs, atol=ATOL, rtol=0)
-    ours = apo_zero_unpaired_loss(
-        logps, ref_logps, label, beta=0.1, desirable_weight=1.3, undesirable_weight=0.7
-    )
+    ours = apo_zero_unpaired_loss(logps, ref_logps, label, beta=0.1, desirable_weight=1.3, undesirable_weight=0.7)
     theirs = trl_kto_scalar("apo_zero_unpaired", 0.1, 1.3, 0.7, logps, ref_logps, label, None)
     torch.testing.assert_close(ours[0].mean(), theirs, atol=ATOL, rtol=0)

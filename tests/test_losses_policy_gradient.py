@@ -268,17 +268,13 @@ def _trl_grpo_loss(per_token_logps, old_per_token_logps, ref_per_token_logps, ad
     loss_type, beta, eps_low, eps_high = cfg["loss_type"], cfg["beta"], cfg["eps_low"], cfg["eps_high"]
     advantages = advantages.unsqueeze(1)
     coef_1 = torch.exp(per_token_logps - old_per_token_logps)
-    per_token_kl = (
-        torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
-    )
+    per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
     coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
     per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
     per_token_loss = per_token_loss + beta * per_token_kl
     gradient_accumulation_steps = steps_per_generation = num_processes = 1
     if loss_type == "grpo":
-        loss = (
-            (per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        ).mean() / gradient_accumulation_steps
+        loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / gradient_accumulation_steps
     elif loss_type == "bnpo":
         loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0) / gradient_accumulation_steps
     elif loss_type == "dr_grpo":
@@ -294,10 +290,7 @@ def _trl_grpo_loss(per_token_logps, old_per_token_logps, ref_per_token_logps, ad
     def global_masked_mean(x):  # l. 3259-3265, one process
         return (x * mask).sum() / mask.sum().float().clamp(min=1.0)
 
-    clip = [
-        global_masked_mean(c.float())
-        for c in (is_low_clipped, is_high_clipped, is_low_clipped | is_high_clipped)
-    ]
+    clip = [global_masked_mean(c.float()) for c in (is_low_clipped, is_high_clipped, is_low_clipped | is_high_clipped)]
     return loss, clip
 
 
@@ -410,9 +403,7 @@ def test_empty_mask_gives_zero_loss_and_finite_grad(mode):
     logps = torch.randn(2, 3, requires_grad=True)
     mask = torch.zeros(2, 3)
     per_token, low, _ = clipped_surrogate(logps, logps.detach() + 1.0, torch.tensor([1.0, -1.0]), mask)
-    loss = aggregate_loss(
-        per_token + kl_k3(logps, torch.zeros(2, 3)) * mask, mask, mode, max_completion_length=3
-    )
+    loss = aggregate_loss(per_token + kl_k3(logps, torch.zeros(2, 3)) * mask, mask, mode, max_completion_length=3)
     loss.backward()
     _close(loss, 0.0)
     _close(logps.grad, torch.zeros(2, 3))

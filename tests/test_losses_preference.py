@@ -166,9 +166,7 @@ def test_reference_losses_gradients_finite(fn):
 def test_reference_free_gradients_finite():
     """SimPO, ORPO (even at mean log-prob −1e−10, where TRL's log1mexp has a NaN gradient) and BT."""
     c, r = t(-1e-10, -2.0, grad=True), t(-1.0, -1e-10, grad=True)
-    (
-        simpo_loss(c, r)[0].sum() + orpo_loss(c, r)[0].sum() + bradley_terry_loss(c, r, 0.1, 0.1).sum()
-    ).backward()
+    (simpo_loss(c, r)[0].sum() + orpo_loss(c, r)[0].sum() + bradley_terry_loss(c, r, 0.1, 0.1).sum()).backward()
     assert torch.isfinite(c.grad).all() and torch.isfinite(r.grad).all()
 
 
@@ -247,9 +245,7 @@ def test_orpo_matches_trl_odds_ratio_loss():
     c, r, _, _ = random_pairs(seed=2)
     c, r = c / 10, r / 10
     stub = SimpleNamespace(beta=0.1, accelerator=SimpleNamespace(device=torch.device("cpu")))
-    t_losses, t_chosen, t_rejected, t_ratio_mean, t_log_odds_mean = orpo.ORPOTrainer.odds_ratio_loss(
-        stub, c, r
-    )
+    t_losses, t_chosen, t_rejected, t_ratio_mean, t_log_odds_mean = orpo.ORPOTrainer.odds_ratio_loss(stub, c, r)
     losses, chosen, rejected, ratio, log_odds = orpo_loss(c, r, beta=0.1)
     torch.testing.assert_close(losses, -t_losses, atol=ATOL, rtol=0)
     torch.testing.assert_close(chosen, t_chosen, atol=ATOL, rtol=0)

@@ -102,9 +102,7 @@ def leave_one_out_advantages(
     return advantages
 
 
-def greedy_baseline_advantages(
-    sample_rewards: Tensor, greedy_rewards: Tensor, num_generations: int
-) -> Tensor:
+def greedy_baseline_advantages(sample_rewards: Tensor, greedy_rewards: Tensor, num_generations: int) -> Tensor:
     """ReMax advantages (Li et al. 2023, "ReMax", Algorithm 1): A_i = r(x, y_i) - r(x, y_greedy(x)).
 
     Args:

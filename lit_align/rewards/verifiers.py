@@ -92,8 +92,6 @@ def exact_match_reward(
 ) -> list[float | None]:
     """1.0 where the stripped, case-folded completion equals the stripped, case-folded ``answer``."""
     return [
-        None
-        if target is None
-        else float(completion_text(c).strip().casefold() == str(target).strip().casefold())
+        None if target is None else float(completion_text(c).strip().casefold() == str(target).strip().casefold())
         for c, target in zip(completions, answer, strict=True)
     ]

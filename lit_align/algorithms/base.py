@@ -1,0 +1,174 @@
+"""What the offline algorithm modules share: policy loading (+ LoRA), the reference, optimizer and
+scheduler, metric logging, and ``update(batch)`` for use outside a Trainer.
+
+An algorithm subclasses :class:`AlignmentModule`, passes its own typed arguments to
+``super().__init__`` and implements ``compute_loss(batch) -> (loss, metric values)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value
+from lit_align.models import load_model
+from lit_align.reference import ReferenceMixin
+
+Scheduler = Literal["constant", "linear", "cosine"]
+
+
+def resolve_policy(policy: str | nn.Module, kind: str = "causal_lm", seed: int = 0) -> nn.Module:
+    if isinstance(policy, nn.Module):
+        return policy
+    model, _ = load_model(policy, kind=kind, seed=seed)
+    return model
+
+
+def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError("LoRA needs peft: pip install 'lit-align[lora]' (or pip install peft)") from err
+    task = "SEQ_CLS" if model.__class__.__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task)
+    return get_peft_model(model, config)
+
+
+class AlignmentModule(ReferenceMixin, L.LightningModule):
+    """Base of the offline algorithms. Subclasses document the shared arguments in their ``Args:``."""
+
+    METRICS: tuple[str, ...] = PREFERENCE_METRICS  # names compute_loss returns values for
+
+    def __init__(
+        self,
+        policy: str | nn.Module,
+        reference_policy: str | nn.Module | None = None,
+        needs_reference: bool = True,
+        learning_rate: float = 5e-7,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.1,
+        scheduler: Scheduler = "linear",
+        max_grad_norm: float | None = 1.0,
+        lora_r: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | str = "all-linear",
+        gradient_checkpointing: bool = False,
+        policy_kind: str = "causal_lm",
+    ) -> None:
+        super().__init__()
+        # Collects the subclass's __init__ arguments too; modules passed as objects are not hparams.
+        modules = [
+            n for n, v in (("policy", policy), ("reference_policy", reference_policy)) if isinstance(v, nn.Module)
+        ]
+        self.save_hyperparameters(ignore=[*modules, "needs_reference", "policy_kind"])
+        self.policy = resolve_policy(policy, policy_kind)
+        if gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        reference = None
+        if needs_reference and reference_policy is not None:
+            reference = resolve_policy(reference_policy, policy_kind, seed=1)
+        if lora_r > 0:
+            self.policy = apply_lora(self.policy, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+        self.setup_reference(reference, needed=needs_reference)
+        self.train_metrics = MetricGroup(self.METRICS, "train/")
+        self.val_metrics = MetricGroup(("loss", *self.METRICS), "val/", dist_sync_on_step=False)
+        self._standalone: tuple[torch.optim.Optimizer, Any] | None = None
+
+    @property
+    def pad_token_id(self) -> int:
+        return getattr(self.policy.config, "pad_token_id", None) or 0
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Value]]:
+        """Mean loss over the batch and the metric values (per-example tensors) to log."""
+        raise NotImplementedError  # abstract
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, values = self.compute_loss(batch)
+        self._check_finite(loss, batch_idx)
+        self.train_metrics.step(values)
+        self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
+        self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, values = self.compute_loss(batch)
+        self.val_metrics.step({"loss": loss.detach().expand(_batch_size(batch)), **values})
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        optimizer, scheduler = self._optimizer_and_scheduler(total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Trainer flags win; otherwise the module's max_grad_norm (so recipes need no trainer flag).
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def update(self, batch: dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
+        """One optimization step outside a Trainer; returns the loss and metric values as floats.
+
+        The optimizer and scheduler are created on the first call (scheduler horizon ``total_steps``).
+        """
+        if self._standalone is None:
+            self._standalone = self._optimizer_and_scheduler(total_steps)
+        optimizer, scheduler = self._standalone
+        self.train()
+        device = next(self.policy.parameters()).device
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss, values = self.compute_loss(batch)
+        self._check_finite(loss, None)
+        loss.backward()
+        if self.hparams.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self._trainable(), self.hparams.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        out = {"loss": float(loss.detach())}
+        for name, value in values.items():
+            data, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
+            out[name] = float((data.float() * weight).sum() / weight.sum().clamp(min=1e-12))
+        return out
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _optimizer_and_scheduler(self, total_steps: int | float | None) -> tuple[torch.optim.Optimizer, Any]:
+        hp = self.hparams
+        decay = [p for p in self._trainable() if p.ndim >= 2]
+        no_decay = [p for p in self._trainable() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate)
+        total = int(total_steps) if total_steps and math.isfinite(total_steps) else 1000
+        warmup = int(hp.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if hp.scheduler == "linear":
+                return 1.0 - progress
+            if hp.scheduler == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int | None) -> None:
+        if not torch.isfinite(loss):
+            step = self.global_step if self._trainer is not None else "standalone update"
+            raise FloatingPointError(f"non-finite loss {loss.item()} at global step {step}, batch {batch_idx}")
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    for value in batch.values():
+        if torch.is_tensor(value):
+            return value.shape[0]
+    return 1
