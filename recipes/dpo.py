@@ -1,0 +1,14 @@
+"""DPO recipe: `python recipes/dpo.py fit` trains on the default config (recipes/configs/dpo.yaml).
+
+Override anything from the command line (`--model.beta 0.2`, `--data.data_path my.jsonl`,
+`--trainer.devices 2 --trainer.strategy ddp`) or layer a YAML with `--config`.
+"""
+
+from pathlib import Path
+
+from datamodules import PreferenceDataModule
+from lit_align.algorithms import DPO
+from lit_align.cli import run
+
+if __name__ == "__main__":
+    run(DPO, PreferenceDataModule, Path(__file__).parent / "configs" / "dpo.yaml")

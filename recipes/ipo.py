@@ -1,0 +1,14 @@
+"""IPO recipe: `python recipes/ipo.py fit` trains on the default config (recipes/configs/ipo.yaml).
+
+Override anything from the command line (`--model.beta 0.2`, `--data.data_path my.jsonl`,
+`--trainer.devices 2 --trainer.strategy ddp`) or layer a YAML with `--config`.
+"""
+
+from pathlib import Path
+
+from datamodules import PreferenceDataModule
+from lit_align.algorithms import IPO
+from lit_align.cli import run
+
+if __name__ == "__main__":
+    run(IPO, PreferenceDataModule, Path(__file__).parent / "configs" / "ipo.yaml")
