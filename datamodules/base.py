@@ -73,18 +73,13 @@ def load_rows(path: str, split: str, config_name: str | None = None) -> datasets
     return datasets.load_dataset(path, config_name, split=split)
 
 
-NOT_TOKENIZATION = {"batch_size", "eval_batch_size", "num_workers", "pad_to_multiple_of", "stats"}
-
-
-def _plain(value: Any) -> bool:
-    return isinstance(value, (int, float, str, bool, type(None), dict, list, tuple))
-
-
 class TokenizedDataModule(L.LightningDataModule):
     """Base class; see the subclasses for the arguments."""
 
     FIELDS: ClassVar[tuple[str, ...]] = ()
     OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # Attributes that change the tokenized rows (they key the datasets cache with data + tokenizer).
+    TOKENIZATION_SETTINGS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -199,8 +194,8 @@ class TokenizedDataModule(L.LightningDataModule):
 
         # An explicit fingerprint (data, tokenizer, tokenization settings) keeps the datasets cache
         # valid across runs and ranks; hashing the closure would drag the whole DataModule in.
-        settings = {k: v for k, v in vars(self).items() if k not in NOT_TOKENIZATION and _plain(v)}
-        fingerprint = Hasher.hash([raw._fingerprint, type(self).__name__, sorted(settings.items()), tokenizer])
+        settings = [(k, getattr(self, k)) for k in ("columns", *self.TOKENIZATION_SETTINGS)]
+        fingerprint = Hasher.hash([raw._fingerprint, type(self).__name__, settings, tokenizer])
         tokenized = raw.map(
             fn,
             with_indices=True,

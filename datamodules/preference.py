@@ -25,6 +25,9 @@ DEMO_PREFERENCES = str(SAMPLES / "preference_demo.jsonl")
 class PreferenceDataModule(TokenizedDataModule):
     """Rows ``{"prompt", "chosen", "rejected"}`` as plain text, chat message lists, or HH-RLHF style.
 
+    An optional numeric ``margin`` field (the reward model's per-pair margin) is passed through as a
+    float tensor ``margin`` (B,).
+
     HH-RLHF style rows have no prompt field: chosen and rejected both start with the prompt, which
     is split off as their common prefix. Truncation: the prompt is cut to ``max_prompt_length``
     (``truncation_mode`` says which end survives), then each completion is cut at its end so that
@@ -54,7 +57,8 @@ class PreferenceDataModule(TokenizedDataModule):
     """
 
     FIELDS = ("chosen", "rejected")
-    OPTIONAL_FIELDS = ("prompt",)
+    OPTIONAL_FIELDS = ("prompt", "margin")
+    TOKENIZATION_SETTINGS = ("max_length", "max_prompt_length", "truncation_mode", "drop_overlong")
 
     def __init__(
         self,
@@ -118,12 +122,18 @@ class PreferenceDataModule(TokenizedDataModule):
             status = "dropped"
         elif len(chosen_ids) > room or len(rejected_ids) > room:
             status = "completion_truncated" if status == "ok" else "prompt_and_completion_truncated"
-        return {
+        out = {
             "prompt_ids": truncated_prompt,
             "chosen_ids": chosen_ids[: max(room, 0)],
             "rejected_ids": rejected_ids[: max(room, 0)],
             "_status": status,
         }
+        if "margin" in row:
+            margin = row["margin"]
+            if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+                raise DataError(f"{loc}, field 'margin': expected a number, got {type(margin).__name__} {margin!r:.40}")
+            out["margin"] = float(margin)
+        return out
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id
@@ -134,4 +144,6 @@ class PreferenceDataModule(TokenizedDataModule):
                 prompts, [r[f"{side}_ids"] for r in rows], pad_id, self.pad_to_multiple_of
             )
             batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": mask, f"{side}_labels": labels})
+        if "margin" in rows[0]:
+            batch["margin"] = torch.tensor([r["margin"] for r in rows], dtype=torch.float)
         return batch

@@ -43,7 +43,8 @@ class MetricGroup(MetricCollection):
             metric = self[_key(name)]
             if isinstance(value, tuple):
                 data, weight = value
-                if weight.sum() > 0:
+                # A step-synced metric is a collective: every rank must call it, even with zero weight here.
+                if weight.sum() > 0 or metric.dist_sync_on_step:
                     metric(data.detach().float(), weight.float())
             elif value.numel():
                 metric(value.detach().float())

@@ -76,11 +76,14 @@ class IPO(AlignmentModule):
         chosen, rejected = self(batch)
         ref_chosen, ref_rejected = self.reference_forward(lambda ref: preference_logps(ref, batch, self.pad_token_id))
         field = "mean" if self.normalization == "mean" else "sum"
-        losses, chosen_rewards, rejected_rewards = ipo_loss(
+        losses, _, _ = ipo_loss(
             getattr(chosen, field),
             getattr(rejected, field),
             getattr(ref_chosen, field),
             getattr(ref_rejected, field),
             beta=self.beta,
         )
+        # rewards/* mean what they mean in TRL (and in DPO): β·(summed log-ratio), whatever the loss normalization.
+        chosen_rewards = self.beta * (chosen.sum - ref_chosen.sum).detach()
+        rejected_rewards = self.beta * (rejected.sum - ref_rejected.sum).detach()
         return losses.mean(), preference_values(chosen_rewards, rejected_rewards, chosen, rejected)

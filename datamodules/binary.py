@@ -1,0 +1,245 @@
+"""Binary feedback (prompt, completion, label) -> the binary-feedback batch schema (see DESIGN.md).
+
+Batch (B examples, right-padded, labels -100 on prompt and padding):
+    ``input_ids``, ``attention_mask``, ``labels``   (B, T)   prompt_i + completion_i
+    ``is_desirable``                                (B,)     bool
+    ``kl_input_ids``, ``kl_attention_mask``, ``kl_labels``  (B, T')  prompt_i + completion_{(i-1) mod B}
+
+The mismatched KL pairs are built in ``collate``, inside each per-device batch, exactly as TRL 1.16's
+``KTOTrainer`` builds them (``KL_completion_ids = [c[-1]] + c[:-1]``: every prompt takes the previous
+example's completion, the first takes the last one's). TRL precomputes them on the dataset in
+``per_device_train_batch_size`` chunks, which is why it needs sequential sampling; building them at
+collation keeps the same pairing for whatever batch the sampler draws, so training data can be shuffled.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import datasets
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import PreTrainedTokenizerBase
+
+from datamodules.base import SAMPLES, TokenizedDataModule
+from datamodules.tokenize import (
+    DataError,
+    TruncationMode,
+    check_text_or_messages,
+    extract_implicit_prompt,
+    is_conversational,
+    sequence_tensors,
+    tokenize_prompt_completions,
+    truncate_prompt,
+)
+
+DEMO_BINARY = str(SAMPLES / "binary_demo.jsonl")
+TRUE_WORDS = {"good": True, "true": True, "bad": False, "false": False}
+
+
+def coerce_label(value: Any, loc: str) -> bool:
+    """``True``/``False``, 0/1, or (any case) ``"good"``/``"bad"``/``"true"``/``"false"`` -> bool; else DataError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS:
+        return TRUE_WORDS[value.strip().lower()]
+    raise DataError(
+        f"{loc}: expected a binary label (true/false, 1/0, 'good'/'bad', 'true'/'false'), got "
+        f"{type(value).__name__} {value!r:.80}"
+    )
+
+
+def _flatten(rows: dict[str, list]) -> dict[str, list]:
+    """One tokenized row holds one example (binary data) or two (an unpaired preference pair): flatten."""
+    out = {"prompt_ids": [], "completion_ids": [], "label": []}
+    for key in out:
+        for values in rows[key]:
+            out[key].extend(values)
+    return out
+
+
+class BinaryFeedbackDataModule(TokenizedDataModule):
+    """Rows ``{"prompt", "completion", "label"}`` as plain text or chat message lists (KTO's data).
+
+    With ``unpair=True`` it reads preference rows ``{"prompt", "chosen", "rejected"}`` instead (or
+    HH-RLHF style rows without a prompt) and turns each pair into a desirable (chosen) and an
+    undesirable (rejected) example; the validation split is carved by pairs, so a prompt never sits
+    on both sides of it. Truncation is the preference DataModule's: the prompt is cut to
+    ``max_prompt_length``, then the completion so that prompt + completion fits ``max_length``; KL
+    pairs are cut the same way. The desirable/undesirable counts of each split are logged once and
+    kept in ``self.stats`` (``train/desirable``, ``train/undesirable``, ``val/...``).
+
+    A per-device batch of 1 is refused: its only KL pair would be the matched (prompt, completion),
+    making KTO's reference point equal the example's own reward. The last batch of an epoch can still
+    hold a single example (as in TRL); its KL pair is then the matched one.
+
+    Args:
+        tokenizer: a tokenizer, or the name of the policy whose tokenizer to load (recipes link it).
+        data_path: local .json/.jsonl/.parquet/.csv file, folder, or ``datasets`` hub name. Defaults
+            to the project's own demo feedback (``datamodules/samples/binary_demo.jsonl``).
+        split: the split to train on.
+        val_split: a split to validate on; when ``None``, ``val_size`` rows are carved off ``split``.
+        val_size: fraction (float) or count (int) of rows held out for validation; 0 disables it.
+        columns: field mapping, canonical name -> column name, e.g. ``{"label": "kto_tag"}``.
+        unpair: read paired preference rows (chosen -> desirable, rejected -> undesirable).
+        max_samples: use only the first N rows (before the validation split and unpairing).
+        max_length: longest prompt + completion, in tokens.
+        max_prompt_length: longest prompt, in tokens (``None``: only ``max_length`` applies).
+        truncation_mode: ``keep_end`` keeps the end of a long prompt, ``keep_start`` its beginning.
+        drop_overlong: drop (and count) rows whose prompt fills ``max_length`` instead of failing.
+        batch_size: examples per training batch (per device); at least 2 (KL pairs).
+        eval_batch_size: examples per validation batch (default: ``batch_size``); at least 2.
+        num_workers: DataLoader workers.
+        pad_to_multiple_of: pad sequence length to a multiple of this.
+        seed: seed of the validation split.
+        config_name: ``datasets`` configuration name for hub datasets.
+    """
+
+    FIELDS = ("prompt", "completion", "label")
+    OPTIONAL_FIELDS = ()
+
+    def __init__(
+        self,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        data_path: str = DEMO_BINARY,
+        split: str = "train",
+        val_split: str | None = None,
+        val_size: float | int = 0.1,
+        columns: dict[str, str] | None = None,
+        unpair: bool = False,
+        max_samples: int | None = None,
+        max_length: int = 512,
+        max_prompt_length: int | None = 256,
+        truncation_mode: TruncationMode = "keep_end",
+        drop_overlong: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 42,
+        config_name: str | None = None,
+    ) -> None:
+        super().__init__(
+            tokenizer, data_path, split, val_split, val_size, columns, max_samples, batch_size,
+            eval_batch_size, num_workers, pad_to_multiple_of, seed, config_name,
+        )  # fmt: skip
+        if max_prompt_length is not None and max_prompt_length >= max_length:
+            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+        self.unpair = unpair
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.truncation_mode = truncation_mode
+        self.drop_overlong = drop_overlong
+        if unpair:
+            self.FIELDS, self.OPTIONAL_FIELDS = ("chosen", "rejected"), ("prompt",)
+        self.check_batch_size()
+
+    def check_batch_size(self) -> None:
+        for name, size in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
+            if size < 2:
+                raise ValueError(
+                    f"BinaryFeedbackDataModule needs {name} >= 2 per device, got {size}: KTO estimates its KL "
+                    "reference point from each prompt paired with ANOTHER example's completion in the same "
+                    "per-device batch, and a batch of 1 has no other example. Raise it (use gradient "
+                    "accumulation rather than a batch of 1 to save memory)."
+                )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        super().setup(stage)
+        self.train_dataset = self._examples(self.train_dataset)
+        if self.val_dataset is not None:
+            self.val_dataset = self._examples(self.val_dataset)
+        counts = {
+            name: Counter(dataset["label"])
+            for name, dataset in (("train", self.train_dataset), ("val", self.val_dataset))
+            if dataset is not None
+        }
+        for name, count in counts.items():
+            self.stats[f"{name}/desirable"] = count[True]
+            self.stats[f"{name}/undesirable"] = count[False]
+        summary = "; ".join(f"{name}: {c[True]} desirable, {c[False]} undesirable" for name, c in counts.items())
+        rank_zero_info(f"{self.data_path}: {summary}")
+
+    # -- tokenization ---------------------------------------------------------------------------
+    def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        if self.unpair:
+            prompt, completions, labels = self._unpaired(row, loc)
+        else:
+            prompt, completions = row["prompt"], [row["completion"]]
+            check_text_or_messages(prompt, f"{loc}, field 'prompt'")
+            check_text_or_messages(completions[0], f"{loc}, field 'completion'")
+            labels = [coerce_label(row["label"], f"{loc}, field 'label'")]
+        if is_conversational(prompt) != is_conversational(completions[0]):
+            field = "chosen" if self.unpair else "completion"
+            raise DataError(f"{loc}, field {field!r}: prompt and completion must both be text or both message lists")
+        prompts, kept, statuses = [], [], []
+        for completion in completions:
+            # One tokenization per (prompt, completion), as TRL does after unpairing.
+            prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc)
+            prompt_ids, completion_ids, status = self._truncate(prompt_ids, completion_ids, loc)
+            prompts.append(prompt_ids)
+            kept.append(completion_ids)
+            statuses.append(status)
+        status = "dropped" if "dropped" in statuses else next((s for s in statuses if s != "ok"), "ok")
+        return {"prompt_ids": prompts, "completion_ids": kept, "label": labels, "_status": status}
+
+    def _unpaired(self, row: dict[str, Any], loc: str) -> tuple[Any, list[Any], list[bool]]:
+        chosen, rejected = row["chosen"], row["rejected"]
+        check_text_or_messages(chosen, f"{loc}, field 'chosen'")
+        check_text_or_messages(rejected, f"{loc}, field 'rejected'")
+        prompt = row.get("prompt")
+        if prompt is None:
+            prompt, chosen, rejected = extract_implicit_prompt(chosen, rejected)
+            if not prompt or not chosen or not rejected:
+                raise DataError(
+                    f"{loc}: no 'prompt' field, and chosen/rejected share no prompt prefix to split off "
+                    "(expected HH-RLHF style rows, or add a prompt column)"
+                )
+        else:
+            check_text_or_messages(prompt, f"{loc}, field 'prompt'")
+        return prompt, [chosen, rejected], [True, False]
+
+    def _truncate(self, prompt_ids: list[int], completion_ids: list[int], loc: str) -> tuple[list, list, str]:
+        status = "ok"
+        truncated = truncate_prompt(prompt_ids, self.max_prompt_length, self.truncation_mode)
+        if len(truncated) < len(prompt_ids):
+            status = "prompt_truncated"
+        room = self.max_length - len(truncated)
+        if room < 1:
+            if not self.drop_overlong:
+                raise DataError(
+                    f"{loc}: the prompt is {len(prompt_ids)} tokens, leaving no room for a completion within "
+                    f"max_length={self.max_length}; set max_prompt_length, raise max_length, or drop_overlong=True"
+                )
+            return truncated, [], "dropped"
+        if len(completion_ids) > room:
+            status = "completion_truncated" if status == "ok" else "prompt_and_completion_truncated"
+        return truncated, completion_ids[:room], status
+
+    def _examples(self, rows: datasets.Dataset) -> datasets.Dataset:
+        return rows.map(_flatten, batched=True, remove_columns=rows.column_names, desc="Flattening examples")
+
+    # -- batching -------------------------------------------------------------------------------
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id
+        prompts = [r["prompt_ids"] for r in rows]
+        completions = [r["completion_ids"] for r in rows]
+        # TRL's rotation: prompt i takes completion i-1 (prompt 0 the last one), cut to fit max_length.
+        shifted = completions[-1:] + completions[:-1]
+        kl_completions = [c[: max(self.max_length - len(p), 0)] for p, c in zip(prompts, shifted, strict=True)]
+        input_ids, attention_mask, labels = sequence_tensors(prompts, completions, pad_id, self.pad_to_multiple_of)
+        kl_ids, kl_mask, kl_labels = sequence_tensors(prompts, kl_completions, pad_id, self.pad_to_multiple_of)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "is_desirable": torch.tensor([bool(r["label"]) for r in rows], dtype=torch.bool),
+            "kl_input_ids": kl_ids,
+            "kl_attention_mask": kl_mask,
+            "kl_labels": kl_labels,
+        }

@@ -1,0 +1,206 @@
+"""Supervised fine-tuning rows (prompt + completion) -> the sft batch schema (see DESIGN.md).
+
+Three row formats, each turned into a (prompt, completion) pair and tokenized by TRL's convention
+(``tokenize_prompt_completions``):
+
+    prompt_completion  ``{"prompt", "completion"}``, both text or both chat message lists.
+    messages           ``{"messages": [...]}``, a chat whose last turn is the assistant's: that
+                       turn is the completion, every earlier turn the prompt.
+    alpaca             ``{"instruction", "input", "output"}`` (``input`` optional or empty). With a
+                       chat template the instruction (+ blank line + input) becomes the user turn and
+                       the output the assistant turn; without one, Stanford Alpaca's text prompt
+                       ("Below is an instruction ... ### Response:") is used.
+
+Deliberately left out: packing, plain-text language modelling rows (``{"text"}``) and multi-turn
+loss on every assistant turn (only the last turn of a ``messages`` chat is trained on).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from datamodules.base import SAMPLES, TokenizedDataModule
+from datamodules.tokenize import (
+    IGNORE_INDEX,
+    DataError,
+    check_text_or_messages,
+    is_conversational,
+    sequence_tensors,
+    tokenize_prompt_completions,
+)
+
+DEMO_SFT = str(SAMPLES / "sft_demo.jsonl")
+SFTFormat = Literal["auto", "prompt_completion", "messages", "alpaca"]
+FORMAT_FIELDS = {
+    "prompt_completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "alpaca": ("instruction", "output"),
+}
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+ALPACA_PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    """The first format whose required fields the row has (non-null), else ``None``."""
+    for name, fields in FORMAT_FIELDS.items():
+        if all(row.get(f) is not None for f in fields):
+            return name
+    return None
+
+
+def messages_to_prompt_completion(messages: Any, loc: str) -> tuple[list[dict], list[dict]]:
+    check_text_or_messages(messages, loc)
+    if not isinstance(messages, list):
+        raise DataError(f"{loc}: expected a list of chat messages, got text")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{loc}: the last message should be the assistant's (the completion), got {messages[-1]['role']!r}")
+    if len(messages) < 2:
+        raise DataError(f"{loc}: expected at least one message before the assistant's answer (the prompt)")
+    return messages[:-1], messages[-1:]
+
+
+def alpaca_to_prompt_completion(row: dict[str, Any], loc: str, chat: bool) -> tuple[Any, Any]:
+    instruction, extra, output = row["instruction"], row.get("input") or "", row["output"]
+    check_text_or_messages(instruction, f"{loc}, field 'instruction'")
+    check_text_or_messages(output, f"{loc}, field 'output'")
+    for field, value in (("instruction", instruction), ("input", extra), ("output", output)):
+        if not isinstance(value, str):
+            raise DataError(f"{loc}, field {field!r}: expected a string, got {type(value).__name__}")
+    if chat:
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+        return [{"role": "user", "content": user}], [{"role": "assistant", "content": output}]
+    template = ALPACA_PROMPT_WITH_INPUT if extra else ALPACA_PROMPT
+    return template.format(instruction=instruction, input=extra), output
+
+
+class SFTDataModule(TokenizedDataModule):
+    """Prompt/completion rows (three formats, see the module docstring) for supervised fine-tuning.
+
+    Batches are ``input_ids``, ``attention_mask``, ``labels`` (right-padded). With
+    ``completion_only_loss`` the prompt's labels are -100, so only completion tokens are trained
+    on; without it every non-padding token is. Sequences longer than ``max_length`` keep their
+    start (the prompt, then as much completion as fits) and are counted as ``truncated``. A row
+    left without any trained token (a prompt that fills ``max_length``) is an error unless
+    ``drop_overlong=True``, when it is dropped and counted.
+
+    Args:
+        tokenizer: a tokenizer, or the name of the policy whose tokenizer to load (recipes link it).
+        data_path: local .json/.jsonl/.parquet/.csv file, folder, or ``datasets`` hub name. Defaults
+            to the project's own demo rows (``datamodules/samples/sft_demo.jsonl``).
+        format: ``prompt_completion``, ``messages``, ``alpaca``, or ``auto`` (per row, the first of
+            those whose fields are present).
+        split: the split to train on.
+        val_split: a split to validate on; when ``None``, ``val_size`` rows are carved off ``split``.
+        val_size: fraction (float) or count (int) of rows held out for validation; 0 disables it.
+        columns: field mapping, canonical name -> column name, e.g. ``{"output": "response"}``.
+        max_samples: use only the first N rows (before the validation split).
+        max_length: longest prompt + completion, in tokens (the end is cut).
+        completion_only_loss: train on completion tokens only (``False``: on the whole sequence).
+        drop_overlong: drop (and count) rows left without trained tokens instead of failing.
+        batch_size: rows per training batch (per device).
+        eval_batch_size: rows per validation batch (default: ``batch_size``).
+        num_workers: DataLoader workers.
+        pad_to_multiple_of: pad sequence length to a multiple of this.
+        seed: seed of the validation split.
+        config_name: ``datasets`` configuration name for hub datasets.
+    """
+
+    OPTIONAL_FIELDS = ("prompt", "completion", "messages", "instruction", "input", "output")
+
+    def __init__(
+        self,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        data_path: str = DEMO_SFT,
+        format: SFTFormat = "auto",
+        split: str = "train",
+        val_split: str | None = None,
+        val_size: float | int = 0.1,
+        columns: dict[str, str] | None = None,
+        max_samples: int | None = None,
+        max_length: int = 1024,
+        completion_only_loss: bool = True,
+        drop_overlong: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 42,
+        config_name: str | None = None,
+    ) -> None:
+        super().__init__(
+            tokenizer, data_path, split, val_split, val_size, columns, max_samples, batch_size,
+            eval_batch_size, num_workers, pad_to_multiple_of, seed, config_name,
+        )  # fmt: skip
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
+        self.format = format
+        self.max_length = max_length
+        self.completion_only_loss = completion_only_loss
+        self.drop_overlong = drop_overlong
+
+    def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        prompt, completion = self.prompt_completion(row, loc, chat=bool(tokenizer.chat_template))
+        prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc)
+        if not completion_ids:
+            raise DataError(f"{loc}: the completion tokenizes to nothing beyond the prompt")
+        status = "ok"
+        if len(prompt_ids) + len(completion_ids) > self.max_length:
+            status = "truncated"
+            prompt_ids = prompt_ids[: self.max_length]
+            completion_ids = completion_ids[: self.max_length - len(prompt_ids)]
+        # Token 0 is never scored (nothing precedes it), so a lone token trains nothing either.
+        trained = len(completion_ids) if self.completion_only_loss else len(prompt_ids) + len(completion_ids) - 1
+        if trained < 1:
+            if not self.drop_overlong:
+                raise DataError(
+                    f"{loc}: the prompt is {len(prompt_ids)} tokens, leaving no completion token within "
+                    f"max_length={self.max_length}; raise max_length or set drop_overlong=True"
+                )
+            status = "dropped"
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "_status": status}
+
+    def prompt_completion(self, row: dict[str, Any], loc: str, chat: bool) -> tuple[Any, Any]:
+        """The row's (prompt, completion), each text or a message list; DataError when malformed."""
+        fmt = detect_format(row) if self.format == "auto" else self.format
+        if fmt is None:
+            present = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "none"
+            raise DataError(
+                f"{loc}: cannot tell the row's format; expected fields prompt+completion, messages, or "
+                f"instruction(+input)+output (map other names with `columns`); the row has: {present}"
+            )
+        for field in FORMAT_FIELDS[fmt]:
+            if row.get(field) is None:
+                source = self.columns.get(field, field)
+                hint = f" (mapped from {source!r})" if source != field else ""
+                raise DataError(f"{loc}: missing field {field!r}{hint}, required by format {fmt!r}")
+        if fmt == "messages":
+            return messages_to_prompt_completion(row["messages"], f"{loc}, field 'messages'")
+        if fmt == "alpaca":
+            return alpaca_to_prompt_completion(row, loc, chat)
+        prompt, completion = row["prompt"], row["completion"]
+        check_text_or_messages(prompt, f"{loc}, field 'prompt'")
+        check_text_or_messages(completion, f"{loc}, field 'completion'")
+        if is_conversational(prompt) != is_conversational(completion):
+            raise DataError(f"{loc}, field 'completion': prompt and completion must both be text or both be messages")
+        return prompt, completion
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask, labels = sequence_tensors(
+            [r["prompt_ids"] for r in rows],
+            [r["completion_ids"] for r in rows],
+            self.tokenizer.pad_token_id,
+            self.pad_to_multiple_of,
+        )
+        if not self.completion_only_loss:
+            labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

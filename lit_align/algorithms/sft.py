@@ -1,0 +1,167 @@
+"""Supervised fine-tuning: maximum likelihood of the completion given the prompt.
+
+loss = −(1/N) · Σ_b Σ_t m[b,t] · log π(y[b,t] | x_b, y[b,<t]),   N = Σ_b Σ_t m[b,t]
+
+``m`` marks the trained tokens (``labels != -100``: the completion, or the whole sequence with the
+DataModule's ``completion_only_loss=False``). N counts them over the WHOLE optimizer step: every
+micro-batch of a gradient-accumulation window on every data-parallel rank. A per-micro-batch token
+mean would weight tokens of short micro-batches more than tokens of long ones (TRL's normalization
+bug trail), so ``training_step`` returns the micro-batch's summed NLL and
+``on_before_optimizer_step`` rescales the accumulated gradient by ``k·W / N_window``: ``k`` undoes
+Lightning's division of each micro-batch loss by ``accumulate_grad_batches``, ``W`` DDP/FSDP's
+average over ranks, and ``N_window`` is all-reduced once per optimizer step. No look-ahead over the
+data is needed, any sampler works, and the last, shorter window of an epoch is exact too.
+
+Deliberately left out: packing / padding-free batches, label smoothing, the DFT and other loss
+variants, NEFTune, and TRL's ``entropy`` metric (it needs the full softmax over the vocabulary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.logprobs import IGNORE_INDEX, _accepts_logits_to_keep, selective_log_softmax
+from lit_align.metrics import Value
+
+
+@dataclass
+class TokenStats:
+    """Per-sequence sums over trained tokens, each of shape (B,)."""
+
+    nll: torch.Tensor  # summed negative log-likelihood (carries the gradient)
+    num_tokens: torch.Tensor  # trained tokens
+    num_correct: torch.Tensor  # trained tokens whose argmax prediction is the label
+
+
+def token_stats(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> TokenStats:
+    """Summed NLL, token count and top-1 hits per sequence, from one forward pass.
+
+    Like :func:`lit_align.logprobs.token_logps`, only the logits from the first trained position on
+    are requested (``logits_to_keep``) and log-probs are taken chunk by chunk, never as a full
+    log-softmax; the argmax for the accuracy is taken under no_grad.
+    """
+    mask = labels != IGNORE_INDEX
+    mask[:, 0] = False  # nothing precedes position 0 to predict it
+    seq_len = input_ids.shape[1]
+    scored = mask.any(dim=0).nonzero()
+    first = int(scored[0]) if len(scored) else seq_len - 1
+    kwargs = {"use_cache": False}
+    if _accepts_logits_to_keep(model) and seq_len - first + 1 < seq_len:
+        kwargs["logits_to_keep"] = seq_len - first + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (B, K, V)
+    offset = seq_len - logits.shape[1]  # logits[:, j] predicts token offset + j + 1
+    targets = labels[:, offset + 1 :].clamp(min=0)  # (B, K-1)
+    mask = mask[:, offset + 1 :]
+    logps = selective_log_softmax(logits[:, :-1], targets)  # (B, K-1) fp32
+    with torch.no_grad():
+        correct = (logits[:, :-1].argmax(-1) == targets) & mask
+    return TokenStats(-(logps * mask).sum(-1), mask.sum(-1), correct.sum(-1))
+
+
+class SFT(AlignmentModule):
+    """Supervised fine-tuning as a LightningModule (reference-free).
+
+    Logged (TRL's names): ``train/loss`` (token-mean NLL of the micro-batch),
+    ``train/mean_token_accuracy``, ``train/num_tokens`` (non-padding tokens seen so far, all ranks),
+    ``val/loss``, ``val/mean_token_accuracy`` and ``val/perplexity`` (exp of the token-weighted
+    validation NLL).
+
+    Args:
+        policy: model to train: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id,
+            local directory, ``.gguf`` file, or an ``nn.Module``.
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay on matrices (not on norms/biases).
+        warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
+        scheduler: ``linear`` / ``cosine`` decay to 0 after warmup, or ``constant``.
+        max_grad_norm: gradient-norm clip (``None`` to disable); a Trainer ``gradient_clip_val`` wins.
+        lora_r: LoRA rank; 0 trains all weights.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: LoRA dropout.
+        lora_target_modules: modules to adapt (``all-linear`` or a list of names).
+        gradient_checkpointing: recompute activations in backward to save memory.
+    """
+
+    METRICS = ("mean_token_accuracy",)  # plus train/num_tokens and val/perplexity, logged separately
+
+    def __init__(
+        self,
+        policy: str | nn.Module = "smollm2-135m-instruct",
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        scheduler: Scheduler = "linear",
+        max_grad_norm: float | None = 1.0,
+        lora_r: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: list[str] | str = "all-linear",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(
+            policy, None, False, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
+            lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
+        )  # fmt: skip
+        self.val_nll = MeanMetric(dist_sync_on_step=False)  # token-weighted, for val/perplexity
+        self._window_tokens: torch.Tensor | int = 0  # trained tokens in this accumulation window (this rank)
+        self._tokens_seen: torch.Tensor | int = 0  # non-padding tokens trained on so far (this rank)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> TokenStats:
+        """Per-sequence NLL sums, token counts and top-1 hits for an sft batch."""
+        return token_stats(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        stats = self(batch)
+        nll_sum, num_tokens = stats.nll.sum(), stats.num_tokens.sum()
+        self._check_finite(nll_sum, batch_idx)
+        self._window_tokens = self._window_tokens + num_tokens
+        self._tokens_seen = self._tokens_seen + batch["attention_mask"].sum()
+        self.train_metrics.step(self._values(stats))
+        self.log("train/loss", nll_sum.detach() / num_tokens.clamp(min=1), prog_bar=True, sync_dist=True)
+        self.log("train/num_tokens", torch.as_tensor(self._tokens_seen).float(), reduce_fx="sum", sync_dist=True)
+        self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
+        return nll_sum  # a sum: on_before_optimizer_step divides the gradient by the window's tokens
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        stats = self(batch)
+        per_sequence = stats.nll / stats.num_tokens.clamp(min=1)
+        if stats.num_tokens.sum() > 0:
+            self.val_nll.update(per_sequence, stats.num_tokens)
+        self.val_metrics.step({"loss": (per_sequence, stats.num_tokens), **self._values(stats)})
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_nll.update_called:
+            self.log("val/perplexity", torch.exp(self.val_nll.compute()), sync_dist=True)
+        self.val_nll.reset()
+
+    def on_train_start(self) -> None:
+        self._window_tokens = 0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Each micro-batch contributed ∇(nll_sum)/k and the ranks' gradients were averaged (/W):
+        # multiplying by k·W/N_window leaves ∇ of the token-mean NLL over the whole optimizer step.
+        tokens = self.trainer.strategy.reduce(torch.as_tensor(self._window_tokens, device=self.device), reduce_op="sum")
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / max(float(tokens), 1.0)
+        for param in self._trainable():
+            if param.grad is not None:
+                param.grad.mul_(scale)
+        self._window_tokens = 0
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Value]]:
+        """Token-mean NLL of one batch (``update`` and evaluation; training normalizes per window)."""
+        stats = self(batch)
+        return stats.nll.sum() / stats.num_tokens.sum().clamp(min=1), self._values(stats)
+
+    # -- helpers --------------------------------------------------------------------------------
+    @staticmethod
+    def _values(stats: TokenStats) -> dict[str, Value]:
+        accuracy = stats.num_correct.float() / stats.num_tokens.clamp(min=1)
+        return {"mean_token_accuracy": (accuracy, stats.num_tokens)}  # token-weighted

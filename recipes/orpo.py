@@ -1,0 +1,15 @@
+"""ORPO recipe: `python recipes/orpo.py fit` trains SmolLM2-135M-Instruct on the demo pairs (recipes/configs/orpo.yaml).
+
+Reference-free and monolithic (SFT + preference in one loss): only the policy is loaded. Watch
+`train/rewards/margins` in TensorBoard (`tensorboard --logdir runs`). Override anything from the command
+line (`--model.beta 0.2`, `--data.data_path my.jsonl`) or layer a YAML with `--config`.
+"""
+
+from pathlib import Path
+
+from datamodules.preference import PreferenceDataModule
+from lit_align.algorithms.orpo import ORPO
+from lit_align.cli import run
+
+if __name__ == "__main__":
+    run(ORPO, PreferenceDataModule, Path(__file__).parent / "configs" / "orpo.yaml")

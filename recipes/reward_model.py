@@ -1,0 +1,15 @@
+"""Reward-model recipe: `python recipes/reward_model.py fit` (recipes/configs/reward_model.yaml).
+
+Trains a Bradley-Terry reward model (a sequence-classification head on SmolLM2-135M-Instruct) on
+preference pairs; the export in `runs/reward_model/version_*/hf_model` loads with
+`AutoModelForSequenceClassification.from_pretrained(...)`. Rows may carry a numeric `margin` column.
+"""
+
+from pathlib import Path
+
+from datamodules.preference import PreferenceDataModule
+from lit_align.algorithms.reward_model import RewardModel
+from lit_align.cli import run
+
+if __name__ == "__main__":
+    run(RewardModel, PreferenceDataModule, Path(__file__).parent / "configs" / "reward_model.yaml")

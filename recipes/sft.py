@@ -1,0 +1,15 @@
+"""SFT recipe: `python recipes/sft.py fit` trains on the default config (recipes/configs/sft.yaml).
+
+Override anything from the command line (`--model.learning_rate 1e-5`, `--data.data_path my.jsonl`,
+`--data.format alpaca`, `--trainer.accumulate_grad_batches 4`, `--trainer.devices 2 --trainer.strategy ddp`)
+or layer a YAML with `--config`.
+"""
+
+from pathlib import Path
+
+from datamodules.sft import SFTDataModule
+from lit_align.algorithms.sft import SFT
+from lit_align.cli import run
+
+if __name__ == "__main__":
+    run(SFT, SFTDataModule, Path(__file__).parent / "configs" / "sft.yaml")

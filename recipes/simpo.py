@@ -1,0 +1,14 @@
+"""SimPO recipe: `python recipes/simpo.py fit` trains on the default config (recipes/configs/simpo.yaml).
+
+Reference-free: only the policy is loaded. Override anything from the command line
+(`--model.beta 2.5 --model.gamma 1.4`, `--data.data_path my.jsonl`) or layer a YAML with `--config`.
+"""
+
+from pathlib import Path
+
+from datamodules.preference import PreferenceDataModule
+from lit_align.algorithms.simpo import SimPO
+from lit_align.cli import run
+
+if __name__ == "__main__":
+    run(SimPO, PreferenceDataModule, Path(__file__).parent / "configs" / "simpo.yaml")

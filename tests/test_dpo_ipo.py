@@ -1,0 +1,114 @@
+"""DPO and IPO end to end on the tiny preset: fit, logging, reference handling, resume, update()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules import PreferenceDataModule
+from lit_align.algorithms import DPO, IPO
+from tests.helpers import changed, event_tags, snapshot, tiny_trainer
+
+
+def data(batch_size=2, **kwargs):
+    return PreferenceDataModule(tokenizer="tiny-llama", batch_size=batch_size, max_samples=24, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [DPO, IPO])
+def test_three_step_fit_trains_policy_not_reference(tmp_path, cls):
+    module = cls(policy="tiny-llama", learning_rate=1e-3, warmup_ratio=0.0)
+    policy_before, ref_before = snapshot(module.policy), snapshot(module.reference)
+    trainer = tiny_trainer(tmp_path, val_check_interval=3)
+    trainer.fit(module, data())
+    assert trainer.global_step == 3
+    assert changed(policy_before, module.policy)
+    assert not changed(ref_before, module.reference)
+    tags = event_tags(trainer.log_dir)
+    assert {"train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen", "train/loss"} <= tags
+    assert {"val/rewards/margins", "val/loss", "val/logits/chosen"} <= tags
+
+
+def test_checkpoint_excludes_reference_and_resumes_strictly(tmp_path):
+    module = DPO(policy="tiny-llama", learning_rate=1e-3)
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, data())
+    ckpt = tmp_path / "step2.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert state and all(k.startswith("policy.") for k in state)  # no reference, no metric state
+    assert set(state) == set(module.state_dict())
+    resumed = DPO(policy="tiny-llama", learning_rate=1e-3)
+    trainer2 = tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    trainer2.fit(resumed, data(), ckpt_path=str(ckpt))  # strict loading is Lightning's default
+    assert trainer2.global_step == 4
+    # The reference is rebuilt from the same pretrained weights, not from the trained policy.
+    fresh = DPO(policy="tiny-llama")
+    assert not changed(snapshot(fresh.reference), resumed.reference)
+
+
+def test_separate_reference_policy_is_used():
+    module = DPO(policy="tiny-llama", reference_policy="tiny-llama")
+    assert module.reference_source == "model"
+    assert not torch.equal(module.reference.lm_head.weight, module.policy.lm_head.weight)  # seed 1 vs seed 0
+    assert all(not p.requires_grad for p in module.reference.parameters())
+    assert len(list(module.parameters())) == len(list(module.policy.parameters()))  # not registered
+
+
+def test_lora_uses_adapter_disabled_policy_as_reference():
+    pytest.importorskip("peft")
+    module = DPO(policy="tiny-llama", lora_r=4, lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-2)
+    assert module.reference_source == "adapter" and module.reference is None
+    dm = data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    first = module.update(batch)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # B = 0 at init: policy == reference
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    second = module.update(batch)
+    assert second["rewards/margins"] != pytest.approx(0.0, abs=1e-6)  # adapters moved the policy away
+
+
+def test_update_returns_metrics_and_steps():
+    module = DPO(policy="tiny-llama", learning_rate=1e-2, warmup_ratio=0.0)
+    dm = data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    before = snapshot(module.policy)
+    out = module.update(batch)
+    assert set(out) >= {"loss", "rewards/chosen", "rewards/margins", "logps/rejected", "logits/chosen"}
+    assert out["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)  # policy == reference
+    assert changed(before, module.policy)
+    assert module.update(batch)["rewards/margins"] > 0
+
+
+def test_sync_reference_soft_and_hard():
+    module = DPO(policy="tiny-llama")
+    with torch.no_grad():
+        module.policy.lm_head.weight.add_(1.0)
+    ref_w = module.reference.lm_head.weight.clone()
+    module.sync_reference(alpha=0.25)
+    expected = ref_w + 0.25 * (module.policy.lm_head.weight - ref_w)
+    assert torch.allclose(module.reference.lm_head.weight, expected)
+    module.sync_reference(alpha=1.0)
+    assert torch.equal(module.reference.lm_head.weight, module.policy.lm_head.weight)
+
+
+def test_ipo_normalizations_differ_as_documented():
+    dm = data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    mean, total = IPO(policy="tiny-llama", normalization="mean"), IPO(policy="tiny-llama", normalization="sum")
+    # At init policy == reference, so h = 0 in both and the loss is (1/(2β))² = 25 for β=0.1.
+    assert mean.compute_loss(batch)[0].item() == pytest.approx(25.0)
+    assert total.compute_loss(batch)[0].item() == pytest.approx(25.0)
+
+
+def test_non_finite_loss_stops_with_step_and_batch(monkeypatch):
+    module = DPO(policy="tiny-llama")
+    dm = data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    monkeypatch.setattr(module, "compute_loss", lambda b: (torch.tensor(float("nan")), {}))
+    with pytest.raises(FloatingPointError, match="non-finite loss nan"):
+        module.update(batch)
