@@ -153,7 +153,7 @@ class SFTDataModule(TokenizedDataModule):
         prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc)
         if not completion_ids:
             raise DataError(f"{loc}: the completion tokenizes to nothing beyond the prompt")
-        status = "ok"
+        status, prompt_length = "ok", len(prompt_ids)
         if len(prompt_ids) + len(completion_ids) > self.max_length:
             status = "truncated"
             prompt_ids = prompt_ids[: self.max_length]
@@ -163,7 +163,7 @@ class SFTDataModule(TokenizedDataModule):
         if trained < 1:
             if not self.drop_overlong:
                 raise DataError(
-                    f"{loc}: the prompt is {len(prompt_ids)} tokens, leaving no completion token within "
+                    f"{loc}: the prompt is {prompt_length} tokens, leaving no completion token within "
                     f"max_length={self.max_length}; raise max_length or set drop_overlong=True"
                 )
             status = "dropped"
