@@ -1,6 +1,7 @@
 """LightningDataModules that turn rows into lit-align's batch schemas (see docs/architecture.md)."""
 
 from datamodules.preference import PreferenceDataModule
+from datamodules.sft import SFTDataModule
 from datamodules.tokenize import DataError
 
-__all__ = ["DataError", "PreferenceDataModule"]
+__all__ = ["DataError", "PreferenceDataModule", "SFTDataModule"]

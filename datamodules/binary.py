@@ -100,6 +100,7 @@ class BinaryFeedbackDataModule(TokenizedDataModule):
 
     FIELDS = ("prompt", "completion", "label")
     OPTIONAL_FIELDS = ()
+    TOKENIZATION_SETTINGS = ("unpair", "max_length", "max_prompt_length", "truncation_mode", "drop_overlong")
 
     def __init__(
         self,

@@ -63,7 +63,9 @@ def messages_to_prompt_completion(messages: Any, loc: str) -> tuple[list[dict], 
     if not isinstance(messages, list):
         raise DataError(f"{loc}: expected a list of chat messages, got text")
     if messages[-1]["role"] != "assistant":
-        raise DataError(f"{loc}: the last message should be the assistant's (the completion), got {messages[-1]['role']!r}")
+        raise DataError(
+            f"{loc}: the last message should be the assistant's (the completion), got {messages[-1]['role']!r}"
+        )
     if len(messages) < 2:
         raise DataError(f"{loc}: expected at least one message before the assistant's answer (the prompt)")
     return messages[:-1], messages[-1:]
@@ -81,6 +83,14 @@ def alpaca_to_prompt_completion(row: dict[str, Any], loc: str, chat: bool) -> tu
         return [{"role": "user", "content": user}], [{"role": "assistant", "content": output}]
     template = ALPACA_PROMPT_WITH_INPUT if extra else ALPACA_PROMPT
     return template.format(instruction=instruction, input=extra), output
+
+
+def _undetected(loc: str, row: dict[str, Any]) -> DataError:
+    present = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "none"
+    return DataError(
+        f"{loc}: cannot tell the row's format; expected fields prompt+completion, messages, or "
+        f"instruction(+input)+output (map other names with `columns`); the row has: {present}"
+    )
 
 
 class SFTDataModule(TokenizedDataModule):
@@ -116,6 +126,7 @@ class SFTDataModule(TokenizedDataModule):
     """
 
     OPTIONAL_FIELDS = ("prompt", "completion", "messages", "instruction", "input", "output")
+    TOKENIZATION_SETTINGS = ("format", "max_length", "completion_only_loss", "drop_overlong")
 
     def __init__(
         self,
@@ -173,11 +184,7 @@ class SFTDataModule(TokenizedDataModule):
         """The row's (prompt, completion), each text or a message list; DataError when malformed."""
         fmt = detect_format(row) if self.format == "auto" else self.format
         if fmt is None:
-            present = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "none"
-            raise DataError(
-                f"{loc}: cannot tell the row's format; expected fields prompt+completion, messages, or "
-                f"instruction(+input)+output (map other names with `columns`); the row has: {present}"
-            )
+            raise _undetected(loc, row)
         for field in FORMAT_FIELDS[fmt]:
             if row.get(field) is None:
                 source = self.columns.get(field, field)
@@ -193,6 +200,12 @@ class SFTDataModule(TokenizedDataModule):
         if is_conversational(prompt) != is_conversational(completion):
             raise DataError(f"{loc}, field 'completion': prompt and completion must both be text or both be messages")
         return prompt, completion
+
+    def _canonical(self, row: dict[str, Any], loc: str) -> dict[str, Any]:
+        out = super()._canonical(row, loc)
+        if self.format == "auto" and detect_format(out) is None:
+            raise _undetected(loc, row)  # names the row's own columns, not just the canonical ones
+        return out
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask, labels = sequence_tensors(

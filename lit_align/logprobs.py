@@ -108,12 +108,15 @@ def token_logps(
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (B, K, V)
     kept = logits.shape[1]
     offset = seq_len - kept  # logits[:, j] sits at position offset + j and scores token offset + j + 1
-    targets = labels[:, offset + 1 :].clamp(min=0)  # (B, K-1)
-    mask = completion_mask[:, offset + 1 :]
-    scored_logits = logits[:, :-1]
-    logps = selective_log_softmax(scored_logits, targets) * mask
-    with torch.no_grad():
-        mean_logits = scored_logits.float().mean(-1) * mask
+    # The last kept position scores nothing: it gets a dummy target rather than being sliced off, since
+    # ``logits[:, :-1]`` is non-contiguous and flattening it would copy the whole (B, K, V) block.
+    targets = nn.functional.pad(labels[:, offset + 1 :].clamp(min=0), (0, 1))  # (B, K)
+    mask = completion_mask[:, offset + 1 :]  # (B, K-1)
+    logps = selective_log_softmax(logits, targets)[:, :-1] * mask
+    with torch.no_grad():  # row chunks: one .float() of half-precision logits would be a full fp32 copy
+        flat = logits.detach().reshape(-1, logits.shape[-1])
+        mean_logits = torch.cat([rows.float().mean(-1) for rows in flat.split(CHUNK_ROWS)]).reshape(targets.shape)
+        mean_logits = mean_logits[:, :-1] * mask
     out_logps = logps.new_zeros(labels.shape)
     out_logps[:, offset + 1 :] = logps
     out_logits = mean_logits.new_zeros(labels.shape)

@@ -7,8 +7,8 @@ line (`--model.beta 0.2`, `--data.data_path my.jsonl`) or layer a YAML with `--c
 
 from pathlib import Path
 
-from datamodules.preference import PreferenceDataModule
-from lit_align.algorithms.orpo import ORPO
+from datamodules import PreferenceDataModule
+from lit_align.algorithms import ORPO
 from lit_align.cli import run
 
 if __name__ == "__main__":

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from datamodules.sft import ALPACA_PROMPT, SFTDataModule
 from datamodules.tokenize import IGNORE_INDEX, DataError
 from lit_align.models import build_byte_tokenizer
+from tests.conftest import write_jsonl
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 USER = [{"role": "user", "content": "What is 2 + 2?"}]
 ANSWER = [{"role": "assistant", "content": "4"}]
 
@@ -23,8 +20,7 @@ def tokenizer():
 
 
 def _module(tmp_path, rows, tokenizer, **kwargs) -> SFTDataModule:
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
     dm = SFTDataModule(tokenizer, data_path=str(path), val_size=0, batch_size=len(rows), **kwargs)
     dm.setup()
     return dm
@@ -123,8 +119,11 @@ def test_prompt_filling_max_length_is_an_error_unless_dropped(tmp_path, tokenize
     assert len(dm.train_dataset) == 1
     assert dm.stats == {"train/dropped": 1, "train/ok": 1}
     # With full-sequence loss the cut prompt is still trained on, so the row is kept (truncated).
-    dm = _module(tmp_path, rows, tokenizer, max_length=10, completion_only_loss=False)
-    assert dm.stats == {"train/truncated": 1, "train/ok": 1}
+    # Same file, so this also shows completion_only_loss keys the tokenization cache.
+    same_file = SFTDataModule(tokenizer, data_path=dm.data_path, val_size=0, max_length=10,
+                              drop_overlong=True, completion_only_loss=False)  # fmt: skip
+    same_file.setup()
+    assert same_file.stats == {"train/truncated": 1, "train/ok": 1}
 
 
 @pytest.mark.parametrize(
@@ -158,18 +157,20 @@ def test_demo_data_is_the_default(tokenizer):
     assert batch["input_ids"].shape[0] == 3 and (batch["labels"] != IGNORE_INDEX).any()
 
 
-@pytest.mark.skipif(not (SHARED / "dolly_sample").is_dir(), reason="shared data (../shared/data) is absent")
-def test_dolly_through_column_mapping(tokenizer):
+def test_dolly_through_column_mapping(tokenizer, shared_data):
     dm = SFTDataModule(
         tokenizer,
-        data_path=str(SHARED / "dolly_sample" / "dolly_sample.jsonl"),
+        data_path=str(shared_data / "dolly_sample" / "dolly_sample.jsonl"),
         format="alpaca",
         columns={"input": "context", "output": "response"},
         max_samples=20,
-        max_length=4096,
+        max_length=1024,
+        drop_overlong=True,
         val_size=0,
     )
     dm.setup()
-    assert len(dm.train_dataset) == 20
+    # Byte tokens (one per character): long contexts fill max_length; those rows are dropped, counted.
+    assert dm.stats == {"train/ok": 12, "train/truncated": 2, "train/dropped": 6}
+    assert len(dm.train_dataset) == 14
     batch = dm.collate([dm.train_dataset[i] for i in range(4)])
     assert (batch["labels"] != IGNORE_INDEX).sum() > 100

@@ -86,7 +86,10 @@ def test_orpo_matches_trl(setup, tmp_path):
         save_strategy="no",
     )  # fmt: skip
     trainer = ORPOTrainer(
-        model=copy.deepcopy(policy), args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
+        model=copy.deepcopy(policy),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
     )
     assert_tokens_differ_only_by_trl_eos(trainer, ours, tokenizer.eos_token_id)
     with torch.no_grad():

@@ -51,7 +51,8 @@ METRICS = (
 def setup():
     policy, tokenizer = load_model("tiny-llama", seed=0)
     reference, _ = load_model("tiny-llama", seed=1)
-    policy.eval(), reference.eval()  # no dropout in tiny-llama either way; TRL also disables it
+    policy.eval()  # no dropout in tiny-llama either way; TRL also disables it
+    reference.eval()
     with open(DEMO_PREFERENCES, encoding="utf-8") as f:
         rows = [json.loads(line) for _, line in zip(range(NUM_ROWS), f, strict=False)]
     dm = PreferenceDataModule(
@@ -149,9 +150,7 @@ def assert_parity(trl_result, our_result) -> None:
     assert abs(our_metrics["rewards/chosen"]) > 1e-3 and abs(our_metrics["rewards/rejected"]) > 1e-3
 
 
-@pytest.mark.parametrize(
-    ("loss_type", "label_smoothing"), [("sigmoid", 0.0), ("hinge", 0.0), ("robust", 0.1)], ids=str
-)
+@pytest.mark.parametrize(("loss_type", "label_smoothing"), [("sigmoid", 0.0), ("hinge", 0.0), ("robust", 0.1)], ids=str)
 def test_dpo_matches_trl(setup, tmp_path, monkeypatch, loss_type, label_smoothing):
     spy = FusedHeadSpy(monkeypatch)
     policy, reference, tokenizer, _, ours = setup

@@ -86,7 +86,10 @@ def test_simpo_matches_trl_cpo(setup, tmp_path, sft_weight, label_smoothing):
         save_strategy="no",
     )  # fmt: skip
     trainer = CPOTrainer(
-        model=copy.deepcopy(policy), args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
+        model=copy.deepcopy(policy),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
     )
     assert_tokens_differ_only_by_trl_eos(trainer, ours, tokenizer.eos_token_id)
     with torch.no_grad():

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 
 def test_ruff_clean():
-    ruff = shutil.which("ruff") or str((REPO / ".venv" / "bin" / "ruff"))
+    ruff = shutil.which("ruff") or str(REPO / ".venv" / "bin" / "ruff")
     if not shutil.which(ruff):
         pytest.skip("ruff not installed (pip install -e .[dev])")
     out = subprocess.run([ruff, "check", "lit_align", "datamodules", "recipes", "tests", "bench"], cwd=REPO,

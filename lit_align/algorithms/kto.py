@@ -16,7 +16,7 @@ Deliberately left out: precomputed reference log-probs and TRL's ``entropy``/``n
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn

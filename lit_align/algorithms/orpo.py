@@ -8,8 +8,6 @@ one stage, no reference model. The NLL term follows TRL's ORPOTrainer (see :func
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -76,7 +74,9 @@ class ORPO(AlignmentModule):
         self.beta = beta
         self.nll_on_prompt = nll_on_prompt
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[SequenceLogps, SequenceLogps, torch.Tensor, torch.Tensor]:
         """(chosen, rejected) completion log-probs and the chosen rows' NLL sums and token counts."""
         return orpo_logps(self.policy, batch, self.pad_token_id, self.nll_on_prompt)
 

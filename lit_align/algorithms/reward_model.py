@@ -46,7 +46,7 @@ class RewardModel(AlignmentModule):
         policy: base model: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id, local
             directory, or an ``nn.Module`` (a sequence-classification model with one label).
         center_rewards_coefficient: c, weight of the (r_w + r_l)² penalty that centers rewards on 0
-            (``None`` disables it; TRL's name; Eisenstein et al. suggest 0.01).
+            (``None`` disables it; TRL's name; TRL's docs recommend 0.01).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay on matrices (not on norms/biases).
         warmup_ratio: fraction of the total optimizer steps spent warming up linearly.

@@ -19,7 +19,6 @@ variants, NEFTune, and TRL's ``entropy`` metric (it needs the full softmax over 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +59,9 @@ def token_stats(
     offset = seq_len - logits.shape[1]  # logits[:, j] predicts token offset + j + 1
     targets = labels[:, offset + 1 :].clamp(min=0)  # (B, K-1)
     mask = mask[:, offset + 1 :]
-    logps = selective_log_softmax(logits[:, :-1], targets)  # (B, K-1) fp32
+    # The last kept position scores nothing; it gets a dummy target instead of being sliced off, since
+    # flattening the non-contiguous ``logits[:, :-1]`` would copy the whole (B, K, V) block.
+    logps = selective_log_softmax(logits, nn.functional.pad(targets, (0, 1)))[:, :-1]  # (B, K-1) fp32
     with torch.no_grad():
         correct = (logits[:, :-1].argmax(-1) == targets) & mask
     return TokenStats(-(logps * mask).sum(-1), mask.sum(-1), correct.sum(-1))

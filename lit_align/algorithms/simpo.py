@@ -9,8 +9,6 @@ The optional NLL term on the chosen completion is CPO's (Xu et al. 2024), TRL's 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 

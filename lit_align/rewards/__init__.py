@@ -1,5 +1,7 @@
 """Reward functions with TRL's signature ``f(prompts, completions, **kwargs) -> list[float | None]``."""
 
+from lit_align.rewards.model_scorer import RewardModelScorer
+from lit_align.rewards.resolve import import_reward_func, resolve_reward_funcs
 from lit_align.rewards.verifiers import (
     arithmetic_answer_reward,
     completion_text,
@@ -9,9 +11,12 @@ from lit_align.rewards.verifiers import (
 )
 
 __all__ = [
+    "RewardModelScorer",
     "arithmetic_answer_reward",
     "completion_text",
     "exact_match_reward",
     "extract_final_number",
     "format_reward",
+    "import_reward_func",
+    "resolve_reward_funcs",
 ]

@@ -1,0 +1,75 @@
+"""Reward functions named in a config: import paths (and reward-model directories) -> callables.
+
+A spec is one of
+    ``"package.module:function"`` or ``"package.module.function"``  imported with importlib;
+    ``"model:<directory or hub id>"``  a :class:`~lit_align.rewards.model_scorer.RewardModelScorer`;
+    a callable                          used as is (from Python).
+
+Nothing is ever evaluated: a spec names a module and an attribute, nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+RewardFunc = Callable[..., list]
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def import_reward_func(spec: str) -> RewardFunc:
+    """Import ``package.module:function`` (or ``package.module.function``)."""
+    if spec.startswith("model:"):
+        from lit_align.rewards.model_scorer import RewardModelScorer
+
+        return RewardModelScorer(spec.removeprefix("model:"))
+    module_name, sep, attribute = spec.partition(":")
+    if not sep:
+        module_name, _, attribute = spec.rpartition(".")
+    if not (module_name and attribute and _DOTTED.fullmatch(module_name) and _DOTTED.fullmatch(attribute)):
+        raise ValueError(
+            f"reward function {spec!r}: expected an import path like 'package.module:function' "
+            "or 'package.module.function', or 'model:<reward model directory>'"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r} ({err})") from err
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"reward function {spec!r}: {module_name!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"reward function {spec!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def reward_func_name(func: RewardFunc) -> str:
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+def resolve_reward_funcs(
+    specs: Sequence[str | RewardFunc], reward_weights: Sequence[float] | None = None
+) -> tuple[list[RewardFunc], list[str], list[float]]:
+    """Callables, their metric names (``rewards/<name>/mean``; repeats get ``_2``, ``_3``) and weights.
+
+    ``reward_weights`` defaults to 1.0 for each function, as in TRL.
+    """
+    if not specs:
+        raise ValueError("at least one reward function is needed")
+    funcs = [import_reward_func(s) if isinstance(s, str) else s for s in specs]
+    for spec, func in zip(specs, funcs, strict=True):
+        if not callable(func):
+            raise ValueError(f"reward function {spec!r} is not callable")
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for func in funcs:
+        name = reward_func_name(func)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    weights = [1.0] * len(funcs) if reward_weights is None else [float(w) for w in reward_weights]
+    if len(weights) != len(funcs):
+        raise ValueError(f"{len(weights)} reward_weights for {len(funcs)} reward functions")
+    return funcs, names, weights

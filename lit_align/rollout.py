@@ -1,0 +1,160 @@
+"""Rollouts: sample completions of a batch of prompts from the policy.
+
+Shapes: N = prompts, G = ``num_generations``, B = N x G rows in prompt-major order (the G
+completions of a prompt are contiguous, as TRL orders them), P = prompt length (left-padded),
+L = completion length (right-padded, at most ``max_new_tokens``).
+
+A backend is anything with the :class:`GenerationBackend` call signature; :class:`HFGenerate` uses
+Hugging Face ``generate`` with the KV cache. Left out here: vLLM (it needs a GPU and weight syncing
+after every update) and tool use / multi-turn rollouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from lit_align.logprobs import IGNORE_INDEX
+
+
+@dataclass
+class Rollout:
+    """Prompts (repeated G times) and their sampled completions, all (B, ...) prompt-major."""
+
+    prompt_input_ids: Tensor  # (B, P) left-padded
+    prompt_attention_mask: Tensor  # (B, P)
+    completion_ids: Tensor  # (B, L) right-padded with the pad id after the first EOS
+    completion_mask: Tensor  # (B, L) long, 1 up to and including the first EOS
+    texts: list[str]  # decoded completions, special tokens skipped
+    lengths: Tensor  # (B,) completion tokens, EOS included
+    is_truncated: Tensor  # (B,) bool: no EOS within max_new_tokens
+    num_generations: int
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def model_inputs(self, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
+        """``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding) of prompt + completion rows."""
+        prompt_ids, completion_ids = self.prompt_input_ids[rows], self.completion_ids[rows]
+        attention_mask = torch.cat([self.prompt_attention_mask[rows], self.completion_mask[rows]], dim=1)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        labels[:, : prompt_ids.shape[1]] = IGNORE_INDEX
+        return input_ids, attention_mask, labels
+
+
+class GenerationBackend(Protocol):
+    """Samples ``num_generations`` completions per prompt (or one greedy completion) without grad."""
+
+    max_new_tokens: int
+
+    def __call__(
+        self,
+        model: nn.Module,
+        prompt_input_ids: Tensor,
+        prompt_attention_mask: Tensor,
+        num_generations: int = 1,
+        greedy: bool = False,
+    ) -> Rollout: ...
+
+
+def completion_mask_until_eos(completion_ids: Tensor, eos_token_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mask (B, L) that is 1 up to and including each row's first EOS, and whether a row has no EOS.
+
+    A row without an EOS is truncated: every one of its L tokens counts.
+    """
+    is_eos = torch.isin(completion_ids, torch.as_tensor(list(eos_token_ids), device=completion_ids.device))
+    has_eos = is_eos.any(dim=1)
+    length = completion_ids.shape[1]
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, length, dtype=torch.long))
+    positions = torch.arange(length, device=completion_ids.device)
+    mask = (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).long()
+    return mask, ~has_eos
+
+
+def is_fsdp2_sharded(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch
+        return False
+    return isinstance(model, FSDPModule) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class HFGenerate:
+    """Sampling with Hugging Face ``generate`` (KV cache on), in eval mode, restoring train mode after.
+
+    Args:
+        tokenizer: decodes completions and gives the pad and EOS ids.
+        max_new_tokens: completion length limit; a completion without EOS by then is truncated.
+        temperature: sampling temperature.
+        top_p: nucleus sampling mass (1.0 = off).
+        top_k: keep the k most likely tokens (0 = off).
+        eos_token_ids: tokens that end a completion (default: the tokenizer's EOS and the model's
+            ``generation_config.eos_token_id``).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive (use greedy=True for greedy decoding), got {temperature}")
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else None
+
+    def eos_ids(self, model: nn.Module) -> list[int]:
+        if self.eos_token_ids is not None:
+            return self.eos_token_ids
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return sorted(i for i in ids if i is not None)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        prompt_input_ids: Tensor,
+        prompt_attention_mask: Tensor,
+        num_generations: int = 1,
+        greedy: bool = False,
+    ) -> Rollout:
+        eos_ids = self.eos_ids(model)
+        pad_id = self.tokenizer.pad_token_id
+        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens, do_sample=not greedy, eos_token_id=eos_ids, pad_token_id=pad_id,
+            use_cache=True, **sampling,
+        )  # fmt: skip
+        # Prompt-major order: row i*G + g is the g-th sample of prompt i.
+        input_ids = prompt_input_ids.repeat_interleave(num_generations, dim=0)
+        attention_mask = prompt_attention_mask.repeat_interleave(num_generations, dim=0)
+        was_training = model.training
+        model.eval()  # dropout off; HF also disables the KV cache under gradient checkpointing in train mode
+        try:
+            with torch.no_grad():
+                sequences = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                    synced_gpus=is_fsdp2_sharded(model),  # FSDP2: ranks that finish early must keep all-gathering
+                )  # fmt: skip
+        finally:
+            model.train(was_training)
+        completion_ids = sequences[:, input_ids.shape[1] :]
+        mask, is_truncated = completion_mask_until_eos(completion_ids, eos_ids)
+        completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
+        lengths = mask.sum(dim=1)
+        rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return Rollout(input_ids, attention_mask, completion_ids, mask, texts, lengths, is_truncated, num_generations)

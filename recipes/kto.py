@@ -1,0 +1,16 @@
+"""KTO recipe: `python recipes/kto.py fit` trains SmolLM2-135M-Instruct on the demo binary feedback
+(recipes/configs/kto.yaml).
+
+Watch `train/rewards/margins` and `train/kl` in TensorBoard (`tensorboard --logdir runs`). Override anything
+from the command line (`--model.desirable_weight 1.3`, `--data.data_path my.jsonl`, `--data.unpair true` for
+preference pairs) or layer a YAML with `--config`.
+"""
+
+from pathlib import Path
+
+from datamodules.binary import BinaryFeedbackDataModule
+from lit_align.algorithms.kto import KTO
+from lit_align.cli import run
+
+if __name__ == "__main__":
+    run(KTO, BinaryFeedbackDataModule, Path(__file__).parent / "configs" / "kto.yaml")
