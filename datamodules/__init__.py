@@ -1,7 +1,8 @@
 """LightningDataModules that turn rows into lit-align's batch schemas (see docs/architecture.md)."""
 
+from datamodules.binary import BinaryFeedbackDataModule
 from datamodules.preference import PreferenceDataModule
 from datamodules.sft import SFTDataModule
 from datamodules.tokenize import DataError
 
-__all__ = ["DataError", "PreferenceDataModule", "SFTDataModule"]
+__all__ = ["BinaryFeedbackDataModule", "DataError", "PreferenceDataModule", "SFTDataModule"]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from datamodules.prompt import PromptDataModule
 from lit_align.rewards.verifiers import completion_text
 from lit_align.rollout import Rollout, completion_mask_until_eos
 from tests.conftest import write_jsonl
@@ -21,7 +20,9 @@ def prompt_rows(n: int) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": f"Count to {i}."}], "answer": str(i)} for i in range(n)]
 
 
-def prompt_datamodule(tmp_path: Path, tokenizer, n: int = 8, **kwargs) -> PromptDataModule:
+def prompt_datamodule(tmp_path: Path, tokenizer, n: int = 8, **kwargs):
+    from datamodules.prompt import PromptDataModule  # imported here: the GPU test's image has no ``datasets``
+
     path = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(n))
     kwargs.setdefault("val_size", 0)
     kwargs.setdefault("batch_size", 2)

@@ -43,6 +43,9 @@ def test_update_and_fit_on_cuda(tmp_path, cls, kwargs):
     assert changed(before, module.policy) and out["reward"] >= 0
     trainer = L.Trainer(accelerator="gpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, default_root_dir=str(tmp_path))  # fmt: skip
-    trainer.fit(module, train_dataloaders=prompt_loader(tokenizer), val_dataloaders=prompt_loader(tokenizer))
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(prompt_loader(tokenizer), batch_size=None)  # the ready-made batches, as they are
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     assert trainer.global_step >= 3  # a rollout of 2 optimizer steps may overshoot max_steps by one
     assert "train/reward" in trainer.callback_metrics and "val/reward" in trainer.callback_metrics

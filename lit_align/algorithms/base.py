@@ -66,7 +66,9 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
             n for n, v in (("policy", policy), ("reference_policy", reference_policy)) if isinstance(v, nn.Module)
         ]
         self.save_hyperparameters(ignore=[*modules, "needs_reference", "policy_kind"])
-        self.policy = resolve_policy(policy, policy_kind)
+        # from_pretrained returns eval mode and Lightning keeps each module's mode through fit; train
+        # mode is what gradient checkpointing (and any dropout) needs.
+        self.policy = resolve_policy(policy, policy_kind).train()
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         reference = None
