@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +30,7 @@ def run(
     return AlignCLI(
         model_class,
         datamodule_class,
-        args=args if args is not None else sys.argv[1:],
+        args=args,  # None: LightningCLI reads sys.argv
         parser_kwargs={cmd: {"default_config_files": default} for cmd in ("fit", "validate", "test")},
         save_config_kwargs={"overwrite": True},
     )
