@@ -44,12 +44,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
     L.seed_everything(0)
     dm = PreferenceDataModule(
         tokenizer="smollm2-135m-instruct", data_path=str(FILE), max_samples=args.pairs, val_size=args.val,
-        batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_length * 3 // 4,
+        batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_length // 2,
     )  # fmt: skip
     dm.setup("fit")
     print(f"train pairs {len(dm.train_dataset)}, val pairs {len(dm.val_dataset)}, truncation {dict(dm.stats)}")
