@@ -1,7 +1,20 @@
 """lit-align: LLM alignment algorithms as PyTorch Lightning modules."""
 
-from lit_align.algorithms import DPO, IPO, KTO, ORPO, SFT, RewardModel, SimPO
+from lit_align.algorithms import DPO, GRPO, IPO, KTO, ORPO, RLOO, SFT, ReMax, RewardModel, SimPO
 from lit_align.models import load_model, load_tokenizer
 
-__all__ = ["DPO", "IPO", "KTO", "ORPO", "SFT", "RewardModel", "SimPO", "load_model", "load_tokenizer"]
+__all__ = [
+    "DPO",
+    "GRPO",
+    "IPO",
+    "KTO",
+    "ORPO",
+    "RLOO",
+    "SFT",
+    "ReMax",
+    "RewardModel",
+    "SimPO",
+    "load_model",
+    "load_tokenizer",
+]
 __version__ = "0.1.0"

@@ -1,11 +1,14 @@
 """The zoo: one LightningModule per algorithm."""
 
 from lit_align.algorithms.dpo import DPO
+from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.ipo import IPO
 from lit_align.algorithms.kto import KTO
 from lit_align.algorithms.orpo import ORPO
+from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.reward_model import RewardModel
+from lit_align.algorithms.rloo import RLOO
 from lit_align.algorithms.sft import SFT
 from lit_align.algorithms.simpo import SimPO
 
-__all__ = ["DPO", "IPO", "KTO", "ORPO", "SFT", "RewardModel", "SimPO"]
+__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "RLOO", "SFT", "ReMax", "RewardModel", "SimPO"]
