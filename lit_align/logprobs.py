@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -86,15 +87,26 @@ def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, chunk_row
     return torch.cat(chunks).reshape(targets.shape)
 
 
+class TokenLogps(NamedTuple):
+    """Per-token outputs of :func:`token_logps`, each (B, T) and aligned with ``labels``."""
+
+    logps: torch.Tensor  # fp32 log-prob of each label token, 0 where labels == -100
+    mask: torch.Tensor  # bool, the scored (completion) positions
+    mean_logits: torch.Tensor  # fp32, detached vocab-mean logit per scored token (0 elsewhere)
+    entropy: torch.Tensor | None  # fp32, detached entropy of the predictive distribution (with_entropy=True)
+
+
 def token_logps(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    with_entropy: bool = False,
+) -> TokenLogps:
     """Per-token completion log-probs in ONE forward pass.
 
-    Returns:
-        token_logps: (B, T) fp32, aligned with ``labels``, 0 where ``labels == -100``.
-        completion_mask: (B, T) bool, ``labels != -100``.
-        token_mean_logits: (B, T) fp32 detached vocab-mean logit per scored token (0 elsewhere).
+    ``with_entropy`` also returns each scored position's predictive entropy ``H = lse − Σ p·logit``,
+    computed in the same no-grad row chunks as the mean logits (no extra forward, no full softmax).
     """
     completion_mask = labels != IGNORE_INDEX
     completion_mask[:, 0] = False  # position 0 has no preceding context to score it
@@ -115,20 +127,37 @@ def token_logps(
     logps = selective_log_softmax(logits, targets)[:, :-1] * mask
     with torch.no_grad():  # row chunks: one .float() of half-precision logits would be a full fp32 copy
         flat = logits.detach().reshape(-1, logits.shape[-1])
-        mean_logits = torch.cat([rows.float().mean(-1) for rows in flat.split(CHUNK_ROWS)]).reshape(targets.shape)
-        mean_logits = mean_logits[:, :-1] * mask
-    out_logps = logps.new_zeros(labels.shape)
-    out_logps[:, offset + 1 :] = logps
-    out_logits = mean_logits.new_zeros(labels.shape)
-    out_logits[:, offset + 1 :] = mean_logits
-    return out_logps, completion_mask, out_logits
+        chunks = [_chunk_stats(rows.float(), with_entropy) for rows in flat.split(CHUNK_ROWS)]
+        mean_logits = torch.cat([c[0] for c in chunks]).reshape(targets.shape)[:, :-1] * mask
+        entropy = torch.cat([c[1] for c in chunks]).reshape(targets.shape)[:, :-1] * mask if with_entropy else None
+    return TokenLogps(
+        _align(logps, labels.shape, offset),
+        completion_mask,
+        _align(mean_logits, labels.shape, offset),
+        None if entropy is None else _align(entropy, labels.shape, offset),
+    )
+
+
+def _chunk_stats(logits: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not with_entropy:
+        return logits.mean(-1), None
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    entropy = lse.squeeze(-1) - (torch.exp(logits - lse) * logits).sum(-1)
+    return logits.mean(-1), entropy
+
+
+def _align(values: torch.Tensor, shape: torch.Size, offset: int) -> torch.Tensor:
+    """Place (B, K-1) values scored from kept position ``offset`` into a (B, T) tensor aligned with labels."""
+    out = values.new_zeros(shape)
+    out[:, offset + 1 :] = values
+    return out
 
 
 def sequence_logps(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> SequenceLogps:
     """Sum and mean of completion-token log-probs per sequence, and token counts."""
-    logps, mask, mean_logits = token_logps(model, input_ids, attention_mask, labels)
+    logps, mask, mean_logits, _ = token_logps(model, input_ids, attention_mask, labels)
     num_tokens = mask.sum(-1)
     total = logps.sum(-1)
     mean = total / num_tokens.clamp(min=1)

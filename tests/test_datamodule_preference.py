@@ -67,9 +67,7 @@ def test_batch_schema_padding_and_shapes(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "p" * n, "chosen": "c" * (n + 1), "rejected": "r" * 2} for n in (1, 5, 9)]
     dm = make(tmp_path, rows, tiny_tokenizer, batch_size=3)
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {
-        f"{s}_{k}" for s in ("chosen", "rejected") for k in ("input_ids", "attention_mask", "labels")
-    }
+    assert set(batch) == {f"{s}_{k}" for s in ("chosen", "rejected") for k in ("input_ids", "attention_mask", "labels")}
     for side in ("chosen", "rejected"):
         mask = batch[f"{side}_attention_mask"]
         labels = batch[f"{side}_labels"]

@@ -20,7 +20,7 @@ from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_bat
 
 ROLLOUT_METRICS = (
     "reward", "reward_std", "frac_reward_zero_std", "rewards/length_reward/mean", "completions/mean_length",
-    "completions/clipped_ratio", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+    "completions/clipped_ratio", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy",
     "time/generation", "time/update",
 )  # fmt: skip
 

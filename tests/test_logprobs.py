@@ -92,7 +92,7 @@ class RecordKeep(PlainForward):
 def test_token_logps_match_naive_loop(model, pad_id, seed):
     batch = random_batch(seed, pad_id)
     with torch.no_grad():
-        logps, mask, mean_logits = token_logps(model, **batch)
+        logps, mask, mean_logits, _ = token_logps(model, **batch)
         expected, expected_logits = naive_token_logps(model, **batch)
     expected_mask = batch["labels"] != IGNORE_INDEX
     assert torch.equal(mask, expected_mask)  # prompt lengths >= 1, so column 0 is never a completion token
@@ -122,7 +122,7 @@ def test_position_zero_is_never_scored(model, pad_id):
     batch = random_batch(0, pad_id)
     batch["labels"][0] = torch.where(batch["attention_mask"][0].bool(), batch["input_ids"][0], IGNORE_INDEX)
     with torch.no_grad():
-        logps, mask, _ = token_logps(model, **batch)
+        logps, mask, _, _ = token_logps(model, **batch)
         expected, _ = naive_token_logps(model, **batch)
     assert not mask[:, 0].any() and mask[0, 1]
     torch.testing.assert_close(logps, expected, atol=ATOL, rtol=0)
@@ -208,3 +208,18 @@ def test_bf16_selective_log_softmax_values_and_gradient():
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
     assert logits.grad.dtype == torch.bfloat16
     torch.testing.assert_close(logits.grad.float(), reference.grad, atol=1e-2, rtol=1.6e-2)
+
+
+def test_entropy_matches_full_softmax():
+    """H = -Σ_v p_v log p_v of the distribution that scores each completion token, 0 elsewhere."""
+    model, _ = load_model("tiny-llama", seed=3)
+    ids = torch.randint(0, 200, (2, 9))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    out = token_logps(model, ids, torch.ones_like(ids), labels, with_entropy=True)
+    logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+    full = -(logp.exp() * logp).sum(-1)  # full[:, t] is the distribution that predicts token t + 1
+    expected = torch.zeros(2, 9)
+    expected[:, 4:] = full[:, 3:8]
+    assert torch.allclose(out.entropy, expected, atol=1e-5)
+    assert token_logps(model, ids, torch.ones_like(ids), labels).entropy is None

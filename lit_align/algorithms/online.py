@@ -15,8 +15,10 @@ Per batch of N prompts (``OnlinePolicyGradient.rl_step``):
 Shapes: B = N x G rows, prompt-major; L completion length; ``loss_mask`` (B, L) is the completion
 mask, zeroed for truncated completions when ``mask_truncated_completions``.
 
-Deliberately left out (and what it costs): ``entropy`` is not logged (``token_logps`` returns no
-per-position entropy; computing it needs a second pass over the (B, L, V) logits); minibatches are
+``entropy`` is the token-mean predictive entropy over the trained completion tokens, computed in the
+same chunked pass as the log-probs (no extra forward).
+
+Deliberately left out (and what it costs): minibatches are
 contiguous, not reshuffled per iteration; under DDP each rank normalizes its own groups (all G
 completions of a prompt live on one rank, so group statistics are exact; ``scale_rewards="batch"``
 and ``reward_std`` are per rank); a group with SOME unscorable completions fills them with the
@@ -153,7 +155,7 @@ class OnlinePolicyGradient(AlignmentModule):
         fn_metrics = tuple(f"rewards/{n}/mean" for n in self.reward_names)
         rollout = ("reward", "reward_std", "frac_reward_zero_std", *fn_metrics, "completions/mean_length",
                    "completions/clipped_ratio")  # fmt: skip
-        clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
+        clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
         kl = ("kl",) if beta > 0 else ()
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
         self.train_metrics = MetricGroup((*rollout, *clip, *kl, *self.EXTRA_METRICS, *times), "train/")
@@ -265,7 +267,10 @@ class OnlinePolicyGradient(AlignmentModule):
     ) -> Tensor:
         """Clipped-surrogate loss of one micro-batch, divided by the minibatch ``normalizer``."""
         input_ids, attention_mask, labels = rollout.model_inputs(rows)
-        logps = token_logps(self.policy, input_ids, attention_mask, labels)[0][:, rollout.prompt_input_ids.shape[1] :]
+        prompt_len = rollout.prompt_input_ids.shape[1]
+        out = token_logps(self.policy, input_ids, attention_mask, labels, with_entropy=True)
+        logps, entropy = out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
+        stats["entropy"].append((masked_mean(entropy, mask).reshape(1), mask.sum().reshape(1).float()))
         old_logps = logps.detach() if old_logps is None else old_logps  # on-policy: ratio 1, same gradient
         weights = mask.float()
         if self.SEQUENCE_RATIO:  # one ratio per sequence: exp(sum_t logp - sum_t old_logp)

@@ -114,7 +114,7 @@ def orpo_logps(
         labels = labels.clone()
         chosen_mask = joint["attention_mask"][:n].bool()
         labels[:n] = torch.where(chosen_mask, joint["input_ids"][:n], IGNORE_INDEX)
-    logps, scored, mean_logits = token_logps(model, joint["input_ids"], joint["attention_mask"], labels)
+    logps, scored, mean_logits, _ = token_logps(model, joint["input_ids"], joint["attention_mask"], labels)
     num_tokens = completion.sum(-1)
     total = (logps * completion).sum(-1)
     stats = SequenceLogps(total, total / num_tokens.clamp(min=1), num_tokens, (mean_logits * completion).sum(-1))
