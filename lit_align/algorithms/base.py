@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value
@@ -110,7 +111,12 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Trainer flags win; otherwise the module's max_grad_norm (so recipes need no trainer flag).
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
-        if clip:
+        if not clip:
+            return
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # Lightning's FSDP precision plugin refuses norm clipping; FSDP1 clips through its root module.
+            self.trainer.model.clip_grad_norm_(clip)
+        else:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def update(self, batch: dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
