@@ -60,6 +60,7 @@ def main() -> None:
     )  # fmt: skip
     before = trainer.validate(module, dm, verbose=False)[0]
     acc_before = preference_accuracy(module, dm)
+    module.train()  # validate() leaves the module in eval mode and Lightning keeps modes through fit
     start = time.time()
     trainer.fit(module, dm)
     fit_s = time.time() - start

@@ -69,6 +69,7 @@ def main() -> None:
     start = time.time()
     before = evaluator.validate(module, dm, verbose=False)[0]
     val_s = time.time() - start
+    module.train()  # validate() leaves the module in eval mode and Lightning keeps modes through fit
     start = time.time()
     trainer.fit(module, dm)
     fit_s = time.time() - start
