@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--max-prompt-length", type=int, default=40)
     parser.add_argument("--train-layers", type=int, default=4, help="train only the top K layers (0: all)")
+    parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     if not FILE.is_file():
         raise SystemExit(f"HH-RLHF file not found: {FILE}")
@@ -62,7 +63,7 @@ def main() -> None:
     if args.train_layers:
         freeze_below_top_layers(module.policy, args.train_layers)
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, log_every_n_steps=5,
+        max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False, log_every_n_steps=5,
         num_sanity_val_steps=0, limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     evaluator = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
