@@ -48,12 +48,13 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--data", default=str(FILE), help="binary-feedback jsonl (default: kto_en_demo)")
     args = parser.parse_args()
-    if not FILE.exists():
-        raise SystemExit(f"data file not found: {FILE}")
+    if not Path(args.data).exists():
+        raise SystemExit(f"data file not found: {args.data}")
     L.seed_everything(0)
     dm = BinaryFeedbackDataModule(
-        tokenizer="smollm2-135m-instruct", data_path=str(FILE), max_samples=args.rows, val_size=args.val,
+        tokenizer="smollm2-135m-instruct", data_path=args.data, max_samples=args.rows, val_size=args.val,
         batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_length * 3 // 4,
     )  # fmt: skip
     dm.setup("fit")
