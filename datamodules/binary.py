@@ -28,10 +28,10 @@ from datamodules.tokenize import (
     TruncationMode,
     check_text_or_messages,
     extract_implicit_prompt,
+    fit_to_length,
     is_conversational,
     sequence_tensors,
     tokenize_prompt_completions,
-    truncate_prompt,
 )
 
 DEMO_BINARY = str(SAMPLES / "binary_demo.jsonl")
@@ -206,21 +206,9 @@ class BinaryFeedbackDataModule(TokenizedDataModule):
         return prompt, [chosen, rejected], [True, False]
 
     def _truncate(self, prompt_ids: list[int], completion_ids: list[int], loc: str) -> tuple[list, list, str]:
-        status = "ok"
-        truncated = truncate_prompt(prompt_ids, self.max_prompt_length, self.truncation_mode)
-        if len(truncated) < len(prompt_ids):
-            status = "prompt_truncated"
-        room = self.max_length - len(truncated)
-        if room < 1:
-            if not self.drop_overlong:
-                raise DataError(
-                    f"{loc}: the prompt is {len(prompt_ids)} tokens, leaving no room for a completion within "
-                    f"max_length={self.max_length}; set max_prompt_length, raise max_length, or drop_overlong=True"
-                )
-            return truncated, [], "dropped"
-        if len(completion_ids) > room:
-            status = "completion_truncated" if status == "ok" else "prompt_and_completion_truncated"
-        return truncated, completion_ids[:room], status
+        args = self.max_length, self.max_prompt_length, self.truncation_mode, self.drop_overlong, loc
+        kept_prompt, (kept_completion,), status = fit_to_length(prompt_ids, [completion_ids], *args)
+        return kept_prompt, kept_completion, status
 
     def _examples(self, rows: datasets.Dataset) -> datasets.Dataset:
         return rows.map(_flatten, batched=True, remove_columns=rows.column_names, desc="Flattening examples")

@@ -13,10 +13,10 @@ from datamodules.tokenize import (
     TruncationMode,
     check_text_or_messages,
     extract_implicit_prompt,
+    fit_to_length,
     is_conversational,
     sequence_tensors,
     tokenize_prompt_completions,
-    truncate_prompt,
 )
 
 DEMO_PREFERENCES = str(SAMPLES / "preference_demo.jsonl")
@@ -108,26 +108,11 @@ class PreferenceDataModule(TokenizedDataModule):
         if is_conversational(prompt) and not is_conversational(chosen):
             raise DataError(f"{loc}, field 'chosen': expected a message list like the prompt, got text")
         prompt_ids, (chosen_ids, rejected_ids) = tokenize_prompt_completions(tokenizer, prompt, [chosen, rejected], loc)
-        status = "ok"
-        truncated_prompt = truncate_prompt(prompt_ids, self.max_prompt_length, self.truncation_mode)
-        if len(truncated_prompt) < len(prompt_ids):
-            status = "prompt_truncated"
-        room = self.max_length - len(truncated_prompt)
-        if room < 1:
-            if not self.drop_overlong:
-                raise DataError(
-                    f"{loc}: the prompt is {len(prompt_ids)} tokens, leaving no room for a completion within "
-                    f"max_length={self.max_length}; set max_prompt_length, raise max_length, or drop_overlong=True"
-                )
-            status = "dropped"
-        elif len(chosen_ids) > room or len(rejected_ids) > room:
-            status = "completion_truncated" if status == "ok" else "prompt_and_completion_truncated"
-        out = {
-            "prompt_ids": truncated_prompt,
-            "chosen_ids": chosen_ids[: max(room, 0)],
-            "rejected_ids": rejected_ids[: max(room, 0)],
-            "_status": status,
-        }
+        kept_prompt, (chosen_ids, rejected_ids), status = fit_to_length(
+            prompt_ids, [chosen_ids, rejected_ids], self.max_length, self.max_prompt_length, self.truncation_mode,
+            self.drop_overlong, loc,
+        )  # fmt: skip
+        out = {"prompt_ids": kept_prompt, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, "_status": status}
         if "margin" in row:
             margin = row["margin"]
             if isinstance(margin, bool) or not isinstance(margin, (int, float)):

@@ -118,6 +118,36 @@ def truncate_prompt(prompt_ids: list[int], max_prompt_length: int | None, mode: 
     return prompt_ids[-max_prompt_length:] if mode == "keep_end" else prompt_ids[:max_prompt_length]
 
 
+def fit_to_length(
+    prompt_ids: list[int],
+    completions: Sequence[list[int]],
+    max_length: int,
+    max_prompt_length: int | None,
+    mode: TruncationMode,
+    drop_overlong: bool,
+    loc: str,
+) -> tuple[list[int], list[list[int]], str]:
+    """Cut the prompt to ``max_prompt_length``, then each completion so prompt + completion fits ``max_length``.
+
+    Returns the kept ids and a status for the DataModule's counts: ``ok``, ``prompt_truncated``,
+    ``completion_truncated``, ``prompt_and_completion_truncated`` or ``dropped`` (no room left for a
+    completion; an error naming the row unless ``drop_overlong``).
+    """
+    kept_prompt = truncate_prompt(prompt_ids, max_prompt_length, mode)
+    status = "prompt_truncated" if len(kept_prompt) < len(prompt_ids) else "ok"
+    room = max_length - len(kept_prompt)
+    if room < 1:
+        if not drop_overlong:
+            raise DataError(
+                f"{loc}: the prompt is {len(prompt_ids)} tokens, leaving no room for a completion within "
+                f"max_length={max_length}; set max_prompt_length, raise max_length, or drop_overlong=True"
+            )
+        return kept_prompt, [[] for _ in completions], "dropped"
+    if any(len(c) > room for c in completions):
+        status = "completion_truncated" if status == "ok" else "prompt_and_completion_truncated"
+    return kept_prompt, [list(c[:room]) for c in completions], status
+
+
 def pad(sequences: Sequence[Sequence[int]], value: int, multiple_of: int | None = None) -> torch.Tensor:
     """Right-pad lists of ids into a (B, T) long tensor."""
     length = max((len(s) for s in sequences), default=0)
