@@ -20,6 +20,7 @@ from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
 from datamodules.tokenize import DataError, where
 
 log = logging.getLogger(__name__)
@@ -150,10 +151,11 @@ class TokenizedDataModule(L.LightningDataModule):
             raise DataError(f"{self.data_path}: no training rows are left after truncation and splitting")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        # Resumable mid-epoch, in an order that depends only on (seed, epoch): see datamodules/resumable.py.
+        return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochRandomSampler(self.train_dataset, seed=self.seed),
             collate_fn=self.collate,
             num_workers=self.num_workers,
             drop_last=False,

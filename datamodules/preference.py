@@ -52,7 +52,7 @@ class PreferenceDataModule(TokenizedDataModule):
         eval_batch_size: pairs per validation batch (default: ``batch_size``).
         num_workers: DataLoader workers.
         pad_to_multiple_of: pad sequence length to a multiple of this.
-        seed: seed of the validation split.
+        seed: seed of the validation split and of the training order (a function of seed and epoch only).
         config_name: ``datasets`` configuration name for hub datasets.
     """
 

@@ -48,7 +48,7 @@ class PromptDataModule(TokenizedDataModule):
             completions for each.
         eval_batch_size: prompts per validation batch (default: ``batch_size``).
         num_workers: DataLoader workers.
-        seed: seed of the validation split.
+        seed: seed of the validation split and of the training order (a function of seed and epoch only).
         config_name: ``datasets`` configuration name for hub datasets.
     """
 

@@ -1,6 +1,6 @@
 """Plot one scalar from a run's TensorBoard events as a dependency-free SVG (for the README).
 
-    python scripts/plot_metric.py runs/orpo/version_0 train/rewards/margins docs/img/orpo_margins.svg
+python scripts/plot_metric.py runs/orpo/version_0 train/rewards/margins docs/img/orpo_margins.svg
 """
 
 from __future__ import annotations

@@ -55,3 +55,38 @@ def fixed_rollout(batch: dict, tokenizer, num_generations: int, lengths: list[in
 
 def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+class ScriptedBackend:
+    """A generation backend whose completions depend only on the prompt's tokens and the sample index.
+
+    Sampling is per-rank random by design, so layouts (1 process vs 2) cannot draw the same completions;
+    with this backend they do, and everything downstream (rewards, advantages, losses, updates) must
+    then match exactly.
+    """
+
+    def __init__(self, tokenizer, max_new_tokens: int = 8) -> None:
+        self.tokenizer, self.max_new_tokens = tokenizer, max_new_tokens
+
+    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False) -> Rollout:
+        rows = []
+        for ids, mask in zip(prompt_input_ids.tolist(), prompt_attention_mask.tolist(), strict=True):
+            key = sum((i + 1) * t for i, t in enumerate(t for t, m in zip(ids, mask, strict=True) if m))
+            for g in range(num_generations):
+                generator = torch.Generator().manual_seed(key * 31 + g)
+                length = int(torch.randint(2, self.max_new_tokens + 1, (1,), generator=generator))
+                rows.append(torch.randint(3, 200, (length,), generator=generator).tolist())
+        width = max(len(r) for r in rows)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        ends = [r[:-1] + [eos] if len(r) < self.max_new_tokens else r for r in rows]  # full length = truncated
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in ends])
+        mask, truncated = completion_mask_until_eos(ids, [eos])
+        lengths = mask.sum(1)
+        texts = self.tokenizer.batch_decode([r[:n] for r, n in zip(ids.tolist(), lengths.tolist(), strict=True)],
+                                            skip_special_tokens=True)  # fmt: skip
+        device = prompt_input_ids.device
+        return Rollout(
+            prompt_input_ids.repeat_interleave(num_generations, 0), prompt_attention_mask.repeat_interleave(
+                num_generations, 0), ids.to(device), mask.to(device), texts, lengths.to(device),
+            truncated.to(device), num_generations,
+        )  # fmt: skip

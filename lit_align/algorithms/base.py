@@ -18,6 +18,7 @@ from torch import nn
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value
 from lit_align.models import load_model
 from lit_align.reference import ReferenceMixin
+from lit_align.sharding import fully_shard_model
 
 Scheduler = Literal["constant", "linear", "cosine"]
 
@@ -107,6 +108,21 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
         optimizer, scheduler = self._optimizer_and_scheduler(total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy(data_parallel_size=N)``: FSDP2-shard the policy and the frozen reference."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "lit-align shards with FSDP2 only: use ModelParallelStrategy(data_parallel_size=<devices>, "
+                "tensor_parallel_size=1)"
+            )
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        fully_shard_model(self.policy, dp_mesh, reshard_after_forward=True)
+        if self.reference is not None:
+            fully_shard_model(self.reference, dp_mesh, reshard_after_forward=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Trainer flags win; otherwise the module's max_grad_norm (so recipes need no trainer flag).

@@ -29,10 +29,12 @@ communication, not correctness.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -126,6 +128,7 @@ class OnlinePolicyGradient(AlignmentModule):
         lora_dropout: float,
         lora_target_modules: list[str] | str,
         gradient_checkpointing: bool,
+        sampling_seed: int = 0,
     ) -> None:
         if num_generations < 1 or num_iterations < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
             raise ValueError("num_generations, num_iterations, num_minibatches and gradient_accumulation_steps >= 1")
@@ -151,6 +154,7 @@ class OnlinePolicyGradient(AlignmentModule):
         self._tokenizer_name = names[0] if names else None
         self._sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k}
         self._backend: HFGenerate | None = None
+        self.sampling_seed = sampling_seed
         self._rollouts = 0
         fn_metrics = tuple(f"rewards/{n}/mean" for n in self.reward_names)
         rollout = ("reward", "reward_std", "frac_reward_zero_std", *fn_metrics, "completions/mean_length",
@@ -293,7 +297,26 @@ class OnlinePolicyGradient(AlignmentModule):
     # -- rollouts and rewards ------------------------------------------------------------------
     def generate_samples(self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor) -> Rollout:
         """``num_generations`` sampled completions per prompt (prompt-major), without grad."""
-        return self.backend()(self.policy, prompt_input_ids, prompt_attention_mask, self.num_generations)
+        with self.seeded_sampling():
+            return self.backend()(self.policy, prompt_input_ids, prompt_attention_mask, self.num_generations)
+
+    @contextmanager
+    def seeded_sampling(self) -> Iterator[None]:
+        """Sample from an RNG seeded by (``sampling_seed``, global step, rank), restoring the global RNG after.
+
+        The completions of a step are then a function of the checkpointed state alone: a run killed and
+        resumed draws what the uninterrupted run drew, without storing RNG state in the checkpoint.
+        """
+        trainer = self._trainer is not None
+        step, rank = (self.global_step, self.global_rank) if trainer else (self._rollouts, 0)
+        key = hashlib.sha256(f"{self.sampling_seed}/{step}/{rank}".encode()).digest()
+        seed = int.from_bytes(key[:8], "little") >> 1
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed(seed)
+            yield
 
     def backend(self) -> HFGenerate:
         if self._backend is None:
@@ -347,6 +370,7 @@ class OnlinePolicyGradient(AlignmentModule):
         self.train()
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, values, _, _ = self.rl_step(batch)
+        self._rollouts += 1
         out = {"loss": float(loss)}
         for name, value in values.items():
             data, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))

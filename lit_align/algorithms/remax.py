@@ -52,6 +52,8 @@ class ReMax(OnlinePolicyGradient):
         temperature: sampling temperature.
         top_p: nucleus sampling mass (1.0 = off).
         top_k: top-k sampling (0 = off).
+        sampling_seed: sampling is seeded from (sampling_seed, global step, rank), so a run and its
+            resume from a checkpoint draw the same completions.
         num_iterations: μ, passes over each rollout; > 1 records the sampling policy's log-probs and
             makes the clip active.
         num_minibatches: optimizer steps per pass over a rollout.
@@ -90,6 +92,7 @@ class ReMax(OnlinePolicyGradient):
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        sampling_seed: int = 0,
         num_iterations: int = 1,
         num_minibatches: int = 1,
         gradient_accumulation_steps: int = 1,
@@ -114,7 +117,7 @@ class ReMax(OnlinePolicyGradient):
             temperature, top_p, top_k, num_iterations, num_minibatches, gradient_accumulation_steps, epsilon,
             epsilon_high, "sequence_mean", mask_truncated_completions, log_completions_every_n_steps, tokenizer,
             learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm, lora_r, lora_alpha, lora_dropout,
-            lora_target_modules, gradient_checkpointing,
+            lora_target_modules, gradient_checkpointing, sampling_seed=sampling_seed,
         )  # fmt: skip
 
     def compute_advantages(self, rewards: Tensor, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -45,6 +45,8 @@ class RLOO(OnlinePolicyGradient):
         temperature: sampling temperature.
         top_p: nucleus sampling mass (1.0 = off).
         top_k: top-k sampling (0 = off).
+        sampling_seed: sampling is seeded from (sampling_seed, global step, rank), so a run and its
+            resume from a checkpoint draw the same completions.
         normalize_advantages: whiten the advantages over the batch (TRL's ``normalize_advantages``).
         num_iterations: μ, passes over each rollout; > 1 records the sampling policy's log-probs and
             makes the clip active.
@@ -83,6 +85,7 @@ class RLOO(OnlinePolicyGradient):
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        sampling_seed: int = 0,
         normalize_advantages: bool = False,
         num_iterations: int = 1,
         num_minibatches: int = 1,
@@ -108,7 +111,7 @@ class RLOO(OnlinePolicyGradient):
             temperature, top_p, top_k, num_iterations, num_minibatches, gradient_accumulation_steps, epsilon,
             epsilon_high, "sequence_mean", mask_truncated_completions, log_completions_every_n_steps, tokenizer,
             learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm, lora_r, lora_alpha, lora_dropout,
-            lora_target_modules, gradient_checkpointing,
+            lora_target_modules, gradient_checkpointing, sampling_seed=sampling_seed,
         )  # fmt: skip
         self.normalize_advantages = normalize_advantages
 

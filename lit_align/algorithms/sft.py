@@ -125,7 +125,11 @@ class SFT(AlignmentModule):
         self._window_tokens = self._window_tokens + num_tokens
         self._tokens_seen = self._tokens_seen + batch["attention_mask"].sum()
         self.train_metrics.step(self._values(stats))
-        self.log("train/loss", nll_sum.detach() / num_tokens.clamp(min=1), prog_bar=True, sync_dist=True)
+        # The step's loss is the token mean over all ranks (not the mean of per-rank means), as the gradient is.
+        totals = torch.stack([nll_sum.detach(), num_tokens.float()])
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        self.log("train/loss", totals[0] / totals[1].clamp(min=1), prog_bar=True)
         self.log("train/num_tokens", torch.as_tensor(self._tokens_seen).float(), reduce_fx="sum", sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
         return nll_sum  # a sum: on_before_optimizer_step divides the gradient by the window's tokens

@@ -1,0 +1,44 @@
+"""FSDP2 sharding for ``ModelParallelStrategy``: each transformer block, then the root.
+
+The block classes come from the loaded model itself (Hugging Face's ``_no_split_modules``, the
+classes it keeps whole when splitting a model across devices), so any architecture works, not just
+Llama. The root is always sharded too: sharding only the blocks leaves a mix of plain tensors and
+DTensors that breaks gradient-norm clipping and transformers' FSDP detection in ``generate``.
+
+A frozen model (the reference, a reward model) is sharded with ``reshard_after_forward=True`` so that
+after its no-grad forward no rank keeps the gathered root group (embeddings, LM head) resident.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def block_class_names(model: nn.Module) -> set[str]:
+    """Names of the transformer block classes of ``model`` (PEFT-wrapped or not)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    present = {type(m).__name__ for m in model.modules()}
+    found = names & present
+    if not found:
+        raise ValueError(
+            f"cannot find the transformer blocks of {type(model).__name__} to shard with FSDP2: it declares no "
+            "`_no_split_modules` that match its submodules. Load a Hugging Face model, or set `_no_split_modules` "
+            "on it to the names of its block classes."
+        )
+    return found
+
+
+def fully_shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> nn.Module:
+    """Apply FSDP2's ``fully_shard`` to every block of ``model`` and then to ``model`` (idempotent)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return model
+    names = block_class_names(model)
+    for module in list(model.modules()):
+        if type(module).__name__ in names:
+            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return model

@@ -1,0 +1,109 @@
+"""A few optimizer steps of DPO, KTO, SFT and GRPO on tiny models under one process layout.
+
+    python tests/scaling_run.py OUT_DIR single|ddp|fsdp2 [ALGO ...]
+
+``single`` is one process with the whole global batch; ``ddp`` and ``fsdp2`` are 2 CPU processes
+(gloo) with half of it each (FSDP2 through ``ModelParallelStrategy(data_parallel_size=2)``, which
+makes the modules shard their policy and reference in ``configure_model``). The training order is
+the same permutation in every layout (the DataModule's sampler and Lightning's DistributedSampler both
+draw it from seed + epoch), so the global batches match step for step.
+
+Rank 0 writes ``OUT_DIR/<algo>_<layout>.pt``: every step's synced train metrics and the full final
+policy weights. ``tests/test_scaling.py`` compares the layouts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from lit_align.models import load_model
+from tests.conftest import write_jsonl
+from tests.online_helpers import ScriptedBackend, length_reward, prompt_rows
+
+GLOBAL_BATCH = 4  # rows per optimizer step (GRPO: prompts x 1, see below)
+STEPS = 3
+
+
+class Recorder(L.Callback):
+    """Every step's logged (rank-synced) train metrics."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+
+def rows(algo: str) -> list[dict]:
+    if algo == "dpo":
+        return [{"prompt": f"What is {i} + {i}?", "chosen": f" {2 * i}.", "rejected": f" {2 * i + 1}, I think."}
+                for i in range(16)]  # fmt: skip
+    if algo == "kto":  # one prompt: KTO's mismatched KL pairs then cover the same completions in every layout
+        return [{"prompt": "Say a number.", "completion": f" {i * 7} is my number" + "!" * (i % 4), "label": i % 3 != 0}
+                for i in range(16)]  # fmt: skip
+    if algo == "sft":  # unequal completion lengths: the token-mean normalization differs from a row mean
+        return [{"prompt": f"Repeat {i}:", "completion": f" {str(i) * (1 + i % 5)}"} for i in range(16)]
+    return prompt_rows(8)
+
+
+def build(algo: str, out: Path, per_rank: int):
+    from datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
+    from datamodules.prompt import PromptDataModule
+    from lit_align.algorithms import DPO, GRPO, KTO, SFT
+
+    seeds = (1, 0) if algo == "kto" else (0, 1)  # KTO: a pair whose mismatched-pair KL is > 0, so z is not clamped
+    policy, tokenizer = load_model("tiny-llama", seed=seeds[0])
+    reference, _ = load_model("tiny-llama", seed=seeds[1])
+    data = str(write_jsonl(out / f"{algo}.jsonl", rows(algo)))
+    common = {"data_path": data, "val_size": 0, "batch_size": per_rank}
+    if algo == "dpo":
+        module = DPO(policy, reference, learning_rate=1e-3, warmup_ratio=0.0)
+        dm = PreferenceDataModule(tokenizer, max_length=64, max_prompt_length=32, **common)
+    elif algo == "kto":
+        module = KTO(policy, reference, learning_rate=1e-3, warmup_ratio=0.0)
+        dm = BinaryFeedbackDataModule(tokenizer, max_length=64, max_prompt_length=32, **common)
+    elif algo == "sft":
+        module = SFT(policy, learning_rate=1e-3)
+        dm = SFTDataModule(tokenizer, max_length=64, **common)
+    else:  # GRPO: per_rank // 2 prompts x 4 completions per rank, one optimizer step per rollout in 2 micro-batches
+        # (num_minibatches > 1 splits each RANK's rollout, so which rows share a step depends on the layout)
+        module = GRPO(policy, reference, beta=0.04, reward_funcs=[length_reward], num_generations=4,
+                      max_new_tokens=8, gradient_accumulation_steps=2, loss_aggregation="token_mean",
+                      learning_rate=1e-3, tokenizer=tokenizer, log_completions_every_n_steps=0)  # fmt: skip
+        module._backend = ScriptedBackend(tokenizer, max_new_tokens=8)
+        common["batch_size"] = per_rank // 2
+        dm = PromptDataModule(tokenizer, **common)
+    return module, dm
+
+
+def main() -> None:
+    out, layout, algos = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] or ["dpo", "kto", "sft", "grpo"]
+    devices = 1 if layout == "single" else 2
+    strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
+    for algo in algos:
+        L.seed_everything(42)  # PL_GLOBAL_SEED = the DataModules' default seed: same permutation everywhere
+        if layout == "fsdp2":
+            strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        module, dm = build(algo, out, GLOBAL_BATCH // devices)
+        recorder = Recorder()
+        trainer = L.Trainer(
+            accelerator="cpu", devices=devices, strategy=strategy, max_steps=STEPS, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[recorder], default_root_dir=str(out), limit_val_batches=0, num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(module, dm)
+        weights = {}
+        for name, param in module.policy.named_parameters():  # full_tensor() is a collective: every rank calls it
+            full = param.full_tensor() if hasattr(param, "full_tensor") else param
+            weights[name] = full.detach().cpu().clone()
+        if trainer.is_global_zero:
+            torch.save({"steps": recorder.steps, "weights": weights}, out / f"{algo}_{layout}.pt")
+
+
+if __name__ == "__main__":
+    main()
