@@ -11,7 +11,8 @@ fit loop's ``combined_loader`` entry) and calls ``load_state_dict`` on resume, b
   skips that many at the start of the epoch (the skipped batches are collated and dropped: our rows
   are already tokenized in memory, so this costs milliseconds, not model time).
 
-Lightning does not prefetch from a DataLoader with a length, so "yielded" equals "trained on".
+Lightning does not prefetch from a DataLoader with a length, so "yielded" equals "trained on". On
+resume Lightning calls ``iter()`` before ``set_epoch``, so the iterator starts lazily, at the first batch.
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ class ResumableDataLoader(DataLoader):
     _resume_at = 0  # batches to skip at the start of the next epoch (set by load_state_dict)
 
     def __iter__(self) -> Iterator[Any]:
+        return self._resumed()
+
+    def _resumed(self) -> Iterator[Any]:
+        # A generator: nothing runs until the first batch is requested. Lightning calls iter() on resume
+        # BEFORE it restores the sampler's epoch with set_epoch; the permutation must be drawn after.
         iterator = super().__iter__()
         skip, self._resume_at = self._resume_at, 0
         for _ in range(skip):
             next(iterator)
         self._position = skip
-        return self._counting(iterator)
-
-    def _counting(self, iterator: Iterator[Any]) -> Iterator[Any]:
         for batch in iterator:
             self._position += 1
             yield batch

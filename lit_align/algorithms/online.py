@@ -139,6 +139,8 @@ class OnlinePolicyGradient(AlignmentModule):
         given = {"policy": policy, "reference_policy": reference_policy, "tokenizer": tokenizer}
         objects = [name for name, value in given.items() if not isinstance(value, str | None)]
         self.save_hyperparameters(ignore=[*objects, "needs_reference", "policy_kind"])
+        # Callables are recorded by import path: checkpoints then hold only plain data (weights_only loading).
+        self.hparams["reward_funcs"] = [spec if isinstance(spec, str) else _import_path(spec) for spec in reward_funcs]
         self.automatic_optimization = False
         self.reward_funcs, self.reward_names, weights = resolve_reward_funcs(reward_funcs, reward_weights)
         self.register_buffer("reward_weights", torch.tensor(weights), persistent=False)
@@ -441,6 +443,11 @@ def nanstd(grouped: Tensor) -> Tensor:
     count = (~grouped.isnan()).sum(dim=1)
     variance = ((grouped - grouped.nanmean(dim=1, keepdim=True)) ** 2).nansum(dim=1) / (count - 1)
     return variance.masked_fill(count < 2, math.nan).sqrt()
+
+
+def _import_path(func: Callable) -> str:
+    module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    return f"{module}:{name}" if module and name else repr(func)
 
 
 def _to(values: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -1,0 +1,96 @@
+"""Train DPO or GRPO on tiny models, optionally SIGKILL the process mid-epoch, or resume from the last checkpoint.
+
+    python tests/resume_run.py OUT_DIR dpo|grpo full|kill|resume
+
+``full`` trains 8 steps uninterrupted. ``kill`` trains the same run and SIGKILLs its own process right
+after step 5 (checkpoints are written every 2 steps, so the newest is step 4, mid-epoch). ``resume``
+continues the killed run from its ``last.ckpt`` (loaded with ``weights_only=True``) to step 8.
+Every step appends ``{"step", "loss", "batch", "reward"}`` (a digest of the batch's token ids) to
+``OUT_DIR/<algo>_<mode>.jsonl`` as it happens; rank 0 writes the final weights to ``<algo>_<mode>.pt``.
+``tests/test_resume.py`` compares the resumed curve and weights with the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_align.models import load_model
+from tests.conftest import write_jsonl
+from tests.online_helpers import length_reward, prompt_rows
+
+MAX_STEPS, KILL_AFTER, EVERY = 8, 5, 2
+
+
+class StepLog(L.Callback):
+    def __init__(self, path: Path, kill_after: int | None) -> None:
+        self.path, self.kill_after = path, kill_after
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        ids = batch.get("chosen_input_ids", batch.get("prompt_input_ids"))
+        record = {
+            "step": trainer.global_step,
+            "loss": float(trainer.callback_metrics["train/loss"]),
+            "batch": hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16],
+            "reward": float(trainer.callback_metrics.get("train/reward", float("nan"))),  # GRPO: what was sampled
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.kill_after is not None and trainer.global_step >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint: a real crash
+
+
+def build(algo: str, out: Path):
+    policy, tokenizer = load_model("tiny-llama", seed=0)
+    if algo == "dpo":
+        from datamodules import PreferenceDataModule
+        from lit_align.algorithms import DPO
+
+        rows = [{"prompt": f"What is {i} + {i}?", "chosen": f" {2 * i}.", "rejected": f" {2 * i + 1}, I think."}
+                for i in range(12)]  # fmt: skip  # 6 batches of 2: step 4 is mid-epoch, step 8 is in epoch 2
+        module = DPO(policy, learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine")
+        dm = PreferenceDataModule(tokenizer, data_path=str(write_jsonl(out / "dpo.jsonl", rows)), val_size=0,
+                                  batch_size=2, max_length=64, max_prompt_length=32)  # fmt: skip
+    else:  # real sampling (temperature 1): the resumed run must draw the same completions
+        from datamodules.prompt import PromptDataModule
+        from lit_align.algorithms import GRPO
+
+        module = GRPO(policy, beta=0.04, reward_funcs=[length_reward], num_generations=4, max_new_tokens=8,
+                      learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer,
+                      log_completions_every_n_steps=0)  # fmt: skip
+        dm = PromptDataModule(tokenizer, data_path=str(write_jsonl(out / "prompts.jsonl", prompt_rows(6))),
+                              val_size=0, batch_size=2)  # fmt: skip  # 3 batches: step 4 is mid-epoch 2
+    return module, dm
+
+
+def main() -> None:
+    out, algo, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    L.seed_everything(42)
+    module, dm = build(algo, out)
+    ckpt_dir = out / f"{algo}_ckpt" if mode != "full" else out / f"{algo}_ckpt_full"  # resume reads the kill's
+    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=EVERY, save_top_k=-1,
+                                  save_last=True)  # fmt: skip
+    log = StepLog(out / f"{algo}_{mode}.jsonl", KILL_AFTER if mode == "kill" else None)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=MAX_STEPS, logger=False, callbacks=[checkpoints, log],
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        default_root_dir=str(out),
+    )  # fmt: skip
+    if mode == "resume":
+        trainer.fit(module, dm, ckpt_path=str(ckpt_dir / "last.ckpt"), weights_only=True)
+    else:
+        trainer.fit(module, dm)
+    weights = {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
+    torch.save(weights, out / f"{algo}_{mode}.pt")
+
+
+if __name__ == "__main__":
+    main()
