@@ -110,5 +110,5 @@ def test_non_finite_loss_stops_with_step_and_batch(monkeypatch):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     monkeypatch.setattr(module, "compute_loss", lambda b: (torch.tensor(float("nan")), {}))
-    with pytest.raises(FloatingPointError, match="non-finite loss nan"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at a standalone update\(\) \(rank 0's loss: nan"):
         module.update(batch)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value
@@ -21,6 +22,7 @@ from lit_align.reference import ReferenceMixin
 from lit_align.sharding import fully_shard_model
 
 Scheduler = Literal["constant", "linear", "cosine"]
+NonFinite = Literal["stop", "skip"]
 
 
 def resolve_policy(policy: str | nn.Module, kind: str = "causal_lm", seed: int = 0) -> nn.Module:
@@ -61,6 +63,7 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
         policy_kind: str = "causal_lm",
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__()
         # Collects the subclass's __init__ arguments too; modules passed as objects are not hparams.
@@ -82,6 +85,11 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         self.train_metrics = MetricGroup(self.METRICS, "train/")
         self.val_metrics = MetricGroup(("loss", *self.METRICS), "val/", dist_sync_on_step=False)
         self._standalone: tuple[torch.optim.Optimizer, Any] | None = None
+        if nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
+        self.nonfinite_loss: NonFinite = nonfinite_loss
+        self.nonfinite_skipped = 0  # batches left out of an update for a NaN/inf loss (checkpointed)
+        self._window = [0, 0]  # micro-batches in this optimizer step: seen, skipped
 
     @property
     def pad_token_id(self) -> int:
@@ -93,7 +101,8 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, values = self.compute_loss(batch)
-        self._check_finite(loss, batch_idx)
+        if not self.loss_is_finite(loss, batch_idx):
+            return self.skipped_loss()
         self.train_metrics.step(values)
         self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
@@ -143,11 +152,14 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         if self._standalone is None:
             self._standalone = self._optimizer_and_scheduler(total_steps)
         optimizer, scheduler = self._standalone
+        self._window = [0, 0]
         self.train()
         device = next(self.policy.parameters()).device
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, values = self.compute_loss(batch)
-        self._check_finite(loss, None)
+        if not self.loss_is_finite(loss, None):
+            optimizer.zero_grad(set_to_none=True)
+            return {"loss": float("nan"), "skipped": 1.0}
         loss.backward()
         if self.hparams.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._trainable(), self.hparams.max_grad_norm)
@@ -185,10 +197,51 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
 
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    def _check_finite(self, loss: torch.Tensor, batch_idx: int | None) -> None:
-        if not torch.isfinite(loss):
-            step = self.global_step if self._trainer is not None else "standalone update"
-            raise FloatingPointError(f"non-finite loss {loss.item()} at global step {step}, batch {batch_idx}")
+    # -- non-finite losses ----------------------------------------------------------------------
+    def loss_is_finite(self, loss: torch.Tensor, batch_idx: int | None) -> bool:
+        """Whether ``loss`` is finite on every rank (one decision for all, so no rank waits on another).
+
+        If not: ``nonfinite_loss="stop"`` raises ``FloatingPointError`` naming the step and batch; ``"skip"``
+        counts it, warns and returns False, and the caller backpropagates :meth:`skipped_loss` instead.
+        """
+        self._window[0] += 1
+        finite = bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return True
+        where = f"global step {self.global_step}, batch {batch_idx}" if trainer is not None else "a standalone update()"
+        if self.nonfinite_loss == "stop":
+            value = loss.detach().flatten()[0].item()
+            raise FloatingPointError(
+                f"non-finite loss at {where} (rank {self.global_rank}'s loss: {value}; a NaN/inf on any rank stops "
+                "all). Lower the learning rate or check the data; nonfinite_loss='skip' leaves such batches out of "
+                "the update and counts them."
+            )
+        self.nonfinite_skipped += 1
+        self._window[1] += 1
+        rank_zero_warn(f"skipped {where}: non-finite loss ({self.nonfinite_skipped} skipped so far)")
+        if trainer is not None:
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False)
+        return False
+
+    def skipped_loss(self) -> torch.Tensor:
+        """A loss whose gradient is exactly zero for every trainable parameter: under DDP/FSDP every rank still
+        runs its backward (the collectives line up), and nothing of the bad batch reaches the weights."""
+        return torch.stack([p.sum() for p in self._trainable()]).sum() * 0.0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        seen, skipped = self._window
+        self._window = [0, 0]
+        if seen and skipped == seen:  # nothing valid in this step: no update at all (AdamW skips grad=None)
+            optimizer.zero_grad(set_to_none=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

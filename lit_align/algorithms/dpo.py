@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
 from lit_align.logprobs import preference_logps
 from lit_align.losses import dpo_loss, hinge_loss, robust_dpo_loss
 from lit_align.metrics import Value, preference_values
@@ -43,6 +43,8 @@ class DPO(AlignmentModule):
         lora_dropout: LoRA dropout.
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
+        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
+            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     def __init__(
@@ -62,10 +64,12 @@ class DPO(AlignmentModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__(
             policy, reference_policy, True, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
             lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
+            nonfinite_loss=nonfinite_loss,
         )  # fmt: skip
         if loss_type != "sigmoid" and loss_type != "robust" and label_smoothing:
             raise ValueError(f"label_smoothing applies to the sigmoid and robust losses, not {loss_type!r}")

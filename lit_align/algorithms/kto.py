@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
 from lit_align.logprobs import SequenceLogps, sequence_logps
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.metrics import Value
@@ -91,6 +91,8 @@ class KTO(AlignmentModule):
         lora_dropout: LoRA dropout.
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
+        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
+            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     METRICS = KTO_METRICS
@@ -113,10 +115,12 @@ class KTO(AlignmentModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__(
             policy, reference_policy, True, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
             lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
+            nonfinite_loss=nonfinite_loss,
         )  # fmt: skip
         if desirable_weight <= 0 or undesirable_weight <= 0:
             raise ValueError(f"weights must be positive, got {desirable_weight=} and {undesirable_weight=}")

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
 from lit_align.logprobs import token_logps
 from lit_align.losses.policy_gradient import aggregate_loss, clipped_surrogate, kl_k1, kl_k3, masked_mean
 from lit_align.metrics import MetricGroup
@@ -129,12 +129,14 @@ class OnlinePolicyGradient(AlignmentModule):
         lora_target_modules: list[str] | str,
         gradient_checkpointing: bool,
         sampling_seed: int = 0,
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         if num_generations < 1 or num_iterations < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
             raise ValueError("num_generations, num_iterations, num_minibatches and gradient_accumulation_steps >= 1")
         super().__init__(
             policy, reference_policy, beta > 0, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
             lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
+            nonfinite_loss=nonfinite_loss,
         )  # fmt: skip
         given = {"policy": policy, "reference_policy": reference_policy, "tokenizer": tokenizer}
         objects = [name for name, value in given.items() if not isinstance(value, str | None)]
@@ -249,6 +251,8 @@ class OnlinePolicyGradient(AlignmentModule):
                     ref = ref_logps[rows] if ref_logps is not None else None
                     mask, adv = loss_mask[rows], advantages[rows]
                     loss = self.policy_loss(rollout, rows, mask, adv, old, ref, normalizer, stats)
+                    if not self.loss_is_finite(loss, None):
+                        loss = self.skipped_loss()
                     self._backward(loss)
                     total += float(loss.detach())
                 self._optimizer_step()
@@ -411,6 +415,10 @@ class OnlinePolicyGradient(AlignmentModule):
             loss.backward()
 
     def _optimizer_step(self) -> None:
+        seen, skipped = self._window
+        self._window = [0, 0]
+        if seen and skipped == seen:  # every micro-batch of this minibatch was non-finite: no update
+            self._zero_grad()
         clip = self.hparams.max_grad_norm
         if self._trainer is not None:
             optimizer, scheduler = self.optimizers(), self.lr_schedulers()

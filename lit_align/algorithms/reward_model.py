@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
 from lit_align.logprobs import concatenate_pair
 from lit_align.losses import bradley_terry_loss
 from lit_align.metrics import Value
@@ -57,6 +57,8 @@ class RewardModel(AlignmentModule):
         lora_dropout: LoRA dropout.
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
+        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
+            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     METRICS = ("accuracy", "margin", "mean_reward", "min_reward", "max_reward")
@@ -75,11 +77,12 @@ class RewardModel(AlignmentModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__(
             policy, None, False, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
             lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
-            policy_kind="sequence_classification",
+            policy_kind="sequence_classification", nonfinite_loss=nonfinite_loss,
         )  # fmt: skip
         self.center_rewards_coefficient = center_rewards_coefficient
 

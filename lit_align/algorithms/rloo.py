@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lit_align.algorithms.base import Scheduler
+from lit_align.algorithms.base import NonFinite, Scheduler
 from lit_align.algorithms.online import ARITHMETIC_REWARD, OnlinePolicyGradient
 from lit_align.losses.policy_gradient import leave_one_out_advantages
 
@@ -68,6 +68,8 @@ class RLOO(OnlinePolicyGradient):
         lora_dropout: LoRA dropout.
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
+        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
+            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     KL_IN_REWARD = True
@@ -105,6 +107,7 @@ class RLOO(OnlinePolicyGradient):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__(
             policy, reference_policy, beta, reward_funcs, reward_weights, num_generations, max_new_tokens,
@@ -112,6 +115,7 @@ class RLOO(OnlinePolicyGradient):
             epsilon_high, "sequence_mean", mask_truncated_completions, log_completions_every_n_steps, tokenizer,
             learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm, lora_r, lora_alpha, lora_dropout,
             lora_target_modules, gradient_checkpointing, sampling_seed=sampling_seed,
+            nonfinite_loss=nonfinite_loss,
         )  # fmt: skip
         self.normalize_advantages = normalize_advantages
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
 from lit_align.logprobs import IGNORE_INDEX, _accepts_logits_to_keep, selective_log_softmax
 from lit_align.metrics import Value
 
@@ -88,6 +88,8 @@ class SFT(AlignmentModule):
         lora_dropout: LoRA dropout.
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
+        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
+            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     METRICS = ("mean_token_accuracy",)  # plus train/num_tokens and val/perplexity, logged separately
@@ -105,10 +107,12 @@ class SFT(AlignmentModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__(
             policy, None, False, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
             lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
+            nonfinite_loss=nonfinite_loss,
         )  # fmt: skip
         self.val_nll = MeanMetric(dist_sync_on_step=False)  # token-weighted, for val/perplexity
         self._window_tokens: torch.Tensor | int = 0  # trained tokens in this accumulation window (this rank)
@@ -121,7 +125,8 @@ class SFT(AlignmentModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         stats = self(batch)
         nll_sum, num_tokens = stats.nll.sum(), stats.num_tokens.sum()
-        self._check_finite(nll_sum, batch_idx)
+        if not self.loss_is_finite(nll_sum, batch_idx):
+            return self.skipped_loss()  # its tokens are not counted either
         self._window_tokens = self._window_tokens + num_tokens
         self._tokens_seen = self._tokens_seen + batch["attention_mask"].sum()
         self.train_metrics.step(self._values(stats))
@@ -159,6 +164,7 @@ class SFT(AlignmentModule):
             if param.grad is not None:
                 param.grad.mul_(scale)
         self._window_tokens = 0
+        super().on_before_optimizer_step(optimizer)  # drops the step's gradient if all its batches were skipped
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Value]]:
         """Token-mean NLL of one batch (``update`` and evaluation; training normalizes per window)."""

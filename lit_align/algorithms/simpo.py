@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
 from lit_align.logprobs import SequenceLogps, preference_logps
 from lit_align.losses import simpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values
@@ -49,6 +49,8 @@ class SimPO(AlignmentModule):
         lora_dropout: LoRA dropout.
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
+        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
+            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     METRICS = (*PREFERENCE_METRICS, "nll_loss")
@@ -70,10 +72,12 @@ class SimPO(AlignmentModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
+        nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__(
             policy, None, False, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
             lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
+            nonfinite_loss=nonfinite_loss,
         )  # fmt: skip
         if not 0.0 <= label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
