@@ -40,8 +40,14 @@ def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTra
 
 
 def _first_bad_json_line(path: Path) -> str | None:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    """What is wrong with a JSON-lines file, naming its first bad line (``None`` when every line is fine)."""
+    rows = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"{path}, line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"
             if not line.strip():
                 continue
             try:
@@ -50,7 +56,10 @@ def _first_bad_json_line(path: Path) -> str | None:
                 return f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno})"
             if not isinstance(value, dict):
                 return f"{path}, line {number}: expected a JSON object, got {type(value).__name__}"
-    return None
+            if not value:
+                return f"{path}, line {number}: an empty JSON object; expected the row's fields"
+            rows += 1
+    return None if rows else f"{path}: the file has no rows"
 
 
 def load_rows(path: str, split: str, config_name: str | None = None) -> datasets.Dataset:
@@ -60,11 +69,13 @@ def load_rows(path: str, split: str, config_name: str | None = None) -> datasets
     if builder is not None:
         if not local.is_file():
             raise FileNotFoundError(f"Data file not found: {local.resolve()}")
+        jsonl = builder == "json" and local.suffix.lower() == ".jsonl"
+        if jsonl and (bad := _first_bad_json_line(local)):  # one cheap pass: a precise message, not a traceback
+            raise DataError(bad)
         try:
             return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
         except Exception as err:
-            bad = _first_bad_json_line(local) if builder == "json" and local.suffix.lower() == ".jsonl" else None
-            raise DataError(bad or f"{local}: could not be read as {builder}: {err}") from err
+            raise DataError(f"{local}: could not be read as {builder}: {type(err).__name__}: {err}") from err
     if local.is_dir():
         return datasets.load_dataset(str(local), config_name, split=split)
     if local.suffix or path.startswith((".", "/")):

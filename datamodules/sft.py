@@ -86,10 +86,18 @@ def alpaca_to_prompt_completion(row: dict[str, Any], loc: str, chat: bool) -> tu
 
 
 def _undetected(loc: str, row: dict[str, Any]) -> DataError:
-    present = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "none"
+    present = sorted(k for k, v in row.items() if v is not None)
+    for fields in FORMAT_FIELDS.values():  # half of a format: name the missing field
+        missing = [f for f in fields if f not in present]
+        if len(missing) < len(fields):
+            has = ", ".join(f for f in fields if f in present)
+            return DataError(
+                f"{loc}, field {missing[0]!r}: missing or null; a row with {has} needs {'+'.join(fields)} "
+                "(map other names with `columns`)"
+            )
     return DataError(
         f"{loc}: cannot tell the row's format; expected fields prompt+completion, messages, or "
-        f"instruction(+input)+output (map other names with `columns`); the row has: {present}"
+        f"instruction(+input)+output (map other names with `columns`); the row has: {', '.join(present) or 'none'}"
     )
 
 

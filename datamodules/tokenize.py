@@ -45,10 +45,12 @@ def check_text_or_messages(value: Any, loc: str, allow_empty: bool = False) -> N
             role, content = message.get("role"), message.get("content")
             if role not in ROLES:
                 raise DataError(f"{loc}: message {i} has role {role!r}, expected one of {ROLES}")
+            if "content" not in message:
+                raise DataError(f"{loc}: message {i} has no 'content' (its keys: {', '.join(map(str, message))})")
             if not isinstance(content, str):
                 raise DataError(f"{loc}: message {i} content should be a string, got {type(content).__name__}")
         return
-    got = "None" if value is None else f"{type(value).__name__} {value!r:.80}"
+    got = "None (null, or absent from this row)" if value is None else f"{type(value).__name__} {value!r:.80}"
     raise DataError(f"{loc}: expected a non-empty string or a list of messages, got {got}")
 
 
