@@ -58,3 +58,35 @@ def test_kto_reference_point_is_active(runs):
     """The KTO comparison covers the cross-rank KL estimate: z > 0 at some step (not clamped to 0)."""
     steps = torch.load(runs / "kto_single.pt", weights_only=True)["steps"]
     assert any(s["train/kl"] > 1e-4 for s in steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_fsdp2_recipe_from_the_command_line_exports_and_resumes(tmp_path, lora_r):
+    """The README's FSDP2 invocation on 2 CPU processes: trains, writes a sharded (DCP) checkpoint, exports a
+    plain Hugging Face model (LoRA merged), and resumes from the sharded checkpoint at its step."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_align.models import load_model
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    fsdp2 = ["--trainer.devices", "2", "--trainer.strategy", "ModelParallelStrategy",
+             "--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"]  # fmt: skip
+    base = [sys.executable, str(REPO / "recipes/dpo.py"), "fit", "--config", str(REPO / "recipes/configs/tiny.yaml"),
+            *fsdp2, "--model.lora_r", str(lora_r)]  # fmt: skip
+    first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "dpo" / "version_0"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert (ckpt / ".metadata").exists()  # a DCP directory, one shard per rank
+    assert torch.load(ckpt / "meta.pt", weights_only=True)["global_step"] == 3
+    exported = AutoModelForCausalLM.from_pretrained(run_dir / "hf_model")
+    assert exported.config.architectures == ["LlamaForCausalLM"]
+    initial = load_model("tiny-llama")[0].state_dict()
+    state = exported.state_dict()
+    assert state.keys() == initial.keys() and any(not torch.equal(state[k], initial[k]) for k in state)
+    resumed = subprocess.run([*base, "--ckpt_path", str(ckpt), "--trainer.max_steps", "5"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = tmp_path / "runs" / "dpo" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(after / "meta.pt", weights_only=True)["global_step"] == 5
