@@ -48,6 +48,18 @@ def test_recipe_default_config_parses(recipe):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_checkpoints_every_n_steps_by_default(recipe):
+    """A killed default run loses at most N steps: periodic checkpoints and a last.ckpt to resume from."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "recipes" / "configs" / f"{recipe.stem}.yaml").read_text())
+    checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
+    args = checkpoint["init_args"]
+    assert args["every_n_train_steps"] >= 1 and args["save_last"] in (True, "link")
+    assert config["trainer"]["max_steps"] % args["every_n_train_steps"] == 0  # the last step is checkpointed
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_tiny_overlay_parses_with_each_recipe(recipe):
     assert "policy: tiny-llama" in print_config(recipe, "--config", str(REPO / "recipes/configs/tiny.yaml"))
 
