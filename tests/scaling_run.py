@@ -1,4 +1,4 @@
-"""A few optimizer steps of DPO, KTO, SFT and GRPO on tiny models under one process layout.
+"""A few optimizer steps of DPO, KTO, SFT and GRPO (also with a reward model) on tiny models under one layout.
 
     python tests/scaling_run.py OUT_DIR single|ddp|fsdp2 [ALGO ...]
 
@@ -48,7 +48,19 @@ def rows(algo: str) -> list[dict]:
                 for i in range(16)]  # fmt: skip
     if algo == "sft":  # unequal completion lengths: the token-mean normalization differs from a row mean
         return [{"prompt": f"Repeat {i}:", "completion": f" {str(i) * (1 + i % 5)}"} for i in range(16)]
-    return prompt_rows(8)
+    return prompt_rows(8)  # grpo, grpo_rm
+
+
+def reward_model(out: Path) -> Path:
+    """A tiny random sequence-classification model saved like RewardModel's export (same on every rank)."""
+    from lit_align.models import build_byte_tokenizer, build_tiny_llama
+
+    path = out / "reward_model"
+    if not (path / "config.json").exists():
+        tokenizer = build_byte_tokenizer()
+        build_tiny_llama(tokenizer, seed=3, kind="sequence_classification").save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
 
 
 def build(algo: str, out: Path, per_rank: int):
@@ -70,9 +82,11 @@ def build(algo: str, out: Path, per_rank: int):
     elif algo == "sft":
         module = SFT(policy, learning_rate=1e-3)
         dm = SFTDataModule(tokenizer, max_length=64, **common)
-    else:  # GRPO: per_rank // 2 prompts x 4 completions per rank, one optimizer step per rollout in 2 micro-batches
-        # (num_minibatches > 1 splits each RANK's rollout, so which rows share a step depends on the layout)
-        module = GRPO(policy, reference, beta=0.04, reward_funcs=[length_reward], num_generations=4,
+    else:  # GRPO (grpo_rm: scored by a reward model, sharded too under FSDP2): per_rank // 2 prompts x 4
+        # completions per rank, one optimizer step per rollout in 2 micro-batches (num_minibatches > 1 splits
+        # each RANK's rollout, so which rows share a step would depend on the layout)
+        rewards = [length_reward] if algo == "grpo" else [f"model:{reward_model(out)}"]
+        module = GRPO(policy, reference, beta=0.04, reward_funcs=rewards, num_generations=4,
                       max_new_tokens=8, gradient_accumulation_steps=2, loss_aggregation="token_mean",
                       learning_rate=1e-3, tokenizer=tokenizer, log_completions_every_n_steps=0)  # fmt: skip
         module._backend = ScriptedBackend(tokenizer, max_new_tokens=8)
@@ -82,7 +96,7 @@ def build(algo: str, out: Path, per_rank: int):
 
 
 def main() -> None:
-    out, layout, algos = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] or ["dpo", "kto", "sft", "grpo"]
+    out, layout, algos = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     for algo in algos:

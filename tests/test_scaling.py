@@ -4,6 +4,7 @@
 step's synced train metrics (loss included) and the final weights are compared. Per-rank by design,
 and so excluded: ``train/reward_std`` (each rank's std) and the ``time/*`` metrics. GRPO's rollouts are
 scripted (``ScriptedBackend``): sampling is per-rank random, everything after it must match.
+``grpo_rm`` scores them with a reward model, which FSDP2 shards like the reference.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from tests.conftest import REPO
 
-ALGOS = ("dpo", "kto", "sft", "grpo")
+ALGOS = ("dpo", "kto", "sft", "grpo", "grpo_rm")
 PER_RANK_BY_DESIGN = ("train/reward_std", "train/time/")
 
 

@@ -44,8 +44,10 @@ from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
 from lit_align.logprobs import token_logps
 from lit_align.losses.policy_gradient import aggregate_loss, clipped_surrogate, kl_k1, kl_k3, masked_mean
 from lit_align.metrics import MetricGroup
+from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import RewardFunc, resolve_reward_funcs
 from lit_align.rollout import HFGenerate, Rollout
+from lit_align.sharding import fully_shard_model
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
@@ -169,6 +171,27 @@ class OnlinePolicyGradient(AlignmentModule):
         self.train_metrics = MetricGroup((*rollout, *clip, *kl, *self.EXTRA_METRICS, *times), "train/")
         self.val_metrics = MetricGroup(("reward", *fn_metrics, "completions/mean_length",
                                         "completions/clipped_ratio"), "val/", dist_sync_on_step=False)  # fmt: skip
+
+    # -- devices and sharding ------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Reward models run on this rank's device (not every rank's ``cuda:0``)."""
+        device = self.trainer.strategy.root_device
+        for scorer in self._reward_models():
+            scorer.device = device
+            scorer.model.to(device)
+
+    def configure_model(self) -> None:
+        """FSDP2: the policy and reference (base class), then every reward model, like the reference."""
+        super().configure_model()
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        for scorer in self._reward_models():
+            fully_shard_model(scorer.model, dp_mesh, reshard_after_forward=True)
+
+    def _reward_models(self) -> list[RewardModelScorer]:
+        return [f for f in self.reward_funcs if isinstance(f, RewardModelScorer)]
 
     # -- the algorithm-specific piece -------------------------------------------------------------
     def compute_advantages(self, rewards: Tensor, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
