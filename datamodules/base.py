@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import datasets
 import lightning as L
 from datasets.fingerprint import Hasher
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
@@ -166,7 +166,7 @@ class TokenizedDataModule(L.LightningDataModule):
         return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            sampler=EpochRandomSampler(self.train_dataset, seed=self.seed),
+            sampler=self._train_sampler(),
             collate_fn=self.collate,
             num_workers=self.num_workers,
             drop_last=False,
@@ -183,6 +183,19 @@ class TokenizedDataModule(L.LightningDataModule):
         )
 
     # -- helpers --------------------------------------------------------------------------------
+    def _train_sampler(self) -> Sampler:
+        """One permutation of (seed, epoch) in every layout: whole on one process, every N-th row on N ranks.
+
+        Under DDP/FSDP the DistributedSampler is made here (with this DataModule's seed) rather than left to
+        Lightning, whose sampler would take ``seed_everything``'s seed instead: 1 process with batch 4 and 2
+        processes with batch 2 then train on the same global batches.
+        """
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        kwargs = getattr(strategy, "distributed_sampler_kwargs", None) or {}
+        if kwargs.get("num_replicas", 1) > 1:
+            return DistributedSampler(self.train_dataset, shuffle=True, seed=self.seed, **kwargs)
+        return EpochRandomSampler(self.train_dataset, seed=self.seed)
+
     def _canonical(self, row: dict[str, Any], loc: str) -> dict[str, Any]:
         out = {}
         for field in self.FIELDS + self.OPTIONAL_FIELDS:

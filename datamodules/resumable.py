@@ -5,8 +5,9 @@ fit loop's ``combined_loader`` entry) and calls ``load_state_dict`` on resume, b
 ``iter()``. Two things make the resumed batches the ones an uninterrupted run would have seen:
 
 - the order of an epoch depends only on ``(seed, epoch)``: :class:`EpochRandomSampler` draws its
-  permutation from a generator seeded with both (Lightning calls ``set_epoch``); under DDP/FSDP
-  Lightning swaps it for a ``DistributedSampler``, which has the same property;
+  permutation from a generator seeded with both (Lightning calls ``set_epoch``); under DDP/FSDP the
+  DataModule uses a ``DistributedSampler`` with the same seed, which draws the same permutation and
+  gives each rank every N-th index of it;
 - :class:`ResumableDataLoader` counts the batches it has yielded this epoch and, after a resume,
   skips that many at the start of the epoch (the skipped batches are collated and dropped: our rows
   are already tokenized in memory, so this costs milliseconds, not model time).

@@ -5,10 +5,10 @@ or ``FAIL dpo bf16-mixed fsdp: <exception, one line>``; exit status 1 if any cas
 
 Cases (``--cases``, comma-separated; default all):
     dpo-single, dpo-ddp        DPO + PreferenceDataModule, one device / DDP over every visible GPU
-    dpo-fsdp                   DPO under Lightning's FSDPStrategy (FSDP1, decoder layers wrapped), defaults
-    dpo-fsdp-rootclip          the same, with the norm clip done by the root FSDP module's ``clip_grad_norm_``
+    dpo-fsdp                   DPO under Lightning's FSDPStrategy (FSDP1, decoder layers wrapped)
+    dpo-fsdp2, grpo-fsdp2      under ModelParallelStrategy: the modules' own ``configure_model`` shards the
+                               policy and the reference (each block, then the root)
     grpo-single, grpo-ddp      GRPO + PromptDataModule (manual optimization, generation with the KV cache)
-    grpo-fsdp2                 GRPO under ModelParallelStrategy, ``fully_shard`` on each layer and the root
                                (FSDP1 is known not to work with manual optimization; see LIGHTNING_NOTES.md)
 
 The policy is a random Llama built in code (8 layers, hidden 512, tied embeddings, SmolLM2's 49152-token
@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("dpo-single", "grpo-single", "dpo-ddp", "grpo-ddp", "dpo-fsdp", "dpo-fsdp-rootclip", "grpo-fsdp2")
-NEEDS_CUDA = ("dpo-fsdp", "dpo-fsdp-rootclip")  # Lightning's FSDPStrategy refuses CPU
+CASES = ("dpo-single", "grpo-single", "dpo-ddp", "grpo-ddp", "dpo-fsdp", "dpo-fsdp2", "grpo-fsdp2")
+NEEDS_CUDA = ("dpo-fsdp",)  # Lightning's FSDPStrategy refuses CPU
 VOCAB = 49152  # SmolLM2's vocabulary size
 PRECISION = "bf16-mixed"
 GPU_SIZE = {"layers": 8, "hidden": 512, "intermediate": 1536, "heads": 8, "kv_heads": 4}
@@ -82,35 +82,6 @@ def build_policy(tokenizer, size: dict[str, int]):
     return LlamaForCausalLM(config)
 
 
-def root_clip(cls):
-    """``cls`` with the gradient-norm clip done by the root FSDP1 module (Lightning's FSDP precision refuses it)."""
-
-    class RootClip(cls):
-        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-            clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
-            if clip:
-                self.trainer.model.clip_grad_norm_(clip)
-
-    return RootClip
-
-
-def fsdp2(cls):
-    """``cls`` whose policy ``configure_model`` shards with FSDP2: each decoder layer, then the root."""
-
-    class FullyShard(cls):
-        def configure_model(self):
-            from torch.distributed.fsdp import FSDPModule, fully_shard
-
-            if isinstance(self.policy, FSDPModule):
-                return
-            mesh = self.device_mesh["data_parallel"]
-            for layer in self.policy.model.layers:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(self.policy, mesh=mesh)
-
-    return FullyShard
-
-
 def make_case(case: str, cpu: bool):
     """(module, datamodule, strategy, devices) of one case."""
     import torch
@@ -125,15 +96,13 @@ def make_case(case: str, cpu: bool):
         from datamodules.preference import PreferenceDataModule
         from lit_align.algorithms.dpo import DPO
 
-        cls = root_clip(DPO) if kind == "fsdp-rootclip" else DPO
-        module = cls(policy, beta=0.1, learning_rate=5e-5, warmup_ratio=0.0, scheduler="constant")
+        module = DPO(policy, beta=0.1, learning_rate=5e-5, warmup_ratio=0.0, scheduler="constant")
         data = PreferenceDataModule(tokenizer, val_size=0, batch_size=4 if cpu else 16)
     else:
         from datamodules.prompt import PromptDataModule
         from lit_align.algorithms.grpo import GRPO
 
-        cls = fsdp2(GRPO) if kind == "fsdp2" else GRPO
-        module = cls(
+        module = GRPO(
             policy, beta=0.04, reward_funcs=[digit_reward], num_generations=2 if cpu else 8,
             max_new_tokens=8 if cpu else 64, tokenizer=tokenizer, learning_rate=1e-5, log_completions_every_n_steps=0,
         )  # fmt: skip
