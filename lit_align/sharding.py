@@ -5,8 +5,8 @@ classes it keeps whole when splitting a model across devices), so any architectu
 Llama. The root is always sharded too: sharding only the blocks leaves a mix of plain tensors and
 DTensors that breaks gradient-norm clipping and transformers' FSDP detection in ``generate``.
 
-A frozen model (the reference, a reward model) is sharded with ``reshard_after_forward=True`` so that
-after its no-grad forward no rank keeps the gathered root group (embeddings, LM head) resident.
+A frozen model (the reference, a reward model) reshards its root after forward too, so that after its
+no-grad forward no rank keeps the gathered root group (embeddings, LM head) resident.
 """
 
 from __future__ import annotations
@@ -30,8 +30,14 @@ def block_class_names(model: nn.Module) -> set[str]:
     return found
 
 
-def fully_shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> nn.Module:
-    """Apply FSDP2's ``fully_shard`` to every block of ``model`` and then to ``model`` (idempotent)."""
+def fully_shard_model(model: nn.Module, mesh, frozen: bool = False) -> nn.Module:
+    """Apply FSDP2's ``fully_shard`` to every block of ``model`` and then to ``model`` (idempotent).
+
+    Blocks are resharded after their forward. The root group (embeddings, final norm, heads) of a trained
+    model stays gathered until its backward: losses may read a head's output through a hook (the reward
+    model does) rather than the root's returned output, where FSDP2 would re-gather before backward. A
+    ``frozen`` model (no backward) reshards its root too, so no rank keeps it gathered after a forward.
+    """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     if isinstance(model, FSDPModule):
@@ -39,6 +45,6 @@ def fully_shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True
     names = block_class_names(model)
     for module in list(model.modules()):
         if type(module).__name__ in names:
-            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+            fully_shard(module, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=frozen)
     return model

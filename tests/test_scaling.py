@@ -91,3 +91,19 @@ def test_fsdp2_recipe_from_the_command_line_exports_and_resumes(tmp_path, lora_r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = tmp_path / "runs" / "dpo" / "version_1" / "checkpoints" / "last.ckpt"
     assert torch.load(after / "meta.pt", weights_only=True)["global_step"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ipo", "simpo", "orpo", "reward_model", "kto", "sft", "rloo", "remax"])
+def test_every_other_recipe_runs_under_fsdp2(tmp_path, algo):
+    """The remaining algorithms, unchanged, on 2 CPU processes under FSDP2 (their own configure_model): they
+    train, checkpoint and export a plain Hugging Face model."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, str(REPO / f"recipes/{algo}.py"), "fit", "--config", str(REPO / "recipes/configs/tiny.yaml"),
+           "--trainer.devices", "2", "--trainer.strategy", "ModelParallelStrategy",
+           "--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / algo / "version_0"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 3
+    assert (run_dir / "hf_model" / "model.safetensors").exists()

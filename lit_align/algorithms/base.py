@@ -129,9 +129,9 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
                 "tensor_parallel_size=1)"
             )
         dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
-        fully_shard_model(self.policy, dp_mesh, reshard_after_forward=True)
+        fully_shard_model(self.policy, dp_mesh)
         if self.reference is not None:
-            fully_shard_model(self.reference, dp_mesh, reshard_after_forward=True)
+            fully_shard_model(self.reference, dp_mesh, frozen=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Trainer flags win; otherwise the module's max_grad_norm (so recipes need no trainer flag).

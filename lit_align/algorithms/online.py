@@ -188,7 +188,7 @@ class OnlinePolicyGradient(AlignmentModule):
             return
         dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
         for scorer in self._reward_models():
-            fully_shard_model(scorer.model, dp_mesh, reshard_after_forward=True)
+            fully_shard_model(scorer.model, dp_mesh, frozen=True)
 
     def _reward_models(self) -> list[RewardModelScorer]:
         return [f for f in self.reward_funcs if isinstance(f, RewardModelScorer)]
