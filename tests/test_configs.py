@@ -79,3 +79,10 @@ def test_dpo_recipe_runs_end_to_end_on_tiny(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(run_dir / "hf_model")
+    import torch
+
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3  # plain data
+    resume = [*cmd, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--trainer.max_steps", "4"]
+    out = subprocess.run(resume, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert torch.load(tmp_path / "runs/dpo/version_1/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4

@@ -213,5 +213,6 @@ def test_recipe_runs_end_to_end_on_tiny(tmp_path, algo):
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / algo / "version_0"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]  # plain data
     assert (run_dir / "hf_model" / "model.safetensors").exists()
     assert {"train/reward", "val/reward", "train/time/generation"} <= event_tags(run_dir)
