@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from lit_align.algorithms.grpo import GRPO
-from lit_align.algorithms.online import fill_unscorable, nanstd, score_completions
 from lit_align.models import load_model
+from lit_align.rewards.scoring import fill_unscorable, nanstd, score_completions, weighted_rewards
 from tests.conftest import REPO
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule
@@ -147,6 +147,10 @@ def test_score_fill_and_nanstd_by_hand():
     # Group means over scorable rows fill the gaps; an all-NaN group becomes 0.
     filled = fill_unscorable(torch.tensor([1.0, math.nan, 3.0, 5.0, math.nan, math.nan]), 2)
     assert filled.tolist() == [1.0, 1.0, 3.0, 5.0, 0.0, 0.0]
+    # Weighted sum over functions: a None counts 0 unless every function returned None (then NaN, unscorable).
+    per_func = torch.tensor([[1.0, 2.0], [math.nan, 4.0], [math.nan, math.nan]])
+    weighted = weighted_rewards(per_func, torch.tensor([0.5, 2.0]))
+    assert weighted[:2].tolist() == [4.5, 8.0] and weighted[2].isnan()
     std = nanstd(torch.tensor([[1.0, 3.0, math.nan], [2.0, math.nan, math.nan]]))
     assert std[0].item() == pytest.approx(math.sqrt(2.0)) and std[1].isnan()
     with pytest.raises(ValueError, match="returned 1 rewards for 2 completions"):

@@ -45,48 +45,14 @@ from lit_align.logprobs import token_logps
 from lit_align.losses.policy_gradient import aggregate_loss, clipped_surrogate, kl_k1, kl_k3, masked_mean
 from lit_align.metrics import MetricGroup
 from lit_align.rewards.model_scorer import RewardModelScorer
-from lit_align.rewards.resolve import RewardFunc, resolve_reward_funcs
+from lit_align.rewards.resolve import resolve_reward_funcs
+from lit_align.rewards.scoring import fill_unscorable, nanstd, score_completions, weighted_rewards
 from lit_align.rollout import HFGenerate, Rollout
 from lit_align.sharding import fully_shard_model
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
 TABLE_ROWS = 8
-
-
-def score_completions(
-    reward_funcs: Sequence[RewardFunc],
-    prompts: list[Any],
-    texts: list[str],
-    columns: dict[str, list[Any]],
-    completion_ids: list[list[int]],
-    num_generations: int,
-) -> Tensor:
-    """Rewards (B, F) of B completions under F functions, NaN where a function returned None.
-
-    ``prompts`` and each list in ``columns`` hold one entry per PROMPT and are repeated G times, as
-    TRL repeats its inputs. A chat prompt gets its completion as ``[{"role": "assistant", ...}]``.
-    """
-    prompts = [p for p in prompts for _ in range(num_generations)]
-    columns = {k: [v for v in values for _ in range(num_generations)] for k, values in columns.items()}
-    completions = [
-        [{"role": "assistant", "content": t}] if isinstance(p, list) else t for p, t in zip(prompts, texts, strict=True)
-    ]
-    out = torch.full((len(texts), len(reward_funcs)), math.nan)
-    for i, func in enumerate(reward_funcs):
-        values = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
-        if len(values) != len(texts):
-            name = getattr(func, "__name__", type(func).__name__)
-            raise ValueError(f"reward function {name!r} returned {len(values)} rewards for {len(texts)} completions")
-        out[:, i] = torch.tensor([math.nan if v is None else float(v) for v in values])
-    return out
-
-
-def fill_unscorable(rewards: Tensor, num_generations: int) -> Tensor:
-    """NaN rewards replaced by their group's mean scorable reward (0 when the whole group is NaN)."""
-    grouped = rewards.view(-1, num_generations)
-    means = grouped.nanmean(dim=1, keepdim=True).nan_to_num(0.0).expand_as(grouped)
-    return torch.where(grouped.isnan(), means, grouped).view(-1)
 
 
 class OnlinePolicyGradient(AlignmentModule):
@@ -249,13 +215,13 @@ class OnlinePolicyGradient(AlignmentModule):
         ref_logps = None
         if self.beta > 0:
             ref_logps = self.reference_forward(lambda ref: self._no_grad_logps(rollout, ref))
-        rewards = (rewards_per_func.to(self.device) * self.reward_weights).nansum(dim=1)  # (B,)
-        unscorable = rewards_per_func.isnan().all(dim=1).to(self.device)
+        rewards = weighted_rewards(rewards_per_func.to(self.device), self.reward_weights)  # (B,), NaN: unscorable
+        unscorable = rewards.isnan()
         if self.KL_IN_REWARD and self.beta > 0:  # REINFORCE-style KL penalty: unbiased k1, summed per sequence
             token_kl = kl_k1(old_logps, ref_logps)
             rewards = rewards - self.beta * (token_kl * loss_mask).sum(dim=1)
             values["kl"] = token_kl[loss_mask.bool()]
-        rewards = fill_unscorable(rewards.masked_fill(unscorable, math.nan), G)
+        rewards = fill_unscorable(rewards, G)
         t_logps = time.perf_counter() - start
         advantages, extra = self.compute_advantages(rewards, batch)  # ReMax times its greedy decode itself
         start = time.perf_counter()
@@ -375,8 +341,8 @@ class OnlinePolicyGradient(AlignmentModule):
 
     def reward_values(self, per_func: Tensor, rollout: Rollout, with_std: bool) -> dict[str, Any]:
         """TRL's rollout metrics: reward (weighted sum, unscorable excluded), per-function means, lengths."""
-        rewards = (per_func * self.reward_weights.cpu()).nansum(dim=1)
-        scorable = ~per_func.isnan().all(dim=1)
+        rewards = weighted_rewards(per_func, self.reward_weights)  # NaN: unscorable
+        scorable = ~rewards.isnan()
         values: dict[str, Any] = {"reward": (rewards.nan_to_num(0.0), scorable.float())}
         for i, name in enumerate(self.reward_names):
             applies = ~per_func[:, i].isnan()
@@ -386,7 +352,7 @@ class OnlinePolicyGradient(AlignmentModule):
         if with_std:
             kept = rewards[scorable]
             values["reward_std"] = (kept.std() if kept.numel() > 1 else torch.zeros(())).reshape(1)
-            grouped = rewards.masked_fill(~scorable, math.nan).view(-1, rollout.num_generations)
+            grouped = rewards.view(-1, rollout.num_generations)
             std = nanstd(grouped).nan_to_num(0.0)  # a group with < 2 scorable rewards has zero std
             values["frac_reward_zero_std"] = torch.isclose(std, torch.zeros_like(std)).float()
         return values
@@ -467,13 +433,6 @@ class OnlinePolicyGradient(AlignmentModule):
             scores = " | ".join(f"{v:.3g}" for v in per_func[i].tolist())
             lines.append(f"| {_cell(text)} | {_cell(rollout.texts[i])} | {scores} |")
         logger.experiment.add_text("completions", "\n".join(lines), self.global_step)
-
-
-def nanstd(grouped: Tensor) -> Tensor:
-    """Unbiased std of each row over its non-NaN entries (NaN with fewer than two), as TRL's ``nanstd``."""
-    count = (~grouped.isnan()).sum(dim=1)
-    variance = ((grouped - grouped.nanmean(dim=1, keepdim=True)) ** 2).nansum(dim=1) / (count - 1)
-    return variance.masked_fill(count < 2, math.nan).sqrt()
 
 
 def _import_path(func: Callable) -> str:

@@ -17,7 +17,6 @@ sequence-level ratio are as in :mod:`~lit_align.algorithms.rloo`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from lit_align.algorithms.base import NonFinite, Scheduler
 from lit_align.algorithms.online import ARITHMETIC_REWARD, OnlinePolicyGradient
 from lit_align.losses.policy_gradient import greedy_baseline_advantages
+from lit_align.rewards.scoring import weighted_rewards
 
 
 class ReMax(OnlinePolicyGradient):
@@ -129,7 +129,7 @@ class ReMax(OnlinePolicyGradient):
         greedy = self.backend()(self.policy, batch["prompt_input_ids"], batch["prompt_attention_mask"], 1, greedy=True)
         per_func = self.score(batch, greedy).to(rewards.device)  # (N, F)
         elapsed = time.perf_counter() - start
-        greedy_rewards = (per_func * self.reward_weights).nansum(dim=1).masked_fill(per_func.isnan().all(1), math.nan)
+        greedy_rewards = weighted_rewards(per_func, self.reward_weights)  # (N,), NaN: unscorable
         advantages = greedy_baseline_advantages(rewards, greedy_rewards, self.num_generations).nan_to_num(0.0)
         kept = greedy_rewards[~greedy_rewards.isnan()]
         return advantages, {"greedy_reward": kept, "time/greedy_generation": torch.tensor([elapsed])}
