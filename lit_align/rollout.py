@@ -11,7 +11,9 @@ after every update) and tool use / multi-turn rollouts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +64,18 @@ class GenerationBackend(Protocol):
         num_generations: int = 1,
         greedy: bool = False,
     ) -> Rollout: ...
+
+
+@contextmanager
+def seeded_rng(key: str, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's RNG (CPU, and ``device`` if CUDA) seeded from ``key``, restoring it after."""
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        yield
 
 
 def completion_mask_until_eos(completion_ids: Tensor, eos_token_ids: Sequence[int]) -> tuple[Tensor, Tensor]:

@@ -120,18 +120,25 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy(data_parallel_size=N)``: FSDP2-shard the policy and the frozen reference."""
-        mesh = self.device_mesh
+        mesh = self.data_parallel_mesh()
         if mesh is None:
             return
-        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+        fully_shard_model(self.policy, mesh)
+        if self.reference is not None:
+            fully_shard_model(self.reference, mesh, frozen=True)
+
+    def data_parallel_mesh(self):
+        """The FSDP2 mesh to shard over (``None`` unless the strategy made one); tensor parallelism is refused."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return None
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
             raise ValueError(
                 "lit-align shards with FSDP2 only: use ModelParallelStrategy(data_parallel_size=<devices>, "
                 "tensor_parallel_size=1)"
             )
-        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
-        fully_shard_model(self.policy, dp_mesh)
-        if self.reference is not None:
-            fully_shard_model(self.reference, dp_mesh, frozen=True)
+        return mesh["data_parallel"] if "data_parallel" in names else mesh
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Trainer flags win; otherwise the module's max_grad_norm (so recipes need no trainer flag).
@@ -232,9 +239,14 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         return torch.stack([p.sum() for p in self._trainable()]).sum() * 0.0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.close_window(optimizer)
+
+    def close_window(self, optimizer: torch.optim.Optimizer) -> None:
+        """End of an optimizer step's micro-batches: if every one was skipped, drop the gradients so the step
+        moves nothing (AdamW skips parameters whose grad is None)."""
         seen, skipped = self._window
         self._window = [0, 0]
-        if seen and skipped == seen:  # nothing valid in this step: no update at all (AdamW skips grad=None)
+        if seen and skipped == seen:
             optimizer.zero_grad(set_to_none=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

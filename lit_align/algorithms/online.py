@@ -29,7 +29,6 @@ communication, not correctness.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import defaultdict
@@ -47,7 +46,7 @@ from lit_align.metrics import MetricGroup
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import fill_unscorable, nanstd, score_completions, weighted_rewards
-from lit_align.rollout import HFGenerate, Rollout
+from lit_align.rollout import HFGenerate, Rollout, seeded_rng
 from lit_align.sharding import fully_shard_model
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
@@ -149,12 +148,11 @@ class OnlinePolicyGradient(AlignmentModule):
     def configure_model(self) -> None:
         """FSDP2: the policy and reference (base class), then every reward model, like the reference."""
         super().configure_model()
-        mesh = self.device_mesh
+        mesh = self.data_parallel_mesh()
         if mesh is None:
             return
-        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
         for scorer in self._reward_models():
-            fully_shard_model(scorer.model, dp_mesh, frozen=True)
+            fully_shard_model(scorer.model, mesh, frozen=True)
 
     def _reward_models(self) -> list[RewardModelScorer]:
         return [f for f in self.reward_funcs if isinstance(f, RewardModelScorer)]
@@ -304,13 +302,7 @@ class OnlinePolicyGradient(AlignmentModule):
         """
         trainer = self._trainer is not None
         step, rank = (self.global_step, self.global_rank) if trainer else (self._rollouts, 0)
-        key = hashlib.sha256(f"{self.sampling_seed}/{step}/{rank}".encode()).digest()
-        seed = int.from_bytes(key[:8], "little") >> 1
-        cuda = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.default_generator.manual_seed(seed)
-            if cuda:
-                torch.cuda.manual_seed(seed)
+        with seeded_rng(f"{self.sampling_seed}/{step}/{rank}", self.device):
             yield
 
     def backend(self) -> HFGenerate:
@@ -404,21 +396,15 @@ class OnlinePolicyGradient(AlignmentModule):
             loss.backward()
 
     def _optimizer_step(self) -> None:
-        seen, skipped = self._window
-        self._window = [0, 0]
-        if seen and skipped == seen:  # every micro-batch of this minibatch was non-finite: no update
-            self._zero_grad()
+        trainer = self._trainer is not None
+        optimizer, scheduler = (self.optimizers(), self.lr_schedulers()) if trainer else self._standalone
+        self.close_window(optimizer)  # a minibatch whose micro-batches were all non-finite moves nothing
         clip = self.hparams.max_grad_norm
-        if self._trainer is not None:
-            optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-            if clip:
-                self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-            optimizer.step()  # counts one global_step
-        else:
-            optimizer, scheduler = self._standalone
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self._trainable(), clip)
-            optimizer.step()
+        if clip and trainer:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        elif clip:
+            torch.nn.utils.clip_grad_norm_(self._trainable(), clip)
+        optimizer.step()  # under a Trainer: counts one global_step
         scheduler.step()
 
     def _log_completion_table(self, prompts: list[Any], rollout: Rollout, per_func: Tensor) -> None:
