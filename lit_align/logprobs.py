@@ -108,22 +108,7 @@ def token_logps(
     ``with_entropy`` also returns each scored position's predictive entropy ``H = lse − Σ p·logit``,
     computed in the same no-grad row chunks as the mean logits (no extra forward, no full softmax).
     """
-    completion_mask = labels != IGNORE_INDEX
-    completion_mask[:, 0] = False  # position 0 has no preceding context to score it
-    seq_len = input_ids.shape[1]
-    scored_positions = completion_mask.any(dim=0).nonzero()
-    first = int(scored_positions[0]) if len(scored_positions) else seq_len - 1
-    kwargs = {"use_cache": False}
-    keep = seq_len - first + 1  # logits at positions first-1 .. T-1
-    if _accepts_logits_to_keep(model) and keep < seq_len:
-        kwargs["logits_to_keep"] = keep
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (B, K, V)
-    kept = logits.shape[1]
-    offset = seq_len - kept  # logits[:, j] sits at position offset + j and scores token offset + j + 1
-    # The last kept position scores nothing: it gets a dummy target rather than being sliced off, since
-    # ``logits[:, :-1]`` is non-contiguous and flattening it would copy the whole (B, K, V) block.
-    targets = nn.functional.pad(labels[:, offset + 1 :].clamp(min=0), (0, 1))  # (B, K)
-    mask = completion_mask[:, offset + 1 :]  # (B, K-1)
+    logits, targets, mask, completion_mask, offset = completion_logits(model, input_ids, attention_mask, labels)
     logps = selective_log_softmax(logits, targets)[:, :-1] * mask
     with torch.no_grad():  # row chunks: one .float() of half-precision logits would be a full fp32 copy
         flat = logits.detach().reshape(-1, logits.shape[-1])
@@ -136,6 +121,32 @@ def token_logps(
         _align(mean_logits, labels.shape, offset),
         None if entropy is None else _align(entropy, labels.shape, offset),
     )
+
+
+def completion_logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One forward keeping only the logits from the first scored position on (``logits_to_keep``).
+
+    Returns ``logits`` (B, K, V), where ``logits[:, j]`` sits at position ``offset + j`` and scores token
+    ``offset + j + 1``; ``targets`` (B, K), the scored tokens with a dummy 0 for the last kept position
+    (padding it rather than slicing ``logits[:, :-1]``, which is non-contiguous and would be copied
+    whole when flattened); ``mask`` (B, K-1) of the scored targets; the full (B, T) ``completion_mask``;
+    and ``offset``.
+    """
+    completion_mask = labels != IGNORE_INDEX
+    completion_mask[:, 0] = False  # position 0 has no preceding context to score it
+    seq_len = input_ids.shape[1]
+    scored_positions = completion_mask.any(dim=0).nonzero()
+    first = int(scored_positions[0]) if len(scored_positions) else seq_len - 1
+    kwargs = {"use_cache": False}
+    keep = seq_len - first + 1  # logits at positions first-1 .. T-1
+    if _accepts_logits_to_keep(model) and keep < seq_len:
+        kwargs["logits_to_keep"] = keep
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (B, K, V)
+    offset = seq_len - logits.shape[1]
+    targets = nn.functional.pad(labels[:, offset + 1 :].clamp(min=0), (0, 1))  # (B, K)
+    return logits, targets, completion_mask[:, offset + 1 :], completion_mask, offset
 
 
 def _chunk_stats(logits: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

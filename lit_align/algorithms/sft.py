@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
-from lit_align.logprobs import IGNORE_INDEX, _accepts_logits_to_keep, selective_log_softmax
+from lit_align.logprobs import completion_logits, selective_log_softmax
 from lit_align.metrics import Value
 
 
@@ -43,27 +43,14 @@ def token_stats(
 ) -> TokenStats:
     """Summed NLL, token count and top-1 hits per sequence, from one forward pass.
 
-    Like :func:`lit_align.logprobs.token_logps`, only the logits from the first trained position on
-    are requested (``logits_to_keep``) and log-probs are taken chunk by chunk, never as a full
+    The forward is :func:`lit_align.logprobs.completion_logits`, as in ``token_logps`` (only the logits
+    from the first trained position on); log-probs are taken chunk by chunk, never as a full
     log-softmax; the argmax for the accuracy is taken under no_grad.
     """
-    mask = labels != IGNORE_INDEX
-    mask[:, 0] = False  # nothing precedes position 0 to predict it
-    seq_len = input_ids.shape[1]
-    scored = mask.any(dim=0).nonzero()
-    first = int(scored[0]) if len(scored) else seq_len - 1
-    kwargs = {"use_cache": False}
-    if _accepts_logits_to_keep(model) and seq_len - first + 1 < seq_len:
-        kwargs["logits_to_keep"] = seq_len - first + 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (B, K, V)
-    offset = seq_len - logits.shape[1]  # logits[:, j] predicts token offset + j + 1
-    targets = labels[:, offset + 1 :].clamp(min=0)  # (B, K-1)
-    mask = mask[:, offset + 1 :]
-    # The last kept position scores nothing; it gets a dummy target instead of being sliced off, since
-    # flattening the non-contiguous ``logits[:, :-1]`` would copy the whole (B, K, V) block.
-    logps = selective_log_softmax(logits, nn.functional.pad(targets, (0, 1)))[:, :-1]  # (B, K-1) fp32
+    logits, targets, mask, _, _ = completion_logits(model, input_ids, attention_mask, labels)
+    logps = selective_log_softmax(logits, targets)[:, :-1]  # (B, K-1) fp32
     with torch.no_grad():
-        correct = (logits[:, :-1].argmax(-1) == targets) & mask
+        correct = (logits[:, :-1].argmax(-1) == targets[:, :-1]) & mask
     return TokenStats(-(logps * mask).sum(-1), mask.sum(-1), correct.sum(-1))
 
 
