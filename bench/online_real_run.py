@@ -34,7 +34,7 @@ def greedy_reward(module, batches) -> tuple[float, float]:
     """Mean reward and mean completion length of greedy completions over the held-out batches."""
     rewards, lengths = [], []
     for batch in batches:
-        out = module.backend()(module.policy, batch["prompt_input_ids"], batch["prompt_attention_mask"], greedy=True)
+        out = module.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], greedy=True)
         completions = [[{"role": "assistant", "content": t}] for t in out.texts]
         rewards += arithmetic_answer_reward(batch["prompt"], completions, batch["answer"])
         lengths += out.lengths.tolist()
@@ -64,7 +64,9 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, learning_rate=args.lr,
         warmup_ratio=0.0, scheduler="constant", log_completions_every_n_steps=0,
     )  # fmt: skip
-    dm = PromptDataModule(tokenizer, val_size=args.eval, batch_size=args.prompts, eval_batch_size=16, seed=args.seed)
+    dm = PromptDataModule(
+        tokenizer=tokenizer, val_size=args.eval, batch_size=args.prompts, eval_batch_size=16, seed=args.seed
+    )
     dm.setup("fit")
     held_out = list(dm.val_dataloader())
     train = iter(dm.train_dataloader())

@@ -1,7 +1,13 @@
 """What every lit-align DataModule shares: load rows, validate and tokenize once, split, batch.
 
 A subclass names its fields (``FIELDS``), turns one validated row into token ids
-(``tokenize_row``) and turns a list of tokenized rows into the batch schema (``collate``).
+(``tokenize_row``) and turns a list of tokenized rows into the batch schema (``collate``, typed by
+:mod:`lit_align.batches`).
+
+Options are declared once: the shared ones here (keyword-only, documented in the class's ``Args:``),
+the prompt + completion truncation ones in :class:`PromptCompletionDataModule`; a DataModule's own
+``__init__`` names only its own options and the defaults it changes (always ``data_path``, its demo
+data) and forwards the rest with ``**kwargs``.
 Tokenization runs in ``setup`` through ``datasets.map``, whose on-disk cache makes later runs and
 other ranks reuse it. Rows that truncation shortens or drops are counted and reported once.
 """
@@ -21,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
-from datamodules.tokenize import DataError, where
+from datamodules.tokenize import DataError, TruncationMode, where
 
 log = logging.getLogger(__name__)
 
@@ -86,30 +92,55 @@ def load_rows(path: str, split: str, config_name: str | None = None) -> datasets
 
 
 class TokenizedDataModule(L.LightningDataModule):
-    """Base class; see the subclasses for the arguments."""
+    """Base of every DataModule: what they share.
+
+    Args:
+        tokenizer: a tokenizer, or the name of the policy whose tokenizer to load (recipes link it).
+        data_path: local .json/.jsonl/.parquet/.csv file, folder, or ``datasets`` hub name (default: the
+            project's own demo data for this DataModule, in ``datamodules/samples/``).
+        split: the split to train on.
+        val_split: a split to validate on; when ``None``, ``val_size`` rows are carved off ``split``.
+        val_size: fraction (float) or count (int) of rows held out for validation; 0 disables it.
+        columns: field mapping, canonical name -> column name, e.g. ``{"chosen": "good"}``.
+        max_samples: use only the first N rows (before the validation split).
+        max_prompt_length: longest prompt, in tokens (``None``: no separate prompt limit).
+        truncation_mode: which end of a long prompt survives: ``keep_end`` (next to the answer) or
+            ``keep_start``.
+        batch_size: rows per training batch (per device).
+        eval_batch_size: rows per validation batch (default: ``batch_size``).
+        num_workers: DataLoader workers.
+        pad_to_multiple_of: pad the sequence length of each batch to a multiple of this.
+        seed: seed of the validation split and of the training order (a function of seed and epoch only).
+        config_name: ``datasets`` configuration name for hub datasets.
+    """
 
     FIELDS: ClassVar[tuple[str, ...]] = ()
     OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ()
     # Attributes that change the tokenized rows (they key the datasets cache with data + tokenizer).
-    TOKENIZATION_SETTINGS: ClassVar[tuple[str, ...]] = ()
+    TOKENIZATION_SETTINGS: ClassVar[tuple[str, ...]] = ("max_prompt_length", "truncation_mode")
 
     def __init__(
         self,
-        tokenizer: str | PreTrainedTokenizerBase | None,
+        *,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
         data_path: str,
-        split: str,
-        val_split: str | None,
-        val_size: float | int,
-        columns: dict[str, str] | None,
-        max_samples: int | None,
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        pad_to_multiple_of: int | None,
-        seed: int,
+        split: str = "train",
+        val_split: str | None = None,
+        val_size: float | int = 0.1,
+        columns: dict[str, str] | None = None,
+        max_samples: int | None = None,
+        max_prompt_length: int | None = 256,
+        truncation_mode: TruncationMode = "keep_end",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 42,
         config_name: str | None = None,
     ) -> None:
         super().__init__()
+        if max_prompt_length is not None and max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be positive or None, got {max_prompt_length}")
         self.tokenizer_source = tokenizer
         self.data_path = data_path
         self.split = split
@@ -117,6 +148,8 @@ class TokenizedDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.columns = dict(columns or {})
         self.max_samples = max_samples
+        self.max_prompt_length = max_prompt_length
+        self.truncation_mode = truncation_mode
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -237,3 +270,22 @@ class TokenizedDataModule(L.LightningDataModule):
             if changed:
                 log.warning("%s: %d rows; %s", source, len(raw), ", ".join(f"{v} {k}" for k, v in changed.items()))
         return kept
+
+
+class PromptCompletionDataModule(TokenizedDataModule):
+    """Base of the DataModules whose rows are a prompt and one or more completions (preference, binary, SFT).
+
+    Args:
+        max_length: longest prompt + completion, in tokens: the prompt is cut to ``max_prompt_length``
+            first, then each completion at its end so that prompt + completion fits.
+        drop_overlong: drop (and count) rows left with no room for a completion instead of failing.
+    """
+
+    TOKENIZATION_SETTINGS = (*TokenizedDataModule.TOKENIZATION_SETTINGS, "max_length", "drop_overlong")
+
+    def __init__(self, *, max_length: int = 512, drop_overlong: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.max_prompt_length is not None and self.max_prompt_length >= max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({max_length})")
+        self.max_length = max_length
+        self.drop_overlong = drop_overlong

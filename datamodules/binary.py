@@ -1,4 +1,4 @@
-"""Binary feedback (prompt, completion, label) -> the binary-feedback batch schema (see DESIGN.md).
+"""Binary feedback (prompt, completion, label) -> the binary-feedback batch schema (``lit_align.batches``).
 
 Batch (B examples, right-padded, labels -100 on prompt and padding):
     ``input_ids``, ``attention_mask``, ``labels``   (B, T)   prompt_i + completion_i
@@ -22,17 +22,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.base import SAMPLES, TokenizedDataModule
+from datamodules.base import SAMPLES, PromptCompletionDataModule
 from datamodules.tokenize import (
     DataError,
-    TruncationMode,
     check_text_or_messages,
-    extract_implicit_prompt,
     fit_to_length,
     is_conversational,
+    preference_row,
     sequence_tensors,
     tokenize_prompt_completions,
 )
+from lit_align.batches import BinaryBatch
 
 DEMO_BINARY = str(SAMPLES / "binary_demo.jsonl")
 TRUE_WORDS = {"good": True, "true": True, "bad": False, "false": False}
@@ -61,7 +61,7 @@ def _flatten(rows: dict[str, list]) -> dict[str, list]:
     return out
 
 
-class BinaryFeedbackDataModule(TokenizedDataModule):
+class BinaryFeedbackDataModule(PromptCompletionDataModule):
     """Rows ``{"prompt", "completion", "label"}`` as plain text or chat message lists (KTO's data).
 
     With ``unpair=True`` it reads preference rows ``{"prompt", "chosen", "rejected"}`` instead (or
@@ -76,64 +76,21 @@ class BinaryFeedbackDataModule(TokenizedDataModule):
     making KTO's reference point equal the example's own reward. The last batch of an epoch can still
     hold a single example (as in TRL); its KL pair is then the matched one.
 
+    The other options are :class:`~datamodules.base.PromptCompletionDataModule`'s and its base's;
+    ``batch_size`` and ``eval_batch_size`` must be at least 2 (KL pairs).
+
     Args:
-        tokenizer: a tokenizer, or the name of the policy whose tokenizer to load (recipes link it).
-        data_path: local .json/.jsonl/.parquet/.csv file, folder, or ``datasets`` hub name. Defaults
-            to the project's own demo feedback (``datamodules/samples/binary_demo.jsonl``).
-        split: the split to train on.
-        val_split: a split to validate on; when ``None``, ``val_size`` rows are carved off ``split``.
-        val_size: fraction (float) or count (int) of rows held out for validation; 0 disables it.
-        columns: field mapping, canonical name -> column name, e.g. ``{"label": "kto_tag"}``.
-        unpair: read paired preference rows (chosen -> desirable, rejected -> undesirable).
-        max_samples: use only the first N rows (before the validation split and unpairing).
-        max_length: longest prompt + completion, in tokens.
-        max_prompt_length: longest prompt, in tokens (``None``: only ``max_length`` applies).
-        truncation_mode: ``keep_end`` keeps the end of a long prompt, ``keep_start`` its beginning.
-        drop_overlong: drop (and count) rows whose prompt fills ``max_length`` instead of failing.
-        batch_size: examples per training batch (per device); at least 2 (KL pairs).
-        eval_batch_size: examples per validation batch (default: ``batch_size``); at least 2.
-        num_workers: DataLoader workers.
-        pad_to_multiple_of: pad sequence length to a multiple of this.
-        seed: seed of the validation split and of the training order (a function of seed and epoch only).
-        config_name: ``datasets`` configuration name for hub datasets.
+        unpair: read paired preference rows (chosen -> desirable, rejected -> undesirable); ``max_samples``
+            then counts pairs.
     """
 
     FIELDS = ("prompt", "completion", "label")
     OPTIONAL_FIELDS = ()
-    TOKENIZATION_SETTINGS = ("unpair", "max_length", "max_prompt_length", "truncation_mode", "drop_overlong")
+    TOKENIZATION_SETTINGS = (*PromptCompletionDataModule.TOKENIZATION_SETTINGS, "unpair")
 
-    def __init__(
-        self,
-        tokenizer: str | PreTrainedTokenizerBase | None = None,
-        data_path: str = DEMO_BINARY,
-        split: str = "train",
-        val_split: str | None = None,
-        val_size: float | int = 0.1,
-        columns: dict[str, str] | None = None,
-        unpair: bool = False,
-        max_samples: int | None = None,
-        max_length: int = 512,
-        max_prompt_length: int | None = 256,
-        truncation_mode: TruncationMode = "keep_end",
-        drop_overlong: bool = False,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-        seed: int = 42,
-        config_name: str | None = None,
-    ) -> None:
-        super().__init__(
-            tokenizer, data_path, split, val_split, val_size, columns, max_samples, batch_size,
-            eval_batch_size, num_workers, pad_to_multiple_of, seed, config_name,
-        )  # fmt: skip
-        if max_prompt_length is not None and max_prompt_length >= max_length:
-            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+    def __init__(self, *, data_path: str = DEMO_BINARY, unpair: bool = False, **kwargs: Any) -> None:
+        super().__init__(data_path=data_path, **kwargs)
         self.unpair = unpair
-        self.max_length = max_length
-        self.max_prompt_length = max_prompt_length
-        self.truncation_mode = truncation_mode
-        self.drop_overlong = drop_overlong
         if unpair:
             self.FIELDS, self.OPTIONAL_FIELDS = ("chosen", "rejected"), ("prompt",)
         self.check_batch_size()
@@ -169,7 +126,8 @@ class BinaryFeedbackDataModule(TokenizedDataModule):
     # -- tokenization ---------------------------------------------------------------------------
     def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         if self.unpair:
-            prompt, completions, labels = self._unpaired(row, loc)
+            prompt, chosen, rejected = preference_row(row, loc)
+            completions, labels = [chosen, rejected], [True, False]
         else:
             prompt, completions = row["prompt"], [row["completion"]]
             check_text_or_messages(prompt, f"{loc}, field 'prompt'")
@@ -189,21 +147,6 @@ class BinaryFeedbackDataModule(TokenizedDataModule):
         status = "dropped" if "dropped" in statuses else next((s for s in statuses if s != "ok"), "ok")
         return {"prompt_ids": prompts, "completion_ids": kept, "label": labels, "_status": status}
 
-    def _unpaired(self, row: dict[str, Any], loc: str) -> tuple[Any, list[Any], list[bool]]:
-        chosen, rejected = row["chosen"], row["rejected"]
-        check_text_or_messages(chosen, f"{loc}, field 'chosen'")
-        check_text_or_messages(rejected, f"{loc}, field 'rejected'")
-        prompt = row.get("prompt")
-        if prompt is None:
-            prompt, chosen, rejected = extract_implicit_prompt(chosen, rejected)
-            if not prompt or not chosen or not rejected:
-                raise DataError(
-                    f"{loc}: no 'prompt' field, and chosen/rejected share no prompt prefix to split off "
-                    "(expected HH-RLHF style rows, or add a prompt column)"
-                )
-        else:
-            check_text_or_messages(prompt, f"{loc}, field 'prompt'")
-        return prompt, [chosen, rejected], [True, False]
 
     def _truncate(self, prompt_ids: list[int], completion_ids: list[int], loc: str) -> tuple[list, list, str]:
         args = self.max_length, self.max_prompt_length, self.truncation_mode, self.drop_overlong, loc
@@ -214,7 +157,7 @@ class BinaryFeedbackDataModule(TokenizedDataModule):
         return rows.map(_flatten, batched=True, remove_columns=rows.column_names, desc="Flattening examples")
 
     # -- batching -------------------------------------------------------------------------------
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(self, rows: list[dict[str, Any]]) -> BinaryBatch:
         pad_id = self.tokenizer.pad_token_id
         prompts = [r["prompt_ids"] for r in rows]
         completions = [r["completion_ids"] for r in rows]

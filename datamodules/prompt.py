@@ -1,4 +1,4 @@
-"""Prompt-only rows -> the prompt-only batch schema of the online algorithms (see DESIGN.md).
+"""Prompt-only rows -> the prompt-only batch schema of the online algorithms (``lit_align.batches``).
 
 A row is ``{"prompt": ...}`` plus any other columns (e.g. ``answer``). The prompt is plain text or
 a chat message list; a message list goes through the chat template WITH the generation prompt, so
@@ -7,8 +7,7 @@ the policy continues as the assistant. Batches carry LEFT-padded ``prompt_input_
 every other column as Python lists, for the reward functions (TRL's convention: columns arrive at
 the reward function as keyword lists).
 
-Deliberately left out: ``pad_to_multiple_of`` (prompts are left-padded to the batch's longest only)
-and multimodal prompts.
+Deliberately left out: multimodal prompts.
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from datamodules.base import SAMPLES, TokenizedDataModule
-from datamodules.tokenize import DataError, TruncationMode, _ids, check_text_or_messages, is_conversational, left_pad
+from datamodules.tokenize import DataError, _ids, check_text_or_messages, is_conversational, left_pad
 from datamodules.tokenize import truncate_prompt as cut_prompt
+from lit_align.batches import PromptBatch
 
 DEMO_PROMPTS = str(SAMPLES / "arithmetic_prompts.jsonl")
 TOKENIZED_KEYS = ("prompt_ids", "_status")
@@ -32,54 +32,17 @@ class PromptDataModule(TokenizedDataModule):
     Truncation: a prompt longer than ``max_prompt_length`` tokens is cut (``keep_end`` keeps its end,
     where the question and the generation prompt are) and counted as ``prompt_truncated``.
 
-    Args:
-        tokenizer: a tokenizer, or the name of the policy whose tokenizer to load (recipes link it).
-        data_path: local .json/.jsonl/.parquet/.csv file, folder, or ``datasets`` hub name. Defaults
-            to the project's arithmetic word problems (``datamodules/samples/arithmetic_prompts.jsonl``,
-            rows ``{"prompt": [messages], "answer": "42"}``).
-        split: the split to train on.
-        val_split: a split to validate on; when ``None``, ``val_size`` rows are carved off ``split``.
-        val_size: fraction (float) or count (int) of prompts held out for validation; 0 disables it.
-        columns: field mapping, canonical name -> column name, e.g. ``{"prompt": "question"}``.
-        max_samples: use only the first N rows (before the validation split).
-        max_prompt_length: longest prompt, in tokens (``None``: no limit).
-        truncation_mode: ``keep_end`` keeps the end of a long prompt, ``keep_start`` its beginning.
-        batch_size: prompts per training batch (per device); the module samples several
-            completions for each.
-        eval_batch_size: prompts per validation batch (default: ``batch_size``).
-        num_workers: DataLoader workers.
-        seed: seed of the validation split and of the training order (a function of seed and epoch only).
-        config_name: ``datasets`` configuration name for hub datasets.
+    The options are :class:`~datamodules.base.TokenizedDataModule`'s (``columns`` maps the prompt's own
+    name, e.g. ``{"prompt": "question"}``); ``batch_size`` counts prompts (the module samples several
+    completions for each), and ``pad_to_multiple_of`` left-pads.
     """
 
     FIELDS = ("prompt",)
-    TOKENIZATION_SETTINGS = ("max_prompt_length", "truncation_mode")
 
     def __init__(
-        self,
-        tokenizer: str | PreTrainedTokenizerBase | None = None,
-        data_path: str = DEMO_PROMPTS,
-        split: str = "train",
-        val_split: str | None = None,
-        val_size: float | int = 0.05,
-        columns: dict[str, str] | None = None,
-        max_samples: int | None = None,
-        max_prompt_length: int | None = 256,
-        truncation_mode: TruncationMode = "keep_end",
-        batch_size: int = 4,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 42,
-        config_name: str | None = None,
+        self, *, data_path: str = DEMO_PROMPTS, val_size: float | int = 0.05, batch_size: int = 4, **kwargs: Any
     ) -> None:
-        super().__init__(
-            tokenizer, data_path, split, val_split, val_size, columns, max_samples, batch_size,
-            eval_batch_size, num_workers, None, seed, config_name,
-        )  # fmt: skip
-        if max_prompt_length is not None and max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be positive or None, got {max_prompt_length}")
-        self.max_prompt_length = max_prompt_length
-        self.truncation_mode = truncation_mode
+        super().__init__(data_path=data_path, val_size=val_size, batch_size=batch_size, **kwargs)
 
     def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         prompt = row["prompt"]
@@ -93,11 +56,12 @@ class PromptDataModule(TokenizedDataModule):
         kept = cut_prompt(ids, self.max_prompt_length, self.truncation_mode)
         return {**row, "prompt_ids": kept, "_status": "ok" if len(kept) == len(ids) else "prompt_truncated"}
 
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def collate(self, rows: list[dict[str, Any]]) -> PromptBatch:
         prompts = [r["prompt_ids"] for r in rows]
+        multiple = self.pad_to_multiple_of
         batch: dict[str, Any] = {
-            "prompt_input_ids": left_pad(prompts, self.tokenizer.pad_token_id),
-            "prompt_attention_mask": left_pad([[1] * len(p) for p in prompts], 0),
+            "prompt_input_ids": left_pad(prompts, self.tokenizer.pad_token_id, multiple),
+            "prompt_attention_mask": left_pad([[1] * len(p) for p in prompts], 0, multiple),
         }
         for key in rows[0]:
             if key not in TOKENIZED_KEYS:

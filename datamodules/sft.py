@@ -1,4 +1,4 @@
-"""Supervised fine-tuning rows (prompt + completion) -> the sft batch schema (see DESIGN.md).
+"""Supervised fine-tuning rows (prompt + completion) -> the sft batch schema (``lit_align.batches``).
 
 Three row formats, each turned into a (prompt, completion) pair and tokenized by TRL's convention
 (``tokenize_prompt_completions``):
@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.base import SAMPLES, TokenizedDataModule
+from datamodules.base import SAMPLES, PromptCompletionDataModule
 from datamodules.tokenize import (
     IGNORE_INDEX,
     DataError,
@@ -30,7 +29,9 @@ from datamodules.tokenize import (
     is_conversational,
     sequence_tensors,
     tokenize_prompt_completions,
+    truncate_prompt,
 )
+from lit_align.batches import SFTBatch
 
 DEMO_SFT = str(SAMPLES / "sft_demo.jsonl")
 SFTFormat = Literal["auto", "prompt_completion", "messages", "alpaca"]
@@ -101,7 +102,7 @@ def _undetected(loc: str, row: dict[str, Any]) -> DataError:
     )
 
 
-class SFTDataModule(TokenizedDataModule):
+class SFTDataModule(PromptCompletionDataModule):
     """Prompt/completion rows (three formats, see the module docstring) for supervised fine-tuning.
 
     Batches are ``input_ids``, ``attention_mask``, ``labels`` (right-padded). With
@@ -111,61 +112,34 @@ class SFTDataModule(TokenizedDataModule):
     left without any trained token (a prompt that fills ``max_length``) is an error unless
     ``drop_overlong=True``, when it is dropped and counted.
 
+    The other options are :class:`~datamodules.base.PromptCompletionDataModule`'s and its base's; SFT
+    changes the defaults of ``max_length`` (1024) and ``max_prompt_length`` (``None``: a long prompt keeps its
+    start and the completion fills what is left, TRL's SFT truncation).
+
     Args:
-        tokenizer: a tokenizer, or the name of the policy whose tokenizer to load (recipes link it).
-        data_path: local .json/.jsonl/.parquet/.csv file, folder, or ``datasets`` hub name. Defaults
-            to the project's own demo rows (``datamodules/samples/sft_demo.jsonl``).
         format: ``prompt_completion``, ``messages``, ``alpaca``, or ``auto`` (per row, the first of
             those whose fields are present).
-        split: the split to train on.
-        val_split: a split to validate on; when ``None``, ``val_size`` rows are carved off ``split``.
-        val_size: fraction (float) or count (int) of rows held out for validation; 0 disables it.
-        columns: field mapping, canonical name -> column name, e.g. ``{"output": "response"}``.
-        max_samples: use only the first N rows (before the validation split).
-        max_length: longest prompt + completion, in tokens (the end is cut).
         completion_only_loss: train on completion tokens only (``False``: on the whole sequence).
-        drop_overlong: drop (and count) rows left without trained tokens instead of failing.
-        batch_size: rows per training batch (per device).
-        eval_batch_size: rows per validation batch (default: ``batch_size``).
-        num_workers: DataLoader workers.
-        pad_to_multiple_of: pad sequence length to a multiple of this.
-        seed: seed of the validation split and of the training order (a function of seed and epoch only).
-        config_name: ``datasets`` configuration name for hub datasets.
     """
 
     OPTIONAL_FIELDS = ("prompt", "completion", "messages", "instruction", "input", "output")
-    TOKENIZATION_SETTINGS = ("format", "max_length", "completion_only_loss", "drop_overlong")
+    TOKENIZATION_SETTINGS = (*PromptCompletionDataModule.TOKENIZATION_SETTINGS, "format", "completion_only_loss")
 
     def __init__(
         self,
-        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        *,
         data_path: str = DEMO_SFT,
         format: SFTFormat = "auto",
-        split: str = "train",
-        val_split: str | None = None,
-        val_size: float | int = 0.1,
-        columns: dict[str, str] | None = None,
-        max_samples: int | None = None,
-        max_length: int = 1024,
         completion_only_loss: bool = True,
-        drop_overlong: bool = False,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-        seed: int = 42,
-        config_name: str | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            tokenizer, data_path, split, val_split, val_size, columns, max_samples, batch_size,
-            eval_batch_size, num_workers, pad_to_multiple_of, seed, config_name,
-        )  # fmt: skip
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
+        super().__init__(data_path=data_path, max_length=max_length, max_prompt_length=max_prompt_length, **kwargs)
         self.format = format
-        self.max_length = max_length
         self.completion_only_loss = completion_only_loss
-        self.drop_overlong = drop_overlong
 
     def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         prompt, completion = self.prompt_completion(row, loc, chat=bool(tokenizer.chat_template))
@@ -173,6 +147,9 @@ class SFTDataModule(TokenizedDataModule):
         if not completion_ids:
             raise DataError(f"{loc}: the completion tokenizes to nothing beyond the prompt")
         status, prompt_length = "ok", len(prompt_ids)
+        if self.max_prompt_length is not None and len(prompt_ids) > self.max_prompt_length:
+            status = "truncated"
+            prompt_ids = truncate_prompt(prompt_ids, self.max_prompt_length, self.truncation_mode)
         if len(prompt_ids) + len(completion_ids) > self.max_length:
             status = "truncated"
             prompt_ids = prompt_ids[: self.max_length]
@@ -215,7 +192,7 @@ class SFTDataModule(TokenizedDataModule):
             raise _undetected(loc, row)  # names the row's own columns, not just the canonical ones
         return out
 
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(self, rows: list[dict[str, Any]]) -> SFTBatch:
         input_ids, attention_mask, labels = sequence_tensors(
             [r["prompt_ids"] for r in rows],
             [r["completion_ids"] for r in rows],

@@ -14,7 +14,8 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+from lit_align.batches import IGNORE_INDEX
+
 ROLES = ("system", "user", "assistant", "tool")
 TruncationMode = Literal["keep_end", "keep_start"]
 
@@ -75,6 +76,25 @@ def extract_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     elif 0 < n < len(chosen) and chosen[n - 1] == " ":
         n -= 1
     return chosen[:n], chosen[n:], rejected[n:]
+
+
+def preference_row(row: dict[str, Any], loc: str) -> tuple[Any, Any, Any]:
+    """The validated (prompt, chosen, rejected) of a preference row; a row without a prompt field (HH-RLHF
+    style, where chosen and rejected repeat the prompt) gets its prompt split off (:func:`extract_implicit_prompt`)."""
+    chosen, rejected = row["chosen"], row["rejected"]
+    check_text_or_messages(chosen, f"{loc}, field 'chosen'")
+    check_text_or_messages(rejected, f"{loc}, field 'rejected'")
+    prompt = row.get("prompt")
+    if prompt is None:
+        prompt, chosen, rejected = extract_implicit_prompt(chosen, rejected)
+        if not prompt or not chosen or not rejected:
+            raise DataError(
+                f"{loc}: no 'prompt' field, and chosen/rejected share no prompt prefix to split off "
+                "(expected HH-RLHF style rows, or add a prompt column)"
+            )
+    else:
+        check_text_or_messages(prompt, f"{loc}, field 'prompt'")
+    return prompt, chosen, rejected
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, value: Any, generation_prompt: bool = False) -> list[int]:
@@ -161,9 +181,11 @@ def pad(sequences: Sequence[Sequence[int]], value: int, multiple_of: int | None 
     return out
 
 
-def left_pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+def left_pad(sequences: Sequence[Sequence[int]], value: int, multiple_of: int | None = None) -> torch.Tensor:
     """Left-pad lists of ids into a (B, T) long tensor (prompts for generation)."""
     length = max((len(s) for s in sequences), default=0)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
     out = torch.full((len(sequences), length), value, dtype=torch.long)
     for i, s in enumerate(sequences):
         if len(s):

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from lit_align.batches import IGNORE_INDEX
+
 CHUNK_ROWS = 1024
 
 

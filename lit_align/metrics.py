@@ -50,6 +50,14 @@ class MetricGroup(MetricCollection):
                 metric(value.detach().float())
 
 
+def weighted_mean(value: Value) -> float:
+    """One batch's value of a metric as a float: the plain mean, or sum(values * weights) / sum(weights)
+    (NaN when every weight is 0, e.g. a side of the batch with no examples)."""
+    data, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
+    total = weight.float().sum()
+    return float((data.float() * weight.float()).sum() / total) if total > 0 else float("nan")
+
+
 def _key(name: str) -> str:
     # MetricCollection keys may not contain '.'; '/' is kept (TRL's names use it).
     return name.replace(".", "_")

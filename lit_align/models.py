@@ -16,9 +16,10 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -32,6 +33,16 @@ from transformers import (
 )
 
 ModelKind = Literal["causal_lm", "sequence_classification"]
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    ModelRef: TypeAlias = str | nn.Module
+else:
+    # At run time the annotation is ``str``: LightningCLI then documents a model as the string it is on the
+    # command line (a preset, hub id, directory or .gguf file) instead of listing every nn.Module subclass
+    # in the environment. Python callers may still pass an nn.Module; nothing checks the type at run time.
+    ModelRef = str
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -168,6 +179,13 @@ def _ensure_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def resolve_model(model: ModelRef, kind: ModelKind = "causal_lm", seed: int = 0) -> nn.Module:
+    """``model`` itself when it is an ``nn.Module``, else the model :func:`load_model` loads by that name."""
+    if isinstance(model, nn.Module):
+        return model
+    return load_model(model, kind=kind, seed=seed)[0]
 
 
 def load_model(

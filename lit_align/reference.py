@@ -7,8 +7,9 @@ Sources (``self.reference_source``):
     ``model``    a separately loaded ``reference_policy`` (name/path/preset or ``nn.Module``),
                  held the same way as ``copy``.
     ``adapter``  the policy with its LoRA adapters disabled: no second copy in memory.
-    ``none``     reference-free algorithms (SimPO, ORPO, GRPO with beta=0): asking is an error,
-                 so a reference pass can never run by accident.
+    ``none``     the module decided it needs none (GRPO with beta=0): asking is an error, so a
+                 reference pass can never run by accident. Reference-free algorithms (SFT, the reward
+                 model, SimPO, ORPO) do not mix this class in at all.
 
 Planned, with room left here: ``precomputed`` (one pass before training, cached on disk keyed by
 a model/data/tokenization fingerprint; the reference is then freed) — the batch would carry the
@@ -20,20 +21,50 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
+
+from lit_align.models import ModelRef, resolve_model
+from lit_align.sharding import fully_shard_model
 
 ReferenceSource = Literal["copy", "model", "adapter", "none"]
 T = TypeVar("T")
 
 
 class ReferenceMixin:
-    """Mixed into a LightningModule that has ``self.policy``; call :meth:`setup_reference` in ``__init__``."""
+    """Mixed in before :class:`~lit_align.algorithms.base.AlignmentModule` by the algorithms that compare
+    against a reference policy (``class DPO(ReferenceMixin, AlignmentModule)``); it declares the reference's
+    options and decides the source once, after the policy (and its LoRA adapters) exist.
+
+    Args:
+        reference_policy: a separate reference model (preset, hub id, directory or ``.gguf`` file; from
+            Python also an ``nn.Module``). Default: a frozen copy of the policy, or the policy with its
+            LoRA adapters disabled. Never loaded when the module needs no reference.
+    """
 
     reference_source: ReferenceSource = "none"
     policy: nn.Module
+
+    def __init__(self, *, reference_policy: ModelRef | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        reference = None
+        if self.needs_reference() and reference_policy is not None:
+            reference = resolve_model(reference_policy, self.POLICY_KIND, seed=1)
+        self.setup_reference(reference, needed=self.needs_reference())
+
+    def needs_reference(self) -> bool:
+        """Whether this module compares against a reference at all; asked once, at construction, when every
+        constructor argument is already in ``self.hparams`` (an online module answers ``beta > 0``)."""
+        return True
+
+    def configure_model(self) -> None:
+        """FSDP2: the policy (base class), then the frozen reference, resharded after its forward."""
+        super().configure_model()
+        mesh = self.data_parallel_mesh()
+        if mesh is not None and self.reference is not None:
+            fully_shard_model(self.reference, mesh, frozen=True)
 
     def setup_reference(self, reference_policy: nn.Module | None, needed: bool = True) -> None:
         """Decide the source once. ``needed=False`` declares the algorithm reference-free."""

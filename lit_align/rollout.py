@@ -5,8 +5,10 @@ completions of a prompt are contiguous, as TRL orders them), P = prompt length (
 L = completion length (right-padded, at most ``max_new_tokens``).
 
 A backend is anything with the :class:`GenerationBackend` call signature; :class:`HFGenerate` uses
-Hugging Face ``generate`` with the KV cache. Left out here: vLLM (it needs a GPU and weight syncing
-after every update) and tool use / multi-turn rollouts.
+Hugging Face ``generate`` with the KV cache. :class:`Sampler` is what modules call: a backend plus a
+seed, so that the completions of a call are a function of (seed, key) alone — a run killed and
+resumed draws what the uninterrupted run drew, without RNG state in the checkpoint. Left out here:
+vLLM (it needs a GPU and weight syncing after every update) and tool use / multi-turn rollouts.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from lit_align.logprobs import IGNORE_INDEX
+from lit_align.batches import IGNORE_INDEX
 
 
 @dataclass
@@ -76,6 +78,36 @@ def seeded_rng(key: str, device: torch.device) -> Iterator[None]:
         if cuda:
             torch.cuda.manual_seed(seed)
         yield
+
+
+class Sampler:
+    """Seeded sampling from a prompt batch, for any module that generates (online RL, SPIN, evaluation).
+
+    Args:
+        backend: the generation backend (e.g. :class:`HFGenerate`).
+        seed: combined with each call's ``key`` to seed the RNG for that call only (the global RNG is
+            restored after).
+    """
+
+    def __init__(self, backend: GenerationBackend, seed: int = 0) -> None:
+        self.backend = backend
+        self.seed = seed
+
+    def __call__(
+        self,
+        model: nn.Module,
+        prompt_input_ids: Tensor,
+        prompt_attention_mask: Tensor,
+        num_generations: int = 1,
+        key: str = "",
+        greedy: bool = False,
+    ) -> Rollout:
+        """``num_generations`` completions per prompt (prompt-major), or one greedy completion, without grad.
+
+        ``key`` names the call (e.g. ``"<step>/<rank>"``): the same (seed, key) draws the same completions.
+        """
+        with seeded_rng(f"{self.seed}/{key}", prompt_input_ids.device):
+            return self.backend(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy=greedy)
 
 
 def completion_mask_until_eos(completion_ids: Tensor, eos_token_ids: Sequence[int]) -> tuple[Tensor, Tensor]:

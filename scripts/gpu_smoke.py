@@ -96,17 +96,17 @@ def make_case(case: str, cpu: bool):
         from datamodules.preference import PreferenceDataModule
         from lit_align.algorithms.dpo import DPO
 
-        module = DPO(policy, beta=0.1, learning_rate=5e-5, warmup_ratio=0.0, scheduler="constant")
-        data = PreferenceDataModule(tokenizer, val_size=0, batch_size=4 if cpu else 16)
+        module = DPO(policy=policy, beta=0.1, learning_rate=5e-5, warmup_ratio=0.0, scheduler="constant")
+        data = PreferenceDataModule(tokenizer=tokenizer, val_size=0, batch_size=4 if cpu else 16)
     else:
         from datamodules.prompt import PromptDataModule
         from lit_align.algorithms.grpo import GRPO
 
         module = GRPO(
-            policy, beta=0.04, reward_funcs=[digit_reward], num_generations=2 if cpu else 8,
+            policy=policy, beta=0.04, reward_funcs=[digit_reward], num_generations=2 if cpu else 8,
             max_new_tokens=8 if cpu else 64, tokenizer=tokenizer, learning_rate=1e-5, log_completions_every_n_steps=0,
         )  # fmt: skip
-        data = PromptDataModule(tokenizer, val_size=0, batch_size=2 if cpu else 4)
+        data = PromptDataModule(tokenizer=tokenizer, val_size=0, batch_size=2 if cpu else 4)
     if kind == "single":
         strategy, devices = "auto", 1
     elif kind == "ddp":

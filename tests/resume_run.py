@@ -56,17 +56,17 @@ def build(algo: str, out: Path):
 
         rows = [{"prompt": f"What is {i} + {i}?", "chosen": f" {2 * i}.", "rejected": f" {2 * i + 1}, I think."}
                 for i in range(12)]  # fmt: skip  # 6 batches of 2: step 4 is mid-epoch, step 8 is in epoch 2
-        module = DPO(policy, learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine")
-        dm = PreferenceDataModule(tokenizer, data_path=str(write_jsonl(out / "dpo.jsonl", rows)), val_size=0,
+        module = DPO(policy=policy, learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine")
+        dm = PreferenceDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "dpo.jsonl", rows)), val_size=0,
                                   batch_size=2, max_length=64, max_prompt_length=32)  # fmt: skip
     else:  # real sampling (temperature 1): the resumed run must draw the same completions
         from datamodules.prompt import PromptDataModule
         from lit_align.algorithms import GRPO
 
-        module = GRPO(policy, beta=0.04, reward_funcs=[length_reward], num_generations=4, max_new_tokens=8,
+        module = GRPO(policy=policy, beta=0.04, reward_funcs=[length_reward], num_generations=4, max_new_tokens=8,
                       learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer,
                       log_completions_every_n_steps=0)  # fmt: skip
-        dm = PromptDataModule(tokenizer, data_path=str(write_jsonl(out / "prompts.jsonl", prompt_rows(6))),
+        dm = PromptDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "prompts.jsonl", prompt_rows(6))),
                               val_size=0, batch_size=2)  # fmt: skip  # 3 batches: step 4 is mid-epoch 2
     return module, dm
 

@@ -58,7 +58,13 @@ def reward_model(out: Path) -> Path:
     path = out / "reward_model"
     if not (path / "config.json").exists():
         tokenizer = build_byte_tokenizer()
-        build_tiny_llama(tokenizer, seed=3, kind="sequence_classification").save_pretrained(path)
+        model = build_tiny_llama(tokenizer, seed=3, kind="sequence_classification")
+        # A random head scores every completion about the same (reward std ~0.005), and group normalization
+        # divides by that std: float noise between layouts (scoring batches of 16 vs 8 rows) would be amplified
+        # ~200x. A larger head gives rewards with a real spread, so the comparison below is well-conditioned.
+        with torch.no_grad():
+            model.score.weight.mul_(100.0)
+        model.save_pretrained(path)
         tokenizer.save_pretrained(path)
     return path
 
@@ -74,24 +80,24 @@ def build(algo: str, out: Path, per_rank: int):
     data = str(write_jsonl(out / f"{algo}.jsonl", rows(algo)))
     common = {"data_path": data, "val_size": 0, "batch_size": per_rank}
     if algo == "dpo":
-        module = DPO(policy, reference, learning_rate=1e-3, warmup_ratio=0.0)
-        dm = PreferenceDataModule(tokenizer, max_length=64, max_prompt_length=32, **common)
+        module = DPO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0)
+        dm = PreferenceDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
     elif algo == "kto":
-        module = KTO(policy, reference, learning_rate=1e-3, warmup_ratio=0.0)
-        dm = BinaryFeedbackDataModule(tokenizer, max_length=64, max_prompt_length=32, **common)
+        module = KTO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0)
+        dm = BinaryFeedbackDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
     elif algo == "sft":
-        module = SFT(policy, learning_rate=1e-3)
-        dm = SFTDataModule(tokenizer, max_length=64, **common)
+        module = SFT(policy=policy, learning_rate=1e-3)
+        dm = SFTDataModule(tokenizer=tokenizer, max_length=64, **common)
     else:  # GRPO (grpo_rm: scored by a reward model, sharded too under FSDP2): per_rank // 2 prompts x 4
         # completions per rank, one optimizer step per rollout in 2 micro-batches (num_minibatches > 1 splits
         # each RANK's rollout, so which rows share a step would depend on the layout)
         rewards = [length_reward] if algo == "grpo" else [f"model:{reward_model(out)}"]
-        module = GRPO(policy, reference, beta=0.04, reward_funcs=rewards, num_generations=4,
+        module = GRPO(policy=policy, reference_policy=reference, beta=0.04, reward_funcs=rewards, num_generations=4,
                       max_new_tokens=8, gradient_accumulation_steps=2, loss_aggregation="token_mean",
                       learning_rate=1e-3, tokenizer=tokenizer, log_completions_every_n_steps=0)  # fmt: skip
-        module._backend = ScriptedBackend(tokenizer, max_new_tokens=8)
+        module.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
         common["batch_size"] = per_rank // 2
-        dm = PromptDataModule(tokenizer, **common)
+        dm = PromptDataModule(tokenizer=tokenizer, **common)
     return module, dm
 
 

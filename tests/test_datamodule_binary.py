@@ -17,7 +17,7 @@ def tokenizer(tiny_tokenizer):
 
 def make(tokenizer, path, **kwargs) -> BinaryFeedbackDataModule:
     kwargs = {"val_size": 0, "batch_size": 2, **kwargs}
-    dm = BinaryFeedbackDataModule(tokenizer, data_path=str(path), **kwargs)
+    dm = BinaryFeedbackDataModule(tokenizer=tokenizer, data_path=str(path), **kwargs)
     dm.setup("fit")
     return dm
 
@@ -146,15 +146,15 @@ def test_kl_completion_cut_to_max_length(tokenizer, tmp_path):
 
 def test_batch_size_one_refused(tokenizer):
     with pytest.raises(ValueError, match="batch_size >= 2 per device, got 1"):
-        BinaryFeedbackDataModule(tokenizer, batch_size=1)
+        BinaryFeedbackDataModule(tokenizer=tokenizer, batch_size=1)
     with pytest.raises(ValueError, match="eval_batch_size >= 2"):
-        BinaryFeedbackDataModule(tokenizer, batch_size=4, eval_batch_size=1)
+        BinaryFeedbackDataModule(tokenizer=tokenizer, batch_size=4, eval_batch_size=1)
 
 
 def test_demo_data_counts_logged_once(tokenizer, caplog):
     """The default data is the project's demo feedback; counts land in stats and are logged once."""
     with caplog.at_level("INFO"):
-        dm = BinaryFeedbackDataModule(tokenizer, max_samples=50, val_size=10)
+        dm = BinaryFeedbackDataModule(tokenizer=tokenizer, max_samples=50, val_size=10)
         dm.setup("fit")
         dm.setup("fit")
     assert dm.stats["train/desirable"] + dm.stats["train/undesirable"] == 40

@@ -21,7 +21,7 @@ def tokenizer():
 
 def _module(tmp_path, rows, tokenizer, **kwargs) -> SFTDataModule:
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    dm = SFTDataModule(tokenizer, data_path=str(path), val_size=0, batch_size=len(rows), **kwargs)
+    dm = SFTDataModule(tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=len(rows), **kwargs)
     dm.setup()
     return dm
 
@@ -120,7 +120,7 @@ def test_prompt_filling_max_length_is_an_error_unless_dropped(tmp_path, tokenize
     assert dm.stats == {"train/dropped": 1, "train/ok": 1}
     # With full-sequence loss the cut prompt is still trained on, so the row is kept (truncated).
     # Same file, so this also shows completion_only_loss keys the tokenization cache.
-    same_file = SFTDataModule(tokenizer, data_path=dm.data_path, val_size=0, max_length=10,
+    same_file = SFTDataModule(tokenizer=tokenizer, data_path=dm.data_path, val_size=0, max_length=10,
                               drop_overlong=True, completion_only_loss=False)  # fmt: skip
     same_file.setup()
     assert same_file.stats == {"train/truncated": 1, "train/ok": 1}
@@ -150,7 +150,7 @@ def test_malformed_rows_name_row_and_field(tmp_path, tokenizer, rows, kwargs, me
 
 
 def test_demo_data_is_the_default(tokenizer):
-    dm = SFTDataModule(tokenizer, max_samples=8, val_size=2, batch_size=3)
+    dm = SFTDataModule(tokenizer=tokenizer, max_samples=8, val_size=2, batch_size=3)
     dm.setup()
     assert (len(dm.train_dataset), len(dm.val_dataset)) == (6, 2)
     batch = next(iter(dm.train_dataloader()))
@@ -159,7 +159,7 @@ def test_demo_data_is_the_default(tokenizer):
 
 def test_dolly_through_column_mapping(tokenizer, shared_data):
     dm = SFTDataModule(
-        tokenizer,
+        tokenizer=tokenizer,
         data_path=str(shared_data / "dolly_sample" / "dolly_sample.jsonl"),
         format="alpaca",
         columns={"input": "context", "output": "response"},

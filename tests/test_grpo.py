@@ -29,7 +29,7 @@ def tiny_grpo(**kwargs) -> GRPO:
     policy, tokenizer = load_model("tiny-llama")
     kwargs = {"num_generations": 4, "max_new_tokens": 8, "learning_rate": 1e-3, "reward_funcs": [length_reward],
               "tokenizer": tokenizer, **kwargs}  # fmt: skip
-    return GRPO(policy, **kwargs)
+    return GRPO(policy=policy, **kwargs)
 
 
 def test_fit_smoke_beta_zero_has_no_reference(tmp_path):
@@ -116,10 +116,10 @@ def test_unscorable_completions_are_excluded(tmp_path):
     seen = {}
     original = module.compute_advantages
 
-    def probe(rewards, batch):
-        advantages, extra = original(rewards, batch)
+    def probe(rewards, exp):
+        advantages = original(rewards, exp)
         seen.update(rewards=rewards, advantages=advantages)
-        return advantages, extra
+        return advantages
 
     module.compute_advantages = probe
     out = module.update(batch)
@@ -167,14 +167,14 @@ from tests.online_helpers import length_reward, prompt_datamodule
 
 class Probe(GRPO):
     def rl_step(self, batch):
-        loss, values, rollout, per_func = super().rl_step(batch)
+        loss, values, exp = super().rl_step(batch)
         self.local_rewards.append(float(values["reward"][0].mean()))
-        return loss, values, rollout, per_func
+        return loss, values, exp
 
 if __name__ == "__main__":
     out = sys.argv[1]
     policy, tokenizer = load_model("tiny-llama")
-    module = Probe(policy, tokenizer=tokenizer, num_generations=4, max_new_tokens=8, learning_rate=1e-3,
+    module = Probe(policy=policy, tokenizer=tokenizer, num_generations=4, max_new_tokens=8, learning_rate=1e-3,
                    reward_funcs=[length_reward], loss_aggregation="token_mean", gradient_accumulation_steps=2)
     module.local_rewards = []
     dm = prompt_datamodule(__import__("pathlib").Path(out), tokenizer, n=8)

@@ -84,7 +84,9 @@ def test_parity_with_trl_kto_trainer(tmp_path, rows, policy_seed, ref_seed, loss
     trl_metrics = {k: v[-1] for k, v in trainer._metrics[mode].items()}
 
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    dm = BinaryFeedbackDataModule(tokenizer, data_path=str(path), val_size=0, batch_size=batch_size, max_length=512)
+    dm = BinaryFeedbackDataModule(
+        tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=batch_size, max_length=512
+    )
     dm.setup("fit")
     batch = dm.collate([dm.train_dataset[i] for i in range(batch_size)])  # TRL samples sequentially
     assert batch["is_desirable"].tolist() == trl_batch["label"].tolist()
@@ -97,7 +99,7 @@ def test_parity_with_trl_kto_trainer(tmp_path, rows, policy_seed, ref_seed, loss
 
     policy, _ = load_model("tiny-llama", seed=policy_seed)
     reference, _ = load_model("tiny-llama", seed=ref_seed)
-    module = KTO(policy, reference, beta=beta, loss_type=loss_type, desirable_weight=weights[0],
+    module = KTO(policy=policy, reference_policy=reference, beta=beta, loss_type=loss_type, desirable_weight=weights[0],
                  undesirable_weight=weights[1])  # fmt: skip
     loss, values = module.compute_loss(batch)
     loss.backward()
@@ -135,10 +137,10 @@ def test_three_step_fit(tmp_path):
     """3 optimizer steps on tiny-llama: policy changes, reference does not, TRL's metric names reach TensorBoard
     for train and val, and the imbalanced demo slice (23 desirable / 13 undesirable) triggers the weight advice."""
     policy, tokenizer = load_model("tiny-llama", seed=0)
-    module = KTO(policy, learning_rate=1e-3, warmup_ratio=0.0)
+    module = KTO(policy=policy, learning_rate=1e-3, warmup_ratio=0.0)
     before, ref_before = snapshot(module.policy), snapshot(module.reference)
     dm = BinaryFeedbackDataModule(
-        tokenizer, max_samples=40, val_size=4, batch_size=4, max_length=128, max_prompt_length=64
+        tokenizer=tokenizer, max_samples=40, val_size=4, batch_size=4, max_length=128, max_prompt_length=64
     )
     trainer = tiny_trainer(tmp_path, max_steps=3, val_check_interval=3, enable_checkpointing=False)
     with pytest.warns(UserWarning, match=r"KTO: with 23 desirable and 13 undesirable"):
@@ -181,9 +183,9 @@ if __name__ == "__main__":
     data, out = sys.argv[1], sys.argv[2]
     policy, tokenizer = load_model("tiny-llama", seed=1)
     reference, _ = load_model("tiny-llama", seed=0)
-    module = Probe(policy, reference, learning_rate=1e-3, warmup_ratio=0.0)
+    module = Probe(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0)
     module.records = []
-    dm = BinaryFeedbackDataModule(tokenizer, data_path=data, val_size=0, batch_size=2, max_length=128,
+    dm = BinaryFeedbackDataModule(tokenizer=tokenizer, data_path=data, val_size=0, batch_size=2, max_length=128,
                                   max_prompt_length=64)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

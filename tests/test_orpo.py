@@ -24,6 +24,7 @@ from datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
 from lit_align.algorithms.orpo import ORPO, orpo_logps
 from lit_align.cli import run
 from lit_align.models import load_model
+from lit_align.reference import ReferenceMixin
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ROWS = 4
@@ -47,7 +48,8 @@ def setup():
     with open(DEMO_PREFERENCES, encoding="utf-8") as f:
         rows = [json.loads(line) for _, line in zip(range(NUM_ROWS), f, strict=False)]
     dm = PreferenceDataModule(
-        tokenizer, max_samples=NUM_ROWS, val_size=0, batch_size=NUM_ROWS, max_length=1024, max_prompt_length=None
+        tokenizer=tokenizer, max_samples=NUM_ROWS, val_size=0, batch_size=NUM_ROWS, max_length=1024,
+        max_prompt_length=None,
     )
     dm.setup("fit")
     ours = dm.collate([dm.train_dataset[i] for i in range(NUM_ROWS)])
@@ -94,7 +96,7 @@ def test_orpo_matches_trl(setup, tmp_path):
     assert_tokens_differ_only_by_trl_eos(trainer, ours, tokenizer.eos_token_id)
     with torch.no_grad():
         trl_loss, trl_metrics = trainer.get_batch_loss_metrics(trainer.model, dict(ours))
-    module = ORPO(policy, beta=beta)
+    module = ORPO(policy=policy, beta=beta)
     our_loss, our_metrics = our_loss_and_metrics(module, ours)
     assert abs(float(trl_loss) - our_loss) <= ATOL, (float(trl_loss), our_loss)
     for name in COMPARED:
@@ -104,11 +106,9 @@ def test_orpo_matches_trl(setup, tmp_path):
 
 def test_orpo_is_reference_free(setup):
     policy, *_ = setup
-    module = ORPO(policy)
-    assert module.reference is None
-    assert module.reference_source == "none"
-    with pytest.raises(RuntimeError, match="reference-free"):
-        module.reference_forward(lambda model: model)
+    module = ORPO(policy=policy)
+    # no reference mixin, so no reference model and no way to run a reference pass
+    assert not isinstance(module, ReferenceMixin) and not hasattr(module, "reference_forward")
 
 
 def test_orpo_nll_definitions(setup):
@@ -146,6 +146,6 @@ def test_orpo_recipe_smoke_fit(tmp_path, monkeypatch):
     names = ("train/loss", "train/rewards/margins", "train/nll_loss", "train/log_odds_ratio", "val/log_odds_chosen")
     for name in names:
         assert name in logged and torch.isfinite(logged[name]), name
-    assert cli.model.reference is None and cli.model.reference_source == "none"
+    assert not isinstance(cli.model, ReferenceMixin)  # reference-free: no reference model loaded
     assert list((tmp_path / "runs" / "orpo").glob("version_*/events.out.tfevents.*"))
     assert (Path(cli.trainer.log_dir) / "hf_model" / "model.safetensors").exists()

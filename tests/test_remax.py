@@ -15,7 +15,7 @@ def tiny_remax(**kwargs) -> ReMax:
     policy, tokenizer = load_model("tiny-llama")
     kwargs = {"num_generations": 2, "max_new_tokens": 8, "learning_rate": 1e-3, "reward_funcs": [length_reward],
               "tokenizer": tokenizer, **kwargs}  # fmt: skip
-    return ReMax(policy, **kwargs)
+    return ReMax(policy=policy, **kwargs)
 
 
 def test_fit_smoke(tmp_path):
@@ -40,10 +40,10 @@ def test_advantage_is_reward_minus_greedy_reward(tmp_path):
     seen = {}
     original = module.compute_advantages
 
-    def probe(rewards, batch):
-        advantages, extra = original(rewards, batch)
-        seen.update(advantages=advantages, extra=extra)
-        return advantages, extra
+    def probe(rewards, exp):
+        advantages = original(rewards, exp)
+        seen.update(advantages=advantages, extra=exp.metrics)
+        return advantages
 
     module.compute_advantages = probe
     module.update(batch)

@@ -22,6 +22,7 @@ from lit_align.algorithms.reward_model import RewardModel, last_token_rewards
 from lit_align.cli import run
 from lit_align.logprobs import concatenate_pair
 from lit_align.models import load_model
+from lit_align.reference import ReferenceMixin
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ROWS = 4
@@ -47,7 +48,8 @@ def setup():
 def our_batch(tokenizer, rows, tmp_path) -> dict[str, torch.Tensor]:
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     dm = PreferenceDataModule(
-        tokenizer, str(path), val_size=0, batch_size=NUM_ROWS, max_length=1024, max_prompt_length=None
+        tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=NUM_ROWS, max_length=1024,
+        max_prompt_length=None,
     )
     dm.setup("fit")
     return dm.collate([dm.train_dataset[i] for i in range(len(rows))])
@@ -82,7 +84,7 @@ def test_reward_model_matches_trl(setup, tmp_path, with_margin, center):
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, dict(inputs)))
     trl_metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
-    module = RewardModel(model, center_rewards_coefficient=center)
+    module = RewardModel(policy=model, center_rewards_coefficient=center)
     with torch.no_grad():
         loss, values = module.compute_loss(ours)
     assert abs(trl_loss - float(loss)) <= ATOL, (trl_loss, float(loss))
@@ -115,16 +117,17 @@ def test_reward_read_at_last_attention_position_when_pad_is_eos(tmp_path):
 
 def test_bad_margin_is_a_data_error(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c", "margin": "high"}]
-    dm = PreferenceDataModule(tiny_tokenizer, str(write_jsonl(tmp_path / "bad.jsonl", rows)), val_size=0)
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    dm = PreferenceDataModule(tokenizer=tiny_tokenizer, data_path=str(path), val_size=0)
     with pytest.raises(DataError, match=r"row 0, field 'margin': expected a number"):
         dm.setup("fit")
 
 
 def test_reward_model_is_reference_free(setup):
     model, *_ = setup
-    module = RewardModel(model)
-    assert module.reference is None
-    assert module.reference_source == "none"
+    module = RewardModel(policy=model)
+    # no reference mixin, so no reference model and no way to run a reference pass
+    assert not isinstance(module, ReferenceMixin) and not hasattr(module, "reference_forward")
 
 
 def test_reward_model_recipe_smoke_fit(tmp_path, monkeypatch):
@@ -143,7 +146,7 @@ def test_reward_model_recipe_smoke_fit(tmp_path, monkeypatch):
     logged = cli.trainer.logged_metrics
     for name in ("train/loss", "train/accuracy", "train/margin", "train/mean_reward", "val/accuracy", "val/loss"):
         assert name in logged and torch.isfinite(logged[name]), name
-    assert cli.model.reference is None and cli.model.reference_source == "none"
+    assert not isinstance(cli.model, ReferenceMixin)  # reference-free: no reference model loaded
     assert list((tmp_path / "runs" / "reward_model").glob("version_*/events.out.tfevents.*"))
     from transformers import AutoModelForSequenceClassification
 
@@ -157,7 +160,7 @@ def test_reward_model_with_lora_reads_the_trained_head(setup, tmp_path):
     pytest.importorskip("peft")
     model, tokenizer, rows = setup
     batch = our_batch(tokenizer, rows, tmp_path)
-    module = RewardModel(copy.deepcopy(model), lora_r=4, learning_rate=1e-2)
+    module = RewardModel(policy=copy.deepcopy(model), lora_r=4, learning_rate=1e-2)
     joint = concatenate_pair(batch, tokenizer.pad_token_id)
     before = module(joint["input_ids"], joint["attention_mask"]).detach()
     module.update(batch)

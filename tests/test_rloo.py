@@ -16,7 +16,7 @@ def tiny_rloo(reference=None, **kwargs) -> RLOO:
     policy, tokenizer = load_model("tiny-llama")
     kwargs = {"num_generations": 4, "max_new_tokens": 8, "learning_rate": 1e-3, "reward_funcs": [length_reward],
               "tokenizer": tokenizer, **kwargs}  # fmt: skip
-    return RLOO(policy, reference, **kwargs)
+    return RLOO(policy=policy, reference_policy=reference, **kwargs)
 
 
 def test_fit_smoke_with_kl_penalty(tmp_path):
@@ -60,9 +60,9 @@ def test_kl_penalty_enters_the_reward(tmp_path):
     seen = {}
     original = module.compute_advantages
 
-    def probe(rewards, batch):
+    def probe(rewards, exp):
         seen["rewards"] = rewards
-        return original(rewards, batch)
+        return original(rewards, exp)
 
     module.compute_advantages = probe
     out = module.update(batch)

@@ -32,7 +32,7 @@ def _demo_rows(n: int) -> list[dict]:
 
 def _datamodule(tmp_path, rows, tokenizer, name="rows", **kwargs) -> SFTDataModule:
     path = write_jsonl(tmp_path / f"{name}.jsonl", rows)
-    dm = SFTDataModule(tokenizer, data_path=str(path), val_size=0, **kwargs)
+    dm = SFTDataModule(tokenizer=tokenizer, data_path=str(path), val_size=0, **kwargs)
     dm.setup()
     return dm
 
@@ -143,7 +143,7 @@ def test_smoke_fit_changes_parameters_and_logs_metrics(tmp_path):
     model, tokenizer = load_model("tiny-llama")
     module = SFT(policy=model, learning_rate=1e-3)
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
-    dm = SFTDataModule(tokenizer, max_samples=16, val_size=4, batch_size=2, max_length=96)
+    dm = SFTDataModule(tokenizer=tokenizer, max_samples=16, val_size=4, batch_size=2, max_length=96)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=3, limit_val_batches=2, val_check_interval=3, log_every_n_steps=1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

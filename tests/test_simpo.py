@@ -24,6 +24,7 @@ from datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
 from lit_align.algorithms.simpo import SimPO
 from lit_align.cli import run
 from lit_align.models import load_model
+from lit_align.reference import ReferenceMixin
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ROWS = 4
@@ -45,7 +46,8 @@ def setup():
     with open(DEMO_PREFERENCES, encoding="utf-8") as f:
         rows = [json.loads(line) for _, line in zip(range(NUM_ROWS), f, strict=False)]
     dm = PreferenceDataModule(
-        tokenizer, max_samples=NUM_ROWS, val_size=0, batch_size=NUM_ROWS, max_length=1024, max_prompt_length=None
+        tokenizer=tokenizer, max_samples=NUM_ROWS, val_size=0, batch_size=NUM_ROWS, max_length=1024,
+        max_prompt_length=None,
     )
     dm.setup("fit")
     ours = dm.collate([dm.train_dataset[i] for i in range(NUM_ROWS)])
@@ -94,7 +96,7 @@ def test_simpo_matches_trl_cpo(setup, tmp_path, sft_weight, label_smoothing):
     assert_tokens_differ_only_by_trl_eos(trainer, ours, tokenizer.eos_token_id)
     with torch.no_grad():
         trl_loss, trl_metrics = trainer.get_batch_loss_metrics(trainer.model, dict(ours))
-    module = SimPO(policy, beta=beta, gamma=gamma, sft_weight=sft_weight, label_smoothing=label_smoothing)
+    module = SimPO(policy=policy, beta=beta, gamma=gamma, sft_weight=sft_weight, label_smoothing=label_smoothing)
     our_loss, our_metrics = our_loss_and_metrics(module, ours)
     assert abs(float(trl_loss) - our_loss) <= ATOL, (float(trl_loss), our_loss)
     for name in COMPARED:
@@ -107,17 +109,15 @@ def test_simpo_matches_trl_cpo(setup, tmp_path, sft_weight, label_smoothing):
 
 def test_simpo_is_reference_free(setup):
     policy, *_ = setup
-    module = SimPO(policy)
-    assert module.reference is None
-    assert module.reference_source == "none"
-    with pytest.raises(RuntimeError, match="reference-free"):
-        module.reference_forward(lambda model: model)
+    module = SimPO(policy=policy)
+    # no reference mixin, so no reference model and no way to run a reference pass
+    assert not isinstance(module, ReferenceMixin) and not hasattr(module, "reference_forward")
 
 
 def test_simpo_hand_computed_loss(setup):
     """loss = −log σ(β·(mean_c − mean_r) − γ) + w·NLL, from the module's own token-mean log-probs."""
     policy, _, _, ours = setup
-    module = SimPO(policy, beta=2.5, gamma=1.25, sft_weight=0.3)
+    module = SimPO(policy=policy, beta=2.5, gamma=1.25, sft_weight=0.3)
     with torch.no_grad():
         loss, _ = module.compute_loss(ours)
         chosen, rejected = module(ours)
@@ -142,6 +142,6 @@ def test_simpo_recipe_smoke_fit(tmp_path, monkeypatch):
     logged = cli.trainer.logged_metrics
     for name in ("train/loss", "train/rewards/margins", "train/nll_loss", "val/loss", "val/rewards/accuracies"):
         assert name in logged and torch.isfinite(logged[name]), name
-    assert cli.model.reference is None and cli.model.reference_source == "none"
+    assert not isinstance(cli.model, ReferenceMixin)  # reference-free: no reference model loaded
     assert list((tmp_path / "runs" / "simpo").glob("version_*/events.out.tfevents.*"))
     assert (Path(cli.trainer.log_dir) / "hf_model" / "model.safetensors").exists()

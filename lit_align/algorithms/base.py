@@ -1,35 +1,35 @@
-"""What the offline algorithm modules share: policy loading (+ LoRA), the reference, optimizer and
-scheduler, metric logging, and ``update(batch)`` for use outside a Trainer.
+"""AlignmentModule: what every algorithm module shares — policy loading (+ LoRA), optimizer and
+scheduler, gradient clipping, metric logging, non-finite losses, FSDP2 sharding and ``update(batch)``
+for use outside a Trainer.
 
-An algorithm subclasses :class:`AlignmentModule`, passes its own typed arguments to
-``super().__init__`` and implements ``compute_loss(batch) -> (loss, metric values)``.
+Options are declared ONCE. The shared ones are this class's keyword-only ``__init__`` arguments,
+documented in its ``Args:``; those of the reference (:class:`~lit_align.reference.ReferenceMixin`) and
+of sampling (:class:`~lit_align.algorithms.sampling.SamplingMixin`) are their mixins'. An algorithm's
+``__init__`` names only its own options and the shared defaults it changes, and forwards the rest with
+``**kwargs`` (LightningCLI follows the forwarding, so ``--help`` and YAML show every option with the
+description written here). Nothing shared is passed positionally. An algorithm implements
+``compute_loss(batch) -> (loss, metric values)``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import nn
 
-from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value
-from lit_align.models import load_model
-from lit_align.reference import ReferenceMixin
+from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
+from lit_align.models import ModelKind, ModelRef, resolve_model
 from lit_align.sharding import fully_shard_model
 
 Scheduler = Literal["constant", "linear", "cosine"]
 NonFinite = Literal["stop", "skip"]
-
-
-def resolve_policy(policy: str | nn.Module, kind: str = "causal_lm", seed: int = 0) -> nn.Module:
-    if isinstance(policy, nn.Module):
-        return policy
-    model, _ = load_model(policy, kind=kind, seed=seed)
-    return model
 
 
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str) -> nn.Module:
@@ -42,16 +42,45 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
     return get_peft_model(model, config)
 
 
-class AlignmentModule(ReferenceMixin, L.LightningModule):
-    """Base of the offline algorithms. Subclasses document the shared arguments in their ``Args:``."""
+def is_plain(value: Any) -> bool:
+    """Whether ``value`` is plain config data (what a checkpoint's hyperparameters may hold)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list | tuple):
+        return all(is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    return False
 
-    METRICS: tuple[str, ...] = PREFERENCE_METRICS  # names compute_loss returns values for
+
+class AlignmentModule(L.LightningModule):
+    """Base of every algorithm module.
+
+    Args:
+        policy: the model to train: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id, local
+            directory or ``.gguf`` file; from Python also an ``nn.Module``.
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay on matrices (not on norms and biases).
+        warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
+        scheduler: after warmup, ``linear`` or ``cosine`` decay to 0, or ``constant``.
+        max_grad_norm: gradient-norm clip per optimizer step (``None`` disables it); a Trainer
+            ``gradient_clip_val`` wins.
+        lora_r: LoRA rank; 0 trains all weights.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: LoRA dropout.
+        lora_target_modules: modules to adapt (``all-linear`` or a list of names).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
+            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
+    """
+
+    METRICS: ClassVar[tuple[str, ...]] = PREFERENCE_METRICS  # names compute_loss returns values for
+    POLICY_KIND: ClassVar[ModelKind] = "causal_lm"  # what a policy given by name is loaded as
 
     def __init__(
         self,
-        policy: str | nn.Module,
-        reference_policy: str | nn.Module | None = None,
-        needs_reference: bool = True,
+        *,
+        policy: ModelRef = "smollm2-135m-instruct",
         learning_rate: float = 5e-7,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
@@ -62,34 +91,37 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
-        policy_kind: str = "causal_lm",
         nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__()
-        # Collects the subclass's __init__ arguments too; modules passed as objects are not hparams.
-        modules = [
-            n for n, v in (("policy", policy), ("reference_policy", reference_policy)) if isinstance(v, nn.Module)
-        ]
-        self.save_hyperparameters(ignore=[*modules, "needs_reference", "policy_kind"])
+        self._save_plain_hyperparameters()
+        if nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         # from_pretrained returns eval mode and Lightning keeps each module's mode through fit; train
         # mode is what gradient checkpointing (and any dropout) needs.
-        self.policy = resolve_policy(policy, policy_kind).train()
+        self.policy = resolve_model(policy, self.POLICY_KIND).train()
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
-        reference = None
-        if needs_reference and reference_policy is not None:
-            reference = resolve_policy(reference_policy, policy_kind, seed=1)
         if lora_r > 0:
             self.policy = apply_lora(self.policy, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-        self.setup_reference(reference, needed=needs_reference)
         self.train_metrics = MetricGroup(self.METRICS, "train/")
         self.val_metrics = MetricGroup(("loss", *self.METRICS), "val/", dist_sync_on_step=False)
         self._standalone: tuple[torch.optim.Optimizer, Any] | None = None
-        if nonfinite_loss not in ("stop", "skip"):
-            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         self.nonfinite_loss: NonFinite = nonfinite_loss
         self.nonfinite_skipped = 0  # batches left out of an update for a NaN/inf loss (checkpointed)
         self._window = [0, 0]  # micro-batches in this optimizer step: seen, skipped
+
+    def _save_plain_hyperparameters(self) -> None:
+        """``save_hyperparameters`` over the whole ``__init__`` chain (subclass, mixins, this class), leaving out
+        values that are not plain data (a policy or tokenizer given as an object, callables): checkpoints then
+        hold plain data only and load with ``weights_only=True``. Only this innermost ``__init__`` sees every
+        argument (the defaults of the shared ones live in its frame), so it is called here."""
+        frame = inspect.currentframe().f_back  # AlignmentModule.__init__
+        init_args: dict[str, Any] = {}
+        for args in collect_init_args(frame, []):
+            init_args.update(args)
+        objects = [name for name, value in init_args.items() if not is_plain(value)]
+        self.save_hyperparameters(ignore=objects, frame=frame)
 
     @property
     def pad_token_id(self) -> int:
@@ -119,13 +151,10 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy(data_parallel_size=N)``: FSDP2-shard the policy and the frozen reference."""
+        """Under ``ModelParallelStrategy(data_parallel_size=N)``: FSDP2-shard the policy (mixins add their models)."""
         mesh = self.data_parallel_mesh()
-        if mesh is None:
-            return
-        fully_shard_model(self.policy, mesh)
-        if self.reference is not None:
-            fully_shard_model(self.reference, mesh, frozen=True)
+        if mesh is not None:
+            fully_shard_model(self.policy, mesh)
 
     def data_parallel_mesh(self):
         """The FSDP2 mesh to shard over (``None`` unless the strategy made one); tensor parallelism is refused."""
@@ -173,11 +202,7 @@ class AlignmentModule(ReferenceMixin, L.LightningModule):
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        out = {"loss": float(loss.detach())}
-        for name, value in values.items():
-            data, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
-            out[name] = float((data.float() * weight).sum() / weight.sum().clamp(min=1e-12))
-        return out
+        return {"loss": float(loss.detach()), **{name: weighted_mean(value) for name, value in values.items()}}
 
     # -- helpers --------------------------------------------------------------------------------
     def _trainable(self) -> list[nn.Parameter]:

@@ -16,16 +16,18 @@ Deliberately left out: precomputed reference log-probs and TRL's ``entropy``/``n
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
+from lit_align.algorithms.base import AlignmentModule
+from lit_align.batches import BinaryBatch
 from lit_align.logprobs import SequenceLogps, sequence_logps
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.metrics import Value
+from lit_align.reference import ReferenceMixin
 
 KTO_METRICS = (
     "rewards/chosen",
@@ -61,7 +63,7 @@ def weight_advice(
     )
 
 
-class KTO(AlignmentModule):
+class KTO(ReferenceMixin, AlignmentModule):
     """KTO (and TRL's unpaired APO-zero) on binary-feedback batches, as a LightningModule.
 
     Metrics (TRL's names; ``chosen`` = desirable, ``rejected`` = undesirable): ``rewards/*`` and
@@ -71,57 +73,29 @@ class KTO(AlignmentModule):
     undesirable mean over all ranks (TRL's); the validation value is the difference of the epoch
     means. ``kl`` is the reference point z used by the loss.
 
+    The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and
+    ``reference_policy`` is :class:`ReferenceMixin`'s.
+
     Args:
-        policy: model to train: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id,
-            local directory, ``.gguf`` file, or an ``nn.Module``.
-        reference_policy: a separate reference model; default a frozen copy of the policy (or the
-            adapter-disabled policy when LoRA is on).
         beta: β, the strength of the implicit KL constraint (higher stays closer to the reference).
         loss_type: ``kto`` (paper, Eq. 7) or ``apo_zero_unpaired`` (TRL's unpaired APO-zero).
         desirable_weight: λ_D, weight of the desirable examples' losses.
         undesirable_weight: λ_U, weight of the undesirable examples' losses. Keep
             λ_D·n_D / (λ_U·n_U) in [1, 4/3]; a warning at setup says what to set when it is not.
-        learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay on matrices (not on norms/biases).
-        warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
-        scheduler: ``linear`` / ``cosine`` decay to 0 after warmup, or ``constant``.
-        max_grad_norm: gradient-norm clip (``None`` to disable); a Trainer ``gradient_clip_val`` wins.
-        lora_r: LoRA rank; 0 trains all weights.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: LoRA dropout.
-        lora_target_modules: modules to adapt (``all-linear`` or a list of names).
-        gradient_checkpointing: recompute activations in backward to save memory.
-        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
-            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     METRICS = KTO_METRICS
 
     def __init__(
         self,
-        policy: str | nn.Module = "smollm2-135m-instruct",
-        reference_policy: str | nn.Module | None = None,
+        *,
         beta: float = 0.1,
         loss_type: Literal["kto", "apo_zero_unpaired"] = "kto",
         desirable_weight: float = 1.0,
         undesirable_weight: float = 1.0,
-        learning_rate: float = 5e-7,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.1,
-        scheduler: Scheduler = "linear",
-        max_grad_norm: float | None = 1.0,
-        lora_r: int = 0,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        lora_target_modules: list[str] | str = "all-linear",
-        gradient_checkpointing: bool = False,
-        nonfinite_loss: NonFinite = "stop",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy, reference_policy, True, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
-            lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
-            nonfinite_loss=nonfinite_loss,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         if desirable_weight <= 0 or undesirable_weight <= 0:
             raise ValueError(f"weights must be positive, got {desirable_weight=} and {undesirable_weight=}")
         self.beta = beta
@@ -130,7 +104,7 @@ class KTO(AlignmentModule):
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> SequenceLogps:
+    def forward(self, batch: BinaryBatch) -> SequenceLogps:
         """Policy completion log-probs of the batch's (prompt, completion) examples."""
         return sequence_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
@@ -152,7 +126,7 @@ class KTO(AlignmentModule):
         metrics["rewards/margins"].update(margin)
 
     # -- helpers --------------------------------------------------------------------------------
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Value]]:
+    def compute_loss(self, batch: BinaryBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         is_desirable = batch["is_desirable"].bool()
         policy = self(batch)
         ref = self.reference_forward(
@@ -170,7 +144,7 @@ class KTO(AlignmentModule):
             )
         return losses.mean(), self._metric_values(rewards, policy, is_desirable, kl)
 
-    def kl_estimate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def kl_estimate(self, batch: BinaryBatch) -> torch.Tensor:
         """z from the mismatched KL pairs under policy and reference: a detached scalar, the cross-rank mean."""
 
         def kl_logps(model: nn.Module) -> torch.Tensor:

@@ -1,16 +1,32 @@
-"""What the critic-free online algorithms (GRPO, RLOO, ReMax) share: one RL step, written out.
+"""What the online policy-gradient algorithms (GRPO, RLOO, ReMax) share: one RL step, written out.
 
-Per batch of N prompts (``OnlinePolicyGradient.rl_step``):
+Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
 
-    1. rollout     G = ``num_generations`` completions per prompt from the current policy (no grad, KV cache)
+    1. rollout     G = ``num_generations`` completions per prompt from the current policy (seeded, no grad)
     2. rewards     weighted sum of the reward functions; a completion every function scores None is
                    unscorable: excluded from the statistics, advantage 0 (TRL's handling)
-    3. log-probs   of the sampling policy ("old", only when ``num_iterations > 1`` or the KL is a
-                   reward penalty) and of the reference (only when ``beta > 0``)
-    4. advantages  the one piece each algorithm defines (:meth:`compute_advantages`)
-    5. updates     ``num_iterations`` passes x ``num_minibatches`` optimizer steps, each accumulating
-                   ``gradient_accumulation_steps`` micro-batches under ONE normalizer counted over the
-                   whole minibatch (and over ranks for ``token_mean``), so accumulation changes nothing
+    3. log-probs   of the sampling policy ("old": only when ``num_iterations > 1`` or the KL is a reward
+                   penalty) and of the reference (only when ``beta > 0``), in :meth:`make_experience`
+    4. shaping     :meth:`shape_rewards`: where the KL goes (``kl_penalty``)
+    5. advantages  :meth:`compute_advantages`: per sequence (B,) or per token (B, L); by default the
+                   reward minus :meth:`baseline`
+    6. updates     ``num_iterations`` passes x ``num_minibatches`` optimizer steps of :meth:`policy_loss`,
+                   each accumulating ``gradient_accumulation_steps`` micro-batches under ONE normalizer
+                   counted over the whole minibatch (and over ranks for ``token_mean``), so accumulation
+                   changes nothing
+
+The four methods of steps 4-6 are the extension points; each default is the common case, and a
+subclass overrides only what makes it that algorithm (ReMax: :meth:`baseline`; GRPO and RLOO:
+:meth:`compute_advantages`). Two options choose among the built-in variants, and each algorithm lists
+the values it allows (``KL_PENALTIES``, ``IMPORTANCE_RATIOS``):
+
+    kl_penalty="loss"          + β·k3 per token in the loss (GRPO, DeepSeekMath eq. 3-4)
+    kl_penalty="reward"        − β·Σ_t k1 from each sequence's reward (RLOO, ReMax; REINFORCE-style)
+    importance_ratio="token"   per-token ratio, clipped per token, aggregated by ``loss_aggregation``
+    importance_ratio="sequence"  one ratio per sequence, exp(Σ_t log π − Σ_t log π_old) (TRL's RLOO)
+
+``kl_penalty="loss"`` with a sequence ratio is refused: a per-token KL term has no per-token loss to
+join. ``beta > 0`` is decided once, at construction: it loads the reference and adds the ``kl`` metric.
 
 Shapes: B = N x G rows, prompt-major; L completion length; ``loss_mask`` (B, L) is the completion
 mask, zeroed for truncated completions when ``mask_truncated_completions``.
@@ -18,13 +34,12 @@ mask, zeroed for truncated completions when ``mask_truncated_completions``.
 ``entropy`` is the token-mean predictive entropy over the trained completion tokens, computed in the
 same chunked pass as the log-probs (no extra forward).
 
-Deliberately left out (and what it costs): minibatches are
-contiguous, not reshuffled per iteration; under DDP each rank normalizes its own groups (all G
-completions of a prompt live on one rank, so group statistics are exact; ``scale_rewards="batch"``
-and ``reward_std`` are per rank); a group with SOME unscorable completions fills them with the
-group's mean scorable reward before the advantage, where TRL drops them from the group's std and
-leave-one-out counts; every micro-batch backward all-reduces (no ``no_sync``), which costs
-communication, not correctness.
+Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration;
+under DDP each rank normalizes its own groups (all G completions of a prompt live on one rank, so group
+statistics are exact; ``scale_rewards="batch"`` and ``reward_std`` are per rank); a group with SOME
+unscorable completions fills them with the group's mean scorable reward before the advantage, where TRL
+drops them from the group's std and leave-one-out counts; every micro-batch backward all-reduces (no
+``no_sync``), which costs communication, not correctness.
 """
 
 from __future__ import annotations
@@ -32,154 +47,156 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
+from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.rewarding import RewardMixin
+from lit_align.algorithms.sampling import SamplingMixin
+from lit_align.batches import PromptBatch
 from lit_align.logprobs import token_logps
 from lit_align.losses.policy_gradient import aggregate_loss, clipped_surrogate, kl_k1, kl_k3, masked_mean
-from lit_align.metrics import MetricGroup
-from lit_align.rewards.model_scorer import RewardModelScorer
-from lit_align.rewards.resolve import resolve_reward_funcs
-from lit_align.rewards.scoring import fill_unscorable, nanstd, score_completions, weighted_rewards
-from lit_align.rollout import HFGenerate, Rollout, seeded_rng
-from lit_align.sharding import fully_shard_model
+from lit_align.metrics import MetricGroup, weighted_mean
+from lit_align.reference import ReferenceMixin
+from lit_align.rewards.scoring import fill_unscorable, weighted_rewards
+from lit_align.rollout import Rollout
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
-ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
-TABLE_ROWS = 8
+KLPenalty = Literal["loss", "reward"]
+ImportanceRatio = Literal["token", "sequence"]
 
 
-class OnlinePolicyGradient(AlignmentModule):
-    """Base of GRPO, RLOO and ReMax; subclasses set the class switches and :meth:`compute_advantages`.
+@dataclass
+class Experience:
+    """One rollout and everything its updates need; rows prompt-major (B = N x G)."""
 
-    The shared arguments are documented in each subclass's ``Args:``.
+    batch: PromptBatch  # the prompts and their columns
+    rollout: Rollout
+    rewards_per_func: Tensor  # (B, F), NaN where a function returned None
+    unscorable: Tensor  # (B,) bool: every function returned None
+    loss_mask: Tensor  # (B, L) trained completion tokens
+    old_logps: Tensor | None  # (B, L) under the sampling policy, when needed
+    ref_logps: Tensor | None  # (B, L) under the reference, when beta > 0
+    advantages: Tensor | None = None  # (B,) or (B, L), set after compute_advantages
+    extra: dict[str, Tensor] = field(default_factory=dict)  # per-row tensors an algorithm adds (e.g. values)
+    metrics: dict[str, Any] = field(default_factory=dict)  # metric values the hooks add (logged as train/<name>)
+
+
+class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, AlignmentModule):
+    """Base of the online policy-gradient algorithms (manual optimization). Subclasses override the hooks.
+
+    Options are declared once: here the RL step's, in the mixins those of sampling
+    (:class:`~lit_align.algorithms.sampling.SamplingMixin`), rewards
+    (:class:`~lit_align.algorithms.rewarding.RewardMixin`) and the reference
+    (:class:`~lit_align.reference.ReferenceMixin`), in :class:`~lit_align.algorithms.base.AlignmentModule`
+    the policy's and the optimizer's.
+
+    Args:
+        beta: β, weight of the KL to the reference (``kl_penalty`` says where it goes); 0 means no reference
+            model at all.
+        kl_penalty: ``loss`` adds β·k3 per token to the loss; ``reward`` subtracts β·Σ_t k1 (under the
+            sampling policy) from each sequence's reward.
+        importance_ratio: ``token`` (a ratio and clip per token) or ``sequence`` (one ratio per sequence of
+            the summed log-probs).
+        num_generations: G, completions sampled per prompt.
+        num_iterations: μ, passes over each rollout; > 1 records the sampling policy's log-probs and
+            makes the clip active.
+        num_minibatches: optimizer steps per pass over a rollout.
+        gradient_accumulation_steps: micro-batches per optimizer step (memory only: same gradient).
+        epsilon: lower clip range ε.
+        epsilon_high: upper clip range (default ``epsilon``; DAPO: 0.28).
+        loss_aggregation: with a token ratio: ``sequence_mean`` (token mean per sequence, then mean),
+            ``token_mean`` (DAPO / TRL's ``dapo``: mean over all tokens of the minibatch), ``constant``
+            (Dr. GRPO: sum over tokens / (sequences x max_new_tokens)); a sequence ratio has one term per
+            sequence (their mean).
+        mask_truncated_completions: completions without EOS take no part in the loss (DAPO).
     """
 
-    KL_IN_REWARD: ClassVar[bool] = False  # True: r <- r - beta * sum_t k1 (RLOO); False: + beta * k3 per token (GRPO)
-    SEQUENCE_RATIO: ClassVar[bool] = False  # importance ratio of summed sequence log-probs (REINFORCE family)
-    EXTRA_METRICS: ClassVar[tuple[str, ...]] = ()
+    KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("loss", "reward")  # the kl_penalty values allowed
+    IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token", "sequence")  # likewise
+    EXTRA_METRICS: ClassVar[tuple[str, ...]] = ()  # metric names an algorithm's hooks add
+    METRICS = ()  # built per instance from the reward functions (see __init__)
 
     def __init__(
         self,
-        policy: str | nn.Module,
-        reference_policy: str | nn.Module | None,
-        beta: float,
-        reward_funcs: Sequence[str | Callable],
-        reward_weights: Sequence[float] | None,
-        num_generations: int,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        num_iterations: int,
-        num_minibatches: int,
-        gradient_accumulation_steps: int,
-        epsilon: float,
-        epsilon_high: float | None,
-        loss_aggregation: LossAggregation,
-        mask_truncated_completions: bool,
-        log_completions_every_n_steps: int,
-        tokenizer: Any,
-        learning_rate: float,
-        weight_decay: float,
-        warmup_ratio: float,
-        scheduler: Scheduler,
-        max_grad_norm: float | None,
-        lora_r: int,
-        lora_alpha: int,
-        lora_dropout: float,
-        lora_target_modules: list[str] | str,
-        gradient_checkpointing: bool,
-        sampling_seed: int = 0,
-        nonfinite_loss: NonFinite = "stop",
+        *,
+        beta: float = 0.0,
+        kl_penalty: KLPenalty = "loss",
+        importance_ratio: ImportanceRatio = "token",
+        num_generations: int = 8,
+        num_iterations: int = 1,
+        num_minibatches: int = 1,
+        gradient_accumulation_steps: int = 1,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        loss_aggregation: LossAggregation = "token_mean",
+        mask_truncated_completions: bool = False,
+        learning_rate: float = 1e-6,
+        warmup_ratio: float = 0.0,
+        scheduler: Scheduler = "constant",
+        **kwargs: Any,
     ) -> None:
-        if num_generations < 1 or num_iterations < 1 or num_minibatches < 1 or gradient_accumulation_steps < 1:
+        self.check_variant(kl_penalty, importance_ratio)
+        if min(num_generations, num_iterations, num_minibatches, gradient_accumulation_steps) < 1:
             raise ValueError("num_generations, num_iterations, num_minibatches and gradient_accumulation_steps >= 1")
-        super().__init__(
-            policy, reference_policy, beta > 0, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
-            lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
-            nonfinite_loss=nonfinite_loss,
-        )  # fmt: skip
-        given = {"policy": policy, "reference_policy": reference_policy, "tokenizer": tokenizer}
-        objects = [name for name, value in given.items() if not isinstance(value, str | None)]
-        self.save_hyperparameters(ignore=[*objects, "needs_reference", "policy_kind"])
-        # Callables are recorded by import path: checkpoints then hold only plain data (weights_only loading).
-        self.hparams["reward_funcs"] = [spec if isinstance(spec, str) else _import_path(spec) for spec in reward_funcs]
+        super().__init__(learning_rate=learning_rate, warmup_ratio=warmup_ratio, scheduler=scheduler, **kwargs)
         self.automatic_optimization = False
-        self.reward_funcs, self.reward_names, weights = resolve_reward_funcs(reward_funcs, reward_weights)
-        self.register_buffer("reward_weights", torch.tensor(weights), persistent=False)
-        self.beta, self.num_generations, self.max_new_tokens = beta, num_generations, max_new_tokens
-        self.num_iterations, self.num_minibatches = num_iterations, num_minibatches
-        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.beta, self.use_kl = beta, beta > 0  # decided once: a reference, the KL passes and the kl metric
+        self.kl_penalty, self.importance_ratio = kl_penalty, importance_ratio
+        self.num_generations, self.num_iterations = num_generations, num_iterations
+        self.num_minibatches, self.gradient_accumulation_steps = num_minibatches, gradient_accumulation_steps
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
-        self.loss_aggregation: LossAggregation = "sequence_mean" if self.SEQUENCE_RATIO else loss_aggregation
+        self.loss_aggregation: LossAggregation = loss_aggregation if importance_ratio == "token" else "sequence_mean"
         self.mask_truncated_completions = mask_truncated_completions
-        self.log_completions_every_n_steps = log_completions_every_n_steps
-        self._tokenizer = tokenizer if not isinstance(tokenizer, str) else None
-        names = [t for t in (tokenizer, policy) if isinstance(t, str)]
-        self._tokenizer_name = names[0] if names else None
-        self._sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k}
-        self._backend: HFGenerate | None = None
-        self.sampling_seed = sampling_seed
+        # The sampling policy's log-probs are a separate pass only when they differ from the live policy's
+        # (several passes over a rollout) or feed the reward's KL; on-policy they are the detached live ones.
+        self.needs_old_logps = num_iterations > 1 or (self.use_kl and kl_penalty == "reward")
         self._rollouts = 0
-        fn_metrics = tuple(f"rewards/{n}/mean" for n in self.reward_names)
-        rollout = ("reward", "reward_std", "frac_reward_zero_std", *fn_metrics, "completions/mean_length",
-                   "completions/clipped_ratio")  # fmt: skip
         clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
-        kl = ("kl",) if beta > 0 else ()
+        kl = ("kl",) if self.use_kl else ()
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
-        self.train_metrics = MetricGroup((*rollout, *clip, *kl, *self.EXTRA_METRICS, *times), "train/")
-        self.val_metrics = MetricGroup(("reward", *fn_metrics, "completions/mean_length",
-                                        "completions/clipped_ratio"), "val/", dist_sync_on_step=False)  # fmt: skip
+        names = (*self.reward_metric_names(), *clip, *kl, *self.EXTRA_METRICS, *times)
+        self.train_metrics = MetricGroup(names, "train/")
+        self.val_metrics = MetricGroup(self.reward_metric_names(with_std=False), "val/", dist_sync_on_step=False)
 
-    # -- devices and sharding ------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        """Reward models run on this rank's device (not every rank's ``cuda:0``)."""
-        device = self.trainer.strategy.root_device
-        for scorer in self._reward_models():
-            scorer.device = device
-            scorer.model.to(device)
+    @classmethod
+    def check_variant(cls, kl_penalty: str, importance_ratio: str) -> None:
+        """Refuse a KL placement or ratio the algorithm does not allow, and the combination none allows."""
+        if kl_penalty not in cls.KL_PENALTIES:
+            raise ValueError(f"{cls.__name__} takes kl_penalty in {cls.KL_PENALTIES}, got {kl_penalty!r}")
+        if importance_ratio not in cls.IMPORTANCE_RATIOS:
+            raise ValueError(
+                f"{cls.__name__} takes importance_ratio in {cls.IMPORTANCE_RATIOS}, got {importance_ratio!r}"
+            )
+        if kl_penalty == "loss" and importance_ratio == "sequence":
+            raise ValueError(
+                "kl_penalty='loss' adds β·k3 to each token's loss, and importance_ratio='sequence' has one loss term "
+                "per sequence: use kl_penalty='reward' (β·Σ k1 subtracted from the sequence reward) or "
+                "importance_ratio='token'"
+            )
 
-    def configure_model(self) -> None:
-        """FSDP2: the policy and reference (base class), then every reward model, like the reference."""
-        super().configure_model()
-        mesh = self.data_parallel_mesh()
-        if mesh is None:
-            return
-        for scorer in self._reward_models():
-            fully_shard_model(scorer.model, mesh, frozen=True)
-
-    def _reward_models(self) -> list[RewardModelScorer]:
-        return [f for f in self.reward_funcs if isinstance(f, RewardModelScorer)]
-
-    # -- the algorithm-specific piece -------------------------------------------------------------
-    def compute_advantages(self, rewards: Tensor, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        """(B,) advantages from (B,) rewards (no NaN), plus extra metric values."""
-        raise NotImplementedError  # abstract
+    def needs_reference(self) -> bool:
+        return self.hparams.get("beta", 0.0) > 0  # asked by ReferenceMixin.__init__, before self.beta is set
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def forward(self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor) -> Rollout:
         return self.generate_samples(prompt_input_ids, prompt_attention_mask)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, values, rollout, rewards_per_func = self.rl_step(batch)
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> Tensor:
+        loss, values, exp = self.rl_step(batch)
         self.train_metrics.step(_to(values, self.device))
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
-        every = self.log_completions_every_n_steps
-        if every and self._rollouts % every == 0:
-            self._log_completion_table(batch["prompt"], rollout, rewards_per_func)
+        self.maybe_log_completions(self._rollouts, batch["prompt"], exp.rollout, exp.rewards_per_func)
         self._rollouts += 1
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         """Greedy completions of held-out prompts, scored by the reward functions."""
-        rollout = self.backend()(self.policy, batch["prompt_input_ids"], batch["prompt_attention_mask"], 1, greedy=True)
+        rollout = self.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], greedy=True)
         per_func = self.score(batch, rollout)
         self.val_metrics.step(_to(self.reward_values(per_func, rollout, with_std=False), self.device))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
@@ -192,10 +209,8 @@ class OnlinePolicyGradient(AlignmentModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- the step --------------------------------------------------------------------------------
-    def rl_step(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor], Rollout, Tensor]:
-        """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values, the
-        rollout and the (B, F) rewards per function."""
-        G = self.num_generations
+    def rl_step(self, batch: PromptBatch) -> tuple[Tensor, dict[str, Any], Experience]:
+        """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience."""
         start = time.perf_counter()
         rollout = self.generate_samples(batch["prompt_input_ids"], batch["prompt_attention_mask"])
         t_generation = time.perf_counter() - start
@@ -205,39 +220,25 @@ class OnlinePolicyGradient(AlignmentModule):
         t_reward = time.perf_counter() - start
 
         start = time.perf_counter()
-        loss_mask = rollout.completion_mask.clone()  # (B, L)
-        if self.mask_truncated_completions:
-            loss_mask[rollout.is_truncated] = 0
-        needs_old = self.num_iterations > 1 or (self.KL_IN_REWARD and self.beta > 0)
-        old_logps = self._no_grad_logps(rollout, self.policy) if needs_old else None  # (B, L) or None
-        ref_logps = None
-        if self.beta > 0:
-            ref_logps = self.reference_forward(lambda ref: self._no_grad_logps(rollout, ref))
+        exp = self.make_experience(batch, rollout, rewards_per_func)
         rewards = weighted_rewards(rewards_per_func.to(self.device), self.reward_weights)  # (B,), NaN: unscorable
-        unscorable = rewards.isnan()
-        if self.KL_IN_REWARD and self.beta > 0:  # REINFORCE-style KL penalty: unbiased k1, summed per sequence
-            token_kl = kl_k1(old_logps, ref_logps)
-            rewards = rewards - self.beta * (token_kl * loss_mask).sum(dim=1)
-            values["kl"] = token_kl[loss_mask.bool()]
-        rewards = fill_unscorable(rewards, G)
+        rewards = self.shape_rewards(rewards, exp)
         t_logps = time.perf_counter() - start
-        advantages, extra = self.compute_advantages(rewards, batch)  # ReMax times its greedy decode itself
+        advantages = self.compute_advantages(rewards, exp)  # ReMax times its greedy decode itself
         start = time.perf_counter()
-        advantages = advantages.masked_fill(unscorable, 0.0)  # (B,)
-        values.update(extra)
+        unscorable = exp.unscorable.view(-1, *([1] * (advantages.dim() - 1)))
+        exp.advantages = advantages.masked_fill(unscorable, 0.0)
+        values.update(exp.metrics)
 
         losses, stats = [], defaultdict(list)
         for _ in range(self.num_iterations):
             row_ids = torch.arange(len(rollout), device=self.device)
             for minibatch in row_ids.tensor_split(min(self.num_minibatches, len(rollout))):
-                normalizer = self._normalizer(loss_mask[minibatch])
+                normalizer = self._normalizer(exp.loss_mask[minibatch])
                 self._zero_grad()
                 total = 0.0
                 for rows in minibatch.tensor_split(min(self.gradient_accumulation_steps, len(minibatch))):
-                    old = old_logps[rows] if old_logps is not None else None
-                    ref = ref_logps[rows] if ref_logps is not None else None
-                    mask, adv = loss_mask[rows], advantages[rows]
-                    loss = self.policy_loss(rollout, rows, mask, adv, old, ref, normalizer, stats)
+                    loss = self.policy_loss(exp, rows, normalizer, stats)
                     if not self.loss_is_finite(loss, None):
                         loss = self.skipped_loss()
                     self._backward(loss)
@@ -249,120 +250,90 @@ class OnlinePolicyGradient(AlignmentModule):
         values["time/update"] = torch.tensor([t_logps + time.perf_counter() - start])
         for name, parts in stats.items():
             values[name] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-        return torch.tensor(sum(losses) / len(losses), device=self.device), values, rollout, rewards_per_func
+        return torch.tensor(sum(losses) / len(losses), device=self.device), values, exp
 
-    def policy_loss(
-        self,
-        rollout: Rollout,
-        rows: Tensor,
-        mask: Tensor,
-        advantages: Tensor,
-        old_logps: Tensor | None,
-        ref_logps: Tensor | None,
-        normalizer: Tensor,
-        stats: dict[str, list],
-    ) -> Tensor:
-        """Clipped-surrogate loss of one micro-batch, divided by the minibatch ``normalizer``."""
-        input_ids, attention_mask, labels = rollout.model_inputs(rows)
-        prompt_len = rollout.prompt_input_ids.shape[1]
+    def make_experience(self, batch: PromptBatch, rollout: Rollout, rewards_per_func: Tensor) -> Experience:
+        """The loss mask and the no-grad log-prob passes the updates need (sampling policy, reference)."""
+        loss_mask = rollout.completion_mask.clone()  # (B, L)
+        if self.mask_truncated_completions:
+            loss_mask[rollout.is_truncated] = 0
+        old_logps = self._no_grad_logps(rollout, self.policy) if self.needs_old_logps else None
+        ref_logps = None
+        if self.use_kl:
+            ref_logps = self.reference_forward(lambda ref: self._no_grad_logps(rollout, ref))
+        unscorable = rewards_per_func.isnan().all(dim=1).to(self.device)
+        return Experience(batch, rollout, rewards_per_func, unscorable, loss_mask, old_logps, ref_logps)
+
+    # -- extension points ------------------------------------------------------------------------
+    def shape_rewards(self, rewards: Tensor, exp: Experience) -> Tensor:
+        """(B,) sequence rewards (NaN: unscorable) -> what the advantage sees, NaN filled.
+
+        Default: with ``kl_penalty="reward"`` and β > 0, r ← r − β·Σ_t k1_t, k1 = log π_old − log π_ref
+        (unbiased, summed per sequence; logged as ``kl`` per token); unscorable rows then take their group's
+        mean scorable reward (:func:`~lit_align.rewards.scoring.fill_unscorable`).
+        """
+        if self.use_kl and self.kl_penalty == "reward":
+            token_kl = kl_k1(exp.old_logps, exp.ref_logps)
+            rewards = rewards - self.beta * (token_kl * exp.loss_mask).sum(dim=1)
+            exp.metrics["kl"] = token_kl[exp.loss_mask.bool()]
+        return fill_unscorable(rewards, self.num_generations)
+
+    def baseline(self, rewards: Tensor, exp: Experience) -> Tensor | None:
+        """A (B,) baseline the default :meth:`compute_advantages` subtracts; ``None`` (default): none."""
+        return None
+
+    def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
+        """Advantages (B,) or per token (B, L) from the shaped rewards (unscorable rows are zeroed after).
+
+        Default: ``rewards − baseline(rewards, exp)`` (the rewards themselves without a baseline).
+        """
+        baseline = self.baseline(rewards, exp)
+        return rewards if baseline is None else rewards - baseline
+
+    def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
+        """The clipped-surrogate loss of micro-batch ``rows`` (+ β·k3 per token with ``kl_penalty="loss"``),
+        divided by the minibatch ``normalizer``."""
+        input_ids, attention_mask, labels = exp.rollout.model_inputs(rows)
+        prompt_len = exp.rollout.prompt_input_ids.shape[1]
         out = token_logps(self.policy, input_ids, attention_mask, labels, with_entropy=True)
         logps, entropy = out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
+        mask, advantages = exp.loss_mask[rows], exp.advantages[rows]
         stats["entropy"].append((masked_mean(entropy, mask).reshape(1), mask.sum().reshape(1).float()))
-        old_logps = logps.detach() if old_logps is None else old_logps  # on-policy: ratio 1, same gradient
-        weights = mask.float()
-        if self.SEQUENCE_RATIO:  # one ratio per sequence: exp(sum_t logp - sum_t old_logp)
+        # On-policy the sampling policy IS the live one: ratio 1, same gradient, no extra pass.
+        old_logps = logps.detach() if exp.old_logps is None else exp.old_logps[rows]
+        clip = self.epsilon, self.epsilon_high
+        if self.importance_ratio == "sequence":  # one ratio per sequence: exp(sum_t logp - sum_t old_logp)
             seq, old_seq = (logps * mask).sum(-1), (old_logps * mask).sum(-1)
-            per_seq, low, high = clipped_surrogate(seq, old_seq, advantages, None, self.epsilon, self.epsilon_high)
+            per_seq, low, high = clipped_surrogate(seq, old_seq, advantages, None, *clip)
             loss = aggregate_loss(per_seq.unsqueeze(1), mask.any(-1, keepdim=True), "sequence_mean", None, normalizer)
             weights = torch.ones_like(per_seq)
         else:
-            clip = self.epsilon, self.epsilon_high
             per_token, low, high = clipped_surrogate(logps, old_logps, advantages, mask, *clip)
-            if self.beta > 0:  # GRPO: k3 KL to the reference, per token in the loss
-                token_kl = kl_k3(logps, ref_logps)
+            if self.use_kl and self.kl_penalty == "loss":  # k3 KL to the reference, per token in the loss
+                token_kl = kl_k3(logps, exp.ref_logps[rows])
                 per_token = per_token + self.beta * token_kl
                 stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
             loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.max_new_tokens, normalizer)
+            weights = mask.float()
         for name, flags in (("low", low), ("high", high), ("region", low | high)):
             stats[f"clip_ratio/{name}_mean"].append((flags.float().flatten(), weights.flatten()))
         return loss
 
-    # -- rollouts and rewards ------------------------------------------------------------------
+    # -- rollouts --------------------------------------------------------------------------------
     def generate_samples(self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor) -> Rollout:
         """``num_generations`` sampled completions per prompt (prompt-major), without grad."""
-        with self.seeded_sampling():
-            return self.backend()(self.policy, prompt_input_ids, prompt_attention_mask, self.num_generations)
-
-    @contextmanager
-    def seeded_sampling(self) -> Iterator[None]:
-        """Sample from an RNG seeded by (``sampling_seed``, global step, rank), restoring the global RNG after.
-
-        The completions of a step are then a function of the checkpointed state alone: a run killed and
-        resumed draws what the uninterrupted run drew, without storing RNG state in the checkpoint.
-        """
-        trainer = self._trainer is not None
-        step, rank = (self.global_step, self.global_rank) if trainer else (self._rollouts, 0)
-        with seeded_rng(f"{self.sampling_seed}/{step}/{rank}", self.device):
-            yield
-
-    def backend(self) -> HFGenerate:
-        if self._backend is None:
-            self._backend = HFGenerate(self.tokenizer, **self._sampling)
-        return self._backend
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            if getattr(datamodule, "tokenizer", None) is not None:
-                self._tokenizer = datamodule.tokenizer
-            elif self._tokenizer_name is not None:
-                from lit_align.models import load_tokenizer
-
-                self._tokenizer = load_tokenizer(self._tokenizer_name)
-            else:
-                raise ValueError("pass tokenizer=... when the policy is given as an nn.Module")
-        return self._tokenizer
-
-    def score(self, batch: dict[str, Any], rollout: Rollout) -> Tensor:
-        """(B, F) rewards of a rollout of ``batch``'s prompts; every non-tensor column reaches the functions."""
-        columns = {k: v for k, v in batch.items() if k != "prompt" and not torch.is_tensor(v)}
-        ids = [r[:n] for r, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)]
-        G = rollout.num_generations
-        return score_completions(self.reward_funcs, batch["prompt"], rollout.texts, columns, ids, G)
-
-    def reward_values(self, per_func: Tensor, rollout: Rollout, with_std: bool) -> dict[str, Any]:
-        """TRL's rollout metrics: reward (weighted sum, unscorable excluded), per-function means, lengths."""
-        rewards = weighted_rewards(per_func, self.reward_weights)  # NaN: unscorable
-        scorable = ~rewards.isnan()
-        values: dict[str, Any] = {"reward": (rewards.nan_to_num(0.0), scorable.float())}
-        for i, name in enumerate(self.reward_names):
-            applies = ~per_func[:, i].isnan()
-            values[f"rewards/{name}/mean"] = (per_func[:, i].nan_to_num(0.0), applies.float())
-        values["completions/mean_length"] = rollout.lengths.float()
-        values["completions/clipped_ratio"] = rollout.is_truncated.float()
-        if with_std:
-            kept = rewards[scorable]
-            values["reward_std"] = (kept.std() if kept.numel() > 1 else torch.zeros(())).reshape(1)
-            grouped = rewards.view(-1, rollout.num_generations)
-            std = nanstd(grouped).nan_to_num(0.0)  # a group with < 2 scorable rewards has zero std
-            values["frac_reward_zero_std"] = torch.isclose(std, torch.zeros_like(std)).float()
-        return values
+        return self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations)
 
     # -- optimization plumbing (Trainer or standalone) -------------------------------------------------
-    def update(self, batch: dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
+    def update(self, batch: PromptBatch, total_steps: int = 1000) -> dict[str, float]:
         """One rollout and its ``num_iterations x num_minibatches`` optimizer steps outside a Trainer."""
         if self._standalone is None:
             self._standalone = self._optimizer_and_scheduler(total_steps)
         self.train()
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss, values, _, _ = self.rl_step(batch)
+        loss, values, _ = self.rl_step(batch)
         self._rollouts += 1
-        out = {"loss": float(loss)}
-        for name, value in values.items():
-            data, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
-            out[name] = float((data.float() * weight.float()).sum() / weight.float().sum().clamp(min=1e-12))
-        return out
+        return {"loss": float(loss), **{name: weighted_mean(value) for name, value in values.items()}}
 
     def _normalizer(self, mask: Tensor) -> Tensor:
         """The minibatch's loss normalizer; token counts are global over ranks (DDP averages gradients)."""
@@ -407,29 +378,6 @@ class OnlinePolicyGradient(AlignmentModule):
         optimizer.step()  # under a Trainer: counts one global_step
         scheduler.step()
 
-    def _log_completion_table(self, prompts: list[Any], rollout: Rollout, per_func: Tensor) -> None:
-        logger = self.logger
-        if logger is None or not self.trainer.is_global_zero or type(logger).__name__ != "TensorBoardLogger":
-            return
-        header = "| prompt | completion | " + " | ".join(self.reward_names) + " |"
-        lines = [header, "|" + " --- |" * (2 + len(self.reward_names))]
-        for i in range(min(TABLE_ROWS, len(rollout))):
-            prompt = prompts[i // rollout.num_generations]
-            text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-            scores = " | ".join(f"{v:.3g}" for v in per_func[i].tolist())
-            lines.append(f"| {_cell(text)} | {_cell(rollout.texts[i])} | {scores} |")
-        logger.experiment.add_text("completions", "\n".join(lines), self.global_step)
-
-
-def _import_path(func: Callable) -> str:
-    module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
-    return f"{module}:{name}" if module and name else repr(func)
-
 
 def _to(values: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device) for k, v in values.items()}
-
-
-def _cell(text: str, limit: int = 300) -> str:
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return text.replace("|", "\\|").replace("\n", "<br>")

@@ -8,11 +8,14 @@ one stage, no reference model. The NLL term follows TRL's ORPOTrainer (see :func
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
-from lit_align.logprobs import IGNORE_INDEX, SequenceLogps, concatenate_pair, token_logps
+from lit_align.algorithms.base import AlignmentModule
+from lit_align.batches import IGNORE_INDEX, PreferenceBatch
+from lit_align.logprobs import SequenceLogps, concatenate_pair, token_logps
 from lit_align.losses import orpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values
 
@@ -31,60 +34,35 @@ class ORPO(AlignmentModule):
     definition; TRL's ORPO averages over every position incl. prompt and padding), ``nll_loss``,
     ``log_odds_ratio`` (log σ(log odds ratio)) and ``log_odds_chosen`` (the log odds ratio).
 
+    The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s.
+
     Args:
-        policy: model to train: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id,
-            local directory, ``.gguf`` file, or an ``nn.Module``.
         beta: λ, weight of the odds-ratio term (TRL's name ``beta``; the paper uses 0.1).
         nll_on_prompt: include the prompt tokens in the chosen NLL (TRL's ORPOTrainer, default) or
             only the completion tokens (the paper's equation).
-        learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay on matrices (not on norms/biases).
-        warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
-        scheduler: ``linear`` / ``cosine`` decay to 0 after warmup, or ``constant``.
-        max_grad_norm: gradient-norm clip (``None`` to disable); a Trainer ``gradient_clip_val`` wins.
-        lora_r: LoRA rank; 0 trains all weights.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: LoRA dropout.
-        lora_target_modules: modules to adapt (``all-linear`` or a list of names).
-        gradient_checkpointing: recompute activations in backward to save memory.
-        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
-            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     METRICS = (*PREFERENCE_METRICS, "nll_loss", "log_odds_ratio", "log_odds_chosen")
 
     def __init__(
         self,
-        policy: str | nn.Module = "smollm2-135m-instruct",
+        *,
         beta: float = 0.1,
         nll_on_prompt: bool = True,
         learning_rate: float = 5e-6,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.1,
-        scheduler: Scheduler = "linear",
-        max_grad_norm: float | None = 1.0,
-        lora_r: int = 0,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        lora_target_modules: list[str] | str = "all-linear",
-        gradient_checkpointing: bool = False,
-        nonfinite_loss: NonFinite = "stop",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy, None, False, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
-            lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
-            nonfinite_loss=nonfinite_loss,
-        )  # fmt: skip
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta = beta
         self.nll_on_prompt = nll_on_prompt
 
     def forward(
-        self, batch: dict[str, torch.Tensor]
+        self, batch: PreferenceBatch
     ) -> tuple[SequenceLogps, SequenceLogps, torch.Tensor, torch.Tensor]:
         """(chosen, rejected) completion log-probs and the chosen rows' NLL sums and token counts."""
         return orpo_logps(self.policy, batch, self.pad_token_id, self.nll_on_prompt)
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Value]]:
+    def compute_loss(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         chosen, rejected, nll_sum, nll_tokens = self(batch)
         losses, chosen_rewards, rejected_rewards, log_odds_ratio, log_odds = orpo_loss(
             chosen.mean, rejected.mean, beta=self.beta
@@ -100,7 +78,7 @@ class ORPO(AlignmentModule):
 
 
 def orpo_logps(
-    model: nn.Module, batch: dict[str, torch.Tensor], pad_token_id: int, nll_on_prompt: bool = True
+    model: nn.Module, batch: PreferenceBatch, pad_token_id: int, nll_on_prompt: bool = True
 ) -> tuple[SequenceLogps, SequenceLogps, torch.Tensor, torch.Tensor]:
     """One forward over chosen + rejected giving both ORPO needs.
 

@@ -19,12 +19,14 @@ variants, NEFTune, and TRL's ``entropy`` metric (it needs the full softmax over 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
+from lit_align.algorithms.base import AlignmentModule
+from lit_align.batches import SFTBatch
 from lit_align.logprobs import completion_logits, selective_log_softmax
 from lit_align.metrics import Value
 
@@ -62,54 +64,28 @@ class SFT(AlignmentModule):
     ``val/loss``, ``val/mean_token_accuracy`` and ``val/perplexity`` (exp of the token-weighted
     validation NLL).
 
-    Args:
-        policy: model to train: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id,
-            local directory, ``.gguf`` file, or an ``nn.Module``.
-        learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay on matrices (not on norms/biases).
-        warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
-        scheduler: ``linear`` / ``cosine`` decay to 0 after warmup, or ``constant``.
-        max_grad_norm: gradient-norm clip (``None`` to disable); a Trainer ``gradient_clip_val`` wins.
-        lora_r: LoRA rank; 0 trains all weights.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: LoRA dropout.
-        lora_target_modules: modules to adapt (``all-linear`` or a list of names).
-        gradient_checkpointing: recompute activations in backward to save memory.
-        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
-            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
+    The options are :class:`AlignmentModule`'s; SFT changes two defaults.
     """
 
     METRICS = ("mean_token_accuracy",)  # plus train/num_tokens and val/perplexity, logged separately
 
     def __init__(
         self,
-        policy: str | nn.Module = "smollm2-135m-instruct",
+        *,
         learning_rate: float = 2e-5,
-        weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
-        scheduler: Scheduler = "linear",
-        max_grad_norm: float | None = 1.0,
-        lora_r: int = 0,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        lora_target_modules: list[str] | str = "all-linear",
-        gradient_checkpointing: bool = False,
-        nonfinite_loss: NonFinite = "stop",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy, None, False, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
-            lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
-            nonfinite_loss=nonfinite_loss,
-        )  # fmt: skip
+        super().__init__(learning_rate=learning_rate, warmup_ratio=warmup_ratio, **kwargs)
         self.val_nll = MeanMetric(dist_sync_on_step=False)  # token-weighted, for val/perplexity
         self._window_tokens: torch.Tensor | int = 0  # trained tokens in this accumulation window (this rank)
         self._tokens_seen: torch.Tensor | int = 0  # non-padding tokens trained on so far (this rank)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> TokenStats:
+    def forward(self, batch: SFTBatch) -> TokenStats:
         """Per-sequence NLL sums, token counts and top-1 hits for an sft batch."""
         return token_stats(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: SFTBatch, batch_idx: int) -> torch.Tensor:
         stats = self(batch)
         nll_sum, num_tokens = stats.nll.sum(), stats.num_tokens.sum()
         if not self.loss_is_finite(nll_sum, batch_idx):
@@ -126,7 +102,7 @@ class SFT(AlignmentModule):
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
         return nll_sum  # a sum: on_before_optimizer_step divides the gradient by the window's tokens
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: SFTBatch, batch_idx: int) -> None:
         stats = self(batch)
         per_sequence = stats.nll / stats.num_tokens.clamp(min=1)
         if stats.num_tokens.sum() > 0:
@@ -153,7 +129,7 @@ class SFT(AlignmentModule):
         self._window_tokens = 0
         super().on_before_optimizer_step(optimizer)  # drops the step's gradient if all its batches were skipped
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Value]]:
+    def compute_loss(self, batch: SFTBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         """Token-mean NLL of one batch (``update`` and evaluation; training normalizes per window)."""
         stats = self(batch)
         return stats.nll.sum() / stats.num_tokens.sum().clamp(min=1), self._values(stats)

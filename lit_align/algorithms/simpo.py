@@ -9,10 +9,12 @@ The optional NLL term on the chosen completion is CPO's (Xu et al. 2024), TRL's 
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Any
 
-from lit_align.algorithms.base import AlignmentModule, NonFinite, Scheduler
+import torch
+
+from lit_align.algorithms.base import AlignmentModule
+from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import SequenceLogps, preference_logps
 from lit_align.losses import simpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values
@@ -31,54 +33,28 @@ class SimPO(AlignmentModule):
     (vocab-mean logit over completion tokens, DPOTrainer's definition) and ``nll_loss``. ``nll_loss`` is
     logged even when ``sft_weight`` is 0 (TRL logs 0 then).
 
+    The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s.
+
     Args:
-        policy: model to train: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id,
-            local directory, ``.gguf`` file, or an ``nn.Module``.
         beta: β, scale of the length-normalized reward β·mean log π(y|x).
         gamma: γ, the target reward margin between chosen and rejected.
         sft_weight: weight of the NLL of the chosen completion (TRL's ``cpo_alpha``); 0 is pure SimPO.
             The NLL is the token mean over all chosen completion tokens of the batch.
         label_smoothing: ε, the assumed rate of flipped labels (conservative loss); 0 is SimPO.
-        learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay on matrices (not on norms/biases).
-        warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
-        scheduler: ``linear`` / ``cosine`` decay to 0 after warmup, or ``constant``.
-        max_grad_norm: gradient-norm clip (``None`` to disable); a Trainer ``gradient_clip_val`` wins.
-        lora_r: LoRA rank; 0 trains all weights.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: LoRA dropout.
-        lora_target_modules: modules to adapt (``all-linear`` or a list of names).
-        gradient_checkpointing: recompute activations in backward to save memory.
-        nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
-            batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
 
     METRICS = (*PREFERENCE_METRICS, "nll_loss")
 
     def __init__(
         self,
-        policy: str | nn.Module = "smollm2-135m-instruct",
+        *,
         beta: float = 2.0,
         gamma: float = 1.0,
         sft_weight: float = 0.0,
         label_smoothing: float = 0.0,
-        learning_rate: float = 5e-7,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.1,
-        scheduler: Scheduler = "linear",
-        max_grad_norm: float | None = 1.0,
-        lora_r: int = 0,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        lora_target_modules: list[str] | str = "all-linear",
-        gradient_checkpointing: bool = False,
-        nonfinite_loss: NonFinite = "stop",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            policy, None, False, learning_rate, weight_decay, warmup_ratio, scheduler, max_grad_norm,
-            lora_r, lora_alpha, lora_dropout, lora_target_modules, gradient_checkpointing,
-            nonfinite_loss=nonfinite_loss,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         if not 0.0 <= label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self.beta = beta
@@ -86,11 +62,11 @@ class SimPO(AlignmentModule):
         self.sft_weight = sft_weight
         self.label_smoothing = label_smoothing
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[SequenceLogps, SequenceLogps]:
+    def forward(self, batch: PreferenceBatch) -> tuple[SequenceLogps, SequenceLogps]:
         """Policy completion log-probs (chosen, rejected) for a preference batch."""
         return preference_logps(self.policy, batch, self.pad_token_id)
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Value]]:
+    def compute_loss(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         chosen, rejected = self(batch)
         losses, chosen_rewards, rejected_rewards = simpo_loss(
             chosen.mean, rejected.mean, beta=self.beta, gamma=self.gamma, label_smoothing=self.label_smoothing

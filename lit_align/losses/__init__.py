@@ -1,6 +1,20 @@
 """Pure loss functions over log-prob tensors, one file per family (no model, no config, no reduction)."""
 
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
+from lit_align.losses.policy_gradient import (
+    aggregate_loss,
+    clipped_surrogate,
+    gae_advantages,
+    greedy_baseline_advantages,
+    group_normalized_advantages,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    leave_one_out_advantages,
+    masked_mean,
+    value_loss,
+    whiten,
+)
 from lit_align.losses.preference import (
     bradley_terry_loss,
     dpo_loss,
@@ -12,19 +26,30 @@ from lit_align.losses.preference import (
     simpo_loss,
 )
 
-# policy_gradient.py (advantages, clipped surrogate, value loss, KL estimators): re-export here once added.
-
 __all__ = [
+    "aggregate_loss",
     "apo_zero_unpaired_loss",
     "bradley_terry_loss",
+    "clipped_surrogate",
+
     "dpo_loss",
+    "gae_advantages",
+    "greedy_baseline_advantages",
+    "group_normalized_advantages",
     "hinge_loss",
     "ipo_loss",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
     "kto_kl_estimate",
     "kto_loss",
     "kto_side_sums",
+    "leave_one_out_advantages",
     "log1mexp",
+    "masked_mean",
     "orpo_loss",
     "robust_dpo_loss",
     "simpo_loss",
+    "value_loss",
+    "whiten",
 ]

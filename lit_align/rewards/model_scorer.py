@@ -3,7 +3,7 @@
 :class:`RewardModelScorer` loads any one-output ``AutoModelForSequenceClassification`` directory —
 the ``hf_model`` folder that ``RewardModel`` + ``HFExport`` write (``runs/reward_model/version_N/hf_model``)
 or a hub/local reward model — and scores prompt + completion at the last real token, reading the
-head there as ``RewardModel`` trained it (:func:`lit_align.algorithms.reward_model.last_token_rewards`).
+head there as ``RewardModel`` trains it (:func:`last_token_rewards`, which ``RewardModel`` uses too).
 
 Formatting follows the training data's convention (``datamodules``): a chat prompt plus the
 completion as an assistant message goes through the chat template; plain text is prompt +
@@ -14,13 +14,47 @@ here, so any tokenizer works).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_align.rewards.verifiers import Completion, completion_text
+
+
+def score_head(model: nn.Module) -> nn.Module:
+    """The per-position scalar head (``score``) of a sequence-classification model, PEFT-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "score", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"{type(base).__name__} has no 'score' head; a reward model needs a causal LM's "
+            "...ForSequenceClassification (load_model(name, kind='sequence_classification'))"
+        )
+    return head
+
+
+@contextmanager
+def _captured_output(module: nn.Module):
+    captured: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda _m, _inputs, output: captured.__setitem__("output", output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def last_token_rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar rewards (B,) fp32 read at each row's last attention-mask position (right or left padding)."""
+    with _captured_output(score_head(model)) as captured:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    scores = captured["output"][..., 0]  # (B, T)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (positions * attention_mask.bool()).argmax(-1)  # (B,)
+    return scores.gather(1, last.unsqueeze(1)).squeeze(1).float()
 
 
 class RewardModelScorer:
@@ -71,8 +105,6 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: list[Any], completions: list[Completion], **kwargs: Any) -> list[float]:
-        from lit_align.algorithms.reward_model import last_token_rewards
-
         texts = self.texts(prompts, completions)
         chat = bool(prompts) and isinstance(prompts[0], list)
         rewards: list[float] = []

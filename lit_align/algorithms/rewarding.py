@@ -1,0 +1,132 @@
+"""RewardMixin: the reward functions of an online module — resolved once, scored per rollout, logged.
+
+Mixed in before :class:`~lit_align.algorithms.base.AlignmentModule` by the online algorithms. It owns
+the reward functions (import paths, ``model:<dir>`` reward models, or callables), their weights, the
+reward models' device and FSDP2 sharding, TRL's rollout metrics, and the TensorBoard table of sample
+completions. The pure pieces (the (B, F) reward table, the weighted sum, unscorable rows) are in
+:mod:`lit_align.rewards.scoring`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_align.rewards.model_scorer import RewardModelScorer
+from lit_align.rewards.resolve import resolve_reward_funcs
+from lit_align.rewards.scoring import nanstd, score_completions, weighted_rewards
+from lit_align.rollout import Rollout
+from lit_align.sharding import fully_shard_model
+
+ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
+TABLE_ROWS = 8
+
+
+class RewardMixin:
+    """Reward functions and their metrics.
+
+    Args:
+        reward_funcs: reward functions by import path (``package.module:function``), ``model:<dir>`` for a
+            trained reward model, or callables; TRL's signature ``f(prompts, completions, **columns)``.
+        reward_weights: one weight per reward function (default 1.0 each); the reward is the weighted sum.
+        log_completions_every_n_steps: every N rollouts a table of prompts, completions and rewards goes to
+            TensorBoard (0 = never).
+    """
+
+    def __init__(
+        self,
+        *,
+        reward_funcs: Sequence[str | Callable] = (ARITHMETIC_REWARD,),
+        reward_weights: Sequence[float] | None = None,
+        log_completions_every_n_steps: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        funcs, names, weights = resolve_reward_funcs(reward_funcs, reward_weights)  # before any model loads
+        super().__init__(**kwargs)
+        # Callables are recorded by import path: checkpoints then hold only plain data (weights_only loading).
+        self.hparams["reward_funcs"] = [spec if isinstance(spec, str) else _import_path(spec) for spec in reward_funcs]
+        self.reward_funcs, self.reward_names = funcs, names
+        self.register_buffer("reward_weights", torch.tensor(weights), persistent=False)
+        self.log_completions_every_n_steps = log_completions_every_n_steps
+
+    def reward_metric_names(self, with_std: bool = True) -> tuple[str, ...]:
+        """The names :meth:`reward_values` returns values for."""
+        per_func = tuple(f"rewards/{n}/mean" for n in self.reward_names)
+        spread = ("reward_std", "frac_reward_zero_std") if with_std else ()
+        return ("reward", *spread, *per_func, "completions/mean_length", "completions/clipped_ratio")
+
+    # -- devices and sharding ------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Reward models run on this rank's device (not every rank's ``cuda:0``)."""
+        super().setup(stage)
+        device = self.trainer.strategy.root_device
+        for scorer in self._reward_models():
+            scorer.device = device
+            scorer.model.to(device)
+
+    def configure_model(self) -> None:
+        """FSDP2: the other models first, then every reward model, frozen like the reference."""
+        super().configure_model()
+        mesh = self.data_parallel_mesh()
+        if mesh is not None:
+            for scorer in self._reward_models():
+                fully_shard_model(scorer.model, mesh, frozen=True)
+
+    def _reward_models(self) -> list[RewardModelScorer]:
+        return [f for f in self.reward_funcs if isinstance(f, RewardModelScorer)]
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def score(self, batch: dict[str, Any], rollout: Rollout) -> Tensor:
+        """(B, F) rewards of a rollout of ``batch``'s prompts; every non-tensor column reaches the functions."""
+        columns = {k: v for k, v in batch.items() if k != "prompt" and not torch.is_tensor(v)}
+        ids = [r[:n] for r, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)]
+        G = rollout.num_generations
+        return score_completions(self.reward_funcs, batch["prompt"], rollout.texts, columns, ids, G)
+
+    def reward_values(self, per_func: Tensor, rollout: Rollout, with_std: bool) -> dict[str, Any]:
+        """TRL's rollout metrics: reward (weighted sum, unscorable excluded), per-function means, lengths."""
+        rewards = weighted_rewards(per_func, self.reward_weights)  # NaN: unscorable
+        scorable = ~rewards.isnan()
+        values: dict[str, Any] = {"reward": (rewards.nan_to_num(0.0), scorable.float())}
+        for i, name in enumerate(self.reward_names):
+            applies = ~per_func[:, i].isnan()
+            values[f"rewards/{name}/mean"] = (per_func[:, i].nan_to_num(0.0), applies.float())
+        values["completions/mean_length"] = rollout.lengths.float()
+        values["completions/clipped_ratio"] = rollout.is_truncated.float()
+        if with_std:
+            kept = rewards[scorable]
+            values["reward_std"] = (kept.std() if kept.numel() > 1 else torch.zeros(())).reshape(1)
+            grouped = rewards.view(-1, rollout.num_generations)
+            std = nanstd(grouped).nan_to_num(0.0)  # a group with < 2 scorable rewards has zero std
+            values["frac_reward_zero_std"] = torch.isclose(std, torch.zeros_like(std)).float()
+        return values
+
+    def maybe_log_completions(self, rollout_index: int, prompts: list[Any], rollout: Rollout, per_func: Tensor) -> None:
+        """Every ``log_completions_every_n_steps`` rollouts: a table of prompts, completions and rewards."""
+        every = self.log_completions_every_n_steps
+        logger = self.logger
+        if not every or rollout_index % every or logger is None or not self.trainer.is_global_zero:
+            return
+        if type(logger).__name__ != "TensorBoardLogger":
+            return
+        header = "| prompt | completion | " + " | ".join(self.reward_names) + " |"
+        lines = [header, "|" + " --- |" * (2 + len(self.reward_names))]
+        for i in range(min(TABLE_ROWS, len(rollout))):
+            prompt = prompts[i // rollout.num_generations]
+            text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+            scores = " | ".join(f"{v:.3g}" for v in per_func[i].tolist())
+            lines.append(f"| {_cell(text)} | {_cell(rollout.texts[i])} | {scores} |")
+        logger.experiment.add_text("completions", "\n".join(lines), self.global_step)
+
+
+def _import_path(func: Callable) -> str:
+    module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    return f"{module}:{name}" if module and name else repr(func)
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|").replace("\n", "<br>")
