@@ -1,0 +1,111 @@
+"""Every online module with every KL placement (kl_penalty) and importance ratio it allows: the module builds,
+the KL lands where the option says (in the reward OR in the loss, never both), and the on-policy gradient equals
+the one written out by hand; every combination it does not allow is refused before any model loads."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lit_align.algorithms.grpo import GRPO
+from lit_align.algorithms.remax import ReMax
+from lit_align.algorithms.rloo import RLOO
+from lit_align.logprobs import token_logps
+from lit_align.models import load_model
+from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch
+
+MODULES = (GRPO, RLOO, ReMax)
+VARIANTS = list(itertools.product(("loss", "reward"), ("token", "sequence")))
+BETA = 0.3
+
+
+def allowed(cls, kl_penalty: str, ratio: str) -> bool:
+    never = (kl_penalty, ratio) == ("loss", "sequence")  # a per-token KL term needs a per-token loss
+    return kl_penalty in cls.KL_PENALTIES and ratio in cls.IMPORTANCE_RATIOS and not never
+
+
+def test_each_module_allows_at_least_its_default_and_one_combination_is_never_allowed():
+    for cls in MODULES:
+        assert sum(allowed(cls, *v) for v in VARIANTS) >= 2, cls
+        assert not allowed(cls, "loss", "sequence")
+
+
+@pytest.mark.parametrize(("kl_penalty", "ratio"), VARIANTS)
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_refused_combinations_fail_before_any_model_loads(monkeypatch, cls, kl_penalty, ratio):
+    if allowed(cls, kl_penalty, ratio):
+        pytest.skip("allowed: see test_allowed_variant_puts_the_kl_where_it_says")
+    import lit_align.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(lit_align.models, "load_model", no_loading)
+    with pytest.raises(ValueError, match="kl_penalty|importance_ratio"):
+        cls(policy="tiny-llama", beta=BETA, kl_penalty=kl_penalty, importance_ratio=ratio, reward_funcs=[length_reward])
+
+
+@pytest.mark.parametrize(("kl_penalty", "ratio"), VARIANTS)
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ratio):
+    """One on-policy update (ratio 1) on a fixed rollout, policy != reference. By hand, with A the module's own
+    advantages of the rewards it saw, m the completion mask, N its token count (token_mean):
+        kl_penalty=reward: rewards = R - β Σ_t (log π − log π_ref)          loss has no KL term
+        kl_penalty=loss:   rewards = R                                       loss gains + β k3 per token
+        ratio=token:     ∇ [ Σ_it m (−A_i π/π.detach() + [β k3_it]) / N ]
+        ratio=sequence:  ∇ [ Σ_i −A_i Σ_t m log π_it / B ]"""
+    if not allowed(cls, kl_penalty, ratio):
+        pytest.skip("refused: see test_refused_combinations_fail_before_any_model_loads")
+    policy, tokenizer = load_model("tiny-llama")
+    reference, _ = load_model("tiny-llama", seed=1)
+    G = 1 if cls is ReMax else 4
+    module = cls(policy=policy, reference_policy=reference, tokenizer=tokenizer, beta=BETA, kl_penalty=kl_penalty,
+                 importance_ratio=ratio, num_generations=G, max_new_tokens=8, reward_funcs=[length_reward],
+                 loss_aggregation="token_mean", max_grad_norm=None, learning_rate=1e-3)  # fmt: skip
+    batch = prompt_batch(tmp_path, tokenizer, n=2)
+    rollout = fixed_rollout(batch, tokenizer, G, [2, 3, 4, 6, 1, 6, 5, 2][: 2 * G])
+    module.generate_samples = lambda *args: rollout
+    seen, recorded = {}, {}
+    original = module.compute_advantages
+
+    def probe(rewards, exp):
+        advantages = original(rewards, exp)
+        seen.update(rewards=rewards.clone(), advantages=advantages.clone())
+        return advantages
+
+    module.compute_advantages = probe
+    module._optimizer_step = lambda: recorded.update(grads(module))
+    out = module.update(batch)
+
+    input_ids, attention_mask, labels = rollout.model_inputs()
+    P = rollout.prompt_input_ids.shape[1]
+    mask = rollout.completion_mask.float()
+    with torch.no_grad():
+        ref_logps = token_logps(reference, input_ids, attention_mask, labels).logps[:, P:]
+    module.policy.zero_grad()
+    fresh = load_model("tiny-llama")[0]  # the policy as it sampled: update() moved module.policy
+    logps = token_logps(fresh, input_ids, attention_mask, labels).logps[:, P:]
+    task = torch.tensor(length_reward(None, rollout.texts))
+    if kl_penalty == "reward":
+        expected_rewards = task - BETA * ((logps.detach() - ref_logps) * mask).sum(1)
+    else:
+        expected_rewards = task
+    torch.testing.assert_close(seen["rewards"], expected_rewards, atol=1e-4, rtol=1e-4)
+    advantages = seen["advantages"]
+    if ratio == "token":
+        ratio_t = torch.exp(logps - logps.detach())
+        per_token = -advantages.unsqueeze(1) * ratio_t
+        if kl_penalty == "loss":
+            delta = ref_logps - logps
+            per_token = per_token + BETA * (torch.exp(delta) - delta - 1)
+        loss = (per_token * mask).sum() / mask.sum()
+    else:
+        loss = -(advantages * (logps * mask).sum(1)).sum() / len(rollout)
+    loss.backward()
+    expected = {n: p.grad for n, p in fresh.named_parameters() if p.grad is not None}
+    assert recorded.keys() == {f"policy.{n}" for n in expected}
+    for name, grad in expected.items():
+        torch.testing.assert_close(recorded[f"policy.{name}"], grad, atol=1e-6, rtol=1e-4)
+    assert ("kl" in out) and out["kl"] != 0.0  # logged, and not vacuous (policy and reference differ)
