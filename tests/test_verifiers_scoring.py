@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import typing
+
+import pytest
 
 from lit_align.rewards import resolve_reward_funcs
 from lit_align.rewards.length import OverlongPenalty
 from lit_align.rewards.math_answer import MathAnswerReward
 from lit_align.rewards.scoring import score_completions
-from lit_align.rewards.verifiers import FormatReward
+from lit_align.rewards.verifiers import FormatReward, NormalizedMatchReward
 
 
 def test_import_paths_and_metric_names():
@@ -44,3 +48,28 @@ def test_through_score_completions():
     assert table[:, 0].tolist()[:2] == [1.0, 0.0] and all(math.isnan(v) for v in table[2:, 0].tolist())
     assert table[:, 1].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert table[:, 2].tolist() == [0.0, -0.75, -1.0, -1.0]
+
+
+@pytest.mark.parametrize(
+    "reward",
+    [
+        MathAnswerReward(column="gold", max_chars=100, require_marker=True, name="m"),
+        FormatReward(tags=["think", "answer"], strict=False, name="f"),
+        FormatReward(pattern=r"\d+"),
+        NormalizedMatchReward(column="gold", tag="answer", articles=False, punctuation=False, name="n"),
+        OverlongPenalty(max_length=64, cache_length=16, name="o"),
+    ],
+    ids=repr,
+)
+def test_plain_typed_init_args_are_attributes(reward):
+    """Each __init__ takes plain types only, and each argument is kept under its own name, so a config
+    (class_path + init_args) can be rebuilt from an instance."""
+    signature = inspect.signature(type(reward))
+    hints = typing.get_type_hints(type(reward).__init__)
+    plain = {str, int, float, bool, type(None), list[str]}
+    for param in signature.parameters:
+        hint = hints[param]
+        assert set(typing.get_args(hint) or (hint,)) <= plain, (param, hint)
+    init_args = {param: getattr(reward, param) for param in signature.parameters}
+    rebuilt = type(reward)(**init_args)
+    assert repr(rebuilt) == repr(reward) and rebuilt.__name__ == reward.__name__ == init_args["name"]

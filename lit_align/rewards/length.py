@@ -49,7 +49,8 @@ class OverlongPenalty:
     def __init__(self, max_length: int = 20480, cache_length: int = 4096, name: str = "overlong_penalty") -> None:
         if not 0 <= cache_length <= max_length:
             raise ValueError(f"need 0 <= cache_length <= max_length, got {cache_length} and {max_length}")
-        self.max_length, self.cache_length, self.__name__ = max_length, cache_length, name
+        self.max_length, self.cache_length = max_length, cache_length
+        self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
 
     def __repr__(self) -> str:
         lengths = f"max_length={self.max_length}, cache_length={self.cache_length}"

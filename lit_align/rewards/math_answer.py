@@ -302,7 +302,8 @@ class MathAnswerReward:
     ) -> None:
         if max_chars < 1:
             raise ValueError(f"max_chars must be positive, got {max_chars}")
-        self.column, self.max_chars, self.require_marker, self.__name__ = column, max_chars, require_marker, name
+        self.column, self.max_chars, self.require_marker = column, max_chars, require_marker
+        self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
 
     def __repr__(self) -> str:
         return (

@@ -146,7 +146,8 @@ class FormatReward:
         ):
             raise ValueError(f"FormatReward: tags must be distinct names like 'think', got {tags!r}")
         self.tags = None if tags is None else list(tags)
-        self.pattern, self.strict, self.__name__ = pattern, strict, name
+        self.pattern, self.strict = pattern, strict
+        self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
         try:
             self._regex = re.compile(pattern, re.DOTALL) if pattern is not None else None
         except re.error as err:
@@ -238,7 +239,8 @@ class NormalizedMatchReward:
     ) -> None:
         if tag is not None and not _TAG_NAME.fullmatch(tag):
             raise ValueError(f"NormalizedMatchReward: tag must be a name like 'answer', got {tag!r}")
-        self.column, self.tag, self.articles, self.punctuation, self.__name__ = column, tag, articles, punctuation, name
+        self.column, self.tag, self.articles, self.punctuation = column, tag, articles, punctuation
+        self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
 
     def __repr__(self) -> str:
         return (
