@@ -22,7 +22,9 @@ TRICKY = [
     # markers and their order: #### > \boxed > <answer> > "the answer is" > last line's "= x" > last number
     ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72", "72", 1.0),
     ("#### 72 clips\nso maybe 80", "72", 1.0),  # #### wins over later numbers
-    ("####", "7", 0.0),  # an empty marker is no answer, not a cue to read earlier numbers
+    ("#### $\n7", "7", 0.0),  # a marker without a number is no answer, not a cue to read other numbers
+    ("#### Step 1\nAdd 3 and 4.\n#### Final answer\n\\boxed{7}", "7", 1.0),  # Markdown headings are no marker
+    ("#### Solution\nShe has 12 apples", "12", 1.0),
     ("#### 1,200.", "1200", 1.0),
     ("We get \\boxed{5}, so the answer is 6.", "5", 1.0),  # a box wins over the phrase
     ("First \\boxed{3}, then on reflection \\boxed{4}.", "4", 1.0),  # the last box

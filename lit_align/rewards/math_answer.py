@@ -4,7 +4,8 @@ Extraction (:func:`extract_answer`) looks at the completion's last ``max_chars``
 the first of these that is present:
 
 1. ``#### x`` — GSM8K's convention (Cobbe et al. 2021): the first number on the line after the last
-   ``####``.
+   ``####`` that is followed by a number-like character (digit, sign, point, currency sign, ``\\``),
+   so a Markdown heading such as ``#### Step 2`` or ``#### Final answer`` is no marker.
 2. ``\\boxed{x}`` (or ``\\fbox{x}``) — the first number inside the last box, braces matched (nested ones
    included). An unclosed last box (a truncated completion) counts as no box.
 3. ``<answer>x</answer>`` — the last such block narrows the search to its content; steps 4 to 6
@@ -17,7 +18,7 @@ the first of these that is present:
 6. The last number in the text.
 
 Steps 5 and 6 read unmarked text; ``require_marker=True`` turns them off. Steps 1 and 2 decide when
-their marker is present: ``#### `` or ``\\boxed{}`` with no number in it is no answer (0.0), not a cue
+their marker is present: ``#### $`` or ``\\boxed{}`` with no number in it is no answer (0.0), not a cue
 to look further back. A marked number (steps 1, 2, 4, 5) is symbolic, no answer, when a LaTeX command
 that the clean-up left comes before it or a command or ``^`` right after it: ``\\boxed{\\sqrt{2}}``,
 ``\\boxed{2\\pi}``, ``\\boxed{2^{10}}`` and "the answer is $\\sqrt{2}$" are not 2.
@@ -121,6 +122,7 @@ _ANSWER_PHRASE = re.compile(
     r"\b(?:final\s+)?answer\**\s*(?:is|was|would\s+be|will\s+be|should\s+be|[:=])\**\s*", re.IGNORECASE
 )
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_GSM8K_MARKER = re.compile(r"####[ \t]*((?=[-+.0-9$€£¥₹−\\])[^\n]*)")
 _EQUALS = re.compile(r"(?<![<>=!])=(?![=>])")
 _COMMAND = re.compile(r"\\[A-Za-z]+")
 _TOUCHING = re.compile(r"\s*(?:\\[A-Za-z]|\^)")
@@ -240,8 +242,9 @@ def extract_answer(text: str, max_chars: int = 20_000, require_marker: bool = Fa
     if len(text) > max_chars:
         text = text[-max_chars:]
         text = text[next((i for i, c in enumerate(text[:_MAX_SPAN_CHARS]) if c.isspace()), 0) :]
-    if "####" in text:
-        return _marked_number(text.rsplit("####", 1)[1].split("\n", 1)[0])[1]
+    markers = list(_GSM8K_MARKER.finditer(text))
+    if markers:
+        return _marked_number(markers[-1].group(1))[1]
     box = _last_box(text)
     if box is not None:
         return _marked_number(box)[1]
@@ -272,7 +275,7 @@ def parse_reference(reference: Any) -> Fraction | None:
     if reference is None or isinstance(reference, bool):
         return None
     text = str(reference)
-    if "####" in text or any(command in text for command in _BOX_COMMANDS):
+    if _GSM8K_MARKER.search(text) or any(command in text for command in _BOX_COMMANDS):
         return extract_answer(text, require_marker=True)
     text = normalize_math(text)
     numbers = list(islice(_number_matches(text), 2))
