@@ -26,6 +26,7 @@ TRICKY = [
     ("#### Step 1\nAdd 3 and 4.\n#### Final answer\n\\boxed{7}", "7", 1.0),  # Markdown headings are no marker
     ("#### Solution\nShe has 12 apples", "12", 1.0),
     ("#### 1,200.", "1200", 1.0),
+    ("#### \\boxed{18}", "18", 1.0),
     ("We get \\boxed{5}, so the answer is 6.", "5", 1.0),  # a box wins over the phrase
     ("First \\boxed{3}, then on reflection \\boxed{4}.", "4", 1.0),  # the last box
     ("\\boxed{}", "0", 0.0),
@@ -35,6 +36,7 @@ TRICKY = [
     ("The answer is 42.", "42", 1.0),
     ("Final answer: -7", "-7", 1.0),
     ("**Answer:** 19 eggs", "19", 1.0),
+    ("The answer isn't 5, it is 6", "6", 1.0),  # "isn't" is not "is"
     ("The answer is twelve.\nShe had 7 and got 8.", "12", 0.0),  # a phrase without a number does not count
     ("It will take her 120/24 = <<120/24=5>>5 hours to read 120 pages.", "5", 1.0),  # last line's equation
     ("x <= 10, so 3 + 4 is at most 7", "7", 1.0),  # <= is no equation: the last number

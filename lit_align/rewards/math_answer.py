@@ -119,7 +119,7 @@ _CLEANUP: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?<=[A-Za-z])\s*\^\s*\{?\s*[-+]?[0-9]+\s*\}?|[²³]"), " "),  # unit powers: m^2, cm³
 ]
 _ANSWER_PHRASE = re.compile(
-    r"\b(?:final\s+)?answer\**\s*(?:is|was|would\s+be|will\s+be|should\s+be|[:=])\**\s*", re.IGNORECASE
+    r"\b(?:final\s+)?answer\**\s*(?:(?:is|was|would\s+be|will\s+be|should\s+be)\b|[:=])\**\s*", re.IGNORECASE
 )
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _GSM8K_MARKER = re.compile(r"####[ \t]*((?=[-+.0-9$€£¥₹−\\])[^\n]*)")
@@ -244,7 +244,8 @@ def extract_answer(text: str, max_chars: int = 20_000, require_marker: bool = Fa
         text = text[next((i for i, c in enumerate(text[:_MAX_SPAN_CHARS]) if c.isspace()), 0) :]
     markers = list(_GSM8K_MARKER.finditer(text))
     if markers:
-        return _marked_number(markers[-1].group(1))[1]
+        line = markers[-1].group(1)
+        return _marked_number(_last_box(line) or line)[1]  # "#### \\boxed{5}" too
     box = _last_box(text)
     if box is not None:
         return _marked_number(box)[1]
