@@ -18,8 +18,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from datamodules import PreferenceDataModule
 from lit_align import DPO
+from lit_align.datamodules import PreferenceDataModule
 from lit_align.logprobs import preference_logps
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/hh_rlhf_harmless_base_test"

@@ -30,8 +30,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.binary import BinaryFeedbackDataModule
 from lit_align.algorithms.kto import KTO
+from lit_align.datamodules.binary import BinaryFeedbackDataModule
 
 FILE = Path(__file__).resolve().parents[2] / "shared/data/llamafactory_kto_en_demo/kto_en_demo_conversational.jsonl"
 

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from datamodules.prompt import PromptDataModule
 from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.rloo import RLOO
+from lit_align.datamodules.prompt import PromptDataModule
 from lit_align.models import load_model
 from lit_align.rewards.verifiers import arithmetic_answer_reward
 

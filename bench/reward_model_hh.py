@@ -24,8 +24,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from datamodules.preference import PreferenceDataModule
 from lit_align.algorithms.reward_model import RewardModel
+from lit_align.datamodules.preference import PreferenceDataModule
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/hh_rlhf_harmless_base_test"
 FILE = DATA / "harmless_base_test_prompt_chosen_rejected.jsonl"

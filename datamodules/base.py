@@ -26,8 +26,8 @@ from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
-from datamodules.tokenize import DataError, TruncationMode, where
+from lit_align.datamodules.resumable import EpochRandomSampler, ResumableDataLoader
+from lit_align.datamodules.tokenize import DataError, TruncationMode, where
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.base import SAMPLES, PromptCompletionDataModule
-from datamodules.tokenize import (
+from lit_align.batches import BinaryBatch
+from lit_align.datamodules.base import SAMPLES, PromptCompletionDataModule
+from lit_align.datamodules.tokenize import (
     DataError,
     check_text_or_messages,
     fit_to_length,
@@ -32,7 +33,6 @@ from datamodules.tokenize import (
     sequence_tensors,
     tokenize_prompt_completions,
 )
-from lit_align.batches import BinaryBatch
 
 DEMO_BINARY = str(SAMPLES / "binary_demo.jsonl")
 TRUE_WORDS = {"good": True, "true": True, "bad": False, "false": False}
@@ -76,7 +76,7 @@ class BinaryFeedbackDataModule(PromptCompletionDataModule):
     making KTO's reference point equal the example's own reward. The last batch of an epoch can still
     hold a single example (as in TRL); its KL pair is then the matched one.
 
-    The other options are :class:`~datamodules.base.PromptCompletionDataModule`'s and its base's;
+    The other options are :class:`~lit_align.datamodules.base.PromptCompletionDataModule`'s and its base's;
     ``batch_size`` and ``eval_batch_size`` must be at least 2 (KL pairs).
 
     Args:

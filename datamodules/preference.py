@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.base import SAMPLES, PromptCompletionDataModule
-from datamodules.tokenize import (
+from lit_align.batches import PreferenceBatch
+from lit_align.datamodules.base import SAMPLES, PromptCompletionDataModule
+from lit_align.datamodules.tokenize import (
     DataError,
     fit_to_length,
     is_conversational,
@@ -16,7 +17,6 @@ from datamodules.tokenize import (
     sequence_tensors,
     tokenize_prompt_completions,
 )
-from lit_align.batches import PreferenceBatch
 
 DEMO_PREFERENCES = str(SAMPLES / "preference_demo.jsonl")
 
@@ -33,7 +33,7 @@ class PreferenceDataModule(PromptCompletionDataModule):
     prompt + completion fits ``max_length``. A row whose prompt alone leaves no room for a
     completion is an error unless ``drop_overlong=True``, when it is dropped and counted.
 
-    The options are :class:`~datamodules.base.PromptCompletionDataModule`'s and its base's.
+    The options are :class:`~lit_align.datamodules.base.PromptCompletionDataModule`'s and its base's.
     """
 
     FIELDS = ("chosen", "rejected")

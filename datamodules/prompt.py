@@ -16,10 +16,10 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.base import SAMPLES, TokenizedDataModule
-from datamodules.tokenize import DataError, _ids, check_text_or_messages, is_conversational, left_pad
-from datamodules.tokenize import truncate_prompt as cut_prompt
 from lit_align.batches import PromptBatch
+from lit_align.datamodules.base import SAMPLES, TokenizedDataModule
+from lit_align.datamodules.tokenize import DataError, _ids, check_text_or_messages, is_conversational, left_pad
+from lit_align.datamodules.tokenize import truncate_prompt as cut_prompt
 
 DEMO_PROMPTS = str(SAMPLES / "arithmetic_prompts.jsonl")
 TOKENIZED_KEYS = ("prompt_ids", "_status")
@@ -32,7 +32,7 @@ class PromptDataModule(TokenizedDataModule):
     Truncation: a prompt longer than ``max_prompt_length`` tokens is cut (``keep_end`` keeps its end,
     where the question and the generation prompt are) and counted as ``prompt_truncated``.
 
-    The options are :class:`~datamodules.base.TokenizedDataModule`'s (``columns`` maps the prompt's own
+    The options are :class:`~lit_align.datamodules.base.TokenizedDataModule`'s (``columns`` maps the prompt's own
     name, e.g. ``{"prompt": "question"}``); ``batch_size`` counts prompts (the module samples several
     completions for each), and ``pad_to_multiple_of`` left-pads.
     """

@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from datamodules.base import SAMPLES, PromptCompletionDataModule
-from datamodules.tokenize import (
+from lit_align.batches import SFTBatch
+from lit_align.datamodules.base import SAMPLES, PromptCompletionDataModule
+from lit_align.datamodules.tokenize import (
     IGNORE_INDEX,
     DataError,
     check_text_or_messages,
@@ -31,7 +32,6 @@ from datamodules.tokenize import (
     tokenize_prompt_completions,
     truncate_prompt,
 )
-from lit_align.batches import SFTBatch
 
 DEMO_SFT = str(SAMPLES / "sft_demo.jsonl")
 SFTFormat = Literal["auto", "prompt_completion", "messages", "alpaca"]
@@ -112,7 +112,7 @@ class SFTDataModule(PromptCompletionDataModule):
     left without any trained token (a prompt that fills ``max_length``) is an error unless
     ``drop_overlong=True``, when it is dropped and counted.
 
-    The other options are :class:`~datamodules.base.PromptCompletionDataModule`'s and its base's; SFT
+    The other options are :class:`~lit_align.datamodules.base.PromptCompletionDataModule`'s and its base's; SFT
     changes the defaults of ``max_length`` (1024) and ``max_prompt_length`` (``None``: a long prompt keeps its
     start and the completion fills what is left, TRL's SFT truncation).
 

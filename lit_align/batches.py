@@ -15,7 +15,7 @@ IGNORE_INDEX = -100  # label of a position that is not scored (prompt, padding)
 
 
 class PreferenceBatch(TypedDict):
-    """Pairs (``datamodules.PreferenceDataModule``)."""
+    """Pairs (``lit_align.datamodules.PreferenceDataModule``)."""
 
     chosen_input_ids: Tensor  # (B, T)
     chosen_attention_mask: Tensor  # (B, T)
@@ -27,7 +27,7 @@ class PreferenceBatch(TypedDict):
 
 
 class BinaryBatch(TypedDict):
-    """Single completions labelled desirable or not (``datamodules.BinaryFeedbackDataModule``), with KTO's
+    """Single completions labelled desirable or not (``lit_align.datamodules.BinaryFeedbackDataModule``), with KTO's
     mismatched KL pairs: prompt i with completion i-1 of the same batch."""
 
     input_ids: Tensor  # (B, T)
@@ -40,7 +40,7 @@ class BinaryBatch(TypedDict):
 
 
 class SFTBatch(TypedDict):
-    """Prompt + completion rows for supervised fine-tuning (``datamodules.SFTDataModule``)."""
+    """Prompt + completion rows for supervised fine-tuning (``lit_align.datamodules.SFTDataModule``)."""
 
     input_ids: Tensor  # (B, T)
     attention_mask: Tensor  # (B, T)
@@ -48,7 +48,7 @@ class SFTBatch(TypedDict):
 
 
 class PromptBatch(TypedDict):
-    """Prompts for online algorithms (``datamodules.PromptDataModule``): LEFT-padded ids for generation, plus
+    """Prompts for online algorithms (``lit_align.datamodules.PromptDataModule``): LEFT-padded ids for generation, plus
     the raw ``prompt`` and every other column of the data as Python lists (one entry per prompt), which
     reach the reward functions as keyword lists (TRL's convention)."""
 

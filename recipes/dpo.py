@@ -6,9 +6,9 @@ Override anything from the command line (`--model.beta 0.2`, `--data.data_path m
 
 from pathlib import Path
 
-from datamodules import PreferenceDataModule
 from lit_align.algorithms import DPO
 from lit_align.cli import run
+from lit_align.datamodules import PreferenceDataModule
 
 if __name__ == "__main__":
     run(DPO, PreferenceDataModule, Path(__file__).parent / "configs" / "dpo.yaml")

@@ -7,9 +7,9 @@ or layer a YAML with `--config`. `trainer.max_steps` counts optimizer steps.
 
 from pathlib import Path
 
-from datamodules.prompt import PromptDataModule
 from lit_align.algorithms.grpo import GRPO
 from lit_align.cli import run
+from lit_align.datamodules.prompt import PromptDataModule
 
 if __name__ == "__main__":
     run(GRPO, PromptDataModule, Path(__file__).parent / "configs" / "grpo.yaml")

@@ -8,9 +8,9 @@ preference pairs) or layer a YAML with `--config`.
 
 from pathlib import Path
 
-from datamodules.binary import BinaryFeedbackDataModule
 from lit_align.algorithms.kto import KTO
 from lit_align.cli import run
+from lit_align.datamodules.binary import BinaryFeedbackDataModule
 
 if __name__ == "__main__":
     run(KTO, BinaryFeedbackDataModule, Path(__file__).parent / "configs" / "kto.yaml")

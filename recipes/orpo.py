@@ -7,9 +7,9 @@ line (`--model.beta 0.2`, `--data.data_path my.jsonl`) or layer a YAML with `--c
 
 from pathlib import Path
 
-from datamodules import PreferenceDataModule
 from lit_align.algorithms import ORPO
 from lit_align.cli import run
+from lit_align.datamodules import PreferenceDataModule
 
 if __name__ == "__main__":
     run(ORPO, PreferenceDataModule, Path(__file__).parent / "configs" / "orpo.yaml")

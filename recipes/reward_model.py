@@ -7,9 +7,9 @@ preference pairs; the export in `runs/reward_model/version_*/hf_model` loads wit
 
 from pathlib import Path
 
-from datamodules.preference import PreferenceDataModule
 from lit_align.algorithms.reward_model import RewardModel
 from lit_align.cli import run
+from lit_align.datamodules.preference import PreferenceDataModule
 
 if __name__ == "__main__":
     run(RewardModel, PreferenceDataModule, Path(__file__).parent / "configs" / "reward_model.yaml")

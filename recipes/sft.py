@@ -7,9 +7,9 @@ or layer a YAML with `--config`.
 
 from pathlib import Path
 
-from datamodules.sft import SFTDataModule
 from lit_align.algorithms.sft import SFT
 from lit_align.cli import run
+from lit_align.datamodules.sft import SFTDataModule
 
 if __name__ == "__main__":
     run(SFT, SFTDataModule, Path(__file__).parent / "configs" / "sft.yaml")

@@ -6,9 +6,9 @@ Reference-free: only the policy is loaded. Override anything from the command li
 
 from pathlib import Path
 
-from datamodules.preference import PreferenceDataModule
 from lit_align.algorithms.simpo import SimPO
 from lit_align.cli import run
+from lit_align.datamodules.preference import PreferenceDataModule
 
 if __name__ == "__main__":
     run(SimPO, PreferenceDataModule, Path(__file__).parent / "configs" / "simpo.yaml")

@@ -93,14 +93,14 @@ def make_case(case: str, cpu: bool):
     tokenizer = build_tokenizer()
     policy = build_policy(tokenizer, CPU_SIZE if cpu else GPU_SIZE)
     if algo == "dpo":
-        from datamodules.preference import PreferenceDataModule
         from lit_align.algorithms.dpo import DPO
+        from lit_align.datamodules.preference import PreferenceDataModule
 
         module = DPO(policy=policy, beta=0.1, learning_rate=5e-5, warmup_ratio=0.0, scheduler="constant")
         data = PreferenceDataModule(tokenizer=tokenizer, val_size=0, batch_size=4 if cpu else 16)
     else:
-        from datamodules.prompt import PromptDataModule
         from lit_align.algorithms.grpo import GRPO
+        from lit_align.datamodules.prompt import PromptDataModule
 
         module = GRPO(
             policy=policy, beta=0.04, reward_funcs=[digit_reward], num_generations=2 if cpu else 8,

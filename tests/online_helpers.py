@@ -21,7 +21,7 @@ def prompt_rows(n: int) -> list[dict]:
 
 
 def prompt_datamodule(tmp_path: Path, tokenizer, n: int = 8, **kwargs):
-    from datamodules.prompt import PromptDataModule  # imported here: the GPU test's image has no ``datasets``
+    from lit_align.datamodules.prompt import PromptDataModule  # imported here: the GPU test's image has no ``datasets``
 
     path = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(n))
     kwargs.setdefault("val_size", 0)

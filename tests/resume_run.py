@@ -51,8 +51,8 @@ class StepLog(L.Callback):
 def build(algo: str, out: Path):
     policy, tokenizer = load_model("tiny-llama", seed=0)
     if algo == "dpo":
-        from datamodules import PreferenceDataModule
         from lit_align.algorithms import DPO
+        from lit_align.datamodules import PreferenceDataModule
 
         rows = [{"prompt": f"What is {i} + {i}?", "chosen": f" {2 * i}.", "rejected": f" {2 * i + 1}, I think."}
                 for i in range(12)]  # fmt: skip  # 6 batches of 2: step 4 is mid-epoch, step 8 is in epoch 2
@@ -60,8 +60,8 @@ def build(algo: str, out: Path):
         dm = PreferenceDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "dpo.jsonl", rows)), val_size=0,
                                   batch_size=2, max_length=64, max_prompt_length=32)  # fmt: skip
     else:  # real sampling (temperature 1): the resumed run must draw the same completions
-        from datamodules.prompt import PromptDataModule
         from lit_align.algorithms import GRPO
+        from lit_align.datamodules.prompt import PromptDataModule
 
         module = GRPO(policy=policy, beta=0.04, reward_funcs=[length_reward], num_generations=4, max_new_tokens=8,
                       learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer,

@@ -70,9 +70,9 @@ def reward_model(out: Path) -> Path:
 
 
 def build(algo: str, out: Path, per_rank: int):
-    from datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
-    from datamodules.prompt import PromptDataModule
     from lit_align.algorithms import DPO, GRPO, KTO, SFT
+    from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
+    from lit_align.datamodules.prompt import PromptDataModule
 
     seeds = (1, 0) if algo == "kto" else (0, 1)  # KTO: a pair whose mismatched-pair KL is > 0, so z is not clamped
     policy, tokenizer = load_model("tiny-llama", seed=seeds[0])

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
-from datamodules.prompt import PromptDataModule
-from datamodules.tokenize import DataError
+from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
+from lit_align.datamodules.prompt import PromptDataModule
+from lit_align.datamodules.tokenize import DataError
 from tests.conftest import write_jsonl
 
 CHAT_PROMPT = [{"role": "user", "content": "Hi?"}]

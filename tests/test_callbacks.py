@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from datamodules import PreferenceDataModule
 from lit_align.algorithms import DPO
 from lit_align.callbacks import HFExport
+from lit_align.datamodules import PreferenceDataModule
 from tests.helpers import tiny_trainer
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.binary import BinaryFeedbackDataModule, coerce_label
-from datamodules.tokenize import IGNORE_INDEX, DataError
+from lit_align.datamodules.binary import BinaryFeedbackDataModule, coerce_label
+from lit_align.datamodules.tokenize import IGNORE_INDEX, DataError
 from tests.conftest import write_jsonl
 
 

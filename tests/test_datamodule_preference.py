@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from datamodules import DataError, PreferenceDataModule
+from lit_align.datamodules import DataError, PreferenceDataModule
 from tests.conftest import write_jsonl
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.prompt import PromptDataModule
-from datamodules.tokenize import DataError
+from lit_align.datamodules.prompt import PromptDataModule
+from lit_align.datamodules.tokenize import DataError
 from tests.conftest import write_jsonl
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.sft import ALPACA_PROMPT, SFTDataModule
-from datamodules.tokenize import IGNORE_INDEX, DataError
+from lit_align.datamodules.sft import ALPACA_PROMPT, SFTDataModule
+from lit_align.datamodules.tokenize import IGNORE_INDEX, DataError
 from lit_align.models import build_byte_tokenizer
 from tests.conftest import write_jsonl
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules import PreferenceDataModule
 from lit_align.algorithms import DPO, IPO
+from lit_align.datamodules import PreferenceDataModule
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 
 

@@ -11,9 +11,9 @@ import warnings
 import pytest
 import torch
 
-from datamodules.binary import BinaryFeedbackDataModule
-from datamodules.tokenize import IGNORE_INDEX
 from lit_align.algorithms.kto import KTO, weight_advice
+from lit_align.datamodules.binary import BinaryFeedbackDataModule
+from lit_align.datamodules.tokenize import IGNORE_INDEX
 from lit_align.models import load_model
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
@@ -162,7 +162,7 @@ DDP_SCRIPT = r'''
 import json, os, sys
 import lightning as L
 import torch
-from datamodules.binary import BinaryFeedbackDataModule
+from lit_align.datamodules.binary import BinaryFeedbackDataModule
 from lit_align.algorithms.kto import KTO
 from lit_align.logprobs import sequence_logps
 from lit_align.models import load_model

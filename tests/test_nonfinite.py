@@ -15,8 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import PreferenceDataModule
 from lit_align.algorithms import DPO, GRPO
+from lit_align.datamodules import PreferenceDataModule
 from lit_align.models import load_model
 from tests.conftest import REPO
 from tests.helpers import tiny_trainer

@@ -23,9 +23,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
 from lit_align.algorithms.dpo import DPO
 from lit_align.algorithms.ipo import IPO
+from lit_align.datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
 from lit_align.logprobs import concatenate_pair
 from lit_align.models import load_model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
+from lit_align.datamodules.resumable import EpochRandomSampler, ResumableDataLoader
 
 
 def loader(n=10, batch_size=2, seed=3):

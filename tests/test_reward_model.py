@@ -16,10 +16,10 @@ import datasets
 import pytest
 import torch
 
-from datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
-from datamodules.tokenize import DataError
 from lit_align.algorithms.reward_model import RewardModel, last_token_rewards
 from lit_align.cli import run
+from lit_align.datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
+from lit_align.datamodules.tokenize import DataError
 from lit_align.logprobs import concatenate_pair
 from lit_align.models import load_model
 from lit_align.reference import ReferenceMixin

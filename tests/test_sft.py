@@ -10,9 +10,9 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.sft import SFTDataModule
-from datamodules.tokenize import IGNORE_INDEX
 from lit_align.algorithms.sft import SFT
+from lit_align.datamodules.sft import SFTDataModule
+from lit_align.datamodules.tokenize import IGNORE_INDEX
 from lit_align.models import load_model
 from tests.conftest import write_jsonl
 

@@ -20,9 +20,9 @@ import datasets
 import pytest
 import torch
 
-from datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
 from lit_align.algorithms.simpo import SimPO
 from lit_align.cli import run
+from lit_align.datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
 from lit_align.models import load_model
 from lit_align.reference import ReferenceMixin
 

@@ -3,7 +3,7 @@
 Everything here is built from templates with ``random.Random(seed)``: no downloads, no external data,
 stdlib only. Re-running the script reproduces the committed files byte for byte (a test checks it).
 
-Run either ``python -m datamodules.samples.generate`` or ``python datamodules/samples/generate.py``;
+Run either ``python -m lit_align.datamodules.samples.generate`` or ``python datamodules/samples/generate.py``;
 ``--out-dir`` defaults to this folder.
 
 Files (JSON Lines, one object per line; messages are TRL's conversational format):

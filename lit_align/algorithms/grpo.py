@@ -24,7 +24,7 @@ from lit_align.losses.policy_gradient import group_normalized_advantages
 class GRPO(OnlinePolicyGradient):
     """GRPO (and Dr. GRPO / DAPO through its knobs) as a LightningModule with manual optimization.
 
-    Batches are prompt-only (``datamodules.prompt.PromptDataModule``). ``trainer.max_steps`` counts
+    Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The
     other options are the online base's and its mixins' (see ``--help``).
 

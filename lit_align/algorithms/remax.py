@@ -30,7 +30,7 @@ from lit_align.rewards.scoring import weighted_rewards
 class ReMax(OnlinePolicyGradient):
     """ReMax as a LightningModule with manual optimization: the online base with a greedy :meth:`baseline`.
 
-    Batches are prompt-only (``datamodules.prompt.PromptDataModule``). ``trainer.max_steps`` counts
+    Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them.
     Logs ``greedy_reward`` (the baseline's mean reward) besides the shared metrics. The options are the
     online base's and its mixins'; ReMax changes the defaults of ``kl_penalty``, ``importance_ratio``

@@ -33,7 +33,7 @@ class RewardModel(AlignmentModule):
     head's per-position output is captured during the ordinary forward and read at the right place
     (so PEFT and FSDP wrappers see a normal forward call).
 
-    Batches are the preference schema (``datamodules.PreferenceDataModule``); labels are unused, and an
+    Batches are the preference schema (``lit_align.datamodules.PreferenceDataModule``); labels are unused, and an
     optional ``margin`` (B,) float tensor enters the loss. Logged (TRL RewardTrainer's names):
     ``accuracy`` (r_w > r_l), ``margin`` (r_w − r_l), ``mean_reward``, ``min_reward``, ``max_reward``
     (min/max per batch, averaged over batches in epoch values).

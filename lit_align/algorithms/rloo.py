@@ -26,7 +26,7 @@ from lit_align.losses.policy_gradient import leave_one_out_advantages
 class RLOO(OnlinePolicyGradient):
     """RLOO as a LightningModule with manual optimization.
 
-    Batches are prompt-only (``datamodules.prompt.PromptDataModule``). ``trainer.max_steps`` counts
+    Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The other
     options are the online base's and its mixins'; RLOO changes the defaults of ``beta`` (TRL's 0.05),
     ``kl_penalty``, ``importance_ratio`` and ``num_generations`` (G ≥ 2: G = 1 has no leave-one-out

@@ -1,0 +1,45 @@
+"""The installed distribution claims one import name: lit_align (its DataModules are lit_align.datamodules)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import REPO
+
+USER_CODE = r"""
+import datamodules  # the user's own package, first on sys.path (the working directory)
+assert datamodules.MINE is True, datamodules.__file__
+from lit_align.datamodules import PreferenceDataModule
+import lit_align.datamodules as ours
+assert "user_project" not in ours.__file__, ours.__file__
+from lit_align.datamodules.preference import DEMO_PREFERENCES
+import pathlib
+assert pathlib.Path(DEMO_PREFERENCES).is_file(), DEMO_PREFERENCES
+print("ok")
+"""
+
+
+def test_a_user_project_with_its_own_datamodules_imports_both(tmp_path):
+    project = tmp_path / "user_project"
+    (project / "datamodules").mkdir(parents=True)
+    (project / "datamodules" / "__init__.py").write_text("MINE = True\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as an installed user runs it
+    result = subprocess.run([sys.executable, "-c", USER_CODE], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_wheel_ships_lit_align_only_with_the_demo_data(tmp_path):
+    command = [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q"]
+    result = subprocess.run([*command, "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("lit_align-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"lit_align"}, top_level
+    for sample in ("preference_demo.jsonl", "binary_demo.jsonl", "sft_demo.jsonl", "arithmetic_prompts.jsonl"):
+        assert f"lit_align/datamodules/samples/{sample}" in names
+    assert "lit_align/datamodules/preference.py" in names
