@@ -8,7 +8,8 @@ silent fallback would make the comparison trivially true).
 
 Models: tiny-llama (untied head), the same with tied input/output embeddings (as SmolLM2), a biased
 head, LoRA (peft), gradient checkpointing, bf16 weights; fallbacks: Gemma-2's logit soft-capping, LoRA on
-the head, and models that post-process their head's output where no config field says so.
+the head, and models that post-process their head's output where no config field says so. On CUDA
+(``-m gpu``): Liger's kernel and ours against the plain path. DDP and FSDP2: ``tests/test_scaling.py``.
 """
 
 from __future__ import annotations
@@ -396,3 +397,74 @@ def test_post_processed_logits_are_detected_at_run_time(caplog, head_calls, in_p
     assert lm_head.unsupported_reason(model) is None
     assert_falls_back(model, caplog, "post-processes its head's output")
     assert len(head_calls) == 1  # tried once; the decision is kept for this head
+
+
+class _LigerStandIn:
+    """``LigerFusedLinearCrossEntropyFunction.apply``'s contract in plain torch (reduction="none" only)."""
+
+    @staticmethod
+    def apply(x, weight, target, bias, *options):
+        (ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, _accum,
+         use_token_scaling, return_token_accuracy, return_predicted_tokens) = options  # fmt: skip
+        assert reduction == "none" and ce_weight is None and softcap is None and not use_token_scaling
+        assert lse_square_scale == label_smoothing == 0.0 and not return_z_loss and not return_token_accuracy
+        logits = nn.functional.linear(x, weight, bias).float()
+        loss = nn.functional.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+        return loss, None, None, logits.argmax(-1) if return_predicted_tokens else None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_liger_glue_on_a_stand_in(temperature):
+    """What ``_liger_scores`` makes of Liger's outputs (sign, temperature, mean logit, hits) = our kernel's."""
+    g = torch.Generator().manual_seed(1)
+    h = (0.5 * torch.randn(19, 16, generator=g)).requires_grad_()
+    w = torch.randn(259, 16, generator=g, requires_grad=True)
+    b = torch.randn(259, generator=g, requires_grad=True)
+    targets = torch.randint(0, 259, (19,), generator=g)
+    targets[:4] = nn.functional.linear(h[:4], w, b).argmax(-1)
+    weights = torch.randn(19, generator=g)
+    results = []
+    for scores in (
+        lambda: lm_head._liger_scores(_LigerStandIn, h, w, b, targets, temperature, True),
+        lambda: lm_head.head_scores(h, w, b, targets, temperature, with_hits=True),
+    ):
+        out = scores()
+        (out.logps * weights).sum().backward()
+        results.append((out, [t.grad.clone() for t in (h, w, b)]))
+        h.grad = w.grad = b.grad = None
+    (liger, liger_grads), (ours, our_grads) = results
+    for field in ("logps", "mean_logits", "hits"):
+        torch.testing.assert_close(getattr(liger, field), getattr(ours, field), atol=ATOL, rtol=0, msg=field)
+    assert liger.entropy is None and liger.hits[:4].all()
+    for a, b_ in zip(liger_grads, our_grads, strict=True):
+        torch.testing.assert_close(a, b_, atol=ATOL, rtol=1e-5)
+
+
+# -- CUDA: Liger's fused linear cross-entropy (unverified on this project's CPU machines) ---------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_entropy", [False, True], ids=["liger", "own_kernel"])
+def test_cuda_kernels_match_plain(dtype, with_entropy, monkeypatch):
+    """On CUDA, without entropy: Liger's kernel (when installed); with entropy: our kernel. Both = plain path."""
+    liger_calls, real = [], lm_head._liger_scores
+    monkeypatch.setattr(lm_head, "_liger_scores", lambda *args: liger_calls.append(1) or real(*args))
+    model = tiny(tie=True).cuda().to(dtype)
+    batch = {k: v.cuda() for k, v in random_batch(0, 256).items()}
+    weights = upstream(batch["labels"].shape).cuda()
+
+    def compute(chunked):
+        out = logprobs.completion_scores(
+            model, **batch, with_entropy=with_entropy, with_accuracy=True, temperature=0.8, chunked=chunked
+        )
+        return out._asdict(), (out.logps * weights).sum()
+
+    if dtype == torch.float32:
+        assert_paths_equal(model, compute)
+    else:  # bounds of test_bf16_weights
+        scale = max(float(g.abs().max()) for g in run(model, compute, False)[1].values())
+        assert_paths_equal(model, compute, atol=2e-3, grad_atol=2 * 2**-8 * scale)
+    if not with_entropy and lm_head._liger_function() is not None:
+        assert liger_calls
+    else:
+        assert not liger_calls
