@@ -257,6 +257,7 @@ class ScoringHead(nn.Module):
         self.calls = 0
         self.problem: str | None = None
         self.output: Tensor | None = None
+        self.output_version = -1  # its autograd version counter when returned: an in-place change moves it
 
     @property
     def weight(self) -> Tensor:  # for model code that reads lm_head.weight (its dtype, say)
@@ -286,14 +287,16 @@ class ScoringHead(nn.Module):
         hits = zeros if scores.hits is None else scores.hits
         packed = torch.stack([scores.logps, scores.mean_logits, entropy, hits], -1)  # (N, 4)
         out = packed.new_zeros(batch, hidden.shape[1], 4).index_put((mask,), packed)
-        self.output, self._version = out, out._version
+        self.output, self.output_version = out, out._version
         return out
 
     def result(self, logits: Tensor) -> Tensor | None:
         """The (B, K, 4) scores if ``logits`` (the model's returned ``.logits``) is our output, untouched."""
-        if self.problem is None and self.calls == 1 and logits is self.output and logits._version == self._version:
+        if self.problem is None and logits is self.output and logits._version == self.output_version:
             return logits
-        if self.problem is None:
+        if self.problem is None and self.calls == 0:
+            self.problem = "the model's forward never called its output embedding"
+        elif self.problem is None:
             self.problem = "the model post-processes its head's output (its returned .logits is not the head's)"
         _runtime_unsupported[self.head] = self.problem
         return None
