@@ -1,23 +1,34 @@
 """Completion log-probs from ``(model, batch)``, memory-lean.
 
-Shapes: B batch, T sequence length, V vocabulary, K kept logit positions (K <= T).
+Shapes: B batch, T sequence length, V vocabulary, K kept positions (K <= T).
 
 Convention: ``labels`` is ``input_ids`` with -100 on the prompt and on padding. Token ``t`` is
 scored by the logits at position ``t - 1`` (the shift). Outputs are aligned with ``labels``:
 ``token_logps[b, t] = log p(labels[b, t] | input_ids[b, :t])`` and 0 where ``labels`` is -100.
+With ``temperature`` τ the log-probs (and entropies) are those of ``softmax(logits / τ)``.
 
-Memory: the naive computation is ``log_softmax(logits.float())`` over the whole (B, T, V) block,
-which for a 49k vocabulary is the largest tensor of the step, plus its copy kept for backward.
-Here (1) the model is asked only for the logits from the first completion position onwards
-(``logits_to_keep``, when the model supports it) and (2) log-probs are taken row-chunk by
-row-chunk as ``logit[target] - logsumexp(logits)``, never materializing a log-softmax. For
-half-precision logits each chunk's fp32 upcast is recomputed in backward (checkpointed) rather
-than stored. ``bench/logprobs_memory.py`` measures the saving.
+Two paths, both ONE forward from the first completion position onwards (``logits_to_keep``, when the
+model supports it):
+
+- chunked head (default, :mod:`lit_align.lm_head`): the model's output embedding is swapped, for that
+  forward, for a module that gathers the scored positions' final hidden states (N, H) and runs the LM
+  head + log-softmax chunk by chunk, in forward AND backward (a custom autograd function that
+  recomputes each chunk's logits), so no (tokens x V) logits tensor ever exists. Liger's fused kernel
+  serves it on CUDA when installed.
+- plain: the model returns its (B, K, V) logits and log-probs are taken row-chunk by row-chunk as
+  ``logit[target] - logsumexp(logits)``, never materializing a log-softmax; for half-precision logits
+  each chunk's fp32 upcast is recomputed in backward (checkpointed) rather than stored.
+
+The plain path is used when ``chunked=False`` is passed, when :data:`CHUNKED_HEAD` is False, or when the
+model's head is not a plain linear layer the chunked path can reproduce exactly (logit soft-capping or
+scaling, LoRA on the head, ...; :func:`lit_align.lm_head.unsupported_reason`), which is logged once per
+reason. ``bench/logprobs_memory.py`` measures both against the naive full log-softmax.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,9 +36,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lit_align import lm_head
 from lit_align.batches import IGNORE_INDEX
 
 CHUNK_ROWS = 1024
+CHUNKED_HEAD = True  # False forces the plain path (full logits) wherever ``chunked`` is left at None
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,17 +73,22 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
     return inner is not None and _accepts_logits_to_keep(inner())
 
 
-def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = CHUNK_ROWS):
-    """``log_softmax(logits)[..., targets]`` in fp32, computed ``chunk_rows`` rows at a time.
+def selective_log_softmax(
+    logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = CHUNK_ROWS, temperature: float = 1.0
+) -> torch.Tensor:
+    """``log_softmax(logits / temperature)[..., targets]`` in fp32, computed ``chunk_rows`` rows at a time.
 
     Args:
         logits: (..., V) in any float dtype.
         targets: (...) token ids.
+        temperature: divides the (fp32) logits before the softmax.
     Returns:
         (...) fp32 log-probs.
     """
@@ -80,9 +99,11 @@ def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, chunk_row
     for start in range(0, flat_logits.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         if recompute:
-            chunks.append(checkpoint(_chunk_logps, flat_logits[rows], flat_targets[rows], use_reentrant=False))
+            chunks.append(
+                checkpoint(_chunk_logps, flat_logits[rows], flat_targets[rows], temperature, use_reentrant=False)
+            )
         else:
-            chunks.append(_chunk_logps(flat_logits[rows], flat_targets[rows]))
+            chunks.append(_chunk_logps(flat_logits[rows], flat_targets[rows], temperature))
     if not chunks:
         return flat_logits.new_zeros(targets.shape, dtype=torch.float32)
     return torch.cat(chunks).reshape(targets.shape)
@@ -97,37 +118,136 @@ class TokenLogps(NamedTuple):
     entropy: torch.Tensor | None  # fp32, detached entropy of the predictive distribution (with_entropy=True)
 
 
+class CompletionScores(NamedTuple):
+    """:class:`TokenLogps` plus top-1 hits: everything one forward gives per scored token, (B, T) each."""
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+    mean_logits: torch.Tensor  # of the raw logits, before the temperature
+    entropy: torch.Tensor | None  # with_entropy=True
+    correct: torch.Tensor | None  # bool, argmax(logits) == label (with_accuracy=True)
+
+
 def token_logps(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     with_entropy: bool = False,
+    temperature: float = 1.0,
+    chunked: bool | None = None,
 ) -> TokenLogps:
     """Per-token completion log-probs in ONE forward pass.
 
     ``with_entropy`` also returns each scored position's predictive entropy ``H = lse − Σ p·logit``,
-    computed in the same no-grad row chunks as the mean logits (no extra forward, no full softmax).
+    computed in the same chunks as the log-probs (no extra forward, no full softmax). ``chunked`` picks
+    the path (None: :data:`CHUNKED_HEAD`; see the module docstring).
     """
+    scores = completion_scores(
+        model, input_ids, attention_mask, labels, with_entropy=with_entropy, temperature=temperature, chunked=chunked
+    )
+    return TokenLogps(scores.logps, scores.mask, scores.mean_logits, scores.entropy)
+
+
+def completion_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    with_entropy: bool = False,
+    with_accuracy: bool = False,
+    temperature: float = 1.0,
+    chunked: bool | None = None,
+) -> CompletionScores:
+    """Log-probs, vocab-mean logits and optionally entropies and top-1 hits of the completion tokens, one forward."""
+    if CHUNKED_HEAD if chunked is None else chunked:
+        reason = lm_head.unsupported_reason(model)
+        if reason is None:
+            scores = _chunked_scores(model, input_ids, attention_mask, labels, with_entropy, with_accuracy, temperature)
+            if scores is not None:
+                return scores
+            reason = lm_head.unsupported_reason(model)  # the runtime check's finding, now recorded
+        _log_fallback(model, reason)
     logits, targets, mask, completion_mask, offset = completion_logits(model, input_ids, attention_mask, labels)
-    logps = selective_log_softmax(logits, targets)[:, :-1] * mask
+    logps = selective_log_softmax(logits, targets, temperature=temperature)[:, :-1] * mask
     with torch.no_grad():  # row chunks: one .float() of half-precision logits would be a full fp32 copy
         flat = logits.detach().reshape(-1, logits.shape[-1])
-        chunks = [_chunk_stats(rows.float(), with_entropy) for rows in flat.split(CHUNK_ROWS)]
+        chunks = [_chunk_stats(rows.float(), with_entropy, temperature) for rows in flat.split(CHUNK_ROWS)]
         mean_logits = torch.cat([c[0] for c in chunks]).reshape(targets.shape)[:, :-1] * mask
         entropy = torch.cat([c[1] for c in chunks]).reshape(targets.shape)[:, :-1] * mask if with_entropy else None
-    return TokenLogps(
+        correct = (logits[:, :-1].argmax(-1) == targets[:, :-1]) & mask if with_accuracy else None
+    return CompletionScores(
         _align(logps, labels.shape, offset),
         completion_mask,
         _align(mean_logits, labels.shape, offset),
         None if entropy is None else _align(entropy, labels.shape, offset),
+        None if correct is None else _align(correct, labels.shape, offset),
     )
+
+
+def _chunked_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    with_entropy: bool,
+    with_accuracy: bool,
+    temperature: float,
+) -> CompletionScores | None:
+    """The chunked-head path; None when the model turned out to post-process its head's output."""
+    completion_mask = _completion_mask(labels)
+    scored = nn.functional.pad(completion_mask[:, 1:], (0, 1))  # (B, T): position t scores token t + 1
+    targets = nn.functional.pad(labels[:, 1:].clamp(min=0), (0, 1))  # (B, T)
+    options = {"temperature": temperature, "with_entropy": with_entropy, "with_hits": with_accuracy}
+    with lm_head.scoring_head(model, scored, targets, **options) as head:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, **_forward_kwargs(model, completion_mask))
+    packed = head.result(out.logits)  # (B, K, 4): logp, mean logit, entropy, hit at each kept position
+    if packed is None:
+        return None
+    offset = labels.shape[1] - packed.shape[1]
+    logps, mean_logits, entropy, hits = (_align(packed[:, :-1, i], labels.shape, offset) for i in range(4))
+    return CompletionScores(
+        logps,
+        completion_mask,
+        mean_logits,
+        entropy if with_entropy else None,
+        hits.bool() if with_accuracy else None,
+    )
+
+
+def _log_fallback(model: nn.Module, reason: str) -> None:
+    key = (type(model).__name__, reason)
+    if key not in _logged_fallbacks:
+        _logged_fallbacks.add(key)
+        log.warning("log-probs of %s use the plain path (full logits): %s", type(model).__name__, reason)
+
+
+_logged_fallbacks: set[tuple[str, str]] = set()
+
+
+def _completion_mask(labels: torch.Tensor) -> torch.Tensor:
+    completion_mask = labels != IGNORE_INDEX
+    completion_mask[:, 0] = False  # position 0 has no preceding context to score it
+    return completion_mask
+
+
+def _forward_kwargs(model: nn.Module, completion_mask: torch.Tensor) -> dict:
+    """``use_cache=False`` and, if the model takes it, ``logits_to_keep`` from the first scored position - 1."""
+    seq_len = completion_mask.shape[1]
+    scored_positions = completion_mask.any(dim=0).nonzero()
+    first = int(scored_positions[0]) if len(scored_positions) else seq_len - 1
+    kwargs = {"use_cache": False}
+    keep = seq_len - first + 1  # logits at positions first-1 .. T-1
+    if _accepts_logits_to_keep(model) and keep < seq_len:
+        kwargs["logits_to_keep"] = keep
+    return kwargs
 
 
 def completion_logits(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """One forward keeping only the logits from the first scored position on (``logits_to_keep``).
+    """The plain path's forward, keeping only the logits from the first scored position on (``logits_to_keep``).
 
     Returns ``logits`` (B, K, V), where ``logits[:, j]`` sits at position ``offset + j`` and scores token
     ``offset + j + 1``; ``targets`` (B, K), the scored tokens with a dummy 0 for the last kept position
@@ -135,26 +255,22 @@ def completion_logits(
     whole when flattened); ``mask`` (B, K-1) of the scored targets; the full (B, T) ``completion_mask``;
     and ``offset``.
     """
-    completion_mask = labels != IGNORE_INDEX
-    completion_mask[:, 0] = False  # position 0 has no preceding context to score it
-    seq_len = input_ids.shape[1]
-    scored_positions = completion_mask.any(dim=0).nonzero()
-    first = int(scored_positions[0]) if len(scored_positions) else seq_len - 1
-    kwargs = {"use_cache": False}
-    keep = seq_len - first + 1  # logits at positions first-1 .. T-1
-    if _accepts_logits_to_keep(model) and keep < seq_len:
-        kwargs["logits_to_keep"] = keep
+    completion_mask = _completion_mask(labels)
+    kwargs = _forward_kwargs(model, completion_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (B, K, V)
-    offset = seq_len - logits.shape[1]
+    offset = input_ids.shape[1] - logits.shape[1]
     targets = nn.functional.pad(labels[:, offset + 1 :].clamp(min=0), (0, 1))  # (B, K)
     return logits, targets, completion_mask[:, offset + 1 :], completion_mask, offset
 
 
-def _chunk_stats(logits: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _chunk_stats(
+    logits: torch.Tensor, with_entropy: bool, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not with_entropy:
         return logits.mean(-1), None
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    entropy = lse.squeeze(-1) - (torch.exp(logits - lse) * logits).sum(-1)
+    scaled = logits / temperature if temperature != 1.0 else logits
+    lse = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    entropy = lse.squeeze(-1) - (torch.exp(scaled - lse) * scaled).sum(-1)
     return logits.mean(-1), entropy
 
 
@@ -166,10 +282,17 @@ def _align(values: torch.Tensor, shape: torch.Size, offset: int) -> torch.Tensor
 
 
 def sequence_logps(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    chunked: bool | None = None,
 ) -> SequenceLogps:
     """Sum and mean of completion-token log-probs per sequence, and token counts."""
-    logps, mask, mean_logits, _ = token_logps(model, input_ids, attention_mask, labels)
+    logps, mask, mean_logits, _ = token_logps(
+        model, input_ids, attention_mask, labels, temperature=temperature, chunked=chunked
+    )
     num_tokens = mask.sum(-1)
     total = logps.sum(-1)
     mean = total / num_tokens.clamp(min=1)
@@ -191,9 +314,15 @@ def concatenate_pair(batch: dict[str, torch.Tensor], pad_token_id: int = 0) -> d
 
 
 def preference_logps(
-    model: nn.Module, batch: dict[str, torch.Tensor], pad_token_id: int = 0
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    pad_token_id: int = 0,
+    temperature: float = 1.0,
+    chunked: bool | None = None,
 ) -> tuple[SequenceLogps, SequenceLogps]:
     """Chosen and rejected completion log-probs from one forward pass over both."""
     joint = concatenate_pair(batch, pad_token_id)
-    stats = sequence_logps(model, joint["input_ids"], joint["attention_mask"], joint["labels"])
+    stats = sequence_logps(
+        model, joint["input_ids"], joint["attention_mask"], joint["labels"], temperature=temperature, chunked=chunked
+    )
     return stats.split(batch["chosen_input_ids"].shape[0])

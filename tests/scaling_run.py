@@ -8,12 +8,15 @@ makes the modules shard their policy and reference in ``configure_model``). The 
 the same permutation in every layout (the DataModule draws it from its seed + epoch and, on 2 ranks,
 gives each every other index), so the global batches match step for step.
 
-Rank 0 writes ``OUT_DIR/<algo>_<layout>.pt``: every step's synced train metrics and the full final
-policy weights. ``tests/test_scaling.py`` compares the layouts.
+Rank 0 writes ``OUT_DIR/<algo>_<layout>.pt``: every step's synced train metrics, the full final
+policy weights and the warnings of any log-prob computation that left the chunked LM head for the
+plain path (none expected: the layouts must agree THROUGH the chunked head). ``tests/test_scaling.py``
+compares the layouts.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -37,6 +40,18 @@ class Recorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+
+class PlainPathWarnings(logging.Handler):
+    """Messages of ``lit_align.logprobs`` saying a model's log-probs fell back to full logits."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        logging.getLogger("lit_align.logprobs").addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def rows(algo: str) -> list[dict]:
@@ -105,6 +120,7 @@ def main() -> None:
     out, layout, algos = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
+    plain_path = PlainPathWarnings()
     for algo in algos:
         L.seed_everything(0)  # any seed: the training order comes from the DataModule's seed in every layout
         if layout == "fsdp2":
@@ -122,7 +138,8 @@ def main() -> None:
             full = param.full_tensor() if hasattr(param, "full_tensor") else param
             weights[name] = full.detach().cpu().clone()
         if trainer.is_global_zero:
-            torch.save({"steps": recorder.steps, "weights": weights}, out / f"{algo}_{layout}.pt")
+            record = {"steps": recorder.steps, "weights": weights, "plain_path": plain_path.messages}
+            torch.save(record, out / f"{algo}_{layout}.pt")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 The reference runs the model over the full sequence, takes ``log_softmax`` of every position's
 logits in fp32, and loops over positions: token t (labels[b, t] != -100, t >= 1) is scored by the
 logits at t - 1. Batches are right-padded with random prompt/completion boundaries, one row with an
-empty completion (all labels -100) in every batch.
+empty completion (all labels -100) in every batch. The value and gradient checks run on both paths,
+the chunked LM head (default) and the plain one (``chunked=False``); ``tests/test_chunked_head.py``
+compares the two directly.
 """
 
 from __future__ import annotations
@@ -88,11 +90,12 @@ class RecordKeep(PlainForward):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "plain"])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_token_logps_match_naive_loop(model, pad_id, seed):
+def test_token_logps_match_naive_loop(model, pad_id, seed, chunked):
     batch = random_batch(seed, pad_id)
     with torch.no_grad():
-        logps, mask, mean_logits, _ = token_logps(model, **batch)
+        logps, mask, mean_logits, _ = token_logps(model, **batch, chunked=chunked)
         expected, expected_logits = naive_token_logps(model, **batch)
     expected_mask = batch["labels"] != IGNORE_INDEX
     assert torch.equal(mask, expected_mask)  # prompt lengths >= 1, so column 0 is never a completion token
@@ -139,12 +142,13 @@ def test_all_empty_batch_gives_zeros_and_a_finite_gradient(model, pad_id):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "plain"])
 @pytest.mark.parametrize("seed", (0, 1))
-def test_gradient_matches_naive(model, pad_id, seed):
-    """d(Σ mean log-probs)/dθ through logits_to_keep and the chunked log-softmax equals the naive gradient."""
+def test_gradient_matches_naive(model, pad_id, seed, chunked):
+    """d(Σ mean log-probs)/dθ through logits_to_keep and either path equals the naive gradient."""
     batch = random_batch(seed, pad_id)
     counts = (batch["labels"] != IGNORE_INDEX).sum(-1).clamp(min=1)
-    sequence_logps(model, **batch).mean.sum().backward()
+    sequence_logps(model, **batch, chunked=chunked).mean.sum().backward()
     ours = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
     expected, _ = naive_token_logps(model, **batch)

@@ -4,7 +4,9 @@
 step's synced train metrics (loss included) and the final weights are compared. Per-rank by design,
 and so excluded: ``train/reward_std`` (each rank's std) and the ``time/*`` metrics. GRPO's rollouts are
 scripted (``ScriptedBackend``): sampling is per-rank random, everything after it must match.
-``grpo_rm`` scores them with a reward model, which FSDP2 shards like the reference.
+``grpo_rm`` scores them with a reward model, which FSDP2 shards like the reference. Every log-prob
+goes through the chunked LM head (``lit_align.lm_head``, swapped into the sharded root's forward):
+no layout may have fallen back to full logits.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def test_two_processes_match_one(runs, algo, layout):
     single = torch.load(runs / f"{algo}_single.pt", weights_only=True)
     other = torch.load(runs / f"{algo}_{layout}.pt", weights_only=True)
     assert len(single["steps"]) == len(other["steps"]) == 3
+    assert single["plain_path"] == other["plain_path"] == [], (single["plain_path"], other["plain_path"])
     for step, (a, b) in enumerate(zip(single["steps"], other["steps"], strict=True), start=1):
         names = [k for k in a if not k.startswith(PER_RANK_BY_DESIGN)]
         assert "train/loss" in names and set(names) <= set(b), (step, sorted(set(names) - set(b)))

@@ -78,14 +78,18 @@ class ORPO(AlignmentModule):
 
 
 def orpo_logps(
-    model: nn.Module, batch: PreferenceBatch, pad_token_id: int, nll_on_prompt: bool = True
+    model: nn.Module,
+    batch: PreferenceBatch,
+    pad_token_id: int,
+    nll_on_prompt: bool = True,
+    chunked: bool | None = None,
 ) -> tuple[SequenceLogps, SequenceLogps, torch.Tensor, torch.Tensor]:
     """One forward over chosen + rejected giving both ORPO needs.
 
     Returns ``(chosen, rejected, nll_sum, nll_tokens)``: completion statistics per side, and per
     chosen row the summed NLL and its token count (B,). With ``nll_on_prompt`` the chosen rows are
     scored on every attention-mask position (logits for the whole sequence are then computed, where
-    completion-only scoring keeps only the completion's logits).
+    completion-only scoring keeps only the completion's logits). ``chunked``: see :func:`token_logps`.
     """
     joint = concatenate_pair(batch, pad_token_id)
     n = batch["chosen_input_ids"].shape[0]
@@ -96,7 +100,9 @@ def orpo_logps(
         labels = labels.clone()
         chosen_mask = joint["attention_mask"][:n].bool()
         labels[:n] = torch.where(chosen_mask, joint["input_ids"][:n], IGNORE_INDEX)
-    logps, scored, mean_logits, _ = token_logps(model, joint["input_ids"], joint["attention_mask"], labels)
+    logps, scored, mean_logits, _ = token_logps(
+        model, joint["input_ids"], joint["attention_mask"], labels, chunked=chunked
+    )
     num_tokens = completion.sum(-1)
     total = (logps * completion).sum(-1)
     stats = SequenceLogps(total, total / num_tokens.clamp(min=1), num_tokens, (mean_logits * completion).sum(-1))

@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.algorithms.base import AlignmentModule
 from lit_align.batches import SFTBatch
-from lit_align.logprobs import completion_logits, selective_log_softmax
+from lit_align.logprobs import completion_scores
 from lit_align.metrics import Value
 
 
@@ -41,19 +41,19 @@ class TokenStats:
 
 
 def token_stats(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    chunked: bool | None = None,
 ) -> TokenStats:
     """Summed NLL, token count and top-1 hits per sequence, from one forward pass.
 
-    The forward is :func:`lit_align.logprobs.completion_logits`, as in ``token_logps`` (only the logits
-    from the first trained position on); log-probs are taken chunk by chunk, never as a full
-    log-softmax; the argmax for the accuracy is taken under no_grad.
+    :func:`lit_align.logprobs.completion_scores`, as ``token_logps`` computes it (by default through the
+    chunked LM head: no (tokens x vocabulary) logits); the top-1 hits are detached.
     """
-    logits, targets, mask, _, _ = completion_logits(model, input_ids, attention_mask, labels)
-    logps = selective_log_softmax(logits, targets)[:, :-1]  # (B, K-1) fp32
-    with torch.no_grad():
-        correct = (logits[:, :-1].argmax(-1) == targets[:, :-1]) & mask
-    return TokenStats(-(logps * mask).sum(-1), mask.sum(-1), correct.sum(-1))
+    scores = completion_scores(model, input_ids, attention_mask, labels, with_accuracy=True, chunked=chunked)
+    return TokenStats(-scores.logps.sum(-1), scores.mask.sum(-1), scores.correct.sum(-1))
 
 
 class SFT(AlignmentModule):
