@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.datamodules.resumable import EpochRandomSampler, ResumableDataLoader
 from lit_align.datamodules.tokenize import DataError, TruncationMode, where
+from lit_align.hparams import save_plain_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class TokenizedDataModule(L.LightningDataModule):
         config_name: str | None = None,
     ) -> None:
         super().__init__()
+        save_plain_hyperparameters(self)  # a tokenizer object is left out
+        self._log_hyperparams = False  # AlignmentModule.on_fit_start logs them with the model's, as data/<option>
         if max_prompt_length is not None and max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be positive or None, got {max_prompt_length}")
         self.tokenizer_source = tokenizer

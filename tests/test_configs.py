@@ -85,4 +85,6 @@ def test_dpo_recipe_runs_end_to_end_on_tiny(tmp_path):
     resume = [*cmd, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--trainer.max_steps", "4"]
     out = subprocess.run(resume, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert torch.load(tmp_path / "runs/dpo/version_1/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+    # the resumed run continues its own version (its curves and checkpoints), it does not start version_1
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert not (tmp_path / "runs" / "dpo" / "version_1").exists()

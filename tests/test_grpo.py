@@ -92,7 +92,7 @@ def test_gradient_accumulation_invariance(tmp_path, aggregation, mask_truncated)
                            max_grad_norm=None)  # fmt: skip
         rollout = fixed_rollout(batch, module.tokenizer, 4, [1, 3, 7, 7, 2, 5, 7, 4])
         module.generate_samples = lambda *args, rollout=rollout: rollout
-        module._optimizer_step = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module))
+        module._optimizer_step = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module)) or {}
         if accumulation == "local":
             module._normalizer = lambda mask: None  # aggregate_loss's local default per micro-batch
         module.update(batch)

@@ -76,7 +76,7 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
         return advantages
 
     module.compute_advantages = probe
-    module._optimizer_step = lambda: recorded.update(grads(module))
+    module._optimizer_step = lambda: recorded.update(grads(module)) or {}
     out = module.update(batch)
 
     input_ids, attention_mask, labels = rollout.model_inputs()

@@ -118,6 +118,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("loss", "reward")  # the kl_penalty values allowed
     IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token", "sequence")  # likewise
     EXTRA_METRICS: ClassVar[tuple[str, ...]] = ()  # metric names an algorithm's hooks add
+    KEY_METRICS = ("reward", "kl")
     METRICS = ()  # built per instance from the reward functions (see __init__)
 
     def __init__(
@@ -158,7 +159,8 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
         kl = ("kl",) if self.use_kl else ()
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
-        names = (*self.reward_metric_names(), *clip, *kl, *self.EXTRA_METRICS, *times)
+        steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
+        names = (*self.reward_metric_names(), *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
         self.train_metrics = MetricGroup(names, "train/")
         self.val_metrics = MetricGroup(self.reward_metric_names(with_std=False), "val/", dist_sync_on_step=False)
 
@@ -190,6 +192,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         self.train_metrics.step(_to(values, self.device))
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
+        self.show_key_metrics(values)
         self.maybe_log_completions(self._rollouts, batch["prompt"], exp.rollout, exp.rewards_per_func)
         self._rollouts += 1
         return loss
@@ -243,7 +246,8 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
                         loss = self.skipped_loss()
                     self._backward(loss)
                     total += float(loss.detach())
-                self._optimizer_step()
+                for name, value in self._optimizer_step().items():
+                    stats[name].append((torch.tensor([value]), torch.ones(1)))
                 losses.append(total)
         values["time/generation"] = torch.tensor([t_generation])
         values["time/reward"] = torch.tensor([t_reward])
@@ -366,10 +370,12 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         else:
             loss.backward()
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> dict[str, float]:
+        """Clip, step the optimizer and the scheduler; returns the step's learning rate and gradient norm."""
         trainer = self._trainer is not None
         optimizer, scheduler = (self.optimizers(), self.lr_schedulers()) if trainer else self._standalone
         self.close_window(optimizer)  # a minibatch whose micro-batches were all non-finite moves nothing
+        statistics = self.step_statistics(optimizer)
         clip = self.hparams.max_grad_norm
         if clip and trainer:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
@@ -377,6 +383,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
             torch.nn.utils.clip_grad_norm_(self._trainable(), clip)
         optimizer.step()  # under a Trainer: counts one global_step
         scheduler.step()
+        return statistics
 
 
 def _to(values: dict[str, Any], device: torch.device) -> dict[str, Any]:
