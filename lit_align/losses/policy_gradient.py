@@ -1,8 +1,8 @@
 """Policy-gradient losses: advantages, clipped surrogate, value loss, KL estimators, aggregation.
 
 Pure functions for the online algorithms (GRPO, Dr. GRPO, DAPO, RLOO, ReMax, PPO). An algorithm
-composes them: rewards -> ``*_advantages`` -> ``clipped_surrogate`` (+ ``beta * kl_k3``) ->
-``aggregate_loss``.
+composes them: rewards -> ``*_advantages`` -> ``clipped_surrogate`` (+ ``beta * kl_k3_importance_weighted``
+or ``beta * kl_k3``) -> ``aggregate_loss``.
 
 Shapes: B sequences (B = prompts x G generations, prompt-major: the G completions of a prompt are
 contiguous, as TRL orders them), G = ``num_generations``, T = completion length (right-padded),
@@ -258,6 +258,37 @@ def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
     """
     log_ratio = ref_logps - logps
     return torch.exp(log_ratio) - log_ratio - 1
+
+
+def kl_k3_importance_weighted(logps: Tensor, ref_logps: Tensor, old_logps: Tensor) -> Tensor:
+    """k3 times the token's importance ratio: the KL term of DeepSeek-V3.2 (2025, "Unbiased KL Estimate",
+    https://arxiv.org/abs/2512.02556) and of TRL 1.16 GRPO with ``use_bias_correction_kl=True``, its default
+    (``GRPOTrainer._compute_loss``, l. 3100-3105).
+
+        kl_t = rho_t * k3_t,   rho_t = exp(logps_t - old_logps_t),
+        k3_t = r_t - 1 - log r_t,   r_t = exp(ref_t - logps_t)
+
+    Value: the tokens were sampled by pi_old, so rho_t k3_t estimates KL(pi || pi_ref) at the CURRENT policy
+    (E_{pi_old}[rho k3] = E_pi[k3]); on-policy rho_t = 1 and kl_t = k3_t.
+
+    Gradient: rho_t carries gradient even where its value is 1 (on-policy ``old_logps = logps.detach()``), so
+
+        d kl_t / d logps_t = rho_t (k3_t + 1 - r_t) = rho_t (logps_t - ref_t)
+
+    whose expectation over y_t ~ pi_old is the score-function gradient of the reverse KL(pi || pi_ref) the
+    objective names (per token, given the prefix). Plain :func:`kl_k3` has d k3_t / d logps_t = 1 - r_t, whose
+    expectation under pi is the gradient of the FORWARD KL(pi_ref || pi) instead (E_pi[(1 - r) grad log pi] =
+    -sum_y pi_ref grad log pi). The two agree in value on-policy and differ in gradient.
+
+    Args:
+        logps: (B, T) policy log-probs (with grad).
+        ref_logps: (B, T) reference log-probs.
+        old_logps: (B, T) log-probs of the policy that sampled (no grad); ``logps.detach()`` on-policy.
+
+    Returns:
+        (B, T) per-token KL term; mask it (or aggregate with a mask) like the surrogate.
+    """
+    return torch.exp(logps - old_logps) * kl_k3(logps, ref_logps)
 
 
 def aggregate_loss(
