@@ -301,7 +301,7 @@ def aggregate_loss(
     """Reduce a (B, T) per-token loss to a scalar; the one place loss normalization is decided.
 
     sequence_mean: sum_i [sum_t m_it l_it / sum_t m_it] / N,  N = B         (GRPO paper; TRL "grpo")
-    token_mean:    sum_it m_it l_it / N,                       N = sum m_it  (DAPO; TRL "bnpo", "dapo")
+    token_mean:    sum_it m_it l_it / N,                       N = sum m_it  (DAPO; TRL "dapo")
     constant:      sum_it m_it l_it / N,                       N = B * L     (Dr. GRPO; TRL "dr_grpo"),
                    L = ``max_completion_length``
 
@@ -309,7 +309,8 @@ def aggregate_loss(
     whole accumulation window (sequences, tokens, or window sequences x L); the micro-batch losses
     then sum to exactly the full-batch loss, in all three modes. With the local default N they
     do not (except for equal-size micro-batches in "sequence_mean"/"constant" divided by the number
-    of micro-batches, which is TRL's "grpo"/"dr_grpo" scaling). Under DDP, whose gradients are
+    of micro-batches, which is TRL's "grpo"/"dr_grpo" scaling; "token_mean" so divided is TRL's "bnpo",
+    which therefore changes with accumulation, and is not offered). Under DDP, whose gradients are
     averaged over ranks, pass global count / world size (TRL "dapo" does so with ``num_items_in_batch``).
 
     N is clamped to at least 1, so an all-zero mask gives 0, not NaN.
