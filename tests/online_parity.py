@@ -198,7 +198,7 @@ def run_trl(trainer, generation_batch: dict, states: list[dict[str, Tensor]], ac
             if not trainer.loss_is_scaled_for_ga:  # HF Trainer.training_step divides such losses
                 loss = loss / trainer.current_gradient_accumulation_steps
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
             tokens, rows = float(micro["completion_mask"].sum()), float(len(micro["completion_mask"]))
             for name, values in trainer._metrics["train"].items():
                 if len(values) > logged.get(name, 0):  # logged by this micro-batch: a token (RLOO clip: row) mean
