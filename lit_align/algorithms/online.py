@@ -6,7 +6,8 @@ Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
     2. rewards     weighted sum of the reward functions; a completion every function scores None is
                    unscorable: excluded from the statistics, advantage 0 (TRL's handling)
     3. log-probs   of the sampling policy ("old": only when ``num_iterations > 1`` or the KL is a reward
-                   penalty) and of the reference (only when ``beta > 0``), in :meth:`make_experience`
+                   penalty) and of the reference (only when ``beta > 0``), in :meth:`make_experience`, at the
+                   sampling temperature (see below)
     4. shaping     :meth:`shape_rewards`: where the KL goes (``kl_penalty``)
     5. advantages  :meth:`compute_advantages`: per sequence (B,) or per token (B, L); by default the
                    reward minus :meth:`baseline`
@@ -20,7 +21,8 @@ subclass overrides only what makes it that algorithm (ReMax: :meth:`baseline`; G
 :meth:`compute_advantages`). Two options choose among the built-in variants, and each algorithm lists
 the values it allows (``KL_PENALTIES``, ``IMPORTANCE_RATIOS``):
 
-    kl_penalty="loss"          + β·k3 per token in the loss (GRPO, DeepSeekMath eq. 3-4)
+    kl_penalty="loss"          + β·ρ_t·k3 per token in the loss (GRPO, DeepSeekMath eq. 3-4; ρ_t = π/π_old, the
+                               importance correction of DeepSeek-V3.2 and TRL 1.16, ``kl_importance_correction``)
     kl_penalty="reward"        − β·Σ_t k1 from each sequence's reward (RLOO, ReMax; REINFORCE-style)
     importance_ratio="token"   per-token ratio, clipped per token, aggregated by ``loss_aggregation``
     importance_ratio="sequence"  one ratio per sequence, exp(Σ_t log π − Σ_t log π_old) (TRL's RLOO)
@@ -31,8 +33,14 @@ join. ``beta > 0`` is decided once, at construction: it loads the reference and 
 Shapes: B = N x G rows, prompt-major; L completion length; ``loss_mask`` (B, L) is the completion
 mask, zeroed for truncated completions when ``mask_truncated_completions``.
 
-``entropy`` is the token-mean predictive entropy over the trained completion tokens, computed in the
-same chunked pass as the log-probs (no extra forward).
+Temperature: every training pass (policy, sampling policy, reference) scores the completions under
+softmax(logits / τ), τ = the sampling ``temperature``, as TRL 1.16 and verl do: the ratio, the KL and the
+entropy are then taken under the distribution the completions were drawn from (at τ ≠ 1 the plain
+softmax(logits) is a different policy). ``top_p`` / ``top_k`` truncation is NOT reflected in these
+log-probs (nor in TRL's or verl's): with either on, the sampling distribution is the truncated one.
+
+``entropy`` is the token-mean predictive entropy of softmax(logits / τ) over the trained completion tokens,
+computed in the same chunked pass as the log-probs (no extra forward).
 
 Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration;
 under DDP each rank normalizes its own groups (all G completions of a prompt live on one rank, so group
@@ -58,7 +66,14 @@ from lit_align.algorithms.rewarding import RewardMixin
 from lit_align.algorithms.sampling import SamplingMixin
 from lit_align.batches import PromptBatch
 from lit_align.logprobs import token_logps
-from lit_align.losses.policy_gradient import aggregate_loss, clipped_surrogate, kl_k1, kl_k3, masked_mean
+from lit_align.losses.policy_gradient import (
+    aggregate_loss,
+    clipped_surrogate,
+    kl_k1,
+    kl_k3,
+    kl_k3_importance_weighted,
+    masked_mean,
+)
 from lit_align.metrics import MetricGroup, weighted_mean
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.scoring import fill_unscorable, weighted_rewards
@@ -97,8 +112,12 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     Args:
         beta: β, weight of the KL to the reference (``kl_penalty`` says where it goes); 0 means no reference
             model at all.
-        kl_penalty: ``loss`` adds β·k3 per token to the loss; ``reward`` subtracts β·Σ_t k1 (under the
-            sampling policy) from each sequence's reward.
+        kl_penalty: ``loss`` adds β·k3 per token to the loss (times the ratio, see ``kl_importance_correction``);
+            ``reward`` subtracts β·Σ_t k1 (under the sampling policy) from each sequence's reward.
+        kl_importance_correction: with ``kl_penalty="loss"``, the per-token KL term is ρ_t·k3_t, ρ_t = π/π_old
+            (TRL 1.16's ``use_bias_correction_kl``, on by default there too): its gradient is that of KL(π‖π_ref),
+            and it differs from plain k3's even on-policy, where ρ_t = 1 in value. ``False``: plain k3, whose
+            gradient follows the forward KL(π_ref‖π). No effect with ``kl_penalty="reward"``.
         importance_ratio: ``token`` (a ratio and clip per token) or ``sequence`` (one ratio per sequence of
             the summed log-probs).
         num_generations: G, completions sampled per prompt.
@@ -126,6 +145,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         *,
         beta: float = 0.0,
         kl_penalty: KLPenalty = "loss",
+        kl_importance_correction: bool = True,
         importance_ratio: ImportanceRatio = "token",
         num_generations: int = 8,
         num_iterations: int = 1,
@@ -147,6 +167,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         self.automatic_optimization = False
         self.beta, self.use_kl = beta, beta > 0  # decided once: a reference, the KL passes and the kl metric
         self.kl_penalty, self.importance_ratio = kl_penalty, importance_ratio
+        self.kl_importance_correction = kl_importance_correction
         self.num_generations, self.num_iterations = num_generations, num_iterations
         self.num_minibatches, self.gradient_accumulation_steps = num_minibatches, gradient_accumulation_steps
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
@@ -295,14 +316,16 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         return rewards if baseline is None else rewards - baseline
 
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
-        """The clipped-surrogate loss of micro-batch ``rows`` (+ β·k3 per token with ``kl_penalty="loss"``),
-        divided by the minibatch ``normalizer``."""
+        """The clipped-surrogate loss of micro-batch ``rows`` (+ β·ρ·k3 or β·k3 per token with
+        ``kl_penalty="loss"``), divided by the minibatch ``normalizer``; log-probs at the sampling temperature."""
         input_ids, attention_mask, labels = exp.rollout.model_inputs(rows)
         prompt_len = exp.rollout.prompt_input_ids.shape[1]
-        out = token_logps(self.policy, input_ids, attention_mask, labels, with_entropy=True)
+        out = token_logps(
+            self.policy, input_ids, attention_mask, labels, with_entropy=True, temperature=self.temperature
+        )
         logps, entropy = out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
         mask, advantages = exp.loss_mask[rows], exp.advantages[rows]
-        stats["entropy"].append((masked_mean(entropy, mask).reshape(1), mask.sum().reshape(1).float()))
+        stats["entropy"].append((masked_mean(entropy.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
         # On-policy the sampling policy IS the live one: ratio 1, same gradient, no extra pass.
         old_logps = logps.detach() if exp.old_logps is None else exp.old_logps[rows]
         clip = self.epsilon, self.epsilon_high
@@ -314,7 +337,10 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         else:
             per_token, low, high = clipped_surrogate(logps, old_logps, advantages, mask, *clip)
             if self.use_kl and self.kl_penalty == "loss":  # k3 KL to the reference, per token in the loss
-                token_kl = kl_k3(logps, exp.ref_logps[rows])
+                if self.kl_importance_correction:  # ρ·k3: the ratio's gradient counts even where ρ = 1
+                    token_kl = kl_k3_importance_weighted(logps, exp.ref_logps[rows], old_logps)
+                else:
+                    token_kl = kl_k3(logps, exp.ref_logps[rows])
                 per_token = per_token + self.beta * token_kl
                 stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
             loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.max_new_tokens, normalizer)
@@ -357,7 +383,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         parts = []
         rows_per_pass = math.ceil(len(rollout) / (self.num_minibatches * self.gradient_accumulation_steps))
         for rows in torch.arange(len(rollout), device=self.device).split(rows_per_pass):
-            parts.append(token_logps(model, *rollout.model_inputs(rows))[0][:, P:])
+            parts.append(token_logps(model, *rollout.model_inputs(rows), temperature=self.temperature).logps[:, P:])
         return torch.cat(parts)
 
     def _zero_grad(self) -> None:
