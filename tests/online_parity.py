@@ -125,7 +125,7 @@ def run_lit_align(module: OnlinePolicyGradient, fx: Fixture) -> Run:
         state = {k: v.clone() for k, v in module.policy.state_dict().items()}
         steps.append(Step(sum(micro), grads, state))
         micro.clear()
-        optimizer_step()
+        return optimizer_step()
 
     module.policy_loss, module._optimizer_step = recording_loss, recording_step
     metrics = module.update(fx.batch)

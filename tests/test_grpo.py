@@ -234,7 +234,7 @@ def test_kl_importance_correction_changes_the_gradient_not_the_value(tmp_path):
                            max_grad_norm=None, temperature=0.7)  # fmt: skip
         rollout = fixed_rollout(batch, module.tokenizer, 4, [2, 3, 4, 6, 1, 6, 5, 8])
         module.generate_samples = lambda *args, rollout=rollout: rollout
-        module._optimizer_step = lambda module=module, key=correction: recorded.__setitem__(key, grads(module))
+        module._optimizer_step = lambda module=module, key=correction: recorded.__setitem__(key, grads(module)) or {}
         losses[correction] = module.update(batch)["loss"]
     assert losses[True] == pytest.approx(losses[False], abs=1e-6)
 

@@ -209,11 +209,10 @@ class AlignmentModule(L.LightningModule):
     def update(self, batch: dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
         """One optimization step outside a Trainer; returns the loss and metric values as floats.
 
-        The optimizer and scheduler are created on the first call (scheduler horizon ``total_steps``).
+        The optimizer is :meth:`standalone_optimizer`'s: after ``Trainer.fit``, the fit's own optimizer and schedule
+        continued; otherwise AdamW and the schedule built on the first call (horizon ``total_steps``).
         """
-        if self._standalone is None:
-            self._standalone = self._optimizer_and_scheduler(total_steps)
-        optimizer, scheduler = self._standalone
+        optimizer, scheduler = self.standalone_optimizer(total_steps)
         self._window = [0, 0]
         self.train()
         device = next(self.policy.parameters()).device
@@ -229,6 +228,23 @@ class AlignmentModule(L.LightningModule):
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss.detach()), **{name: weighted_mean(value) for name, value in values.items()}}
+
+    def standalone_optimizer(self, total_steps: int | float | None) -> tuple[torch.optim.Optimizer, Any]:
+        """The (optimizer, scheduler) of :meth:`update`: after ``Trainer.fit`` the fit's, whose moments and
+        schedule position continue where training stopped (not a fresh AdamW at the first warmup step); without a
+        Trainer, new ones on the first call, with a schedule horizon of ``total_steps`` optimizer steps."""
+        if self._standalone is None:
+            trainer = self._trainer
+            if trainer is not None and trainer.optimizers:
+                configs = trainer.lr_scheduler_configs
+                self._standalone = (trainer.optimizers[0], configs[0].scheduler if configs else _NoSchedule())
+            else:
+                self._standalone = self._optimizer_and_scheduler(total_steps)
+        return self._standalone
+
+    def in_fit(self) -> bool:
+        """Whether a Trainer is running this module's training loop now (``update`` after fit is not)."""
+        return self._trainer is not None and self.trainer.training
 
     # -- helpers --------------------------------------------------------------------------------
     def _trainable(self) -> list[nn.Parameter]:
@@ -328,3 +344,10 @@ def _batch_size(batch: dict[str, Any]) -> int:
         if torch.is_tensor(value):
             return value.shape[0]
     return 1
+
+
+class _NoSchedule:
+    """A fit without a scheduler: ``update`` steps nothing."""
+
+    def step(self) -> None:
+        pass

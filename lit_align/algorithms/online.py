@@ -77,7 +77,7 @@ from lit_align.losses.policy_gradient import (
 from lit_align.metrics import MetricGroup, weighted_mean
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.scoring import fill_unscorable, weighted_rewards
-from lit_align.rollout import Rollout
+from lit_align.rollout import Rollout, completion_mask_until_eos
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 KLPenalty = Literal["loss", "reward"]
@@ -236,16 +236,23 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     def rl_step(self, batch: PromptBatch) -> tuple[Tensor, dict[str, Any], Experience]:
         """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience."""
         start = time.perf_counter()
-        rollout = self.generate_samples(batch["prompt_input_ids"], batch["prompt_attention_mask"])
-        t_generation = time.perf_counter() - start
-        start = time.perf_counter()
-        rewards_per_func = self.score(batch, rollout)  # (B, F), NaN = not applicable
-        values = self.reward_values(rewards_per_func, rollout, with_std=True)
-        t_reward = time.perf_counter() - start
+        if "rewards" in batch:  # a rollout made outside: completions, rewards and sampling log-probs given
+            rollout, rewards_per_func, values = self.given_rollout(batch)
+            t_generation = t_reward = 0.0
+        else:
+            # The sampling policy's log-probs are recorded with the samples when the updates need them.
+            rollout = self.generate_samples(batch["prompt_input_ids"], batch["prompt_attention_mask"],
+                                            self.needs_old_logps)  # fmt: skip
+            t_generation = time.perf_counter() - start
+            start = time.perf_counter()
+            rewards_per_func = self.score(batch, rollout)  # (B, F), NaN = not applicable
+            values = self.reward_values(rewards_per_func, rollout, with_std=True)
+            t_reward = time.perf_counter() - start
 
         start = time.perf_counter()
         exp = self.make_experience(batch, rollout, rewards_per_func)
-        rewards = weighted_rewards(rewards_per_func.to(self.device), self.reward_weights)  # (B,), NaN: unscorable
+        weights = self.reward_weights if rewards_per_func.shape[1] == len(self.reward_names) else None
+        rewards = weighted_rewards(rewards_per_func.to(self.device), weights)  # (B,), NaN: unscorable
         rewards = self.shape_rewards(rewards, exp)
         t_logps = time.perf_counter() - start
         advantages = self.compute_advantages(rewards, exp)  # ReMax times its greedy decode itself
@@ -282,7 +289,9 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         loss_mask = rollout.completion_mask.clone()  # (B, L)
         if self.mask_truncated_completions:
             loss_mask[rollout.is_truncated] = 0
-        old_logps = self._no_grad_logps(rollout, self.policy) if self.needs_old_logps else None
+        old_logps = rollout.logps
+        if old_logps is None and self.needs_old_logps:
+            old_logps = self._no_grad_logps(rollout, self.policy)
         ref_logps = None
         if self.use_kl:
             ref_logps = self.reference_forward(lambda ref: self._no_grad_logps(rollout, ref))
@@ -350,15 +359,73 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         return loss
 
     # -- rollouts --------------------------------------------------------------------------------
-    def generate_samples(self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor) -> Rollout:
-        """``num_generations`` sampled completions per prompt (prompt-major), without grad."""
-        return self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations)
+    def generate_samples(
+        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, with_logps: bool = True
+    ) -> Rollout:
+        """``num_generations`` sampled completions per prompt (prompt-major), without grad.
+
+        ``samples, log_probs = module.generate_samples(prompt_ids, prompt_mask)`` unpacks the rollout into the
+        sequences (prompt + completion) and the completion tokens' log-probs under the sampling policy (at the
+        sampling temperature; one extra no-grad forward, skipped with ``with_logps=False``). Together with the
+        rewards they make the batch :meth:`update` takes.
+        """
+        rollout = self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations)
+        if with_logps:
+            rollout.logps = self._no_grad_logps(rollout, self.policy) * rollout.completion_mask
+        return rollout
+
+    def given_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, Tensor, dict[str, Any]]:
+        """A rollout made outside the module, as :meth:`update` takes it (the seed interface):
+
+            ``input_ids``      (B, P + L) sequences: prompt (left-padded) then completion (right-padded),
+                               B = prompts x ``num_generations``, prompt-major; what ``generate_samples`` returns
+            ``rewards``        (B,) the task reward of each completion (NaN: unscorable)
+            ``old_log_probs``  (B, L) the completion tokens' log-probs under the sampling policy
+            ``attention_mask`` optional (B, P + L); by default the prompt starts at its first non-pad token and the
+                               completion ends at its first EOS
+        Any other column (e.g. ``prompt``, ``answer``: one entry per prompt) passes to ReMax's greedy baseline.
+        """
+        input_ids, logps = batch["input_ids"], batch["old_log_probs"].float()
+        L = logps.shape[1]
+        P = input_ids.shape[1] - L
+        rewards = torch.as_tensor(batch["rewards"], dtype=torch.float, device=input_ids.device)
+        if P < 1 or rewards.shape != (input_ids.shape[0],) or input_ids.shape[0] % self.num_generations:
+            raise ValueError(
+                f"update() with a rollout batch expects input_ids (B, P + L), old_log_probs (B, L) and rewards (B,) "
+                f"with B a multiple of num_generations={self.num_generations}; got input_ids "
+                f"{tuple(input_ids.shape)}, old_log_probs {tuple(logps.shape)}, rewards {tuple(rewards.shape)}"
+            )
+        prompt_ids, completion_ids = input_ids[:, :P], input_ids[:, P:]
+        if "attention_mask" in batch:
+            prompt_mask, completion_mask = batch["attention_mask"][:, :P], batch["attention_mask"][:, P:]
+            is_truncated = completion_mask[:, -1].bool()
+        else:
+            pad = self.tokenizer.pad_token_id
+            prompt_mask = (prompt_ids != pad).long().cummax(dim=1).values  # left padding: from the first real token
+            completion_mask, is_truncated = completion_mask_until_eos(completion_ids, self.backend.eos_ids(self.policy))
+        completion_mask = completion_mask.long()
+        lengths = completion_mask.sum(1)
+        rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, is_truncated,
+                          self.num_generations, logps * completion_mask)  # fmt: skip
+        G = self.num_generations
+        batch.setdefault("prompt_input_ids", prompt_ids[::G])
+        batch.setdefault("prompt_attention_mask", prompt_mask[::G])
+        scorable = ~rewards.isnan()
+        values = {"reward": (rewards.nan_to_num(0.0), scorable.float()), "completions/mean_length": lengths.float(),
+                  "completions/clipped_ratio": is_truncated.float()}  # fmt: skip
+        return rollout, rewards.unsqueeze(1), values
 
     # -- optimization plumbing (Trainer or standalone) -------------------------------------------------
-    def update(self, batch: PromptBatch, total_steps: int = 1000) -> dict[str, float]:
-        """One rollout and its ``num_iterations x num_minibatches`` optimizer steps outside a Trainer."""
-        if self._standalone is None:
-            self._standalone = self._optimizer_and_scheduler(total_steps)
+    def update(self, batch: PromptBatch | dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
+        """One rollout and its ``num_iterations x num_minibatches`` optimizer steps outside a Trainer.
+
+        ``batch`` is a prompt batch (the module samples and scores), or a rollout made outside: ``{"input_ids",
+        "rewards", "old_log_probs"}`` (see :meth:`given_rollout`). The optimizer is the one of
+        :meth:`~lit_align.algorithms.base.AlignmentModule.update`: the fit's, continued, after ``Trainer.fit``.
+        """
+        self.standalone_optimizer(total_steps)
         self.train()
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, values, _ = self.rl_step(batch)
@@ -387,18 +454,18 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         return torch.cat(parts)
 
     def _zero_grad(self) -> None:
-        optimizer = self.optimizers() if self._trainer is not None else self._standalone[0]
+        optimizer = self.optimizers() if self.in_fit() else self._standalone[0]
         optimizer.zero_grad(set_to_none=True)
 
     def _backward(self, loss: Tensor) -> None:
-        if self._trainer is not None:
+        if self.in_fit():
             self.manual_backward(loss)  # under DDP this re-arms the reducer: gradients are all-reduced
         else:
             loss.backward()
 
     def _optimizer_step(self) -> dict[str, float]:
         """Clip, step the optimizer and the scheduler; returns the step's learning rate and gradient norm."""
-        trainer = self._trainer is not None
+        trainer = self.in_fit()
         optimizer, scheduler = (self.optimizers(), self.lr_schedulers()) if trainer else self._standalone
         self.close_window(optimizer)  # a minibatch whose micro-batches were all non-finite moves nothing
         statistics = self.step_statistics(optimizer)
