@@ -1,0 +1,125 @@
+"""The rows bench/compare.py gives both sides: same rows, same order, nothing dropped or cut differently.
+
+For each algorithm the rows are read from a real dataset in ``../shared/data`` (or the project's demo files with
+``--data demo``), put into the format both libraries read (plain-text or chat prompt/chosen/rejected, prompt/
+completion/label, chat prompt/completion, chat prompt + answer), filtered to rows whose prompt alone leaves room
+for a completion within ``max_length`` (TRL 1.16 drops the others silently, lit-align raises), and cut to exactly
+``steps x batch`` rows: one epoch is the timed run.
+
+lit-align's DataModules shuffle by (seed, epoch); TRL is run with sequential sampling on the rows in the order
+lit-align's own sampler draws them (read from the DataModule, not re-implemented), so step k of both sides is the
+same batch. compare.py then checks it on the batches both sides actually build (token counts and digests).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SAMPLES = REPO / "datamodules" / "samples"
+
+# algorithm -> (real data under ../shared/data, demo file under datamodules/samples)
+SOURCES = {
+    "dpo": ("hh_rlhf_harmless_base_test/harmless_base_test_prompt_chosen_rejected.jsonl", "preference_demo.jsonl"),
+    "kto": ("hh_rlhf_harmless_base_test/harmless_base_test_kto_unpaired.jsonl", "binary_demo.jsonl"),
+    "sft": ("dolly_sample/dolly_sample.jsonl", "sft_demo.jsonl"),
+    "grpo": (None, "arithmetic_prompts.jsonl"),  # the project's arithmetic word problems, either way
+}
+
+
+def family(algo: str) -> str:
+    return "dpo" if algo == "dpo_cached" else algo
+
+
+def source_file(algo: str, data: str) -> Path:
+    real, demo = SOURCES[family(algo)]
+    if data == "shared" and real is not None:
+        return SHARED / real
+    return SAMPLES / demo
+
+
+def convert(algo: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One source row in the format both sides read (extra columns such as ids are left out)."""
+    algo = family(algo)
+    if algo == "dpo":
+        return {k: row[k] for k in ("prompt", "chosen", "rejected")}
+    if algo == "kto":
+        return {"prompt": row["prompt"], "completion": row["completion"], "label": bool(row["label"])}
+    if algo == "sft":
+        if "instruction" in row:  # dolly: instruction (+ context) -> user turn, response -> assistant turn
+            user = row["instruction"] + (f"\n\n{row['context']}" if row.get("context") else "")
+            return {
+                "prompt": [{"role": "user", "content": user}],
+                "completion": [{"role": "assistant", "content": row["response"]}],
+            }
+        return {"prompt": row["prompt"], "completion": row["completion"]}
+    return {"prompt": row["prompt"], "answer": row["answer"]}
+
+
+def prompt_length(tokenizer, prompt: Any) -> int:
+    if isinstance(prompt, list):
+        out = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
+        return len(out["input_ids"] if hasattr(out, "keys") else out)
+    return len(tokenizer(prompt)["input_ids"])
+
+
+def select_rows(algo: str, source: Path, tokenizer, count: int, max_length: int) -> list[dict[str, Any]]:
+    """The first ``count`` rows of ``source`` whose prompt leaves room for a completion within ``max_length``."""
+    rows = []
+    with source.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = convert(algo, json.loads(line))
+            if family(algo) == "grpo" or prompt_length(tokenizer, row["prompt"]) < max_length:
+                rows.append(row)
+            if len(rows) == count:
+                return rows
+    raise SystemExit(f"{source}: only {len(rows)} usable rows, {count} needed (fewer --steps or --batch-size)")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def lit_align_order(algo: str, path: Path, model_dir: str, batch_size: int, max_length: int, seed: int) -> list[int]:
+    """The row order lit-align's DataModule trains on in epoch 0, from its own sampler; checks nothing is dropped."""
+    from datamodules import BinaryFeedbackDataModule, PreferenceDataModule, PromptDataModule, SFTDataModule
+
+    common = {"tokenizer": model_dir, "data_path": str(path), "val_size": 0, "batch_size": batch_size, "seed": seed}
+    algo = family(algo)
+    if algo == "dpo":
+        dm = PreferenceDataModule(**common, max_length=max_length, max_prompt_length=None)
+    elif algo == "kto":
+        dm = BinaryFeedbackDataModule(**common, max_length=max_length, max_prompt_length=None)
+    elif algo == "sft":
+        dm = SFTDataModule(**common, format="prompt_completion", max_length=max_length)
+    else:
+        dm = PromptDataModule(**common, max_prompt_length=None)
+    dm.setup("fit")
+    dropped = {k: v for k, v in dm.stats.items() if "dropped" in k}
+    if dropped:
+        raise SystemExit(f"{path}: lit-align drops rows ({dropped}); the sides would not see the same data")
+    sampler = dm.train_dataloader().sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(0)
+    return list(iter(sampler))
+
+
+def prepare(
+    algo: str, data: str, workdir: Path, tokenizer, model_dir: str, count: int, batch_size: int, max_length: int,
+    seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Write ``<algo>_ours.jsonl`` (file order) and ``<algo>_trl.jsonl`` (lit-align's training order)."""
+    source = source_file(algo, data)
+    rows = select_rows(algo, source, tokenizer, count, max_length)
+    ours = write_jsonl(workdir / f"{family(algo)}_ours.jsonl", rows)
+    order = lit_align_order(algo, ours, model_dir, batch_size, max_length, seed)
+    if sorted(order) != list(range(count)):
+        raise SystemExit(f"lit-align's sampler drew {len(order)} rows, expected a permutation of {count}")
+    trl = write_jsonl(workdir / f"{family(algo)}_trl.jsonl", [rows[i] for i in order])
+    return {"source": str(source), "rows": count, "ours": str(ours), "trl": str(trl)}
