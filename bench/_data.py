@@ -2,9 +2,9 @@
 
 For each algorithm the rows are read from a real dataset in ``../shared/data`` (or the project's demo files with
 ``--data demo``), put into the format both libraries read (plain-text or chat prompt/chosen/rejected, prompt/
-completion/label, chat prompt/completion, chat prompt + answer), filtered to rows whose prompt alone leaves room
-for a completion within ``max_length`` (TRL 1.16 drops the others silently, lit-align raises), and cut to exactly
-``steps x batch`` rows: one epoch is the timed run.
+completion/label, chat prompt/completion, chat prompt + answer), filtered to rows both sides keep (see ``fits``:
+TRL 1.16 silently drops a row whose prompt fills ``max_length``, lit-align raises; KTO rows must fit whole), and
+cut to exactly ``steps x batch`` rows: one epoch is the timed run.
 
 lit-align's DataModules shuffle by (seed, epoch); TRL is run with sequential sampling on the rows in the order
 lit-align's own sampler draws them (read from the DataModule, not re-implemented), so step k of both sides is the
@@ -66,15 +66,32 @@ def prompt_length(tokenizer, prompt: Any) -> int:
     return len(tokenizer(prompt)["input_ids"])
 
 
+def fits(algo: str, row: dict[str, Any], tokenizer, max_length: int) -> bool:
+    """Whether both sides keep the row: its prompt leaves room for a completion within ``max_length``.
+
+    KTO rows must fit untruncated: when a completion is cut, the two libraries pair different KL tokens (TRL
+    builds prompt i + the FULL completion i-1, then cuts to ``max_length``; lit-align's DataModule starts from
+    completion i-1 as already cut to fit prompt i-1), so the sides would not do the same work.
+    """
+    if family(algo) == "grpo":
+        return True
+    if family(algo) != "kto":
+        return prompt_length(tokenizer, row["prompt"]) < max_length
+    from datamodules.tokenize import tokenize_prompt_completions
+
+    prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, row["prompt"], [row["completion"]], "")
+    return len(prompt_ids) + len(completion_ids) <= max_length
+
+
 def select_rows(algo: str, source: Path, tokenizer, count: int, max_length: int) -> list[dict[str, Any]]:
-    """The first ``count`` rows of ``source`` whose prompt leaves room for a completion within ``max_length``."""
+    """The first ``count`` rows of ``source`` that both sides keep (see :func:`fits`)."""
     rows = []
     with source.open(encoding="utf-8") as f:
         for line in f:
             if not line.strip():
                 continue
             row = convert(algo, json.loads(line))
-            if family(algo) == "grpo" or prompt_length(tokenizer, row["prompt"]) < max_length:
+            if fits(algo, row, tokenizer, max_length):
                 rows.append(row)
             if len(rows) == count:
                 return rows

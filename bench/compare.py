@@ -299,8 +299,8 @@ def print_profile(result: dict[str, Any], peak: dict[str, Any], label: str) -> N
     print(f"\n# torch.profiler, {label}: step 2 (after the warm-up step), top ops by self CPU time")
     print(report["table"])
     step, total = report["step_s"], report["total_self_cpu_s"]
-    print(f"step wall time under the profiler {step:.2f} s; self CPU time of all ops {total:.2f} s "
-          f"(more than the wall time when several threads work at once)")  # fmt: skip
+    print(f"step wall time under the profiler {step:.2f} s; self CPU time of all ops {total:.2f} s (an op's time is "
+          f"its wall time on the calling thread, its intra-op threads included)")  # fmt: skip
     print("self CPU time by kind of work:")
     for group, seconds in report["self_cpu_s"].items():
         print(f"  {seconds:8.3f} s  {seconds / total:6.1%}  {group}")
@@ -310,8 +310,8 @@ def print_profile(result: dict[str, Any], peak: dict[str, Any], label: str) -> N
     if report["gemm_s"] > 0:
         inside = report["gemm_flops"] / report["gemm_s"]
         fp32 = peak["fp32"]["best_flops"]
-        print(f"GEMM ops ran at {inside / 1e9:.1f} GFLOP/s of self CPU time = {inside / fp32:.0%} of the measured fp32 "
-              f"peak ({fp32 / 1e9:.1f} GFLOP/s); GEMM FLOPs of the step {report['gemm_flops'] / 1e9:.1f} G, "
+        print(f"GEMM ops ran at {inside / 1e9:.1f} GFLOP/s of their own time = {inside / fp32:.0%} of the measured "
+              f"fp32 peak ({fp32 / 1e9:.1f} GFLOP/s); GEMM FLOPs of the step {report['gemm_flops'] / 1e9:.1f} G, "
               f"{report['gemm_flops'] / step / fp32:.0%} of peak over the step's wall time")  # fmt: skip
 
 

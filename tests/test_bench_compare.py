@@ -120,3 +120,13 @@ def test_quick_settings_and_bad_arguments():
         compare.parse_args(["--algos", "ppo"])
     with pytest.raises(SystemExit):
         compare.parse_args(["--steps", "1"])
+
+
+def test_kto_rows_must_fit_untruncated(tiny_tokenizer):
+    """A row whose completion would be cut is kept for DPO/SFT (both sides cut it alike) but not for KTO."""
+    row = {"prompt": "Q: hi?", "completion": "A: " + "x" * 50, "label": True}
+    pair = {"prompt": "Q: hi?", "chosen": "A: " + "x" * 50, "rejected": "no"}
+    assert _data.fits("kto", row, tiny_tokenizer, max_length=200)
+    assert not _data.fits("kto", row, tiny_tokenizer, max_length=20)
+    assert _data.fits("dpo", pair, tiny_tokenizer, max_length=20)
+    assert not _data.fits("dpo", pair, tiny_tokenizer, max_length=6)  # the prompt alone fills it
