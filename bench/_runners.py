@@ -73,6 +73,9 @@ class Steps:
 
     def end(self) -> None:
         self.ends.append(time.perf_counter())
+        n = len(self.ends)
+        took = f"{self.ends[-1] - self.ends[-2]:.2f} s" if n > 1 else "warm-up, not timed"
+        print(f"step {n}: {took}", flush=True)  # progress in the run's log
         if len(self.updates) < len(self.ends):  # no mark this step: count nothing as update
             self.updates.append(self.ends[-1])
         if self._profiler is not None and len(self.ends) == 2:
