@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import sys
 import time
 import traceback
@@ -386,7 +387,7 @@ def main() -> None:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
     steps, notes = Steps(profile=spec.get("profile", False)), []
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()
     result: dict[str, Any] = {"side": spec["side"], "algo": spec["algo"], "ok": False}
     try:
         runner = run_ours if spec["side"] == "ours" else run_trl
@@ -402,6 +403,7 @@ def main() -> None:
             "startup_s": (steps.begins[0] - start) if steps.begins else None,
             "wall_s": time.perf_counter() - start,
             "threads": torch.get_num_threads(),
+            "load": [round(x, 2) for x in (*load_start, *os.getloadavg())],  # 1/5/15 min at start, then at end
             "notes": notes,
         }
     )

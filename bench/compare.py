@@ -114,6 +114,16 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def busy_warning(load_avg: list[float], cores: int, own: int = 0) -> str | None:
+    """A warning when other jobs add more than half the cores' worth of load (``own``: this benchmark's threads)."""
+    if load_avg[0] <= own + cores / 2:
+        return None
+    return (
+        f"WARNING: 1-min load {load_avg[0]} on {cores} cores: other jobs compete for the CPU, so step times and their "
+        "ratios are unreliable (peak memory is not affected); take the numbers on a quiet machine"
+    )
+
+
 def gemm_peak(dtype_name: str, n: int = 2048, min_seconds: float = 1.0, min_reps: int = 3) -> dict[str, float]:
     """FLOP/s of an n x n x n matmul in this process: best of the repetitions after one warm-up."""
     import torch
@@ -320,6 +330,8 @@ def header(args, info: dict[str, Any], model_dir: str, peak: dict[str, Any]) -> 
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {info['memory_gib']} GiB, "
           f"torch {info['torch']} with {info['torch_threads']} threads")  # fmt: skip
     print(f"load average (1/5/15 min) at start: {info['load_start']}")
+    if warning := busy_warning(info["load_start"], info["usable_cores"]):
+        print(warning)
     print(f"model: {model_dir} (fp32, no gradient checkpointing; {info['dropout']})")
     print(f"settings: {args.steps} steps per run (first = warm-up, not timed), {args.repeats} repeats per side "
           f"(medians), batch {args.batch_size}, max_length {args.max_length} (no separate prompt limit: TRL 1.16 has "
@@ -451,6 +463,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {note}")
     print("GEMM peak at end: " + ", ".join(f"{k} {v['best_flops'] / 1e9:.1f} GFLOP/s" for k, v in peak_end.items()))
     print(f"load average (1/5/15 min) at end: {info['load_end']} (at start: {info['load_start']})")
+    busiest = max((r["load"][3] for sides in runs.values() for rs in sides.values() for r in rs if "load" in r),
+                  default=info["load_end"][0])  # fmt: skip
+    if warning := busy_warning([max(busiest, info["load_end"][0])], info["usable_cores"], info["torch_threads"]):
+        print(warning)
     out = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info, "model": model_dir,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -130,3 +130,11 @@ def test_kto_rows_must_fit_untruncated(tiny_tokenizer):
     assert not _data.fits("kto", row, tiny_tokenizer, max_length=20)
     assert _data.fits("dpo", pair, tiny_tokenizer, max_length=20)
     assert not _data.fits("dpo", pair, tiny_tokenizer, max_length=6)  # the prompt alone fills it
+
+
+def test_busy_machine_warning():
+    """Other jobs' load above half the cores warns; the benchmark's own threads do not count against it."""
+    assert compare.busy_warning([0.9], cores=2) is None
+    assert "WARNING" in compare.busy_warning([1.5], cores=2)
+    assert compare.busy_warning([2.8], cores=2, own=2) is None
+    assert "WARNING" in compare.busy_warning([5.0], cores=2, own=2)
