@@ -40,6 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "_runners.py"
 ALGOS = ("dpo", "dpo_cached", "kto", "sft", "grpo")
+MIB = 2**20
 QUICK = {"steps": 3, "repeats": 1, "max_length": 128, "batch_size": 2, "num_generations": 2, "max_new_tokens": 8}
 
 
@@ -228,7 +229,7 @@ def run_summary(algo: str, side: str, run: dict[str, Any], peak_flops: float) ->
         "tokens_per_s": statistics.median(b["trained_tokens"] / s for b, s in zip(batches, times, strict=True)),
         "flops": statistics.median(flops),
         "peak_fraction": statistics.median(flops) / peak_flops,
-        "peak_rss_gb": run["peak_rss_mb"] / 1024,
+        "peak_rss_gb": run["peak_rss_mb"] * MIB / 1e9,  # decimal GB, as the targets are stated
         "startup_s": run["startup_s"],
     }
 
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs[algo][side].append(result)
                 if result.get("ok"):
                     print(f"[{done}/{total}] {label}: {statistics.median(result['step_s']):.2f} s/step, peak "
-                          f"{result['peak_rss_mb'] / 1024:.2f} GB, startup {result['startup_s']:.0f} s, "
+                          f"{result['peak_rss_mb'] * MIB / 1e9:.2f} GB, startup {result['startup_s']:.0f} s, "
                           f"load {load()}", flush=True)  # fmt: skip
                 for note in result.get("notes", []):
                     if note not in notes:
