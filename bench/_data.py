@@ -103,39 +103,31 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def lit_align_order(algo: str, path: Path, model_dir: str, batch_size: int, max_length: int, seed: int) -> list[int]:
-    """The row order lit-align's DataModule trains on in epoch 0, from its own sampler; checks nothing is dropped."""
-    from datamodules import BinaryFeedbackDataModule, PreferenceDataModule, PromptDataModule, SFTDataModule
+def lit_align_order(spec: dict[str, Any]) -> list[int]:
+    """The row order lit-align's DataModule trains on in epoch 0, read from its own sampler (built as the run builds
+    it, ``padding_free`` included when asked for and available); checks that no row is dropped."""
+    from bench._runners import build_datamodule
 
-    common = {"tokenizer": model_dir, "data_path": str(path), "val_size": 0, "batch_size": batch_size, "seed": seed}
-    algo = family(algo)
-    if algo == "dpo":
-        dm = PreferenceDataModule(**common, max_length=max_length, max_prompt_length=None)
-    elif algo == "kto":
-        dm = BinaryFeedbackDataModule(**common, max_length=max_length, max_prompt_length=None)
-    elif algo == "sft":
-        dm = SFTDataModule(**common, format="prompt_completion", max_length=max_length)
-    else:
-        dm = PromptDataModule(**common, max_prompt_length=None)
+    dm = build_datamodule(spec, notes=[], used={})
     dm.setup("fit")
     dropped = {k: v for k, v in dm.stats.items() if "dropped" in k}
     if dropped:
-        raise SystemExit(f"{path}: lit-align drops rows ({dropped}); the sides would not see the same data")
+        raise SystemExit(f"{spec['rows']}: lit-align drops rows ({dropped}); the sides would not see the same data")
     sampler = dm.train_dataloader().sampler
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(0)
     return list(iter(sampler))
 
 
-def prepare(
-    algo: str, data: str, workdir: Path, tokenizer, model_dir: str, count: int, batch_size: int, max_length: int,
-    seed: int,
-) -> dict[str, Any]:  # fmt: skip
-    """Write ``<algo>_ours.jsonl`` (file order) and ``<algo>_trl.jsonl`` (lit-align's training order)."""
+def prepare(algo: str, data: str, workdir: Path, tokenizer, count: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Write ``<algo>_ours.jsonl`` (file order) and ``<algo>_trl.jsonl`` (lit-align's training order).
+
+    ``settings``: ``model_dir``, ``batch_size``, ``max_length``, ``seed``, ``padding_free`` (a run's spec will do).
+    """
     source = source_file(algo, data)
-    rows = select_rows(algo, source, tokenizer, count, max_length)
+    rows = select_rows(algo, source, tokenizer, count, settings["max_length"])
     ours = write_jsonl(workdir / f"{family(algo)}_ours.jsonl", rows)
-    order = lit_align_order(algo, ours, model_dir, batch_size, max_length, seed)
+    order = lit_align_order({**settings, "algo": algo, "rows": str(ours)})
     if sorted(order) != list(range(count)):
         raise SystemExit(f"lit-align's sampler drew {len(order)} rows, expected a permutation of {count}")
     trl = write_jsonl(workdir / f"{family(algo)}_trl.jsonl", [rows[i] for i in order])

@@ -197,43 +197,56 @@ def supported(cls: type, options: dict[str, Any], notes: list[str], used: dict[s
     return kept
 
 
-def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, Any]:
-    import lightning as L
-
+def build_datamodule(spec: dict[str, Any], notes: list[str], used: dict[str, Any]):
+    """lit-align's DataModule for ``spec`` (also used by bench/_data.py to read the training order)."""
     from datamodules import BinaryFeedbackDataModule, PreferenceDataModule, PromptDataModule, SFTDataModule
-    from lit_align import DPO, GRPO, KTO, SFT
 
-    algo, model = spec["algo"], spec["model_dir"]
-    train = {"learning_rate": spec["lr"], "warmup_ratio": 0.0, "scheduler": "constant", "max_grad_norm": 1.0}
-    train["gradient_checkpointing"] = False
-    data = {"tokenizer": model, "data_path": spec["rows"], "val_size": 0, "batch_size": spec["batch_size"]}
-    data["seed"] = spec["seed"]
+    algo = spec["algo"]
+    data = {"tokenizer": spec["model_dir"], "data_path": spec["rows"], "val_size": 0, "seed": spec["seed"]}
+    data["batch_size"] = spec["batch_size"]
     lengths = {"max_length": spec["max_length"], "max_prompt_length": None}  # TRL 1.16 has no max_prompt_length
     if algo in ("dpo", "dpo_cached"):
-        module_cls, module_kwargs = DPO, {"beta": spec["beta"]}
         dm_cls, dm_kwargs = PreferenceDataModule, lengths
     elif algo == "kto":
-        module_cls, module_kwargs = KTO, {"beta": spec["beta"]}
         dm_cls, dm_kwargs = BinaryFeedbackDataModule, lengths
     elif algo == "sft":
-        module_cls, module_kwargs = SFT, {}
         dm_cls = SFTDataModule
         dm_kwargs = {"format": "prompt_completion", "max_length": spec["max_length"], "completion_only_loss": True}
     elif algo == "grpo":
+        dm_cls, dm_kwargs = PromptDataModule, {"max_prompt_length": None}
+    else:
+        raise ValueError(f"unknown algorithm {algo!r}")
+    wanted = {"padding_free": True} if spec["padding_free"] else {}
+    return dm_cls(**data, **dm_kwargs, **supported(dm_cls, wanted, notes, used))
+
+
+def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, Any]:
+    import lightning as L
+
+    from lit_align import DPO, GRPO, KTO, SFT
+
+    algo = spec["algo"]
+    train = {"learning_rate": spec["lr"], "warmup_ratio": 0.0, "scheduler": "constant", "max_grad_norm": 1.0}
+    train["gradient_checkpointing"] = False
+    if algo in ("dpo", "dpo_cached"):
+        module_cls, module_kwargs = DPO, {"beta": spec["beta"]}
+    elif algo == "kto":
+        module_cls, module_kwargs = KTO, {"beta": spec["beta"]}
+    elif algo == "sft":
+        module_cls, module_kwargs = SFT, {}
+    else:
         module_cls = GRPO
         module_kwargs = {
             "beta": 0.0, "reward_funcs": (REWARD,), "num_generations": spec["num_generations"],
             "max_new_tokens": spec["max_new_tokens"], "temperature": spec["temperature"],
             "log_completions_every_n_steps": 0,
         }  # fmt: skip
-        dm_cls, dm_kwargs = PromptDataModule, {"max_prompt_length": None}
-    else:
-        raise ValueError(f"unknown algorithm {algo!r}")
-    wanted_data = {"padding_free": True} if spec["padding_free"] else {}
-    wanted_module = {"precompute_reference": True} if algo == "dpo_cached" else {}
     used: dict[str, Any] = {}
-    dm = dm_cls(**data, **dm_kwargs, **supported(dm_cls, wanted_data, notes, used))
-    module = module_cls(policy=model, **train, **module_kwargs, **supported(module_cls, wanted_module, notes, used))
+    dm = build_datamodule(spec, notes, used)
+    wanted = {"precompute_reference": True} if algo == "dpo_cached" else {}
+    module = module_cls(
+        policy=spec["model_dir"], **train, **module_kwargs, **supported(module_cls, wanted, notes, used)
+    )
     if algo == "grpo":
         _record_rollouts(module, steps, spec)
 
@@ -265,9 +278,9 @@ def _our_sequences(algo: str, batch: dict[str, Any]) -> tuple[list, list]:
         mask, positions = batch.get(f"{prefix}attention_mask"), batch.get(f"{prefix}position_ids")
         return sequences(batch[f"{prefix}input_ids"], mask, trained, positions)
 
-    if algo in ("dpo", "dpo_cached"):
+    if algo in ("dpo", "dpo_cached") and "chosen_input_ids" in batch:  # else one joint (e.g. packed) block
         return side("chosen_") + side("rejected_"), []
-    if algo == "kto":
+    if algo == "kto" and "kl_input_ids" in batch:
         return side(""), side("kl_")
     return side(""), []
 

@@ -382,8 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fam = _data.family(algo)
         if fam not in data:
             count = steps_rows * args.batch_size
-            data[fam] = _data.prepare(algo, args.data, workdir, tokenizer, model_dir, count, args.batch_size,
-                                      args.max_length, args.seed)  # fmt: skip
+            settings = spec_for(args, algo, "ours", model_dir, {"ours": None}, workdir)
+            data[fam] = _data.prepare(algo, args.data, workdir, tokenizer, count, settings)
             print(f"{fam} rows: {count} from {data[fam]['source']}")
         summary[algo] = {"rows": data[fam]}
     print(f"run logs: {workdir}", flush=True)

@@ -42,7 +42,8 @@ def test_both_sides_train_on_the_same_batches(algo, tiny_model, tmp_path):
     from lit_align.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model)
-    rows = _data.prepare(algo, "demo", tmp_path, tokenizer, tiny_model, STEPS * BATCH, BATCH, MAX_LENGTH, seed=0)
+    settings = spec(algo, "ours", tiny_model, {"ours": None}, tmp_path)
+    rows = _data.prepare(algo, "demo", tmp_path, tokenizer, STEPS * BATCH, settings)
     results = {}
     for side, runner in (("ours", _runners.run_ours), ("trl", _runners.run_trl)):
         steps, notes = _runners.Steps(), []
