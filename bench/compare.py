@@ -254,6 +254,11 @@ def check_batches(algo: str, ours: dict[str, Any], trl: dict[str, Any]) -> tuple
     return False, "MISMATCH: " + detail
 
 
+def runs_of(summary: dict[str, Any]) -> list[str]:
+    """The algorithms that have rows to run (not skipped)."""
+    return [algo for algo, s in summary.items() if "rows" in s]
+
+
 def median_of(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
@@ -389,6 +394,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"run logs: {workdir}", flush=True)
 
     if args.profile:
+        if args.profile not in runs_of(summary):
+            print("\n".join(notes))
+            return {"profile": None}
         spec = spec_for(args, args.profile, args.profile_side, model_dir, data[_data.family(args.profile)], workdir)
         spec.update(steps=2, profile=True)
         result = run_child(spec, workdir, f"profile_{args.profile}_{args.profile_side}")
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"load average at end: {load()}")
         return {"profile": result}
 
-    runs: dict[str, dict[str, list]] = {a: {"ours": [], "trl": []} for a in summary if "rows" in summary[a]}
+    runs: dict[str, dict[str, list]] = {a: {"ours": [], "trl": []} for a in runs_of(summary)}
     total = len(runs) * 2 * args.repeats
     done = 0
     for repeat in range(args.repeats):
