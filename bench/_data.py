@@ -77,7 +77,7 @@ def fits(algo: str, row: dict[str, Any], tokenizer, max_length: int) -> bool:
         return True
     if family(algo) != "kto":
         return prompt_length(tokenizer, row["prompt"]) < max_length
-    from datamodules.tokenize import tokenize_prompt_completions
+    from lit_align.datamodules.tokenize import tokenize_prompt_completions
 
     prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, row["prompt"], [row["completion"]], "")
     return len(prompt_ids) + len(completion_ids) <= max_length

@@ -199,7 +199,7 @@ def supported(cls: type, options: dict[str, Any], notes: list[str], used: dict[s
 
 def build_datamodule(spec: dict[str, Any], notes: list[str], used: dict[str, Any]):
     """lit-align's DataModule for ``spec`` (also used by bench/_data.py to read the training order)."""
-    from datamodules import BinaryFeedbackDataModule, PreferenceDataModule, PromptDataModule, SFTDataModule
+    from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, PromptDataModule, SFTDataModule
 
     algo = spec["algo"]
     data = {"tokenizer": spec["model_dir"], "data_path": spec["rows"], "val_size": 0, "seed": spec["seed"]}
