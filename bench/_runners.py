@@ -296,8 +296,8 @@ def _record_rollouts(module, steps: Steps, spec: dict[str, Any]) -> None:
         module.policy.generation_config.min_new_tokens = spec["max_new_tokens"]
     generate = module.generate_samples
 
-    def recorded(prompt_input_ids, prompt_attention_mask):
-        rollout = generate(prompt_input_ids, prompt_attention_mask)
+    def recorded(prompt_input_ids, prompt_attention_mask, *args):
+        rollout = generate(prompt_input_ids, prompt_attention_mask, *args)
         prompts = sequences(rollout.prompt_input_ids, rollout.prompt_attention_mask, None)
         steps.record(prompts, generated=int(rollout.completion_mask.sum()))
         return rollout
