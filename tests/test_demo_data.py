@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 SAMPLES = Path(__file__).resolve().parents[1] / "datamodules" / "samples"
-FILES = ("preference_demo.jsonl", "binary_demo.jsonl", "sft_demo.jsonl", "arithmetic_prompts.jsonl")
+FILES = ("preference_demo.jsonl", "binary_demo.jsonl", "sft_demo.jsonl", "arithmetic_prompts.jsonl",
+         "preference_heldout.jsonl")  # fmt: skip
 
 
 def _load_generator():
@@ -45,10 +46,16 @@ def test_regenerating_gives_byte_identical_files(tmp_path):
         assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes(), name
 
 
-@pytest.mark.parametrize(("name", "n_rows"), [(n, c) for n, c in zip(FILES, (800, 600, 500, 1000), strict=True)])
+@pytest.mark.parametrize(("name", "n_rows"), [(n, c) for n, c in zip(FILES, (800, 600, 500, 1000, 100), strict=True)])
 def test_sizes(name, n_rows):
     assert len(_rows(name)) == n_rows
     assert (SAMPLES / name).stat().st_size < 300_000
+
+
+def test_held_out_pairs_share_no_prompt_with_the_training_files():
+    training = {json.dumps(r["prompt"]) for name in FILES[:3] for r in _rows(name)}
+    held_out = [json.dumps(r["prompt"]) for r in _rows("preference_heldout.jsonl")]
+    assert len(set(held_out)) == 100 and not training & set(held_out)
 
 
 def test_preference_schema_unique_prompts_and_distinct_answers():

@@ -18,6 +18,9 @@ Files (JSON Lines, one object per line; messages are TRL's conversational format
     systematic so a 135M model learns it in minutes on CPU: prompt + completion stay well under
     64 BPE tokens.
 
+``preference_heldout.jsonl`` (100 rows): pairs built the same way, whose prompts appear in no demo
+    training file: held-out data for ``recipes/evaluate.py`` (win rate, perplexity, implicit-reward accuracy).
+
 ``binary_demo.jsonl`` (600 rows): unpaired binary feedback for KTO / BCO.
     ``{"prompt": [user message], "completion": [assistant message], "label": bool}``
     330 desirable (correct) and 270 undesirable (wrong / dismissive / rambling) rows; 270 prompts
@@ -243,6 +246,18 @@ def preference_rows(seed: int = 0, n: int = 800) -> list[dict]:
     ]
 
 
+def preference_heldout_rows(seed: int = 4, n: int = 100) -> list[dict]:
+    """Pairs built like ``preference_rows`` whose prompts appear in none of the demo training files."""
+    seen = {json.dumps(row["prompt"]) for build in (preference_rows, binary_rows, sft_rows) for row in build()}
+    rng = random.Random(seed)
+    rows = []
+    for t in unique_tasks(rng, 4 * n):
+        if json.dumps(_user(t.prompt)) not in seen and len(rows) < n:
+            rows.append({"prompt": _user(t.prompt), "chosen": _assistant(t.correct),
+                         "rejected": _assistant(bad_answer(rng, t))})  # fmt: skip
+    return rows
+
+
 def binary_rows(seed: int = 1, n_prompts: int = 330, n_undesirable: int = 270) -> list[dict]:
     rng = random.Random(seed)
     tasks = unique_tasks(rng, n_prompts)
@@ -319,6 +334,7 @@ def arithmetic_rows(seed: int = 3, n: int = 1000) -> list[dict]:
 
 DATASETS: dict[str, Callable[[], list[dict]]] = {
     "preference_demo.jsonl": preference_rows,
+    "preference_heldout.jsonl": preference_heldout_rows,
     "binary_demo.jsonl": binary_rows,
     "sft_demo.jsonl": sft_rows,
     "arithmetic_prompts.jsonl": arithmetic_rows,
