@@ -91,7 +91,9 @@ class ConsoleSummary(L.Callback):
             values = self._metrics(trainer, pl_module, prefix, every=True)
             if values:
                 lines.append(f"  final {prefix[:-1]}: " + " | ".join(values))
-        log_dir = trainer.log_dir if trainer.logger is not None else None
+        # ``trainer.log_dir`` broadcasts from rank 0, a collective the other ranks (which returned above) never
+        # join; the logger's own ``log_dir`` is local.
+        log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
         if log_dir:
             logger_root = Path(trainer.logger.save_dir or ".") if hasattr(trainer.logger, "save_dir") else None
             lines.append(f"  logs: {log_dir}   (tensorboard --logdir {logger_root or log_dir})")
