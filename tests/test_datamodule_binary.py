@@ -145,9 +145,9 @@ def test_kl_completion_cut_to_max_length(tokenizer, tmp_path):
 
 
 def test_batch_size_one_refused(tokenizer):
-    with pytest.raises(ValueError, match="batch_size >= 2 per device, got 1"):
+    with pytest.raises(ValueError, match=r"--data.batch_size=1: BinaryFeedbackDataModule needs batch_size >= 2"):
         BinaryFeedbackDataModule(tokenizer=tokenizer, batch_size=1)
-    with pytest.raises(ValueError, match="eval_batch_size >= 2"):
+    with pytest.raises(ValueError, match=r"--data.eval_batch_size=1: .*needs eval_batch_size >= 2"):
         BinaryFeedbackDataModule(tokenizer=tokenizer, batch_size=4, eval_batch_size=1)
 
 
