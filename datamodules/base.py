@@ -187,7 +187,9 @@ class TokenizedDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        # Rank 0 only: fills the datasets cache so other ranks' setup() reads it.
+        # Rank 0 only: fills the datasets cache so other ranks' setup() reads it (done already when set up here).
+        if self.train_dataset is not None:
+            return
         self._tokenized(self.split, resolve_tokenizer(self.tokenizer_source), report=False)
 
     def setup(self, stage: str | None = None) -> None:
