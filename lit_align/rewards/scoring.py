@@ -88,7 +88,8 @@ def _check_signature(func: RewardFunc, name: str, given: dict[str, Any], data_co
         if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
             raise ValueError(f"reward function {name!r}: argument {p.name!r} is positional-only; reward functions are "
                              "called with keyword arguments (prompts=..., completions=..., <column>=...)")  # fmt: skip
-    if accepted is not None and (extra := [k for k in given if k not in accepted]):
+    extra = sorted((k for k in given if accepted is not None and k not in accepted), key=REWARD_ARGUMENTS.__contains__)
+    if extra:  # a data column first: that is what the user can act on
         which = "a column of the data" if extra[0] not in REWARD_ARGUMENTS else "an argument every function receives"
         raise ValueError(
             f"reward function {name!r} takes no argument {extra[0]!r} ({which}) and no **kwargs; every data column "
