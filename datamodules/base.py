@@ -206,18 +206,15 @@ class TokenizedDataModule(L.LightningDataModule):
         if self.val_split is not None:
             self.val_dataset = self._tokenized(self.val_split, self.tokenizer)
             self.train_dataset = train
-        elif self.val_size:
-            if len(train) > 0 and (isinstance(self.val_size, int) and self.val_size >= len(train) or len(train) < 2):
+        elif self.val_size and len(train) > 0:  # no rows at all: the error below says so
+            if len(train) < 2 or (isinstance(self.val_size, int) and self.val_size >= len(train)):
                 raise DataError(
                     f"{self.data_path}: --data.val_size={self.val_size!r} leaves no training rows: the data has "
                     f"{len(train)} usable rows (after --data.max_samples and drops); hold out fewer rows, a fraction "
                     "below 1, or 0 for no validation"
                 )
-            if len(train) > 0:
-                parts = train.train_test_split(test_size=self.val_size, seed=self.seed)
-                self.train_dataset, self.val_dataset = parts["train"], parts["test"]
-            else:
-                self.train_dataset = train
+            parts = train.train_test_split(test_size=self.val_size, seed=self.seed)
+            self.train_dataset, self.val_dataset = parts["train"], parts["test"]
         else:
             self.train_dataset = train
         if len(self.train_dataset) == 0:
