@@ -9,16 +9,17 @@ the prompt + completion truncation ones in :class:`PromptCompletionDataModule`; 
 ``__init__`` names only its own options and the defaults it changes (always ``data_path``, its demo
 data) and forwards the rest with ``**kwargs``.
 Tokenization runs in ``setup`` through ``datasets.map``, whose on-disk cache makes later runs and
-other ranks reuse it. Rows that truncation shortens or drops are counted and reported once.
+other ranks reuse it. Every row that truncation shortens, that is dropped, or that is accepted with a
+remark (an empty completion, a chat completion whose repeated prompt turns were removed) is counted in
+``stats`` and reported once. Options are checked in ``__init__`` and the data in ``setup``, so a recipe
+(which sets the data up before it builds the model, see :class:`lit_align.cli.AlignCLI`) fails before any
+weights load; messages name the option by its command-line name (``--data.batch_size``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,28 +30,20 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.datamodules.resumable import EpochRandomSampler, ResumableDataLoader
+from lit_align.datamodules.sources import PROGRESS_BAR_ROWS, load_rows, progress_bars
 from lit_align.datamodules.tokenize import DataError, TruncationMode, where
 from lit_align.hparams import save_plain_hyperparameters
 
 log = logging.getLogger(__name__)
 
 SAMPLES = Path(__file__).parent / "samples"
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+DROPPED = ("dropped", "chosen_equals_rejected")  # row statuses that leave the data (counted)
 
 
-PROGRESS_BAR_ROWS = 5000  # datasets' progress bars only for data at least this large
-PROGRESS_BAR_BYTES = 10_000_000
-
-
-@contextmanager
-def progress_bars(enabled: bool) -> Iterator[None]:
-    """Run the block with ``datasets``' progress bars on or off, restoring their previous state after."""
-    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
-    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
-    try:
-        yield
-    finally:
-        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
+def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
+    """Raise ``ValueError`` naming the DataModule option by its command-line name unless ``ok``."""
+    if not ok:
+        raise ValueError(f"--data.{name}={value!r}: {expected}")
 
 
 def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
@@ -63,53 +56,6 @@ def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTra
     return tokenizer
 
 
-def _first_bad_json_line(path: Path) -> str | None:
-    """What is wrong with a JSON-lines file, naming its first bad line (``None`` when every line is fine)."""
-    rows = 0
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                return f"{path}, line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                return f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno})"
-            if not isinstance(value, dict):
-                return f"{path}, line {number}: expected a JSON object, got {type(value).__name__}"
-            if not value:
-                return f"{path}, line {number}: an empty JSON object; expected the row's fields"
-            rows += 1
-    return None if rows else f"{path}: the file has no rows"
-
-
-def load_rows(path: str, split: str, config_name: str | None = None) -> datasets.Dataset:
-    """A local json/jsonl/parquet/csv file (or a folder of them), else a ``datasets`` hub name."""
-    local = Path(path)
-    builder = LOCAL_BUILDERS.get(local.suffix.lower())
-    if builder is not None:
-        if not local.is_file():
-            raise FileNotFoundError(f"Data file not found: {local.resolve()}")
-        jsonl = builder == "json" and local.suffix.lower() == ".jsonl"
-        if jsonl and (bad := _first_bad_json_line(local)):  # one cheap pass: a precise message, not a traceback
-            raise DataError(bad)
-        try:
-            with progress_bars(local.stat().st_size >= PROGRESS_BAR_BYTES):
-                return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
-        except Exception as err:
-            raise DataError(f"{local}: could not be read as {builder}: {type(err).__name__}: {err}") from err
-    if local.is_dir():
-        return datasets.load_dataset(str(local), config_name, split=split)
-    if local.suffix or path.startswith((".", "/")):
-        raise FileNotFoundError(
-            f"Data file not found or of an unknown type: {path!r} (expected .json, .jsonl, .parquet or .csv)"
-        )
-    return datasets.load_dataset(path, config_name, split=split)
-
-
 class TokenizedDataModule(L.LightningDataModule):
     """Base of every DataModule: what they share.
 
@@ -119,9 +65,11 @@ class TokenizedDataModule(L.LightningDataModule):
             project's own demo data for this DataModule, in ``datamodules/samples/``).
         split: the split to train on.
         val_split: a split to validate on; when ``None``, ``val_size`` rows are carved off ``split``.
-        val_size: fraction (float) or count (int) of rows held out for validation; 0 disables it.
-        columns: field mapping, canonical name -> column name, e.g. ``{"chosen": "good"}``.
-        max_samples: use only the first N rows (before the validation split).
+        val_size: rows held out for validation: a count (``2``: two rows) or a fraction below 1 (``0.1``); 0
+            disables it. Must leave at least one training row.
+        columns: field mapping, canonical name -> column name, e.g. ``{"chosen": "good"}``; each field reads
+            its own column.
+        max_samples: use only the first N rows (before the validation split); at least 1.
         max_prompt_length: longest prompt, in tokens (``None``: no separate prompt limit).
         truncation_mode: which end of a long prompt survives: ``keep_end`` (next to the answer) or
             ``keep_start``.
@@ -131,12 +79,16 @@ class TokenizedDataModule(L.LightningDataModule):
         pad_to_multiple_of: pad the sequence length of each batch to a multiple of this.
         seed: seed of the validation split and of the training order (a function of seed and epoch only).
         config_name: ``datasets`` configuration name for hub datasets.
+        prompt_bos: whether a plain-text prompt starts with the tokenizer's BOS token: ``None`` leaves it to the
+            tokenizer (what ``tokenizer(text)`` does; TRL's DPO, KTO, SFT and reward trainers), ``true`` prepends
+            it when missing (TRL's CPO/SimPO and ORPO trainers), ``false`` removes it. Chat rows keep what their
+            chat template renders.
     """
 
     FIELDS: ClassVar[tuple[str, ...]] = ()
     OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ()
     # Attributes that change the tokenized rows (they key the datasets cache with data + tokenizer).
-    TOKENIZATION_SETTINGS: ClassVar[tuple[str, ...]] = ("max_prompt_length", "truncation_mode")
+    TOKENIZATION_SETTINGS: ClassVar[tuple[str, ...]] = ("max_prompt_length", "truncation_mode", "prompt_bos")
 
     def __init__(
         self,
@@ -145,7 +97,7 @@ class TokenizedDataModule(L.LightningDataModule):
         data_path: str,
         split: str = "train",
         val_split: str | None = None,
-        val_size: float | int = 0.1,
+        val_size: int | float = 0.1,
         columns: dict[str, str] | None = None,
         max_samples: int | None = None,
         max_prompt_length: int | None = 256,
@@ -156,17 +108,29 @@ class TokenizedDataModule(L.LightningDataModule):
         pad_to_multiple_of: int | None = None,
         seed: int = 42,
         config_name: str | None = None,
+        prompt_bos: bool | None = None,
     ) -> None:
         super().__init__()
         save_plain_hyperparameters(self)  # a tokenizer object is left out
         self._log_hyperparams = False  # AlignmentModule.on_fit_start logs them with the model's, as data/<option>
-        if max_prompt_length is not None and max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be positive or None, got {max_prompt_length}")
+        check_option(batch_size >= 1, "batch_size", batch_size, "rows per batch must be at least 1")
+        check_option(eval_batch_size is None or eval_batch_size >= 1, "eval_batch_size", eval_batch_size,
+                     "rows per validation batch must be at least 1 (null: --data.batch_size)")  # fmt: skip
+        check_option(max_samples is None or max_samples >= 1, "max_samples", max_samples,
+                     "use at least 1 row (null: every row)")  # fmt: skip
+        check_option(max_prompt_length is None or max_prompt_length >= 1, "max_prompt_length", max_prompt_length,
+                     "a prompt limit is at least 1 token (null: no separate limit)")  # fmt: skip
+        check_option(num_workers >= 0, "num_workers", num_workers, "DataLoader workers: 0 or more")
+        check_option(pad_to_multiple_of is None or pad_to_multiple_of >= 1, "pad_to_multiple_of", pad_to_multiple_of,
+                     "a positive multiple, or null")  # fmt: skip
+        check_option(truncation_mode in ("keep_end", "keep_start"), "truncation_mode", truncation_mode,
+                     "keep_end or keep_start")  # fmt: skip
+        check_option(prompt_bos in (None, True, False), "prompt_bos", prompt_bos, "true, false or null")
         self.tokenizer_source = tokenizer
         self.data_path = data_path
         self.split = split
         self.val_split = val_split
-        self.val_size = val_size
+        self.val_size = validation_size(val_size)
         self.columns = dict(columns or {})
         self.max_samples = max_samples
         self.max_prompt_length = max_prompt_length
@@ -177,6 +141,8 @@ class TokenizedDataModule(L.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
         self.config_name = config_name
+        self.prompt_bos = prompt_bos
+        self.check_columns()
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.stats: Counter[str] = Counter()
         self.train_dataset: datasets.Dataset | None = None
@@ -193,9 +159,40 @@ class TokenizedDataModule(L.LightningDataModule):
     def check_batch_size(self) -> None:
         """Subclasses refuse batch sizes their batches cannot be built from."""
 
+    def column_fields(self) -> tuple[str, ...] | None:
+        """The fields ``columns`` may map (``None``: any name, as the prompt DataModule's pass-through columns)."""
+        return self.FIELDS + self.OPTIONAL_FIELDS
+
+    def check_columns(self) -> None:
+        """Refuse a ``columns`` mapping with an unknown field or two fields read from one column."""
+        fields = self.column_fields()
+        for field, column in self.columns.items():
+            check_option(isinstance(column, str) and column != "", "columns", self.columns,
+                         f"field {field!r} must map to a column name")  # fmt: skip
+            if fields is not None and field not in fields:
+                raise ValueError(
+                    f"--data.columns={self.columns!r}: {field!r} is not a field of {type(self).__name__}; the fields "
+                    f'are {", ".join(fields)} (map FIELD to the column that holds it: {{"FIELD": "column"}})'
+                )
+        readers: dict[str, list[str]] = {}
+        for field in {*self.FIELDS, *self.OPTIONAL_FIELDS, *self.columns}:
+            readers.setdefault(self.columns.get(field, field), []).append(field)
+        for column, names in readers.items():
+            if len(names) > 1 and any(n in self.columns for n in names):
+                raise ValueError(
+                    f"--data.columns={self.columns!r}: {' and '.join(map(repr, sorted(names)))} would both be read "
+                    f"from the column {column!r}; each field needs its own column"
+                )
+
+    def missing_field_hint(self, field: str, row: dict[str, Any]) -> str:
+        """What to do about a row without ``field`` (a subclass may know better, e.g. ``--data.unpair``)."""
+        return f'; map the column that holds it with --data.columns \'{{"{field}": "<column>"}}\''
+
     # -- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        # Rank 0 only: fills the datasets cache so other ranks' setup() reads it.
+        # Rank 0 only: fills the datasets cache so other ranks' setup() reads it (done already when set up here).
+        if self.train_dataset is not None:
+            return
         self._tokenized(self.split, resolve_tokenizer(self.tokenizer_source), report=False)
 
     def setup(self, stage: str | None = None) -> None:
@@ -203,11 +200,22 @@ class TokenizedDataModule(L.LightningDataModule):
             return
         self.check_batch_size()
         self.tokenizer = resolve_tokenizer(self.tokenizer_source)
+        if self.prompt_bos and self.tokenizer.bos_token_id is None:
+            raise ValueError(
+                "--data.prompt_bos=True: the tokenizer has no BOS token to start prompts with; leave it null "
+                "(what the tokenizer does) or set tokenizer.bos_token"
+            )
         train = self._tokenized(self.split, self.tokenizer)
         if self.val_split is not None:
             self.val_dataset = self._tokenized(self.val_split, self.tokenizer)
             self.train_dataset = train
-        elif self.val_size:
+        elif self.val_size and len(train) > 0:  # no rows at all: the error below says so
+            if len(train) < 2 or (isinstance(self.val_size, int) and self.val_size >= len(train)):
+                raise DataError(
+                    f"{self.data_path}: --data.val_size={self.val_size!r} leaves no training rows: the data has "
+                    f"{len(train)} usable rows (after --data.max_samples and drops); hold out fewer rows, a fraction "
+                    "below 1, or 0 for no validation"
+                )
             parts = train.train_test_split(test_size=self.val_size, seed=self.seed)
             self.train_dataset, self.val_dataset = parts["train"], parts["test"]
         else:
@@ -259,7 +267,8 @@ class TokenizedDataModule(L.LightningDataModule):
             elif field in self.FIELDS:
                 available = ", ".join(sorted(row))
                 hint = f" (mapped from {source!r})" if source != field else ""
-                raise DataError(f"{loc}: missing field {field!r}{hint}; the row has: {available}")
+                advice = self.missing_field_hint(field, row)
+                raise DataError(f"{loc}: missing field {field!r}{hint}; the row has: {available}{advice}")
         return out
 
     def _tokenized(self, split: str, tokenizer: PreTrainedTokenizerBase, report: bool = True) -> datasets.Dataset:
@@ -270,7 +279,7 @@ class TokenizedDataModule(L.LightningDataModule):
 
         def fn(row: dict[str, Any], index: int) -> dict[str, Any]:
             loc = where(source, index)
-            return self.tokenize_row(self._canonical(row, loc), loc, tokenizer)
+            return {"_notes": "", **self.tokenize_row(self._canonical(row, loc), loc, tokenizer)}
 
         # An explicit fingerprint (data, tokenizer, tokenization settings) keeps the datasets cache
         # valid across runs and ranks; hashing the closure would drag the whole DataModule in.
@@ -285,13 +294,27 @@ class TokenizedDataModule(L.LightningDataModule):
                 desc=f"Tokenizing {split}",
             )
             statuses = Counter(tokenized["_status"])
-            kept = tokenized.filter(lambda status: status != "dropped", input_columns="_status")
+            notes = Counter(note for notes in tokenized["_notes"] for note in notes.split(",") if note)
+            kept = tokenized.filter(lambda status: status not in DROPPED, input_columns="_status")
         if report:
-            self.stats.update({f"{split}/{k}": v for k, v in statuses.items()})
-            changed = {k: v for k, v in statuses.items() if k != "ok"}
+            counts = {**statuses, **notes}
+            self.stats.update({f"{split}/{k}": v for k, v in counts.items()})
+            changed = {k: v for k, v in counts.items() if k != "ok"}
             if changed:
-                log.warning("%s: %d rows; %s", source, len(raw), ", ".join(f"{v} {k}" for k, v in changed.items()))
-        return kept
+                said = ", ".join(f"{v} {k}" + (" (dropped)" if k in DROPPED else "") for k, v in changed.items())
+                log.warning("%s: %d rows; %s", source, len(raw), said)
+        return kept.remove_columns("_notes")
+
+
+def validation_size(value: int | float) -> int | float:
+    """``--data.val_size`` as the split takes it: a count (an int, or a whole float such as ``2.0``) or a fraction."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"--data.val_size={value!r}: a count of rows (2) or a fraction below 1 (0.1); 0 disables it")
+    if isinstance(value, float) and value >= 1:
+        if not value.is_integer():
+            raise ValueError(f"--data.val_size={value!r}: a fraction must be below 1, a count a whole number")
+        return int(value)
+    return value
 
 
 class PromptCompletionDataModule(TokenizedDataModule):
@@ -306,8 +329,12 @@ class PromptCompletionDataModule(TokenizedDataModule):
     TOKENIZATION_SETTINGS = (*TokenizedDataModule.TOKENIZATION_SETTINGS, "max_length", "drop_overlong")
 
     def __init__(self, *, max_length: int = 512, drop_overlong: bool = False, **kwargs: Any) -> None:
+        check_option(max_length >= 2, "max_length", max_length, "prompt + completion needs at least 2 tokens")
         super().__init__(**kwargs)
         if self.max_prompt_length is not None and self.max_prompt_length >= max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({max_length})")
+            raise ValueError(
+                f"--data.max_prompt_length={self.max_prompt_length} must be below --data.max_length={max_length} "
+                "(room is left for the completion)"
+            )
         self.max_length = max_length
         self.drop_overlong = drop_overlong

@@ -10,6 +10,11 @@ The mismatched KL pairs are built in ``collate``, inside each per-device batch, 
 example's completion, the first takes the last one's). TRL precomputes them on the dataset in
 ``per_device_train_batch_size`` chunks, which is why it needs sequential sampling; building them at
 collation keeps the same pairing for whatever batch the sampler draws, so training data can be shuffled.
+
+Truncation is done once, in ``collate``, as TRL's collator does it: the dataset keeps each completion UNCUT,
+and every sequence (an example's own, and a KL pair's) is cut so that its prompt + completion fits
+``max_length``. A completion cut to fit its own long prompt and then paired with a shorter prompt is cut
+again from the whole completion, so the KL sequence is as long as TRL's.
 """
 
 from __future__ import annotations
@@ -23,13 +28,21 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.batches import BinaryBatch
-from lit_align.datamodules.base import PROGRESS_BAR_ROWS, SAMPLES, PromptCompletionDataModule, progress_bars
+from lit_align.datamodules.base import (
+    PROGRESS_BAR_ROWS,
+    SAMPLES,
+    PromptCompletionDataModule,
+    check_option,
+    progress_bars,
+)
+from lit_align.datamodules.preference import PairOptions
 from lit_align.datamodules.tokenize import (
     DataError,
     check_text_or_messages,
+    completion_turns,
     fit_to_length,
+    is_blank,
     is_conversational,
-    preference_row,
     sequence_tensors,
     tokenize_prompt_completions,
 )
@@ -61,7 +74,7 @@ def _flatten(rows: dict[str, list]) -> dict[str, list]:
     return out
 
 
-class BinaryFeedbackDataModule(PromptCompletionDataModule):
+class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
     """Rows ``{"prompt", "completion", "label"}`` as plain text or chat message lists (KTO's data).
 
     With ``unpair=True`` it reads preference rows ``{"prompt", "chosen", "rejected"}`` instead (or
@@ -69,15 +82,17 @@ class BinaryFeedbackDataModule(PromptCompletionDataModule):
     undesirable (rejected) example; the validation split is carved by pairs, so a prompt never sits
     on both sides of it. Truncation is the preference DataModule's: the prompt is cut to
     ``max_prompt_length``, then the completion so that prompt + completion fits ``max_length``; KL
-    pairs are cut the same way. The desirable/undesirable counts of each split are logged once and
-    kept in ``self.stats`` (``train/desirable``, ``train/undesirable``, ``val/...``).
+    pairs are cut the same way, from the uncut completion. An empty completion is valid (EOS only) and
+    counted. The desirable/undesirable counts of each split are logged once and kept in ``self.stats``
+    (``train/desirable``, ``train/undesirable``, ``val/...``).
 
     A per-device batch of 1 is refused: its only KL pair would be the matched (prompt, completion),
     making KTO's reference point equal the example's own reward. The last batch of an epoch can still
     hold a single example (as in TRL); its KL pair is then the matched one.
 
-    The other options are :class:`~lit_align.datamodules.base.PromptCompletionDataModule`'s and its base's;
-    ``batch_size`` and ``eval_batch_size`` must be at least 2 (KL pairs).
+    The other options are :class:`~lit_align.datamodules.preference.PairOptions`' (with ``unpair``),
+    :class:`~lit_align.datamodules.base.PromptCompletionDataModule`'s and its base's; ``batch_size`` and
+    ``eval_batch_size`` must be at least 2 (KL pairs).
 
     Args:
         unpair: read paired preference rows (chosen -> desirable, rejected -> undesirable); ``max_samples``
@@ -86,24 +101,35 @@ class BinaryFeedbackDataModule(PromptCompletionDataModule):
 
     FIELDS = ("prompt", "completion", "label")
     OPTIONAL_FIELDS = ()
-    TOKENIZATION_SETTINGS = (*PromptCompletionDataModule.TOKENIZATION_SETTINGS, "unpair")
+    TOKENIZATION_SETTINGS = (
+        *PromptCompletionDataModule.TOKENIZATION_SETTINGS, *PairOptions.TOKENIZATION_SETTINGS, "unpair"
+    )  # fmt: skip
 
     def __init__(self, *, data_path: str = DEMO_BINARY, unpair: bool = False, **kwargs: Any) -> None:
-        super().__init__(data_path=data_path, **kwargs)
         self.unpair = unpair
-        if unpair:
+        if unpair:  # set before the base checks the column mapping against them
             self.FIELDS, self.OPTIONAL_FIELDS = ("chosen", "rejected"), ("prompt",)
+        super().__init__(data_path=data_path, **kwargs)
         self.check_batch_size()
 
     def check_batch_size(self) -> None:
         for name, size in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
-            if size < 2:
-                raise ValueError(
-                    f"BinaryFeedbackDataModule needs {name} >= 2 per device, got {size}: KTO estimates its KL "
-                    "reference point from each prompt paired with ANOTHER example's completion in the same "
-                    "per-device batch, and a batch of 1 has no other example. Raise it (use gradient "
-                    "accumulation rather than a batch of 1 to save memory)."
-                )
+            check_option(size >= 2, name, size,
+                f"BinaryFeedbackDataModule needs {name} >= 2 per device: KTO estimates its KL reference point from "
+                "each prompt paired with ANOTHER example's completion in the same per-device batch, and a batch of "
+                "1 has no other example. Raise it (use gradient accumulation rather than a batch of 1 to save "
+                "memory)."
+            )  # fmt: skip
+
+    def missing_field_hint(self, field: str, row: dict[str, Any]) -> str:
+        if not self.unpair and "chosen" in row and "rejected" in row:
+            return (
+                "; the row is a preference pair (chosen, rejected): read pairs with --data.unpair true "
+                "(chosen -> desirable, rejected -> undesirable)"
+            )
+        if self.unpair and "completion" in row and "label" in row:
+            return "; the row is binary feedback (completion, label), not a pair: leave --data.unpair false"
+        return super().missing_field_hint(field, row)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
@@ -126,32 +152,35 @@ class BinaryFeedbackDataModule(PromptCompletionDataModule):
     # -- tokenization ---------------------------------------------------------------------------
     def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         if self.unpair:
-            prompt, chosen, rejected = preference_row(row, loc)
+            prompt, chosen, rejected, notes = self.read_pair(row, loc)
             completions, labels = [chosen, rejected], [True, False]
         else:
-            prompt, completions = row["prompt"], [row["completion"]]
+            prompt, completion = row["prompt"], row["completion"]
             check_text_or_messages(prompt, f"{loc}, field 'prompt'")
-            check_text_or_messages(completions[0], f"{loc}, field 'completion'")
-            labels = [coerce_label(row["label"], f"{loc}, field 'label'")]
-        if is_conversational(prompt) != is_conversational(completions[0]):
-            field = "chosen" if self.unpair else "completion"
-            raise DataError(f"{loc}, field {field!r}: prompt and completion must both be text or both message lists")
-        prompts, kept, statuses = [], [], []
+            check_text_or_messages(completion, f"{loc}, field 'completion'", allow_empty=True)
+            if is_conversational(prompt) != is_conversational(completion):
+                mixed = "prompt and completion must both be text or both message lists"
+                raise DataError(f"{loc}, field 'completion': {mixed}")
+            completion, removed = completion_turns(prompt, completion, f"{loc}, field 'completion'")
+            notes = ["prompt_turns_removed"] * removed + ["empty_completions"] * is_blank(completion)
+            completions, labels = [completion], [coerce_label(row["label"], f"{loc}, field 'label'")]
+        prompts, full, cut, statuses = [], [], [], []
         for completion in completions:
             # One tokenization per (prompt, completion), as TRL does after unpairing.
-            prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc)
-            prompt_ids, completion_ids, status = self._truncate(prompt_ids, completion_ids, loc)
-            prompts.append(prompt_ids)
-            kept.append(completion_ids)
+            prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc,
+                                                                        self.prompt_bos)  # fmt: skip
+            args = self.max_length, self.max_prompt_length, self.truncation_mode, self.drop_overlong, loc
+            kept_prompt, (kept,), status = fit_to_length(prompt_ids, [completion_ids], *args)
+            prompts.append(kept_prompt)
+            full.append(completion_ids)  # uncut: collate cuts it for whichever prompt it meets
+            cut.append(kept)
             statuses.append(status)
         status = "dropped" if "dropped" in statuses else next((s for s in statuses if s != "ok"), "ok")
-        return {"prompt_ids": prompts, "completion_ids": kept, "label": labels, "_status": status}
-
-
-    def _truncate(self, prompt_ids: list[int], completion_ids: list[int], loc: str) -> tuple[list, list, str]:
-        args = self.max_length, self.max_prompt_length, self.truncation_mode, self.drop_overlong, loc
-        kept_prompt, (kept_completion,), status = fit_to_length(prompt_ids, [completion_ids], *args)
-        return kept_prompt, kept_completion, status
+        if self.unpair and status != "dropped" and (completions[0] == completions[1] or cut[0] == cut[1]):
+            when = "" if completions[0] == completions[1] else f" once truncated to --data.max_length={self.max_length}"
+            status = self.identical_pair(loc, when)
+        return {"prompt_ids": prompts, "completion_ids": full, "label": labels, "_status": status,
+                "_notes": ",".join(notes)}  # fmt: skip
 
     def _examples(self, rows: datasets.Dataset) -> datasets.Dataset:
         with progress_bars(len(rows) >= PROGRESS_BAR_ROWS):
@@ -161,9 +190,11 @@ class BinaryFeedbackDataModule(PromptCompletionDataModule):
     def collate(self, rows: list[dict[str, Any]]) -> BinaryBatch:
         pad_id = self.tokenizer.pad_token_id
         prompts = [r["prompt_ids"] for r in rows]
-        completions = [r["completion_ids"] for r in rows]
-        # TRL's rotation: prompt i takes completion i-1 (prompt 0 the last one), cut to fit max_length.
-        shifted = completions[-1:] + completions[:-1]
+        uncut = [r["completion_ids"] for r in rows]
+        # TRL's rotation: prompt i takes completion i-1 (prompt 0 the last one); every sequence is cut ONCE, from
+        # the uncut completion, so that prompt + completion fits max_length (TRL's collator).
+        completions = [c[: self.max_length - len(p)] for p, c in zip(prompts, uncut, strict=True)]
+        shifted = uncut[-1:] + uncut[:-1]
         kl_completions = [c[: max(self.max_length - len(p), 0)] for p, c in zip(prompts, shifted, strict=True)]
         input_ids, attention_mask, labels = sequence_tensors(prompts, completions, pad_id, self.pad_to_multiple_of)
         kl_ids, kl_mask, kl_labels = sequence_tensors(prompts, kl_completions, pad_id, self.pad_to_multiple_of)

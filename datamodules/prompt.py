@@ -32,9 +32,11 @@ class PromptDataModule(TokenizedDataModule):
     Truncation: a prompt longer than ``max_prompt_length`` tokens is cut (``keep_end`` keeps its end,
     where the question and the generation prompt are) and counted as ``prompt_truncated``.
 
-    The options are :class:`~lit_align.datamodules.base.TokenizedDataModule`'s (``columns`` maps the prompt's own
-    name, e.g. ``{"prompt": "question"}``); ``batch_size`` counts prompts (the module samples several
-    completions for each), and ``pad_to_multiple_of`` left-pads.
+    The options are :class:`~lit_align.datamodules.base.TokenizedDataModule`'s. ``columns`` maps the prompt's own
+    name (``{"prompt": "question"}``) and renames any pass-through column (``{"answer": "solution"}``: the
+    reward functions get the ``solution`` column as ``answer``), e.g. one whose name is taken by the reward
+    functions' own arguments (``prompts``, ``completions``, ``completion_ids``); ``batch_size`` counts prompts
+    (the module samples several completions for each), and ``pad_to_multiple_of`` left-pads.
     """
 
     FIELDS = ("prompt",)
@@ -52,7 +54,7 @@ class PromptDataModule(TokenizedDataModule):
                 f"{loc}, field 'prompt': a chat message list, but the tokenizer has no chat template; "
                 "use a chat model's tokenizer or give prompts as text"
             )
-        ids = _ids(tokenizer, prompt, generation_prompt=is_conversational(prompt))
+        ids = _ids(tokenizer, prompt, generation_prompt=is_conversational(prompt), prompt_bos=self.prompt_bos)
         kept = cut_prompt(ids, self.max_prompt_length, self.truncation_mode)
         return {**row, "prompt_ids": kept, "_status": "ok" if len(kept) == len(ids) else "prompt_truncated"}
 
@@ -69,12 +71,28 @@ class PromptDataModule(TokenizedDataModule):
         return batch
 
     # -- helpers --------------------------------------------------------------------------------
+    def column_fields(self) -> None:
+        return None  # besides the prompt, ``columns`` renames any pass-through column
+
     def _canonical(self, row: dict[str, Any], loc: str) -> dict[str, Any]:
-        """The prompt under its canonical name, plus every other column under its own name."""
+        """The prompt under its canonical name, renamed columns under their new names, every other under its own."""
         out = super()._canonical(row, loc)
-        consumed = {self.columns.get(f, f) for f in self.FIELDS}
-        clash = [k for k in row if k in RESERVED and k not in consumed]
+        renamed = {new: old for new, old in self.columns.items() if new not in self.FIELDS}
+        for new, old in renamed.items():
+            if old not in row:
+                raise DataError(f"{loc}: --data.columns renames {old!r} to {new!r}, but the row has no {old!r}; "
+                                f"it has: {', '.join(sorted(row))}")  # fmt: skip
+            out[new] = row[old]
+        consumed = {self.columns.get(f, f) for f in self.FIELDS} | set(renamed.values())
+        passed = {k: v for k, v in row.items() if k not in consumed}
+        if twice := [new for new in renamed if new in passed]:
+            raise DataError(f"{loc}: --data.columns renames {renamed[twice[0]]!r} to {twice[0]!r}, but the row has a "
+                            f"{twice[0]!r} column too; rename that one as well, or pick another name")  # fmt: skip
+        clash = [k for k in [*passed, *renamed] if k in RESERVED]
         if clash:
-            raise DataError(f"{loc}: column {clash[0]!r} is a name the DataModule uses itself; rename it")
-        out.update({k: v for k, v in row.items() if k not in consumed})
+            raise DataError(
+                f"{loc}: column {clash[0]!r} is a name the DataModule uses itself; rename it with --data.columns "
+                f'\'{{"<new name>": "{clash[0]}"}}\''
+            )
+        out.update(passed)
         return out

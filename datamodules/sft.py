@@ -27,6 +27,8 @@ from lit_align.datamodules.tokenize import (
     IGNORE_INDEX,
     DataError,
     check_text_or_messages,
+    completion_turns,
+    is_blank,
     is_conversational,
     sequence_tensors,
     tokenize_prompt_completions,
@@ -75,7 +77,7 @@ def messages_to_prompt_completion(messages: Any, loc: str) -> tuple[list[dict], 
 def alpaca_to_prompt_completion(row: dict[str, Any], loc: str, chat: bool) -> tuple[Any, Any]:
     instruction, extra, output = row["instruction"], row.get("input") or "", row["output"]
     check_text_or_messages(instruction, f"{loc}, field 'instruction'")
-    check_text_or_messages(output, f"{loc}, field 'output'")
+    check_text_or_messages(output, f"{loc}, field 'output'", allow_empty=True)
     for field, value in (("instruction", instruction), ("input", extra), ("output", output)):
         if not isinstance(value, str):
             raise DataError(f"{loc}, field {field!r}: expected a string, got {type(value).__name__}")
@@ -94,11 +96,12 @@ def _undetected(loc: str, row: dict[str, Any]) -> DataError:
             has = ", ".join(f for f in fields if f in present)
             return DataError(
                 f"{loc}, field {missing[0]!r}: missing or null; a row with {has} needs {'+'.join(fields)} "
-                "(map other names with `columns`)"
+                f'(map other names with --data.columns \'{{"{missing[0]}": "<column>"}}\')'
             )
     return DataError(
         f"{loc}: cannot tell the row's format; expected fields prompt+completion, messages, or "
-        f"instruction(+input)+output (map other names with `columns`); the row has: {', '.join(present) or 'none'}"
+        f'instruction(+input)+output (map other names with --data.columns \'{{"prompt": "<column>", ...}}\'); '
+        f"the row has: {', '.join(present) or 'none'}"
     )
 
 
@@ -110,7 +113,9 @@ class SFTDataModule(PromptCompletionDataModule):
     on; without it every non-padding token is. Sequences longer than ``max_length`` keep their
     start (the prompt, then as much completion as fits) and are counted as ``truncated``. A row
     left without any trained token (a prompt that fills ``max_length``) is an error unless
-    ``drop_overlong=True``, when it is dropped and counted.
+    ``drop_overlong=True``, when it is dropped and counted. An empty completion is valid (the model learns
+    to answer with EOS alone, as in TRL) and counted as ``empty_completions``; a chat completion holds the
+    assistant's turns only (repeated prompt turns are removed and counted as ``prompt_turns_removed``).
 
     The other options are :class:`~lit_align.datamodules.base.PromptCompletionDataModule`'s and its base's; SFT
     changes the defaults of ``max_length`` (1024) and ``max_prompt_length`` (``None``: a long prompt keeps its
@@ -135,17 +140,16 @@ class SFTDataModule(PromptCompletionDataModule):
         max_prompt_length: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if max_length < 2:
-            raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
         super().__init__(data_path=data_path, max_length=max_length, max_prompt_length=max_prompt_length, **kwargs)
         self.format = format
         self.completion_only_loss = completion_only_loss
 
     def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         prompt, completion = self.prompt_completion(row, loc, chat=bool(tokenizer.chat_template))
-        prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc)
-        if not completion_ids:
-            raise DataError(f"{loc}: the completion tokenizes to nothing beyond the prompt")
+        completion, removed = completion_turns(prompt, completion, f"{loc}, field 'completion'")
+        notes = ["prompt_turns_removed"] * removed + ["empty_completions"] * is_blank(completion)
+        prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc,
+                                                                    self.prompt_bos)  # fmt: skip
         status, prompt_length = "ok", len(prompt_ids)
         if self.max_prompt_length is not None and len(prompt_ids) > self.max_prompt_length:
             status = "truncated"
@@ -163,7 +167,8 @@ class SFTDataModule(PromptCompletionDataModule):
                     f"max_length={self.max_length}; raise max_length or set drop_overlong=True"
                 )
             status = "dropped"
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "_status": status}
+        notes_text = ",".join(notes)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "_status": status, "_notes": notes_text}
 
     def prompt_completion(self, row: dict[str, Any], loc: str, chat: bool) -> tuple[Any, Any]:
         """The row's (prompt, completion), each text or a message list; DataError when malformed."""
@@ -181,7 +186,7 @@ class SFTDataModule(PromptCompletionDataModule):
             return alpaca_to_prompt_completion(row, loc, chat)
         prompt, completion = row["prompt"], row["completion"]
         check_text_or_messages(prompt, f"{loc}, field 'prompt'")
-        check_text_or_messages(completion, f"{loc}, field 'completion'")
+        check_text_or_messages(completion, f"{loc}, field 'completion'", allow_empty=True)
         if is_conversational(prompt) != is_conversational(completion):
             raise DataError(f"{loc}, field 'completion': prompt and completion must both be text or both be messages")
         return prompt, completion

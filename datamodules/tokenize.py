@@ -17,7 +17,20 @@ from transformers import PreTrainedTokenizerBase
 from lit_align.batches import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant", "tool")
+COMPLETION_ROLES = ("assistant", "tool")  # a chat completion: the assistant's turns (and tool results between them)
 TruncationMode = Literal["keep_end", "keep_start"]
+ImplicitPrompt = Literal["turn_marker", "common_prefix"]
+# Where a plain-text transcript hands the turn to the assistant: an implicit prompt (no prompt field) is split
+# just after the LAST of these inside the text chosen and rejected share.
+TURN_MARKERS = (
+    "\n\nAssistant:",  # Anthropic HH-RLHF
+    "<|im_start|>assistant\n",  # ChatML (SmolLM2, Qwen)
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",  # Llama 3
+    "<start_of_turn>model\n",  # Gemma
+    "<|assistant|>\n",  # Zephyr, Phi-3
+    "[/INST]",  # Llama 2, Mistral
+    "### Response:",  # Alpaca
+)
 
 
 class DataError(ValueError):
@@ -33,11 +46,23 @@ def is_conversational(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict)
 
 
+def is_blank(value: Any) -> bool:
+    """A completion with no visible text: an empty or whitespace-only string, or messages whose contents all are."""
+    if isinstance(value, str):
+        return not value.strip()
+    return is_conversational(value) and all(not str(m.get("content", "")).strip() for m in value)
+
+
 def check_text_or_messages(value: Any, loc: str, allow_empty: bool = False) -> None:
-    """Raise :class:`DataError` unless ``value`` is a non-empty string or a well-formed message list."""
+    """Raise :class:`DataError` unless ``value`` is a string or a well-formed message list.
+
+    A string with no visible text is an error unless ``allow_empty`` (completions: a model that said nothing is
+    a legitimate answer; prompts: there is nothing to condition on, usually a broken column).
+    """
     if isinstance(value, str):
         if not value.strip() and not allow_empty:
-            raise DataError(f"{loc}: expected a non-empty string or a list of messages, got an empty string")
+            what = "an empty string" if not value else f"a whitespace-only string {value!r:.20}"
+            raise DataError(f"{loc}: expected a non-empty string or a list of messages, got {what}")
         return
     if isinstance(value, list) and value:
         for i, message in enumerate(value):
@@ -55,53 +80,109 @@ def check_text_or_messages(value: Any, loc: str, allow_empty: bool = False) -> N
     raise DataError(f"{loc}: expected a non-empty string or a list of messages, got {got}")
 
 
-def extract_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
-    """Split HH-RLHF style rows, where chosen and rejected repeat the prompt, into (prompt, chosen, rejected).
+def completion_turns(prompt: Any, completion: Any, loc: str) -> tuple[Any, bool]:
+    """A chat completion as the assistant's turns only; ``(completion, True)`` when it repeated the prompt's turns.
 
-    Message lists: the prompt is the longest common run of messages. Strings: the common prefix,
-    cut just after the last ``"Assistant:"`` inside it when there is one (HH's turn marker), else
-    before the space that starts the diverging completion (as TRL's ``extract_prompt`` does).
+    A completion that starts with the whole prompt (full conversations stored as chosen/rejected), or with the
+    prompt's last turns (its user turn again), has them removed: training on them would train the user's words.
+    Anything else that is not the assistant's (a user or system message) is an error naming the message.
+    Plain-text completions are returned as they are.
     """
+    if not is_conversational(completion):
+        return completion, False
+    removed = False
+    if is_conversational(prompt):
+        leading = next((i for i, m in enumerate(completion) if m["role"] in COMPLETION_ROLES), len(completion))
+        if len(completion) > len(prompt) and completion[: len(prompt)] == prompt:
+            completion, removed = completion[len(prompt) :], True
+        elif 0 < leading < len(completion) and completion[:leading] == prompt[-leading:]:
+            completion, removed = completion[leading:], True
+    if completion[0]["role"] != "assistant":
+        raise DataError(
+            f"{loc}: message 0 of the completion has role {completion[0]['role']!r}; a completion is the assistant's "
+            "reply: move earlier turns into the prompt"
+        )
+    for i, message in enumerate(completion):
+        if message["role"] not in COMPLETION_ROLES:
+            raise DataError(
+                f"{loc}: message {i} of the completion has role {message['role']!r}; a completion holds only the "
+                f"assistant's turns (and tool results between them): end the pair's conversation before it"
+            )
+    return completion, removed
+
+
+def extract_implicit_prompt(chosen: Any, rejected: Any, mode: ImplicitPrompt = "turn_marker") -> tuple[Any, Any, Any]:
+    """Split rows where chosen and rejected repeat the prompt (HH-RLHF style) into (prompt, chosen, rejected).
+
+    Message lists: the prompt is the longest common run of messages. Strings, ``mode="turn_marker"``: the
+    common prefix, cut just after the last :data:`TURN_MARKERS` marker inside it (the prompt is empty when
+    there is none); ``mode="common_prefix"``: the whole common prefix, less the space that starts the diverging
+    completion (TRL's ``extract_prompt``).
+    """
+    n = common_prefix_length(chosen, rejected)
     if is_conversational(chosen) and is_conversational(rejected):
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
         return chosen[:n], chosen[n:], rejected[n:]
-    n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-        n += 1
-    marker = chosen[:n].rfind("Assistant:")
-    if marker >= 0:
-        n = marker + len("Assistant:")
+    if mode == "turn_marker":
+        shared = chosen[:n]
+        ends = [shared.rfind(m) + len(m) for m in TURN_MARKERS if m in shared]
+        n = max(ends, default=0)
     elif 0 < n < len(chosen) and chosen[n - 1] == " ":
         n -= 1
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def preference_row(row: dict[str, Any], loc: str) -> tuple[Any, Any, Any]:
-    """The validated (prompt, chosen, rejected) of a preference row; a row without a prompt field (HH-RLHF
-    style, where chosen and rejected repeat the prompt) gets its prompt split off (:func:`extract_implicit_prompt`)."""
+def preference_row(
+    row: dict[str, Any], loc: str, implicit_prompt: ImplicitPrompt = "turn_marker"
+) -> tuple[Any, Any, Any]:
+    """The validated (prompt, chosen, rejected) of a preference row.
+
+    Empty completions are valid. A row without a prompt field (HH-RLHF style, where chosen and rejected repeat
+    the prompt) gets its prompt split off (:func:`extract_implicit_prompt`).
+    """
     chosen, rejected = row["chosen"], row["rejected"]
-    check_text_or_messages(chosen, f"{loc}, field 'chosen'")
-    check_text_or_messages(rejected, f"{loc}, field 'rejected'")
+    check_text_or_messages(chosen, f"{loc}, field 'chosen'", allow_empty=True)
+    check_text_or_messages(rejected, f"{loc}, field 'rejected'", allow_empty=True)
     prompt = row.get("prompt")
-    if prompt is None:
-        prompt, chosen, rejected = extract_implicit_prompt(chosen, rejected)
-        if not prompt or not chosen or not rejected:
-            raise DataError(
-                f"{loc}: no 'prompt' field, and chosen/rejected share no prompt prefix to split off "
-                "(expected HH-RLHF style rows, or add a prompt column)"
-            )
-    else:
+    if prompt is not None:
         check_text_or_messages(prompt, f"{loc}, field 'prompt'")
+        return prompt, chosen, rejected
+    if is_conversational(chosen) != is_conversational(rejected):
+        raise DataError(f"{loc}, field 'rejected': chosen and rejected must both be text or both be message lists")
+    prompt, chosen, rejected = extract_implicit_prompt(chosen, rejected, implicit_prompt)
+    if not prompt:
+        if is_conversational(chosen) or implicit_prompt == "common_prefix":
+            found = "chosen and rejected share no leading text or messages"
+        else:
+            found = "the text chosen and rejected share has no turn marker (" + ", ".join(map(repr, TURN_MARKERS)) + ")"
+        raise DataError(
+            f"{loc}: no 'prompt' field, and {found}. Add a prompt column (or map one: --data.columns "
+            '\'{"prompt": "<column>"}\'), or split at the longest shared prefix with --data.implicit_prompt '
+            "common_prefix (TRL's extract_prompt)"
+        )
     return prompt, chosen, rejected
 
 
-def _ids(tokenizer: PreTrainedTokenizerBase, value: Any, generation_prompt: bool = False) -> list[int]:
+def set_prompt_bos(ids: list[int], bos_token_id: int | None, prompt_bos: bool | None) -> list[int]:
+    """``ids`` of a plain-text prompt (or prompt + completion) with the BOS token as asked: ``None`` leaves what the
+    tokenizer did, ``True`` prepends it unless already first (TRL's ``add_bos_token_if_needed``), ``False`` removes
+    a leading one."""
+    if prompt_bos is None or bos_token_id is None:
+        return ids
+    starts = ids[:1] == [bos_token_id]
+    if prompt_bos and not starts:
+        return [bos_token_id, *ids]
+    if not prompt_bos and starts:
+        return ids[1:]
+    return ids
+
+
+def _ids(
+    tokenizer: PreTrainedTokenizerBase, value: Any, generation_prompt: bool = False, prompt_bos: bool | None = None
+) -> list[int]:
     if is_conversational(value):
         out = tokenizer.apply_chat_template(value, tokenize=True, add_generation_prompt=generation_prompt)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-    return tokenizer(value, add_special_tokens=True)["input_ids"]
+    return set_prompt_bos(tokenizer(value, add_special_tokens=True)["input_ids"], tokenizer.bos_token_id, prompt_bos)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -112,9 +193,17 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def tokenize_prompt_completions(
-    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: Sequence[Any], loc: str
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Any,
+    completions: Sequence[Any],
+    loc: str,
+    prompt_bos: bool | None = None,
 ) -> tuple[list[int], list[list[int]]]:
-    """Token ids of the prompt and of each completion given that prompt (TRL's convention)."""
+    """Token ids of the prompt and of each completion given that prompt (TRL's convention).
+
+    An empty plain-text completion is the EOS token alone (TRL's DPO/KTO: ``"" + eos_token``). ``prompt_bos``
+    applies to plain-text prompts (:func:`set_prompt_bos`); chat rows are the chat template's business.
+    """
     conversational = is_conversational(prompt)
     if conversational and not tokenizer.chat_template:
         raise DataError(
@@ -124,14 +213,22 @@ def tokenize_prompt_completions(
     for c in completions:
         if is_conversational(c) != conversational:
             raise DataError(f"{loc}: prompt and completion must both be text or both be message lists")
-    prompt_ids = _ids(tokenizer, prompt, generation_prompt=conversational)
+    prompt_ids = _ids(tokenizer, prompt, generation_prompt=conversational, prompt_bos=prompt_bos)
     if conversational:
         full = [_ids(tokenizer, prompt + c) for c in completions]
     else:
         eos = tokenizer.eos_token or ""
-        full = [_ids(tokenizer, prompt + (c if c.endswith(eos) else c + eos)) for c in completions]
+        full = [
+            _ids(tokenizer, prompt + (c if c.endswith(eos) else c + eos), prompt_bos=prompt_bos) for c in completions
+        ]
     prompt_len = min(common_prefix_length(prompt_ids, f) for f in full)
-    return prompt_ids[:prompt_len], [f[prompt_len:] for f in full]
+    kept = [f[prompt_len:] for f in full]
+    if not all(kept):
+        raise DataError(
+            f"{loc}: a completion tokenizes to nothing beyond the prompt (an empty completion needs the tokenizer's "
+            "EOS token, and this tokenizer has none): set tokenizer.eos_token"
+        )
+    return prompt_ids[:prompt_len], kept
 
 
 def truncate_prompt(prompt_ids: list[int], max_prompt_length: int | None, mode: TruncationMode) -> list[int]:

@@ -3,6 +3,10 @@
 ``--help`` is compact: one line per option (its description's first sentence and a short default), so
 that the whole list fits a screen or two; the full descriptions are the classes' docstrings (``Args:``)
 and the docs pages, and ``--print_config`` shows every resolved value.
+
+Every input that can be checked without weights is checked before the model is built
+(:meth:`AlignCLI.check_inputs_before_model`): ``--ckpt_path``, the DataModule's options and data (read,
+validated and tokenized), and the model's bindings to that data (reward functions called on its first rows).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
+import torch
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -116,9 +121,16 @@ class AlignArgumentParser(LightningArgumentParser):
         super().error(hint(message, option_strings(root) | option_strings(self)), ex)
 
 
+STAGES = {"fit": "fit", "validate": "validate"}  # the subcommands offered
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc")  # ckpt_path values Lightning resolves itself
+
+
 class AlignCLI(LightningCLI):
     """LightningCLI that feeds the policy's name to the DataModule as its tokenizer, offers ``fit`` and ``validate``
-    (evaluation and generation have their own commands), and resumes a run into its own log version."""
+    (evaluation and generation have their own commands), checks every input before it builds the model
+    (:meth:`check_inputs_before_model`) and resumes a run into its own log version."""
+
+    prepared_datamodule: L.LightningDataModule | None = None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.policy", "data.tokenizer")
@@ -145,6 +157,69 @@ class AlignCLI(LightningCLI):
         if config is None or not config.get("ckpt_path"):
             return
         resume_into_own_version(config)
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        self.prepared_datamodule = self.check_inputs_before_model()
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self.prepared_datamodule is not None:  # the run uses the DataModule already set up, not a fresh copy
+            self.datamodule = self.config_init[self.subcommand]["data"] = self.prepared_datamodule
+
+    def check_inputs_before_model(self) -> L.LightningDataModule | None:
+        """Check, before any weights load and cheapest first: that ``--ckpt_path`` is a checkpoint loadable with
+        ``weights_only=True``; the DataModule's options (its constructor) and its data (``setup``: files read, rows
+        validated and tokenized, counts logged); and the model class's bindings to that data (``check_data``, e.g.
+        the reward functions called on the first rows). Returns the set-up DataModule, which the run then uses.
+        The module's own options are checked by its constructor before it loads weights."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        check_checkpoint(config.get("ckpt_path"))
+        if subcommand not in STAGES or self.datamodule_class is None or self.subclass_mode_data:
+            return None
+        datamodule = self.datamodule_class(**config["data"].as_dict())
+        datamodule.setup(STAGES[subcommand])
+        check_data = getattr(self.model_class, "check_data", None)
+        if check_data is not None and not self.subclass_mode_model:
+            check_data(datamodule, config["model"].as_dict())
+        return datamodule
+
+
+
+def check_checkpoint(path: str | None) -> None:
+    """Refuse a ``--ckpt_path`` that is not a checkpoint this project can load safely (``weights_only=True``),
+    naming the file; never advise unsafe loading. Memory-mapped: the weights are not read."""
+    if not path or path in LIGHTNING_CKPT_NAMES or str(path).startswith("registry"):
+        return
+    file = Path(path)
+    if file.is_dir():
+        return  # a distributed (DCP) checkpoint folder: Lightning's loader checks its layout
+    if not file.is_file():
+        raise FileNotFoundError(f"--ckpt_path {path}: no such file (resolved to {file.resolve()})")
+    advice = "give a .ckpt written by a lit-align run (runs/<algo>/version_N/checkpoints/last.ckpt)"
+    try:
+        checkpoint: Any = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ValueError(
+            f"--ckpt_path {file}: not a checkpoint that loads safely ({_load_failure(err)}); {advice}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"--ckpt_path {file}: a PyTorch file, but not a Lightning checkpoint (no 'state_dict'); {advice}"
+        )
+
+
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to load it unsafely."""
+    text = str(err)
+    blocked = re.search(r"(?:unsupported|Unsupported) (?:global|GLOBAL):? ?(?:GLOBAL )?([\w.]+)", text)
+    if blocked:
+        return f"it would run code ({blocked.group(1)}), which is refused"
+    if "mmap can only be used" in text or "invalid load key" in text or "zip archive" in text:
+        return "not a PyTorch checkpoint file"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first if "weights_only" not in first else "its contents are not plain tensors and containers"
 
 
 def run(
@@ -189,8 +264,6 @@ def resume_into_own_version(config: Any) -> None:
     if run_dir.parent != expected or init.get("version") is not None:
         return  # a checkpoint of another run, or a version set on purpose
     init.version = run_dir.name
-    import torch
-
     meta = ckpt / "meta.pt" if ckpt.is_dir() else ckpt  # a sharded (DCP) checkpoint keeps its step in meta.pt
     try:
         init.purge_step = int(torch.load(meta, map_location="cpu", weights_only=True)["global_step"])

@@ -12,11 +12,14 @@ Deliberately left out: remote code is never trusted unless ``trust_remote_code=T
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -53,6 +56,91 @@ CHATML_TEMPLATE = (
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = ("tiny-llama", "smollm2-135m-instruct")
+OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+GGUF_MAGIC = b"GGUF"
+
+
+def hub_offline_flag() -> str | None:
+    """``"HF_HUB_OFFLINE=1"`` (or the variable that is set) when the environment asks for no hub access, else None."""
+    for name in OFFLINE_FLAGS:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{name}={os.environ[name]}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (no DNS, connection refused), else None; one quick probe per process.
+
+    Without a network, Hugging Face's clients retry for about a minute before failing; this probe answers in
+    at most ``timeout`` seconds. Behind a proxy the probe is skipped (the clients know their proxy).
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host} cannot be reached: {err.strerror or err}"
+    return None
+
+
+def _local_kind(name: str) -> str:
+    """``preset``, ``gguf``, ``directory`` or ``hub``; raises when a local path is missing or not a model."""
+    if name in PRESETS:
+        return "preset"
+    path = Path(name).expanduser()
+    presets = ", ".join(PRESETS)
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path.resolve()}")
+        with path.open("rb") as f:
+            magic = f.read(4)
+        if magic != GGUF_MAGIC:
+            raise ValueError(
+                f"{path}: not a GGUF file (it starts with {magic!r}, a GGUF file with {GGUF_MAGIC!r}); "
+                "download or convert the model again"
+            )
+        return "gguf"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            held = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
+            raise FileNotFoundError(
+                f"{path}: a folder without config.json, so not a model saved with save_pretrained (it holds: {held})"
+            )
+        return "directory"
+    if path.is_file():
+        raise ValueError(f"{path}: a file; a model is a preset ({presets}), a save_pretrained folder or a .gguf file")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(
+            f"no such model folder: {name!r} (resolved to {path.resolve()}); a model is a preset ({presets}), "
+            "a save_pretrained folder, a .gguf file or a hub id"
+        )
+    return "hub"
+
+
+def _from_hub(load, name: str, **kwargs):
+    """``load(name, **kwargs)`` for a hub id, refused at once (naming the presets) when the hub is out of reach."""
+    presets = ", ".join(PRESETS)
+    offline = hub_offline_flag()
+    if offline is None and (reason := hub_unreachable()) is not None:
+        raise OSError(
+            f"{name!r} is not a preset ({presets}), a local folder or a .gguf file, and the hub cannot be reached "
+            f"({reason}), so no download is attempted. For a model in your hub cache, set HF_HUB_OFFLINE=1"
+        )
+    try:
+        return load(name, **kwargs)
+    except OSError as err:
+        if offline is not None:
+            raise OSError(
+                f"{name!r} is not a preset ({presets}), a local folder or a .gguf file, and not in the local hub "
+                f"cache; {offline} is set, so no download was attempted"
+            ) from None
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise OSError(f"{name!r} is not a preset ({presets}), a local folder or a .gguf file: {first}") from err
 
 
 def _cache_dir() -> Path:
@@ -145,8 +233,7 @@ def _smollm2_dir() -> Path:
 
 def _load_gguf(path: Path, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantize a GGUF file into a plain model; drop the loader's ``quantization_config``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
+    _local_kind(str(path))  # exists, and starts like a GGUF file
     kwargs = {"gguf_file": path.name, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path.parent, **kwargs)
@@ -162,13 +249,16 @@ def _load_gguf(path: Path, trust_remote_code: bool) -> tuple[PreTrainedModel, Pr
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer :func:`load_model` would return for ``name_or_path`` (without loading weights)."""
+    kind = _local_kind(name_or_path)
     if name_or_path == "tiny-llama":
         tokenizer = build_byte_tokenizer()
     elif name_or_path == "smollm2-135m-instruct":
         tokenizer = AutoTokenizer.from_pretrained(_smollm2_dir())
-    elif name_or_path.endswith(".gguf"):
+    elif kind == "gguf":
         path = Path(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code)
+    elif kind == "hub":
+        tokenizer = _from_hub(AutoTokenizer.from_pretrained, name_or_path, trust_remote_code=trust_remote_code)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     return _ensure_pad(tokenizer)
@@ -208,6 +298,7 @@ def load_model(
         seed: weight seed of the ``tiny-llama`` preset (a different seed gives a different model).
     """
     torch_dtype = _resolve_dtype(dtype)
+    kind_of_name = _local_kind(name_or_path)  # a missing path, a garbage .gguf, an unreachable hub: said here
     if name_or_path == "tiny-llama":
         tokenizer = build_byte_tokenizer()
         model = build_tiny_llama(tokenizer, seed=seed, kind=kind)
@@ -224,7 +315,10 @@ def load_model(
             gguf_tok.save_pretrained(source)
         auto = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
         extra = {"num_labels": 1} if kind == "sequence_classification" else {}
-        model = auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+        if kind_of_name == "hub":
+            model = _from_hub(auto.from_pretrained, name_or_path, trust_remote_code=trust_remote_code, **extra)
+        else:
+            model = auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     tokenizer = _ensure_pad(tokenizer)
     if model.config.pad_token_id is None:

@@ -90,3 +90,23 @@ class ScriptedBackend:
                 num_generations, 0), ids.to(device), mask.to(device), texts, lengths.to(device),
             truncated.to(device), num_generations,
         )  # fmt: skip
+
+
+def needs_answer(prompts, completions, answer, **kwargs):
+    """A reward function that needs an ``answer`` column (binding tests)."""
+    return [float(completion_text(c) == str(a)) for c, a in zip(completions, answer, strict=True)]
+
+
+def no_kwargs_reward(prompts, completions):
+    """A reward function without ``**kwargs``: any data column besides the prompt cannot reach it (binding tests)."""
+    return [0.0 for _ in completions]
+
+
+def crashing_reward(prompts, completions, **kwargs):
+    """A reward function that fails on every call (binding tests)."""
+    raise KeyError("score")
+
+
+def unscorable_reward(prompts, completions, **kwargs):
+    """A verifier that can never score (dead-reward warning tests)."""
+    return [None for _ in completions]

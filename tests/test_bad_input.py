@@ -88,6 +88,9 @@ def test_misnamed_field_mapping(tmp_path, tiny_tokenizer, cls):
 def test_empty_none_or_non_string_field(tmp_path, tiny_tokenizer, cls, value, got):
     field = TEXT_FIELD[cls]
     rows = [GOOD[cls], {**GOOD[cls], field: value}]
+    if value == "" and cls is not PromptDataModule:  # an empty completion is valid data (EOS only), counted
+        assert setup(cls, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer).stats["train/empty_completions"] == 1
+        return
     message = error(cls, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer)
     if cls is SFTDataModule and value is None:  # a null completion leaves a prompt-only row: half a format
         assert "d.jsonl [train], row 1, field 'completion': missing or null; a row with prompt needs" in message
@@ -165,7 +168,7 @@ def test_chat_rows_with_a_tokenizer_without_chat_template(tmp_path, tiny_tokeniz
 
 def test_per_device_batch_too_small_for_kto(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD[BinaryFeedbackDataModule]] * 4)
-    with pytest.raises(ValueError, match=r"needs batch_size >= 2 per device, got 1: KTO estimates its KL"):
+    with pytest.raises(ValueError, match=r"--data.batch_size=1: .*needs batch_size >= 2 per device: KTO estimates"):
         BinaryFeedbackDataModule(tokenizer=tiny_tokenizer, data_path=str(path), batch_size=1)
 
 

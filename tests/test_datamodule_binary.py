@@ -144,10 +144,35 @@ def test_kl_completion_cut_to_max_length(tokenizer, tmp_path):
     assert dm.stats["train/completion_truncated"] == 1
 
 
+def test_kl_pair_of_a_truncated_completion_and_a_shorter_prompt_matches_trl_collator(tokenizer, tmp_path):
+    """A completion cut to fit its own LONG prompt, paired with a SHORT prompt: its KL sequence is cut once from the
+    uncut completion, token for token what TRL 1.16's collator builds from the raw (uncut) rows, so it fills
+    max_length (the old double cut left it at 2 + 8 tokens)."""
+    from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+    rows = [{"prompt": "s" * 2, "completion": "x" * 30, "label": True},
+            {"prompt": "L" * 12, "completion": "y" * 30, "label": False}]  # fmt: skip
+    dm = make(tokenizer, write_jsonl(tmp_path / "trunc.jsonl", rows), max_length=20, max_prompt_length=None)
+    batch = dm.collate([dm.train_dataset[0], dm.train_dataset[1]])
+    assert batch["attention_mask"].sum(-1).tolist() == [20, 20] and dm.stats["train/completion_truncated"] == 2
+    assert batch["kl_attention_mask"].sum(-1).tolist() == [20, 20]  # prompt 0 (2 tokens) + 18 of the y's
+    raw = [tokenizer(r["prompt"] + r["completion"] + tokenizer.eos_token)["input_ids"] for r in rows]
+    prompts = [tokenizer(r["prompt"])["input_ids"] for r in rows]
+    completions = [ids[len(p) :] for ids, p in zip(raw, prompts, strict=True)]
+    rotated = completions[-1:] + completions[:-1]  # TRL's KL_completion_ids, from the uncut completions
+    trl_rows = [{"prompt_ids": p, "completion_ids": c, "KL_completion_ids": kl, "label": r["label"]}
+                for p, c, kl, r in zip(prompts, completions, rotated, rows, strict=True)]  # fmt: skip
+    trl = DataCollatorForUnpairedPreference(pad_token_id=tokenizer.pad_token_id, max_length=20)(trl_rows)
+    for ours, theirs in (("", ""), ("kl_", "KL_")):
+        assert torch.equal(batch[f"{ours}input_ids"], trl[f"{theirs}input_ids"])
+        assert torch.equal(batch[f"{ours}attention_mask"], trl[f"{theirs}attention_mask"])
+        assert torch.equal((batch[f"{ours}labels"] != IGNORE_INDEX).long(), trl[f"{theirs}completion_mask"])
+
+
 def test_batch_size_one_refused(tokenizer):
-    with pytest.raises(ValueError, match="batch_size >= 2 per device, got 1"):
+    with pytest.raises(ValueError, match=r"--data.batch_size=1: BinaryFeedbackDataModule needs batch_size >= 2"):
         BinaryFeedbackDataModule(tokenizer=tokenizer, batch_size=1)
-    with pytest.raises(ValueError, match="eval_batch_size >= 2"):
+    with pytest.raises(ValueError, match=r"--data.eval_batch_size=1: .*needs eval_batch_size >= 2"):
         BinaryFeedbackDataModule(tokenizer=tokenizer, batch_size=4, eval_batch_size=1)
 
 

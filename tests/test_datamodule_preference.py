@@ -126,7 +126,7 @@ def test_other_file_formats(tmp_path, tiny_tokenizer, fmt):
 @pytest.mark.parametrize(
     ("row", "pattern"),
     [
-        ({"prompt": "p", "chosen": "", "rejected": "r"}, r"row 1, field 'chosen': expected a non-empty string"),
+        ({"prompt": "", "chosen": "c", "rejected": "r"}, r"row 1, field 'prompt': expected a non-empty string"),
         ({"prompt": "p", "chosen": None, "rejected": "r"}, r"row 1, field 'chosen'.*got None"),
         ({"prompt": "p", "chosen": 3, "rejected": "r"}, r"row 1, field 'chosen'.*got int"),
         ({"prompt": "p", "rejected": "r"}, r"row 1, field 'chosen'.*got None"),  # json fills absent keys

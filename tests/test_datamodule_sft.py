@@ -131,7 +131,7 @@ def test_prompt_filling_max_length_is_an_error_unless_dropped(tmp_path, tokenize
     [
         ([{"prompt": "Q", "completion": None}], {"format": "prompt_completion"},
          r"row 0: missing field 'completion'.*format 'prompt_completion'"),
-        ([{"prompt": "Q", "completion": ""}], {}, r"row 0, field 'completion': expected a non-empty string"),
+        ([{"prompt": " ", "completion": "A"}], {}, r"row 0, field 'prompt': expected a non-empty string.*whitespace"),
         ([{"prompt": "Q", "completion": ANSWER}], {}, r"row 0, field 'completion': prompt and completion must both"),
         ([{"messages": [*USER, {"role": "user", "content": "?"}]}], {},
          r"row 0, field 'messages': the last message should be the assistant's"),

@@ -17,48 +17,41 @@ from lit_align.datamodules.tokenize import IGNORE_INDEX
 from lit_align.models import load_model
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
+from tests.parity import demo_binary_rows as demo_rows
+from tests.parity import plain_binary_rows as plain_rows
+from tests.parity import weighted_means
 
-DEMO = REPO / "datamodules" / "samples" / "binary_demo.jsonl"
 TOL = 1e-5
 
 
-def demo_rows(n: int) -> list[dict]:
-    with DEMO.open() as f:
-        return [json.loads(line) for _, line in zip(range(n), f, strict=False)]
-
-
-def plain_rows(n: int) -> list[dict]:
-    """The demo rows as plain text (prompt and completion strings)."""
-    return [
-        {"prompt": r["prompt"][0]["content"], "completion": " " + r["completion"][0]["content"], "label": r["label"]}
-        for r in demo_rows(n)
-    ]
-
-
-def weighted_means(values: dict) -> dict[str, float]:
-    out = {}
-    for name, value in values.items():
-        data, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
-        if weight.sum() > 0:
-            out[name] = float((data * weight).sum() / weight.sum())
-    return out
+def truncating_rows() -> list[dict]:
+    """Plain-text rows that max_length=64 truncates: long completions (80+ bytes = tokens) after prompts of 8 to 46
+    tokens, so a completion cut to fit its own long prompt meets a shorter prompt in its KL pair."""
+    rows = plain_rows(8)
+    for i, row in enumerate(rows):
+        row["prompt"] = (row["prompt"] + " Please explain.")[: 8 + 38 * (i % 2)].ljust(8 + 38 * (i % 2), ".")
+        row["completion"] = (row["completion"] * 8)[:80 + 3 * i]
+    return rows
 
 
 # --- parity with TRL ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("rows", "policy_seed", "ref_seed", "loss_type"),
+    ("rows", "policy_seed", "ref_seed", "loss_type", "max_length"),
     [
-        (demo_rows(8), 0, 1, "kto"),  # conversational; this reference gives a negative KL, clamped to 0
-        (plain_rows(8), 1, 0, "kto"),  # plain text; swapped seeds give z > 0, so the KL term is live
-        (demo_rows(8), 0, 1, "apo_zero_unpaired"),
+        (demo_rows(8), 0, 1, "kto", 512),  # conversational; this reference gives a negative KL, clamped to 0
+        (plain_rows(8), 1, 0, "kto", 512),  # plain text; swapped seeds give z > 0, so the KL term is live
+        (demo_rows(8), 0, 1, "apo_zero_unpaired", 512),
+        (truncating_rows(), 1, 0, "kto", 64),  # completions truncated; KL pairs cut once, from the uncut completion
     ],
-    ids=["chat-z_clamped", "text-z_positive", "apo_zero_unpaired"],
+    ids=["chat-z_clamped", "text-z_positive", "apo_zero_unpaired", "text-truncated"],
 )
-def test_parity_with_trl_kto_trainer(tmp_path, rows, policy_seed, ref_seed, loss_type):
+def test_parity_with_trl_kto_trainer(tmp_path, rows, policy_seed, ref_seed, loss_type, max_length):
     """Same tiny policy and reference, the same first batch (token-identical, with TRL's KL pairs): TRL's loss,
-    KL, rewards/logps metrics and every parameter gradient match ours within 1e-5 in fp32."""
+    KL, rewards/logps metrics and every parameter gradient match ours within 1e-5 in fp32. At max_length=64 the
+    completions are truncated, and a completion cut for its own long prompt makes a longer KL sequence with the
+    next, shorter prompt (TRL cuts the KL pair once, from the uncut completion)."""
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
     if trl.__version__ != "1.16.0":
@@ -70,7 +63,8 @@ def test_parity_with_trl_kto_trainer(tmp_path, rows, policy_seed, ref_seed, loss
     trl_ref, _ = load_model("tiny-llama", seed=ref_seed)  # ours get their own identical copies
     args = KTOConfig(
         output_dir=str(tmp_path / "trl"), per_device_train_batch_size=batch_size, report_to="none", use_cpu=True,
-        max_length=512, beta=beta, desirable_weight=weights[0], undesirable_weight=weights[1], loss_type=loss_type,
+        max_length=max_length, beta=beta, desirable_weight=weights[0], undesirable_weight=weights[1],
+        loss_type=loss_type,
         save_strategy="no", bf16=False,  # transformers 5 defaults to bf16 autocast where supported, CPU included
     )  # fmt: skip
     with warnings.catch_warnings():
@@ -85,9 +79,16 @@ def test_parity_with_trl_kto_trainer(tmp_path, rows, policy_seed, ref_seed, loss
 
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     dm = BinaryFeedbackDataModule(
-        tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=batch_size, max_length=512
-    )
+        tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=batch_size, max_length=max_length,
+        max_prompt_length=None,
+    )  # fmt: skip
     dm.setup("fit")
+    if max_length == 64:
+        assert dm.stats["train/completion_truncated"] == len(rows)
+        kl_lengths = dm.collate([dm.train_dataset[i] for i in range(batch_size)])["kl_attention_mask"].sum(-1)
+        prompt_lengths = [len(dm.train_dataset[i]["prompt_ids"]) for i in range(batch_size)]
+        assert kl_lengths.tolist() == [64] * batch_size  # every KL pair fills max_length, as in TRL
+        assert min(prompt_lengths) < max(prompt_lengths)  # short prompts meet completions cut for long ones
     batch = dm.collate([dm.train_dataset[i] for i in range(batch_size)])  # TRL samples sequentially
     assert batch["is_desirable"].tolist() == trl_batch["label"].tolist()
     for ours, theirs in (("", ""), ("kl_", "KL_")):
@@ -168,6 +169,9 @@ from lit_align.logprobs import sequence_logps
 from lit_align.models import load_model
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
+from tests.parity import demo_binary_rows as demo_rows
+from tests.parity import plain_binary_rows as plain_rows
+from tests.parity import weighted_means
 
 class Probe(KTO):
     """Records, per step, this rank's own KL mean (computed directly here) and the z the loss used."""

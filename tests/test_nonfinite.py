@@ -103,7 +103,7 @@ def test_update_outside_a_trainer_skips_too():
     with pytest.warns(UserWarning, match="standalone update"):
         out = module.update(batch)
     assert out["skipped"] == 1.0 and same(before, module.policy.state_dict())
-    with pytest.raises(ValueError, match="nonfinite_loss must be 'stop' or 'skip'"):
+    with pytest.raises(ValueError, match=r"--model.nonfinite_loss='ignore': stop or skip"):
         DPO(policy="tiny-llama", nonfinite_loss="ignore")
 
 

@@ -5,7 +5,8 @@ template rendered to text, then ``build_tokenized_answer``) and by ``PreferenceD
 tokenization difference is asserted exactly: TRL's CPO/ORPO append an EOS token after the chat
 template's closing ``<|im_end|>\n`` (``add_eos_token_if_needed`` sees ``\n`` last), we do not (the
 template already closes the turn; DPOTrainer 1.16 does not either). Both then get OUR token ids, and
-loss and TRL's logged metrics must agree within 1e-5 in fp32.
+loss and TRL's logged metrics must agree within 1e-5 in fp32. Plain-text rows, where TRL prepends the
+tokenizer's BOS token, are compared on a tokenizer that has one in ``tests/test_parity_bos_trl.py``.
 ``logits/*`` are left out: TRL's CPO averages the logits over every position of the padded block
 (prompt and padding included), we over completion tokens (DPOTrainer 1.16's definition).
 """
@@ -13,7 +14,6 @@ loss and TRL's logged metrics must agree within 1e-5 in fp32.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import datasets
@@ -22,9 +22,10 @@ import torch
 
 from lit_align.algorithms.simpo import SimPO
 from lit_align.cli import run
-from lit_align.datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
+from lit_align.datamodules.preference import PreferenceDataModule
 from lit_align.models import load_model
 from lit_align.reference import ReferenceMixin
+from tests.parity import assert_tokens_differ_only_by_trl_eos, demo_preference_rows, our_loss_and_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ROWS = 4
@@ -43,8 +44,7 @@ COMPARED = (
 @pytest.fixture(scope="module")
 def setup():
     policy, tokenizer = load_model("tiny-llama", seed=0)
-    with open(DEMO_PREFERENCES, encoding="utf-8") as f:
-        rows = [json.loads(line) for _, line in zip(range(NUM_ROWS), f, strict=False)]
+    rows = demo_preference_rows(NUM_ROWS)
     dm = PreferenceDataModule(
         tokenizer=tokenizer, max_samples=NUM_ROWS, val_size=0, batch_size=NUM_ROWS, max_length=1024,
         max_prompt_length=None,
@@ -52,27 +52,6 @@ def setup():
     dm.setup("fit")
     ours = dm.collate([dm.train_dataset[i] for i in range(NUM_ROWS)])
     return policy, tokenizer, rows, ours
-
-
-def assert_tokens_differ_only_by_trl_eos(trainer, ours: dict[str, torch.Tensor], eos_id: int) -> None:
-    """Row by row, TRL's ids and labels are ours plus one trailing EOS (a completion token)."""
-    for i in range(NUM_ROWS):
-        row = trainer.train_dataset[i]
-        for side in ("chosen", "rejected"):
-            mask = ours[f"{side}_attention_mask"][i].bool()
-            ids, labels = ours[f"{side}_input_ids"][i][mask].tolist(), ours[f"{side}_labels"][i][mask].tolist()
-            assert row[f"{side}_input_ids"] == [*ids, eos_id], (i, side)
-            assert row[f"{side}_labels"] == [*labels, eos_id], (i, side)
-
-
-def our_loss_and_metrics(module, batch) -> tuple[float, dict[str, float]]:
-    with torch.no_grad():
-        loss, values = module.compute_loss(batch)
-    out = {}
-    for name, value in values.items():
-        data, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
-        out[name] = float((data.float() * weight).sum() / weight.sum())
-    return float(loss), out
 
 
 @pytest.mark.parametrize(("sft_weight", "label_smoothing"), [(0.0, 0.0), (0.5, 0.1)], ids=str)
@@ -93,7 +72,7 @@ def test_simpo_matches_trl_cpo(setup, tmp_path, sft_weight, label_smoothing):
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
     )
-    assert_tokens_differ_only_by_trl_eos(trainer, ours, tokenizer.eos_token_id)
+    assert_tokens_differ_only_by_trl_eos(trainer, ours, tokenizer.eos_token_id, NUM_ROWS)
     with torch.no_grad():
         trl_loss, trl_metrics = trainer.get_batch_loss_metrics(trainer.model, dict(ours))
     module = SimPO(policy=policy, beta=beta, gamma=gamma, sft_weight=sft_weight, label_smoothing=label_smoothing)

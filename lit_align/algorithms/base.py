@@ -63,6 +63,26 @@ def check_model_interface(model: nn.Module, option: str) -> nn.Module:
     return model
 
 
+def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
+    """Raise ``ValueError`` naming the module option by its command-line name (``--model.<name>``) unless ``ok``.
+
+    Called before the ``super().__init__`` that loads weights, so a bad option fails before any model loads.
+    """
+    if not ok:
+        raise ValueError(f"--model.{name}={value!r}: {expected}")
+
+
+def check_beta(beta: float, what: str = "β") -> None:
+    """β > 0 for the losses that scale a log-ratio by it: 0 makes the loss constant (no gradient), < 0 learns to
+    prefer the rejected completion."""
+    check_option(beta > 0, "beta", beta, f"{what} must be > 0 (0: a constant loss, no gradient; < 0: learns backwards)")
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
+    expected = "ε must be in [0, 0.5): at 0.5 the loss ignores the preference, above it learns backwards"
+    check_option(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, expected)
+
+
 class AlignmentModule(L.LightningModule):
     """Base of every algorithm module.
 
@@ -104,10 +124,20 @@ class AlignmentModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         nonfinite_loss: NonFinite = "stop",
     ) -> None:
+        check_option(learning_rate > 0, "learning_rate", learning_rate, "must be > 0 (0 trains nothing)")
+        check_option(weight_decay >= 0, "weight_decay", weight_decay, "must be >= 0")
+        check_option(0 <= warmup_ratio <= 1, "warmup_ratio", warmup_ratio, "a fraction of the steps, in [0, 1]")
+        check_option(
+            scheduler in ("constant", "linear", "cosine"), "scheduler", scheduler, "constant, linear or cosine"
+        )
+        check_option(
+            max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0, or null (no clip)"
+        )
+        check_option(lora_r >= 0, "lora_r", lora_r, "a LoRA rank >= 0 (0: train every weight)")
+        check_option(0 <= lora_dropout < 1, "lora_dropout", lora_dropout, "a probability in [0, 1)")
+        check_option(nonfinite_loss in ("stop", "skip"), "nonfinite_loss", nonfinite_loss, "stop or skip")
         super().__init__()
         save_plain_hyperparameters(self)
-        if nonfinite_loss not in ("stop", "skip"):
-            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         # from_pretrained returns eval mode and Lightning keeps each module's mode through fit; train
         # mode is what gradient checkpointing (and any dropout) needs.
         self.policy = check_model_interface(resolve_model(policy, self.POLICY_KIND), "policy").train()

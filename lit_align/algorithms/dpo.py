@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule
+from lit_align.algorithms.base import AlignmentModule, check_beta, check_label_smoothing, check_option
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import preference_logps
 from lit_align.losses import dpo_loss, hinge_loss, robust_dpo_loss
@@ -43,9 +43,12 @@ class DPO(ReferenceMixin, AlignmentModule):
         label_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        check_beta(beta)
+        check_option(loss_type in LOSSES, "loss_type", loss_type, ", ".join(LOSSES))
+        check_label_smoothing(label_smoothing)
+        check_option(not label_smoothing or loss_type in ("sigmoid", "robust"), "label_smoothing", label_smoothing,
+                     f"applies to the sigmoid and robust losses, not --model.loss_type={loss_type}")  # fmt: skip
         super().__init__(**kwargs)
-        if loss_type != "sigmoid" and loss_type != "robust" and label_smoothing:
-            raise ValueError(f"label_smoothing applies to the sigmoid and robust losses, not {loss_type!r}")
         self.loss_fn = LOSSES[loss_type]
         self.loss_kwargs = (
             {"beta": beta} if loss_type == "hinge" else {"beta": beta, "label_smoothing": label_smoothing}

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
+from lit_align.algorithms.base import check_option
 from lit_align.algorithms.online import Experience, ImportanceRatio, KLPenalty, OnlinePolicyGradient
 from lit_align.losses.policy_gradient import group_normalized_advantages
 
@@ -34,8 +35,12 @@ class GRPO(OnlinePolicyGradient):
 
     KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("loss", "reward")
     IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token",)
+    MIN_GENERATIONS = (2, ": the advantage is each reward minus its group's mean, 0 for a group of one")
 
     def __init__(self, *, scale_rewards: Literal["group", "batch", "none"] = "group", **kwargs: Any) -> None:
+        check_option(
+            scale_rewards in ("group", "batch", "none"), "scale_rewards", scale_rewards, "group, batch or none"
+        )
         super().__init__(**kwargs)
         self.scale_rewards = scale_rewards
 

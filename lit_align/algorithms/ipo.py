@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule
+from lit_align.algorithms.base import AlignmentModule, check_beta, check_option
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import preference_logps
 from lit_align.losses import ipo_loss
@@ -42,6 +42,8 @@ class IPO(ReferenceMixin, AlignmentModule):
         normalization: Literal["mean", "sum"] = "mean",
         **kwargs: Any,
     ) -> None:
+        check_beta(beta, "β (the target gap is 1/(2β))")
+        check_option(normalization in ("mean", "sum"), "normalization", normalization, "mean or sum")
         super().__init__(**kwargs)
         self.beta = beta
         self.normalization = normalization

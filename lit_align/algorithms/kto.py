@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule
+from lit_align.algorithms.base import AlignmentModule, check_beta, check_option
 from lit_align.batches import BinaryBatch
 from lit_align.logprobs import SequenceLogps, sequence_logps
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
@@ -96,9 +96,11 @@ class KTO(ReferenceMixin, AlignmentModule):
         undesirable_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
+        check_beta(beta)
+        check_option(loss_type in ("kto", "apo_zero_unpaired"), "loss_type", loss_type, "kto or apo_zero_unpaired")
+        check_option(desirable_weight > 0, "desirable_weight", desirable_weight, "λ_D must be > 0")
+        check_option(undesirable_weight > 0, "undesirable_weight", undesirable_weight, "λ_U must be > 0")
         super().__init__(**kwargs)
-        if desirable_weight <= 0 or undesirable_weight <= 0:
-            raise ValueError(f"weights must be positive, got {desirable_weight=} and {undesirable_weight=}")
         self.beta = beta
         self.uses_kl = loss_type == "kto"  # decided once: apo_zero_unpaired skips the KL passes entirely
         self.loss_type = loss_type

@@ -61,7 +61,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.base import AlignmentModule, Scheduler, check_option
 from lit_align.algorithms.rewarding import RewardMixin
 from lit_align.algorithms.sampling import SamplingMixin
 from lit_align.batches import PromptBatch
@@ -138,6 +138,8 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token", "sequence")  # likewise
     EXTRA_METRICS: ClassVar[tuple[str, ...]] = ()  # metric names an algorithm's hooks add
     KEY_METRICS = ("reward", "kl")
+    # The fewest completions per prompt the advantage can learn from, and why (GRPO/RLOO: group statistics).
+    MIN_GENERATIONS: ClassVar[tuple[int, str]] = (1, "")
     METRICS = ()  # built per instance from the reward functions (see __init__)
 
     def __init__(
@@ -161,8 +163,18 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         **kwargs: Any,
     ) -> None:
         self.check_variant(kl_penalty, importance_ratio)
-        if min(num_generations, num_iterations, num_minibatches, gradient_accumulation_steps) < 1:
-            raise ValueError("num_generations, num_iterations, num_minibatches and gradient_accumulation_steps >= 1")
+        fewest, why = self.MIN_GENERATIONS
+        check_option(num_generations >= fewest, "num_generations", num_generations, f"at least {fewest}{why}")
+        for name, value in (("num_iterations", num_iterations), ("num_minibatches", num_minibatches),
+                            ("gradient_accumulation_steps", gradient_accumulation_steps)):  # fmt: skip
+            check_option(value >= 1, name, value, "at least 1")
+        check_option(beta >= 0, "beta", beta, "β >= 0 (0: no KL and no reference; < 0 rewards drifting away)")
+        check_option(epsilon > 0, "epsilon", epsilon, "a clip range > 0")
+        check_option(
+            epsilon_high is None or epsilon_high > 0, "epsilon_high", epsilon_high, "a clip range > 0, or null"
+        )
+        check_option(loss_aggregation in ("sequence_mean", "token_mean", "constant"), "loss_aggregation",
+                     loss_aggregation, "sequence_mean, token_mean or constant")  # fmt: skip
         super().__init__(learning_rate=learning_rate, warmup_ratio=warmup_ratio, scheduler=scheduler, **kwargs)
         self.automatic_optimization = False
         self.beta, self.use_kl = beta, beta > 0  # decided once: a reference, the KL passes and the kl metric
@@ -188,17 +200,15 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     @classmethod
     def check_variant(cls, kl_penalty: str, importance_ratio: str) -> None:
         """Refuse a KL placement or ratio the algorithm does not allow, and the combination none allows."""
-        if kl_penalty not in cls.KL_PENALTIES:
-            raise ValueError(f"{cls.__name__} takes kl_penalty in {cls.KL_PENALTIES}, got {kl_penalty!r}")
-        if importance_ratio not in cls.IMPORTANCE_RATIOS:
-            raise ValueError(
-                f"{cls.__name__} takes importance_ratio in {cls.IMPORTANCE_RATIOS}, got {importance_ratio!r}"
-            )
+        check_option(kl_penalty in cls.KL_PENALTIES, "kl_penalty", kl_penalty,
+                     f"{cls.__name__} takes {' or '.join(cls.KL_PENALTIES)}")  # fmt: skip
+        check_option(importance_ratio in cls.IMPORTANCE_RATIOS, "importance_ratio", importance_ratio,
+                     f"{cls.__name__} takes {' or '.join(cls.IMPORTANCE_RATIOS)}")  # fmt: skip
         if kl_penalty == "loss" and importance_ratio == "sequence":
             raise ValueError(
-                "kl_penalty='loss' adds β·k3 to each token's loss, and importance_ratio='sequence' has one loss term "
-                "per sequence: use kl_penalty='reward' (β·Σ k1 subtracted from the sequence reward) or "
-                "importance_ratio='token'"
+                "--model.kl_penalty=loss adds β·k3 to each token's loss, and --model.importance_ratio=sequence has one "
+                "loss term per sequence: use kl_penalty=reward (β·Σ k1 subtracted from the sequence reward) or "
+                "importance_ratio=token"
             )
 
     def needs_reference(self) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule
+from lit_align.algorithms.base import AlignmentModule, check_beta
 from lit_align.batches import IGNORE_INDEX, PreferenceBatch
 from lit_align.logprobs import SequenceLogps, concatenate_pair, token_logps
 from lit_align.losses import orpo_loss
@@ -52,6 +52,7 @@ class ORPO(AlignmentModule):
         learning_rate: float = 5e-6,
         **kwargs: Any,
     ) -> None:
+        check_beta(beta, "λ (for the NLL alone, without the odds-ratio term, use SFT)")
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta = beta
         self.nll_on_prompt = nll_on_prompt

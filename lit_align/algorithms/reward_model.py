@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule
+from lit_align.algorithms.base import AlignmentModule, check_option
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import concatenate_pair
 from lit_align.losses import bradley_terry_loss
@@ -64,6 +64,8 @@ class RewardModel(AlignmentModule):
         learning_rate: float = 1e-5,
         **kwargs: Any,
     ) -> None:
+        check_option(center_rewards_coefficient is None or center_rewards_coefficient >= 0,
+                     "center_rewards_coefficient", center_rewards_coefficient, "c >= 0, or null")  # fmt: skip
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.center_rewards_coefficient = center_rewards_coefficient
 

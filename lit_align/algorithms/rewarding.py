@@ -10,19 +10,27 @@ completions. The pure pieces (the (B, F) reward table, the weighted sum, unscora
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_align.rewards.model_scorer import RewardModelScorer
-from lit_align.rewards.resolve import resolve_reward_funcs
-from lit_align.rewards.scoring import nanstd, score_completions, weighted_rewards
+from lit_align.rewards.resolve import import_reward_func, resolve_reward_funcs
+from lit_align.rewards.scoring import (
+    check_reward_funcs,
+    nanstd,
+    reward_columns,
+    score_completions,
+    weighted_rewards,
+)
 from lit_align.rollout import Rollout
 from lit_align.sharding import fully_shard_model
 
 ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
 TABLE_ROWS = 8
+BINDING_ROWS = 4  # rows of the data each reward function is called on at setup
 
 
 class RewardMixin:
@@ -35,6 +43,8 @@ class RewardMixin:
         log_completions_every_n_steps: every N rollouts a table of prompts, completions and rewards goes to
             TensorBoard (0 = never).
     """
+
+    DEAD_REWARD_ROLLOUTS: ClassVar[int] = 5  # training rollouts after which an always None/0 function is reported
 
     def __init__(
         self,
@@ -51,6 +61,19 @@ class RewardMixin:
         self.reward_funcs, self.reward_names = funcs, names
         self.register_buffer("reward_weights", torch.tensor(weights), persistent=False)
         self.log_completions_every_n_steps = log_completions_every_n_steps
+        self._reward_watch = {"train": [0, torch.zeros(len(funcs), dtype=torch.bool)], "val": None}
+        self._bound_to: object | None = None  # the DataModule the functions were checked against
+
+    @classmethod
+    def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:
+        """Bind the reward functions named in ``options`` (the module's init arguments) to ``datamodule``'s data,
+        before any model exists (:class:`lit_align.cli.AlignCLI` calls this). Reward models are not loaded."""
+        specs = options.get("reward_funcs") or (ARITHMETIC_REWARD,)
+        specs = [s for s in specs if not (isinstance(s, str) and s.startswith("model:"))]
+        funcs = [import_reward_func(s) if isinstance(s, str) else s for s in specs]
+        if funcs:
+            _, names, _ = resolve_reward_funcs(funcs)
+            bind_reward_funcs(funcs, names, datamodule)
 
     def reward_metric_names(self, with_std: bool = True) -> tuple[str, ...]:
         """The names :meth:`reward_values` returns values for."""
@@ -60,8 +83,13 @@ class RewardMixin:
 
     # -- devices and sharding ------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Reward models run on this rank's device (not every rank's ``cuda:0``)."""
+        """Bind the functions to the DataModule's data (once); reward models run on this rank's device (not every
+        rank's ``cuda:0``)."""
         super().setup(stage)
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and datamodule is not self._bound_to:
+            bind_reward_funcs(self.reward_funcs, self.reward_names, datamodule)
+            self._bound_to = datamodule
         device = self.trainer.strategy.root_device
         for scorer in self._reward_models():
             scorer.device = device
@@ -81,10 +109,49 @@ class RewardMixin:
     # -- scoring ---------------------------------------------------------------------------------
     def score(self, batch: dict[str, Any], rollout: Rollout) -> Tensor:
         """(B, F) rewards of a rollout of ``batch``'s prompts; every non-tensor column reaches the functions."""
-        columns = {k: v for k, v in batch.items() if k != "prompt" and not torch.is_tensor(v)}
+        columns = reward_columns(batch)
         ids = [r[:n] for r, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)]
         G = rollout.num_generations
-        return score_completions(self.reward_funcs, batch["prompt"], rollout.texts, columns, ids, G)
+        per_func = score_completions(self.reward_funcs, batch["prompt"], rollout.texts, columns, ids, G)
+        self.watch_rewards(per_func)
+        return per_func
+
+    def watch_rewards(self, per_func: Tensor) -> None:
+        """Track which functions gave a usable reward (not None, not 0); after the first ``DEAD_REWARD_ROLLOUTS``
+        training rollouts, warn once about each that never did (a validation pass: at its end)."""
+        usable = (per_func.nan_to_num(0.0) != 0).any(dim=0).cpu()
+        if not self.training:
+            watch = self._reward_watch["val"]
+            if watch is not None:
+                watch[0] += per_func.shape[0]
+                watch[1] |= usable
+            return
+        watch = self._reward_watch["train"]
+        if watch[0] >= self.DEAD_REWARD_ROLLOUTS:
+            return
+        watch[0] += 1
+        watch[1] |= usable
+        if watch[0] == self.DEAD_REWARD_ROLLOUTS:
+            self._warn_dead(watch[1], f"the first {watch[0]} training rollouts")
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._reward_watch["val"] = [0, torch.zeros(len(self.reward_funcs), dtype=torch.bool)]
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        watch, self._reward_watch["val"] = self._reward_watch["val"], None
+        if watch is not None and watch[0] > 0:
+            self._warn_dead(watch[1], f"a whole validation pass ({watch[0]} completions)")
+
+    def _warn_dead(self, usable: Tensor, when: str) -> None:
+        for name, ok in zip(self.reward_names, usable.tolist(), strict=True):
+            if not ok:
+                rank_zero_warn(
+                    f"reward function {name!r} gave no usable reward on {when}: every value was None (unscorable) or "
+                    "0, so it teaches nothing. Check that the data's columns hold what it expects (e.g. answers in "
+                    "the form it parses) and that the prompts ask for that form."
+                )
 
     def reward_values(self, per_func: Tensor, rollout: Rollout, with_std: bool) -> dict[str, Any]:
         """TRL's rollout metrics: reward (weighted sum, unscorable excluded), per-function means, lengths."""
@@ -120,6 +187,19 @@ class RewardMixin:
             scores = " | ".join(f"{v:.3g}" for v in per_func[i].tolist())
             lines.append(f"| {_cell(text)} | {_cell(rollout.texts[i])} | {scores} |")
         logger.experiment.add_text("completions", "\n".join(lines), self.global_step)
+
+
+def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], datamodule: Any) -> None:
+    """:func:`~lit_align.rewards.scoring.check_reward_funcs` on the first rows of ``datamodule``'s training data
+    (set up if it was not), with the columns its batches carry."""
+    if getattr(datamodule, "train_dataset", None) is None:
+        datamodule.setup("fit")
+    dataset = datamodule.train_dataset
+    batch = datamodule.collate([dataset[i] for i in range(min(BINDING_ROWS, len(dataset)))])
+    if "prompt" not in batch:  # not prompt data: nothing the reward functions would see
+        return
+    source = f"{getattr(datamodule, 'data_path', type(datamodule).__name__)}"
+    check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source)
 
 
 def _import_path(func: Callable) -> str:

@@ -38,6 +38,7 @@ class RLOO(OnlinePolicyGradient):
 
     KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("reward",)
     IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("sequence", "token")
+    MIN_GENERATIONS = (2, ": each completion's baseline is the mean reward of the OTHER completions of its prompt")
 
     def __init__(
         self,

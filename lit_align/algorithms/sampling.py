@@ -42,9 +42,11 @@ class SamplingMixin:
         **kwargs: Any,
     ) -> None:
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ValueError(f"--model.temperature={temperature!r}: must be > 0 (validation decodes greedily anyway)")
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise ValueError(f"--model.max_new_tokens={max_new_tokens!r}: at least 1 token")
+        if not 0 < top_p <= 1 or top_k < 0:
+            raise ValueError(f"--model.top_p={top_p!r} / --model.top_k={top_k!r}: top_p in (0, 1], top_k >= 0 (0: off)")
         super().__init__(**kwargs)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule
+from lit_align.algorithms.base import AlignmentModule, check_beta, check_label_smoothing, check_option
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import SequenceLogps, preference_logps
 from lit_align.losses import simpo_loss
@@ -54,9 +54,10 @@ class SimPO(AlignmentModule):
         label_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        check_beta(beta)
+        check_option(sft_weight >= 0, "sft_weight", sft_weight, "a weight >= 0 (< 0 would push the chosen NLL up)")
+        check_label_smoothing(label_smoothing)
         super().__init__(**kwargs)
-        if not 0.0 <= label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self.beta = beta
         self.gamma = gamma
         self.sft_weight = sft_weight

@@ -1,10 +1,14 @@
 """Scoring a rollout: reward functions -> a (B, F) table with NaN where a function returned None -> one reward.
 
-Pure tensor functions; the online algorithms (``lit_align.algorithms.online``) call them.
+Pure functions; the online algorithms (``lit_align.algorithms.online``) call them. :func:`check_reward_funcs`
+binds the functions to the data once, before training: each is called on the first rows with their real
+columns, so a signature that does not fit, a column it needs that the data lacks, or a column named like one
+of the arguments every function receives (:data:`REWARD_ARGUMENTS`) fails at setup, with the names.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +17,93 @@ import torch
 from torch import Tensor
 
 from lit_align.rewards.resolve import RewardFunc
+
+# What every reward function receives besides the data's columns (TRL's convention, plus completion_ids).
+REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids")
+RENAME = 'rename it with --data.columns \'{{"<new name>": "{0}"}}\''
+
+
+def reward_columns(batch: dict[str, Any]) -> dict[str, list[Any]]:
+    """The data columns a prompt batch passes to the reward functions: every non-tensor field but the raw prompt."""
+    return {k: v for k, v in batch.items() if k != "prompt" and not torch.is_tensor(v)}
+
+
+def check_reward_funcs(
+    reward_funcs: Sequence[RewardFunc], names: Sequence[str], prompts: list[Any], columns: dict[str, list[Any]],
+    source: str,
+) -> None:  # fmt: skip
+    """Call each reward function once on the first rows of the data (``prompts`` and their ``columns``) with empty
+    completions, as training will call it; raise ``ValueError`` naming the function and the column when they do
+    not fit. An empty completion is what a model that stops at once produces, so a function must take it.
+
+    Reward models (objects with a ``model`` attribute) are not called: their signature is lit-align's own.
+    """
+    for column in columns:
+        if column in REWARD_ARGUMENTS:
+            raise ValueError(
+                f"{source}: the data column {column!r} has the name of an argument every reward function receives "
+                f"({', '.join(REWARD_ARGUMENTS)}); {RENAME.format(column)}"
+            )
+    n = len(prompts)
+    completions = [[{"role": "assistant", "content": ""}] if isinstance(p, list) else "" for p in prompts]
+    given = {"prompts": prompts, "completions": completions, "completion_ids": [[] for _ in prompts], **columns}
+    data_columns = ", ".join(columns) or "none besides the prompt"
+    for func, name in zip(reward_funcs, names, strict=True):
+        _check_signature(func, name, given, data_columns)
+        if hasattr(func, "model"):
+            continue
+        try:
+            values = func(**given)
+        except Exception as err:
+            raise ValueError(
+                f"reward function {name!r} failed when called at setup on the first {n} rows of {source} (empty "
+                f"completions; the data's columns: {data_columns}): {type(err).__name__}: {err}"
+            ) from err
+        if not isinstance(values, list | tuple) or len(values) != n:
+            got = f"{len(values)} values" if isinstance(values, list | tuple) else type(values).__name__
+            raise ValueError(f"reward function {name!r} returned {got} for {n} completions; expected a list of {n}")
+        bad = next((v for v in values if v is not None and (isinstance(v, bool) or not _is_number(v))), None)
+        if bad is not None:
+            raise ValueError(
+                f"reward function {name!r} returned {type(bad).__name__} {bad!r:.40}; expected a float per completion "
+                "(None where it does not apply)"
+            )
+
+
+def _check_signature(func: RewardFunc, name: str, given: dict[str, Any], data_columns: str) -> None:
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature (a builtin): the trial call decides
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        accepted = None
+    else:
+        accepted = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for p in parameters:
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in given:
+            raise ValueError(
+                f"reward function {name!r} needs the argument {p.name!r}, and the data has no column of that name "
+                f'(its columns: {data_columns}); map one to it with --data.columns \'{{"{p.name}": "<column>"}}\''
+            )
+        if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            raise ValueError(f"reward function {name!r}: argument {p.name!r} is positional-only; reward functions are "
+                             "called with keyword arguments (prompts=..., completions=..., <column>=...)")  # fmt: skip
+    extra = sorted((k for k in given if accepted is not None and k not in accepted), key=REWARD_ARGUMENTS.__contains__)
+    if extra:  # a data column first: that is what the user can act on
+        which = "a column of the data" if extra[0] not in REWARD_ARGUMENTS else "an argument every function receives"
+        raise ValueError(
+            f"reward function {name!r} takes no argument {extra[0]!r} ({which}) and no **kwargs; every data column "
+            "reaches every reward function as a keyword argument: give it **kwargs (TRL's signature "
+            "f(prompts, completions, **kwargs))"
+        )
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def score_completions(
