@@ -61,7 +61,7 @@ from lit_align.logprobs import token_logps
 from lit_align.losses.policy_gradient import aggregate_loss, clipped_surrogate, kl_k1, kl_k3, masked_mean
 from lit_align.metrics import MetricGroup, weighted_mean
 from lit_align.reference import ReferenceMixin
-from lit_align.rewards.scoring import fill_unscorable, weighted_rewards
+from lit_align.rewards.scoring import fill_unscorable
 from lit_align.rollout import Rollout
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
@@ -221,7 +221,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
 
         start = time.perf_counter()
         exp = self.make_experience(batch, rollout, rewards_per_func)
-        rewards = weighted_rewards(rewards_per_func.to(self.device), self.reward_weights)  # (B,), NaN: unscorable
+        rewards = self.combine_rewards(rewards_per_func.to(self.device))  # (B,), NaN: unscorable
         rewards = self.shape_rewards(rewards, exp)
         t_logps = time.perf_counter() - start
         advantages = self.compute_advantages(rewards, exp)  # ReMax times its greedy decode itself
