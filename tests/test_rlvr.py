@@ -212,7 +212,7 @@ def test_gsm8k_example_config_parses_and_wraps_questions_as_user_turns():
     printed = print_config(REPO / "recipes/rlvr.py", "--config", str(example))
     assert "class_path: lit_align.rewards.math_answer.MathAnswerReward" in printed and "column: final_answer" in printed
     assert "user_template:" in printed and "val_size: 200\n" in printed  # an int, not 200.0 (a fraction to datasets)
-    assert r"pattern: (?:^|\n)####" in printed  # a pattern led by '#' would be read as a YAML comment (None)
+    assert "pattern: (?i)final answer is" in printed and "End with: The final answer is <number>." in printed
 
 
 @pytest.mark.slow
