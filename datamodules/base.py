@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,11 +30,27 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.datamodules.resumable import EpochRandomSampler, ResumableDataLoader
 from lit_align.datamodules.tokenize import DataError, TruncationMode, where
+from lit_align.hparams import save_plain_hyperparameters
 
 log = logging.getLogger(__name__)
 
 SAMPLES = Path(__file__).parent / "samples"
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+PROGRESS_BAR_ROWS = 5000  # datasets' progress bars only for data at least this large
+PROGRESS_BAR_BYTES = 10_000_000
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Run the block with ``datasets``' progress bars on or off, restoring their previous state after."""
+    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
 
 
 def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
@@ -79,7 +97,8 @@ def load_rows(path: str, split: str, config_name: str | None = None) -> datasets
         if jsonl and (bad := _first_bad_json_line(local)):  # one cheap pass: a precise message, not a traceback
             raise DataError(bad)
         try:
-            return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
+            with progress_bars(local.stat().st_size >= PROGRESS_BAR_BYTES):
+                return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
         except Exception as err:
             raise DataError(f"{local}: could not be read as {builder}: {type(err).__name__}: {err}") from err
     if local.is_dir():
@@ -139,6 +158,8 @@ class TokenizedDataModule(L.LightningDataModule):
         config_name: str | None = None,
     ) -> None:
         super().__init__()
+        save_plain_hyperparameters(self)  # a tokenizer object is left out
+        self._log_hyperparams = False  # AlignmentModule.on_fit_start logs them with the model's, as data/<option>
         if max_prompt_length is not None and max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be positive or None, got {max_prompt_length}")
         self.tokenizer_source = tokenizer
@@ -255,15 +276,16 @@ class TokenizedDataModule(L.LightningDataModule):
         # valid across runs and ranks; hashing the closure would drag the whole DataModule in.
         settings = [(k, getattr(self, k)) for k in ("columns", *self.TOKENIZATION_SETTINGS)]
         fingerprint = Hasher.hash([raw._fingerprint, type(self).__name__, settings, tokenizer])
-        tokenized = raw.map(
-            fn,
-            with_indices=True,
-            remove_columns=raw.column_names,
-            new_fingerprint=fingerprint,
-            desc=f"Tokenizing {split}",
-        )
-        statuses = Counter(tokenized["_status"])
-        kept = tokenized.filter(lambda status: status != "dropped", input_columns="_status")
+        with progress_bars(len(raw) >= PROGRESS_BAR_ROWS):  # a bar for a few hundred rows is noise
+            tokenized = raw.map(
+                fn,
+                with_indices=True,
+                remove_columns=raw.column_names,
+                new_fingerprint=fingerprint,
+                desc=f"Tokenizing {split}",
+            )
+            statuses = Counter(tokenized["_status"])
+            kept = tokenized.filter(lambda status: status != "dropped", input_columns="_status")
         if report:
             self.stats.update({f"{split}/{k}": v for k, v in statuses.items()})
             changed = {k: v for k, v in statuses.items() if k != "ok"}

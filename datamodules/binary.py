@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.batches import BinaryBatch
-from lit_align.datamodules.base import SAMPLES, PromptCompletionDataModule
+from lit_align.datamodules.base import PROGRESS_BAR_ROWS, SAMPLES, PromptCompletionDataModule, progress_bars
 from lit_align.datamodules.tokenize import (
     DataError,
     check_text_or_messages,
@@ -154,7 +154,8 @@ class BinaryFeedbackDataModule(PromptCompletionDataModule):
         return kept_prompt, kept_completion, status
 
     def _examples(self, rows: datasets.Dataset) -> datasets.Dataset:
-        return rows.map(_flatten, batched=True, remove_columns=rows.column_names, desc="Flattening examples")
+        with progress_bars(len(rows) >= PROGRESS_BAR_ROWS):
+            return rows.map(_flatten, batched=True, remove_columns=rows.column_names, desc="Flattening examples")
 
     # -- batching -------------------------------------------------------------------------------
     def collate(self, rows: list[dict[str, Any]]) -> BinaryBatch:

@@ -7,7 +7,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 
@@ -50,6 +50,15 @@ class HFExport(L.Callback):
 
                 policy = copy.deepcopy(policy).merge_and_unload()
             state = None
+        if not hasattr(policy, "save_pretrained"):  # a plain nn.Module policy: its weights, as torch saves them
+            path.mkdir(parents=True, exist_ok=True)
+            torch.save(state if state is not None else policy.state_dict(), path / "policy_state_dict.pt")
+            rank_zero_warn(
+                f"the policy ({type(policy).__name__}) has no save_pretrained: saved its state_dict to "
+                f"{path / 'policy_state_dict.pt'} instead of a Hugging Face folder"
+            )
+            self.path = path
+            return
         policy.save_pretrained(path, state_dict=state, safe_serialization=True)
         tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule is not None else None
         if tokenizer is not None:

@@ -7,13 +7,18 @@ and the docs pages, and ``--print_config`` shows every resolved value.
 
 from __future__ import annotations
 
+import difflib
 import re
+import sys
 from argparse import SUPPRESS, Action
 from pathlib import Path
+from typing import Any, NoReturn
 
 import lightning as L
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_align.console import ConsoleSummary, quiet
 
 DESCRIPTION_CHARS = 100  # a description longer than this is cut at a word boundary (…)
 DEFAULT_CHARS = 28  # a longer default (a list of callbacks, a logger's init args) is not printed
@@ -68,11 +73,78 @@ def _is_help(action: Action) -> bool:
     return type(action).__name__ in ("_HelpAction", "ActionConfigFile", "_ActionPrintConfig")
 
 
+NOT_OFFERED = {
+    "--optimizer": "lit-align's modules build AdamW themselves: set --model.learning_rate and --model.weight_decay",
+    "--lr_scheduler": "lit-align's modules build the schedule themselves: set --model.scheduler (constant, linear, "
+    "cosine) and --model.warmup_ratio",
+}
+
+
+def option_strings(parser: Any) -> set[str]:
+    """Every ``--option`` of ``parser`` and of its subcommands' parsers."""
+    names: set[str] = set()
+    for action in parser._actions:
+        names.update(o for o in action.option_strings if o.startswith("--"))
+        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(action.choices, dict) else ():
+            if hasattr(sub, "_actions"):
+                names |= option_strings(sub)
+    return names
+
+
+def hint(message: str, options: set[str]) -> str:
+    """``message`` plus, for each unrecognized ``--option`` in it, why it is not offered or the nearest option."""
+    if "unrecognized arguments" not in message.lower():
+        return message
+    notes = []
+    for token in re.findall(r"--[\w.]+", message):
+        if token in NOT_OFFERED:
+            notes.append(f"{token} is not offered: {NOT_OFFERED[token]}")
+            continue
+        close = difflib.get_close_matches(token, sorted(options), n=1, cutoff=0.6)
+        if close:
+            notes.append(f"{token}: did you mean {close[0]}?")
+    return message + "".join(f"\n  {note}" for note in notes)
+
+
+class AlignArgumentParser(LightningArgumentParser):
+    """Parse errors say which option was probably meant (difflib over every option, subcommands included)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        root = self
+        while getattr(root, "parent_parser", None) is not None:
+            root = root.parent_parser
+        super().error(hint(message, option_strings(root) | option_strings(self)), ex)
+
+
 class AlignCLI(LightningCLI):
-    """LightningCLI that feeds the policy's name to the DataModule as its tokenizer."""
+    """LightningCLI that feeds the policy's name to the DataModule as its tokenizer, offers ``fit`` and ``validate``
+    (evaluation and generation have their own commands), and resumes a run into its own log version."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.policy", "data.tokenizer")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        """Every run prints plain progress lines where no terminal watches, validation results and a summary
+        (:class:`~lit_align.console.ConsoleSummary`); without a terminal the progress bar is off."""
+        if not any(isinstance(c, ConsoleSummary) for c in [*callbacks, *(config.get("callbacks") or [])]):
+            callbacks = [*callbacks, ConsoleSummary()]
+        if config.get("enable_progress_bar") is None and not sys.stdout.isatty():
+            config = {**config, "enable_progress_bar": False}
+        return super()._instantiate_trainer(config, callbacks)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        offered = ("fit", "validate")  # test/predict would need steps the modules do not define: not offered
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in offered}
+
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path runs/<algo>/version_N/checkpoints/x.ckpt`` logs into version_N again, from the
+        checkpoint's step on (TensorBoard's ``purge_step`` drops what the killed run logged after it), so a
+        resumed run continues its own curves instead of starting version_N+1."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is None or not config.get("ckpt_path"):
+            return
+        resume_into_own_version(config)
 
 
 def run(
@@ -83,14 +155,15 @@ def run(
 ) -> AlignCLI:
     """Run a recipe: ``python recipes/<algo>.py fit [--config extra.yaml] [--model.beta 0.2 ...]``.
 
-    ``default_config`` is layered first (for ``fit``, ``validate``, ``test``); ``--config`` and
+    ``default_config`` is layered first (for ``fit`` and ``validate``); ``--config`` and
     flags override it. Saving the resolved config overwrites an earlier one in the same log dir.
     The optimizer and scheduler are the module's own options (AdamW; ``--model.learning_rate``,
     ``--model.scheduler``, ...), so LightningCLI's ``--optimizer``/``--lr_scheduler`` are not offered.
     """
+    quiet()
     default = [str(default_config)]
     compact = {"formatter_class": CompactHelpFormatter}
-    parser_kwargs = {cmd: {"default_config_files": default, **compact} for cmd in ("fit", "validate", "test")}
+    parser_kwargs = {cmd: {"default_config_files": default, **compact} for cmd in ("fit", "validate")}
     return AlignCLI(
         model_class,
         datamodule_class,
@@ -98,4 +171,53 @@ def run(
         parser_kwargs={**parser_kwargs, **compact},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        parser_class=AlignArgumentParser,
     )
+
+
+def resume_into_own_version(config: Any) -> None:
+    """Point a TensorBoardLogger at the version directory that holds ``config.ckpt_path``, purging later steps."""
+    ckpt = Path(str(config.ckpt_path)).resolve()
+    if ckpt.parent.name != "checkpoints" or not ckpt.parent.parent.name.startswith("version_"):
+        return
+    logger = config.get("trainer", {}).get("logger")
+    if not logger or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+        return
+    init = logger.init_args
+    run_dir = ckpt.parent.parent
+    expected = (Path(str(init.get("save_dir") or ".")) / str(init.get("name") or "lightning_logs")).resolve()
+    if run_dir.parent != expected or init.get("version") is not None:
+        return  # a checkpoint of another run, or a version set on purpose
+    init.version = run_dir.name
+    import torch
+
+    meta = ckpt / "meta.pt" if ckpt.is_dir() else ckpt  # a sharded (DCP) checkpoint keeps its step in meta.pt
+    try:
+        init.purge_step = int(torch.load(meta, map_location="cpu", weights_only=True)["global_step"])
+    except (OSError, KeyError, RuntimeError, ValueError):  # unreadable: keep every logged step (Lightning will fail)
+        pass
+
+
+def recipe_names() -> list[str]:
+    """The recipes installed in ``lit_align.recipes`` (the repository's ``recipes/`` folder)."""
+    import importlib.resources
+
+    folder = importlib.resources.files("lit_align.recipes")
+    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``lit-align`` command: ``lit-align <recipe> [fit|validate] [--config ...] [--model.* ...]``."""
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = recipe_names()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: lit-align <recipe> ...   (then e.g. `lit-align dpo fit --help`)\n\nrecipes: " + ", ".join(names))
+        return
+    name = argv[0]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        suggestion = f" Did you mean {close[0]!r}?" if close else ""
+        sys.exit(f"lit-align: no recipe {name!r}.{suggestion} Recipes: {', '.join(names)}")
+    importlib.import_module(f"lit_align.recipes.{name}").main(argv[1:])

@@ -287,12 +287,15 @@ class ScoringHead(nn.Module):
         hits = zeros if scores.hits is None else scores.hits
         packed = torch.stack([scores.logps, scores.mean_logits, entropy, hits], -1)  # (N, 4)
         out = packed.new_zeros(batch, hidden.shape[1], 4).index_put((mask,), packed)
-        self.output, self.output_version = out, out._version
+        # Inference tensors (Trainer.validate runs under torch.inference_mode) have no version counter: identity
+        # alone then tells whether the model returned our output.
+        self.output, self.output_version = out, None if out.is_inference() else out._version
         return out
 
     def result(self, logits: Tensor) -> Tensor | None:
         """The (B, K, 4) scores if ``logits`` (the model's returned ``.logits``) is our output, untouched."""
-        if self.problem is None and logits is self.output and logits._version == self.output_version:
+        untouched = self.output_version is None or logits._version == self.output_version
+        if self.problem is None and logits is self.output and untouched:
             return logits
         if self.problem is None and self.calls == 0:
             self.problem = "the model's forward never called its output embedding"

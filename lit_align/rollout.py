@@ -39,9 +39,17 @@ class Rollout:
     lengths: Tensor  # (B,) completion tokens, EOS included
     is_truncated: Tensor  # (B,) bool: no EOS within max_new_tokens
     num_generations: int
+    logps: Tensor | None = None  # (B, L) per-token log-probs under the sampling policy, 0 on padding (when asked)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """``samples, log_probs = rollout``: the sequences (B, P + L), prompt (left-padded) then completion
+        (right-padded), and the completion's per-token log-probs (B, L) under the sampling policy."""
+        if self.logps is None:
+            raise ValueError("this rollout carries no log-probs: generate_samples(..., with_logps=True) records them")
+        return iter((torch.cat([self.prompt_input_ids, self.completion_ids], dim=1), self.logps))
 
     def model_inputs(self, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
         """``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding) of prompt + completion rows."""

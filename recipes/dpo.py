@@ -10,5 +10,11 @@ from lit_align.algorithms import DPO
 from lit_align.cli import run
 from lit_align.datamodules import PreferenceDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align dpo ...`` and ``python recipes/dpo.py ...`` (``args``: the command line after the name)."""
+    run(DPO, PreferenceDataModule, Path(__file__).parent / "configs" / "dpo.yaml", args)
+
+
 if __name__ == "__main__":
-    run(DPO, PreferenceDataModule, Path(__file__).parent / "configs" / "dpo.yaml")
+    main()

@@ -11,5 +11,11 @@ from lit_align.algorithms.grpo import GRPO
 from lit_align.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align grpo ...`` and ``python recipes/grpo.py ...`` (``args``: the command line after the name)."""
+    run(GRPO, PromptDataModule, Path(__file__).parent / "configs" / "grpo.yaml", args)
+
+
 if __name__ == "__main__":
-    run(GRPO, PromptDataModule, Path(__file__).parent / "configs" / "grpo.yaml")
+    main()

@@ -10,5 +10,11 @@ from lit_align.algorithms import IPO
 from lit_align.cli import run
 from lit_align.datamodules import PreferenceDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align ipo ...`` and ``python recipes/ipo.py ...`` (``args``: the command line after the name)."""
+    run(IPO, PreferenceDataModule, Path(__file__).parent / "configs" / "ipo.yaml", args)
+
+
 if __name__ == "__main__":
-    run(IPO, PreferenceDataModule, Path(__file__).parent / "configs" / "ipo.yaml")
+    main()

@@ -12,5 +12,11 @@ from lit_align.algorithms.kto import KTO
 from lit_align.cli import run
 from lit_align.datamodules.binary import BinaryFeedbackDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align kto ...`` and ``python recipes/kto.py ...`` (``args``: the command line after the name)."""
+    run(KTO, BinaryFeedbackDataModule, Path(__file__).parent / "configs" / "kto.yaml", args)
+
+
 if __name__ == "__main__":
-    run(KTO, BinaryFeedbackDataModule, Path(__file__).parent / "configs" / "kto.yaml")
+    main()

@@ -11,5 +11,11 @@ from lit_align.algorithms import ORPO
 from lit_align.cli import run
 from lit_align.datamodules import PreferenceDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align orpo ...`` and ``python recipes/orpo.py ...`` (``args``: the command line after the name)."""
+    run(ORPO, PreferenceDataModule, Path(__file__).parent / "configs" / "orpo.yaml", args)
+
+
 if __name__ == "__main__":
-    run(ORPO, PreferenceDataModule, Path(__file__).parent / "configs" / "orpo.yaml")
+    main()

@@ -11,5 +11,11 @@ from lit_align.algorithms.remax import ReMax
 from lit_align.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align remax ...`` and ``python recipes/remax.py ...`` (``args``: the command line after the name)."""
+    run(ReMax, PromptDataModule, Path(__file__).parent / "configs" / "remax.yaml", args)
+
+
 if __name__ == "__main__":
-    run(ReMax, PromptDataModule, Path(__file__).parent / "configs" / "remax.yaml")
+    main()

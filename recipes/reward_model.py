@@ -11,5 +11,11 @@ from lit_align.algorithms.reward_model import RewardModel
 from lit_align.cli import run
 from lit_align.datamodules.preference import PreferenceDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align reward_model ...`` and ``python recipes/reward_model.py ...`` (``args``: after the name)."""
+    run(RewardModel, PreferenceDataModule, Path(__file__).parent / "configs" / "reward_model.yaml", args)
+
+
 if __name__ == "__main__":
-    run(RewardModel, PreferenceDataModule, Path(__file__).parent / "configs" / "reward_model.yaml")
+    main()

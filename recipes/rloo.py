@@ -11,5 +11,11 @@ from lit_align.algorithms.rloo import RLOO
 from lit_align.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align rloo ...`` and ``python recipes/rloo.py ...`` (``args``: the command line after the name)."""
+    run(RLOO, PromptDataModule, Path(__file__).parent / "configs" / "rloo.yaml", args)
+
+
 if __name__ == "__main__":
-    run(RLOO, PromptDataModule, Path(__file__).parent / "configs" / "rloo.yaml")
+    main()

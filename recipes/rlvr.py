@@ -13,5 +13,11 @@ from lit_align.algorithms.rlvr import RLVR
 from lit_align.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align rlvr ...`` and ``python recipes/rlvr.py ...`` (``args``: the command line after the name)."""
+    run(RLVR, PromptDataModule, Path(__file__).parent / "configs" / "rlvr.yaml", args)
+
+
 if __name__ == "__main__":
-    run(RLVR, PromptDataModule, Path(__file__).parent / "configs" / "rlvr.yaml")
+    main()

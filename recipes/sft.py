@@ -11,5 +11,11 @@ from lit_align.algorithms.sft import SFT
 from lit_align.cli import run
 from lit_align.datamodules.sft import SFTDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align sft ...`` and ``python recipes/sft.py ...`` (``args``: the command line after the name)."""
+    run(SFT, SFTDataModule, Path(__file__).parent / "configs" / "sft.yaml", args)
+
+
 if __name__ == "__main__":
-    run(SFT, SFTDataModule, Path(__file__).parent / "configs" / "sft.yaml")
+    main()

@@ -10,5 +10,11 @@ from lit_align.algorithms.simpo import SimPO
 from lit_align.cli import run
 from lit_align.datamodules.preference import PreferenceDataModule
 
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align simpo ...`` and ``python recipes/simpo.py ...`` (``args``: the command line after the name)."""
+    run(SimPO, PreferenceDataModule, Path(__file__).parent / "configs" / "simpo.yaml", args)
+
+
 if __name__ == "__main__":
-    run(SimPO, PreferenceDataModule, Path(__file__).parent / "configs" / "simpo.yaml")
+    main()

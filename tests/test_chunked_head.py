@@ -26,7 +26,7 @@ from lit_align import lm_head, logprobs
 from lit_align.algorithms.orpo import orpo_logps
 from lit_align.algorithms.sft import token_stats
 from lit_align.logprobs import IGNORE_INDEX, preference_logps, sequence_logps, token_logps
-from lit_align.models import build_byte_tokenizer, build_tiny_llama
+from lit_align.models import build_byte_tokenizer, build_tiny_llama, load_model
 from tests.test_logprobs import naive_token_logps, random_batch
 
 ATOL = 1e-5
@@ -468,3 +468,16 @@ def test_cuda_kernels_match_plain(dtype, with_entropy, monkeypatch):
         assert liger_calls
     else:
         assert not liger_calls
+
+
+def test_chunked_path_under_inference_mode_equals_plain():
+    """Trainer.validate runs under torch.inference_mode, whose tensors have no version counter."""
+    model, _ = load_model("tiny-llama")
+    ids = torch.randint(0, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    with torch.inference_mode():
+        chunked = token_logps(model, ids, torch.ones_like(ids), labels, chunked=True).logps
+    with torch.no_grad():
+        plain = token_logps(model, ids, torch.ones_like(ids), labels, chunked=False).logps
+    torch.testing.assert_close(chunked, plain, atol=1e-6, rtol=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -112,3 +114,38 @@ def test_non_finite_loss_stops_with_step_and_batch(monkeypatch):
     monkeypatch.setattr(module, "compute_loss", lambda b: (torch.tensor(float("nan")), {}))
     with pytest.raises(FloatingPointError, match=r"non-finite loss at a standalone update\(\) \(rank 0's loss: nan"):
         module.update(batch)
+
+
+class PlainPolicy(torch.nn.Module):
+    """A policy that is not a Hugging Face model: no .config, no save_pretrained, no get_output_embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lit_align.models import load_model
+
+        self.inner = load_model("tiny-llama")[0]
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+def test_an_nn_module_policy_without_config_trains_and_exports(tmp_path, tiny_tokenizer):
+    from lit_align.callbacks import HFExport
+
+    module = DPO(policy=PlainPolicy(), learning_rate=1e-3)
+    dm = PreferenceDataModule(
+        tokenizer=tiny_tokenizer, max_samples=12, val_size=0, batch_size=2, max_length=64, max_prompt_length=32
+    )
+    trainer = tiny_trainer(tmp_path, max_steps=2, callbacks=[HFExport()])
+    with pytest.warns(UserWarning, match="has no save_pretrained"):
+        trainer.fit(module, dm)
+    assert (Path(trainer.log_dir) / "hf_model" / "policy_state_dict.pt").exists()
+
+
+def test_an_nn_module_that_cannot_take_the_hugging_face_call_is_refused_with_what_to_do():
+    class Bare(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match=r"--model.policy: a Bare cannot be trained here.*takes no input_ids"):
+        DPO(policy=Bare())

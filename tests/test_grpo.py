@@ -92,7 +92,7 @@ def test_gradient_accumulation_invariance(tmp_path, aggregation, mask_truncated)
                            max_grad_norm=None)  # fmt: skip
         rollout = fixed_rollout(batch, module.tokenizer, 4, [1, 3, 7, 7, 2, 5, 7, 4])
         module.generate_samples = lambda *args, rollout=rollout: rollout
-        module._optimizer_step = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module))
+        module._optimizer_step = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module)) or {}
         if accumulation == "local":
             module._normalizer = lambda mask: None  # aggregate_loss's local default per micro-batch
         module.update(batch)
@@ -220,3 +220,36 @@ def test_recipe_runs_end_to_end_on_tiny(tmp_path, algo):
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]  # plain data
     assert (run_dir / "hf_model" / "model.safetensors").exists()
     assert {"train/reward", "val/reward", "train/time/generation"} <= event_tags(run_dir)
+
+
+def test_kl_importance_correction_changes_the_gradient_not_the_value(tmp_path):
+    """On-policy, β = 0.3, a reference different from the policy, token_mean over N tokens. The KL term is ρ_t·k3_t
+    with ρ_t = π/π.detach() (value 1) when corrected, k3_t when not: the losses are equal and the gradients differ
+    by exactly ∇[β Σ_t m_t k3_t (ρ_t − 1) / N] = β Σ_t m_t k3_t ∇log π_t / N, written out here."""
+    reference, _ = load_model("tiny-llama", seed=1)
+    batch = prompt_batch(tmp_path, load_model("tiny-llama")[1], n=2)
+    recorded, losses = {}, {}
+    for correction in (True, False):
+        module = tiny_grpo(beta=0.3, reference_policy=reference, kl_importance_correction=correction,
+                           max_grad_norm=None, temperature=0.7)  # fmt: skip
+        rollout = fixed_rollout(batch, module.tokenizer, 4, [2, 3, 4, 6, 1, 6, 5, 8])
+        module.generate_samples = lambda *args, rollout=rollout: rollout
+        module._optimizer_step = lambda module=module, key=correction: recorded.__setitem__(key, grads(module)) or {}
+        losses[correction] = module.update(batch)["loss"]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)
+
+    from lit_align.logprobs import token_logps
+
+    policy = load_model("tiny-llama")[0]
+    input_ids, attention_mask, labels = rollout.model_inputs()
+    P, mask = rollout.prompt_input_ids.shape[1], rollout.completion_mask.float()
+    with torch.no_grad():
+        ref_logps = token_logps(reference, input_ids, attention_mask, labels, temperature=0.7).logps[:, P:]
+    logps = token_logps(policy, input_ids, attention_mask, labels, temperature=0.7).logps[:, P:]
+    delta = ref_logps - logps.detach()
+    k3 = torch.exp(delta) - delta - 1
+    (0.3 * (mask * k3 * logps).sum() / mask.sum()).backward()
+    difference = {f"policy.{n}": p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert max(float(g.abs().max()) for g in difference.values()) > 1e-4  # not vacuous
+    for name, grad in difference.items():
+        torch.testing.assert_close(recorded[True][name] - recorded[False][name], grad, atol=1e-6, rtol=1e-4)

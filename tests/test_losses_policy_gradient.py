@@ -21,6 +21,7 @@ from lit_align.losses.policy_gradient import (
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_k3_importance_weighted,
     leave_one_out_advantages,
     masked_mean,
     value_loss,
@@ -262,13 +263,16 @@ def test_clipped_surrogate_on_policy_is_minus_advantage():
 
 # TRL 1.16 trl/trainer/grpo_trainer.py, GRPOTrainer._compute_loss, transcribed for
 # importance_sampling_level="token", no vLLM correction, no entropy mask, no delta, one process:
-#   l. 3100-3102 KL, l. 3112-3120 clipped surrogate, l. 3149-3150 KL added, l. 3153-3174 aggregation
-#   (num_items_in_batch = global token count of the generation batch, l. 2498).
+#   l. 3100-3105 KL (times coef_1 when use_bias_correction_kl, TRL's default), l. 3112-3120 clipped surrogate,
+#   l. 3149-3150 KL added, l. 3153-3174 aggregation (num_items_in_batch = global token count of the generation
+#   batch, l. 2498). tests/test_parity_grpo_trl.py calls the trainer itself.
 def _trl_grpo_loss(per_token_logps, old_per_token_logps, ref_per_token_logps, advantages, mask, cfg):
     loss_type, beta, eps_low, eps_high = cfg["loss_type"], cfg["beta"], cfg["eps_low"], cfg["eps_high"]
     advantages = advantages.unsqueeze(1)
     coef_1 = torch.exp(per_token_logps - old_per_token_logps)
     per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
+    if cfg["use_bias_correction_kl"]:
+        per_token_kl = per_token_kl * coef_1
     coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
     per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
     per_token_loss = per_token_loss + beta * per_token_kl
@@ -294,23 +298,26 @@ def _trl_grpo_loss(per_token_logps, old_per_token_logps, ref_per_token_logps, ad
     return loss, clip
 
 
+@pytest.mark.parametrize("correction", [True, False], ids=["kl-corrected", "kl-plain"])
 @pytest.mark.parametrize(
     ("loss_type", "mode"),
     [("grpo", "sequence_mean"), ("bnpo", "token_mean"), ("dr_grpo", "constant"), ("dapo", "token_mean")],
 )
-def test_grpo_loss_and_clip_metrics_match_trl(loss_type, mode):
-    """Our composition clipped_surrogate + beta * kl_k3 -> aggregate_loss equals TRL's _compute_loss."""
+def test_grpo_loss_and_clip_metrics_match_trl(loss_type, mode, correction):
+    """Our composition clipped_surrogate + beta * (kl_k3_importance_weighted | kl_k3) -> aggregate_loss equals TRL's
+    _compute_loss (off-policy, so the correction changes the value too)."""
     logps, mask, g = _random_batch(batch_size=8, length=6, seed=4)
     logps = logps - 2.0
     old_logps = logps + 0.5 * torch.randn(logps.shape, generator=g)
     ref_logps = logps + 0.3 * torch.randn(logps.shape, generator=g)
     advantages = torch.randn(logps.shape[0], generator=g)
     cfg = dict(loss_type=loss_type, beta=0.04, eps_low=0.2, eps_high=0.28, max_completion_length=8)
-    cfg["num_items_in_batch"] = mask.sum()
+    cfg.update(num_items_in_batch=mask.sum(), use_bias_correction_kl=correction)
     expected_loss, expected_clip = _trl_grpo_loss(logps, old_logps, ref_logps, advantages, mask, cfg)
 
     per_token, low, high = clipped_surrogate(logps, old_logps, advantages, mask, 0.2, 0.28)
-    per_token = per_token + 0.04 * kl_k3(logps, ref_logps)
+    kl = kl_k3_importance_weighted(logps, ref_logps, old_logps) if correction else kl_k3(logps, ref_logps)
+    per_token = per_token + 0.04 * kl
     _close(aggregate_loss(per_token, mask, mode, max_completion_length=8), expected_loss)
     for ours, theirs in zip((low, high, low | high), expected_clip, strict=True):
         _close(masked_mean(ours.float(), mask), theirs)
@@ -364,6 +371,50 @@ def test_kl_estimators_by_hand():
     same = torch.randn(4)
     for kl in (kl_k1, kl_k2, kl_k3):
         _close(kl(same, same), torch.zeros(4))
+
+
+def test_kl_k3_importance_weighted_by_hand():
+    """p = 0.5, p_ref = 0.25, p_old = 0.4 for the sampled token: rho = 0.5 / 0.4 = 1.25, k3 = log 2 - 0.5, so
+    kl = 1.25 (log 2 - 0.5). Its derivative in log p is rho (k3 + 1 - r) = rho (log p - log p_ref) = 1.25 log 2.
+
+    On-policy (old = logps.detach()): the value is k3 itself, but the derivative is log p - log p_ref = log 2, where
+    plain k3's is 1 - r = 0.5: the correction changes the gradient, not the value."""
+    logps = torch.log(torch.tensor([0.5])).requires_grad_()
+    ref_logps, old_logps = torch.log(torch.tensor([0.25])), torch.log(torch.tensor([0.4]))
+    kl = kl_k3_importance_weighted(logps, ref_logps, old_logps)
+    _close(kl.detach(), [1.25 * (math.log(2) - 0.5)])
+    (grad,) = torch.autograd.grad(kl.sum(), logps)
+    _close(grad, [1.25 * math.log(2)])
+
+    on_policy = kl_k3_importance_weighted(logps, ref_logps, logps.detach())
+    _close(on_policy.detach(), kl_k3(logps, ref_logps).detach())
+    (grad,) = torch.autograd.grad(on_policy.sum(), logps)
+    _close(grad, [math.log(2)])
+    (plain,) = torch.autograd.grad(kl_k3(logps, ref_logps).sum(), logps)
+    _close(plain, [0.5])
+    same = torch.randn(4)  # policy = reference: 0 whatever the ratio
+    _close(kl_k3_importance_weighted(same, same, same + 0.3), torch.zeros(4))
+
+
+def test_corrected_k3_gradient_is_the_reverse_kl_gradient():
+    """Over a full categorical support, tokens drawn from p_old: E_old[grad_theta (rho k3)] = grad_theta KL(p || q),
+    the reverse KL; E_p[grad_theta k3] (plain k3, on-policy) = grad_theta KL(q || p), the forward one. theta: logits."""
+    g = torch.Generator().manual_seed(8)
+    theta = torch.randn(7, generator=g, dtype=torch.float64).requires_grad_()
+    logq = torch.log_softmax(torch.randn(7, generator=g, dtype=torch.float64), 0)
+    logp_old = torch.log_softmax(torch.randn(7, generator=g, dtype=torch.float64), 0)
+    logp = torch.log_softmax(theta, 0)
+
+    def grad(x):
+        return torch.autograd.grad(x, theta, retain_graph=True)[0]
+
+    corrected = (logp_old.exp() * kl_k3_importance_weighted(logp, logq, logp_old)).sum()  # E_old, all tokens
+    reverse = (logp.exp() * (logp - logq)).sum()
+    torch.testing.assert_close(grad(corrected), grad(reverse))
+    plain_on_policy = (logp.exp().detach() * kl_k3(logp, logq)).sum()  # E_p of grad k3: sampling weights fixed
+    forward = (logq.exp() * (logq - logp)).sum()
+    torch.testing.assert_close(grad(plain_on_policy), grad(forward))
+    assert not torch.allclose(grad(reverse), grad(forward))
 
 
 def test_kl_k1_k3_are_unbiased_and_k3_nonnegative():

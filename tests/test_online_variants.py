@@ -54,8 +54,8 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
     """One on-policy update (ratio 1) on a fixed rollout, policy != reference. By hand, with A the module's own
     advantages of the rewards it saw, m the completion mask, N its token count (token_mean):
         kl_penalty=reward: rewards = R - β Σ_t (log π − log π_ref)          loss has no KL term
-        kl_penalty=loss:   rewards = R                                       loss gains + β k3 per token
-        ratio=token:     ∇ [ Σ_it m (−A_i π/π.detach() + [β k3_it]) / N ]
+        kl_penalty=loss:   rewards = R                                       loss gains + β ρ k3 per token
+        ratio=token:     ∇ [ Σ_it m (−A_i ρ_it + [β ρ_it k3_it]) / N ],      ρ = π/π.detach() (1 in value)
         ratio=sequence:  ∇ [ Σ_i −A_i Σ_t m log π_it / B ]"""
     if not allowed(cls, kl_penalty, ratio):
         pytest.skip("refused: see test_refused_combinations_fail_before_any_model_loads")
@@ -77,7 +77,7 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
         return advantages
 
     module.compute_advantages = probe
-    module._optimizer_step = lambda: recorded.update(grads(module))
+    module._optimizer_step = lambda: recorded.update(grads(module)) or {}
     out = module.update(batch)
 
     input_ids, attention_mask, labels = rollout.model_inputs()
@@ -98,9 +98,9 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
     if ratio == "token":
         ratio_t = torch.exp(logps - logps.detach())
         per_token = -advantages.unsqueeze(1) * ratio_t
-        if kl_penalty == "loss":
+        if kl_penalty == "loss":  # the default kl_importance_correction: k3 times the (differentiable) ratio
             delta = ref_logps - logps
-            per_token = per_token + BETA * (torch.exp(delta) - delta - 1)
+            per_token = per_token + BETA * ratio_t * (torch.exp(delta) - delta - 1)
         loss = (per_token * mask).sum() / mask.sum()
     else:
         loss = -(advantages * (logps * mask).sum(1)).sum() / len(rollout)

@@ -8,7 +8,7 @@ from lit_align.algorithms.remax import ReMax
 from lit_align.models import load_model
 from lit_align.rollout import HFGenerate
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
-from tests.online_helpers import fixed_rollout, length_reward, prompt_batch, prompt_datamodule
+from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule
 
 
 def tiny_remax(**kwargs) -> ReMax:
@@ -51,3 +51,35 @@ def test_advantage_is_reward_minus_greedy_reward(tmp_path):
     baseline = torch.tensor(length_reward(None, greedy.texts)).repeat_interleave(3)
     torch.testing.assert_close(seen["advantages"], samples - baseline)
     torch.testing.assert_close(seen["extra"]["greedy_reward"], baseline[::3])
+
+
+def test_token_mean_gradient_is_the_reference_implementation_s(tmp_path):
+    """The ReMax authors' code (github.com/liziniu/ReMax, step3_rlhf_finetuning/remax_trainer.py, ``compute_returns``
+    and ``actor_loss_fn``), transcribed at kl_ctl = 0 and gamma = 1 (its default is 0.95), rewards inside its ±5 clip:
+
+        returns_it = gamma^(T_i - t) clip(r_i - r_greedy_i, -5, 5) - kl_ctl k1_it
+        loss       = Σ_it -returns_it log π_it m_it / Σ m
+
+    is, on-policy, lit-align's ReMax with importance_ratio="token", loss_aggregation="token_mean" (the default
+    importance_ratio="sequence" divides by the number of sequences instead of tokens: the same direction per batch)."""
+    module = tiny_remax(num_generations=3, importance_ratio="token", loss_aggregation="token_mean", max_grad_norm=None)
+    batch = prompt_batch(tmp_path, module.tokenizer, n=2)
+    rollout = fixed_rollout(batch, module.tokenizer, 3, [2, 5, 8, 1, 4, 8])
+    module.generate_samples = lambda *args: rollout
+    seen, recorded = {}, {}
+    original = module.compute_advantages
+    module.compute_advantages = lambda rewards, exp: seen.setdefault("advantages", original(rewards, exp))
+    module._optimizer_step = lambda: recorded.update(grads(module)) or {}
+    module.update(batch)
+
+    from lit_align.logprobs import token_logps
+
+    policy = load_model("tiny-llama")[0]  # the policy as it sampled
+    input_ids, attention_mask, labels = rollout.model_inputs()
+    logps = token_logps(policy, input_ids, attention_mask, labels).logps[:, rollout.prompt_input_ids.shape[1]:]
+    mask = rollout.completion_mask.float()
+    returns = seen["advantages"].clamp(-5.0, 5.0).unsqueeze(1).expand_as(logps)  # gamma = 1, kl_ctl = 0
+    assert seen["advantages"].abs().max() < 5.0 and seen["advantages"].abs().max() > 0.1
+    (torch.sum(-returns * logps * mask) / mask.sum()).backward()
+    for name, param in policy.named_parameters():
+        torch.testing.assert_close(recorded[f"policy.{name}"], param.grad, atol=1e-6, rtol=1e-4)

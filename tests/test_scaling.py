@@ -92,8 +92,8 @@ def test_fsdp2_recipe_from_the_command_line_exports_and_resumes(tmp_path, lora_r
     resumed = subprocess.run([*base, "--ckpt_path", str(ckpt), "--trainer.max_steps", "5"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = tmp_path / "runs" / "dpo" / "version_1" / "checkpoints" / "last.ckpt"
-    assert torch.load(after / "meta.pt", weights_only=True)["global_step"] == 5
+    assert not (tmp_path / "runs" / "dpo" / "version_1").exists()  # the resumed run continues its own version
+    assert torch.load(ckpt / "meta.pt", weights_only=True)["global_step"] == 5
 
 
 @pytest.mark.slow

@@ -21,9 +21,10 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import nn
 
+from lit_align.console import short_name
+from lit_align.hparams import save_plain_hyperparameters
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
 from lit_align.models import ModelKind, ModelRef, resolve_model
 from lit_align.sharding import fully_shard_model
@@ -42,15 +43,24 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
     return get_peft_model(model, config)
 
 
-def is_plain(value: Any) -> bool:
-    """Whether ``value`` is plain config data (what a checkpoint's hyperparameters may hold)."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return True
-    if isinstance(value, list | tuple):
-        return all(is_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
-    return False
+def check_model_interface(model: nn.Module, option: str) -> nn.Module:
+    """``model`` if it can be called the Hugging Face way, ``model(input_ids=..., attention_mask=...)``, returning an
+    output with ``.logits`` (or the reward model's scalar head); otherwise a ValueError that says what is needed."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return model
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    missing = [name for name in ("input_ids", "attention_mask") if name not in parameters and not takes_kwargs]
+    if missing:
+        raise ValueError(
+            f"--model.{option}: a {type(model).__name__} cannot be trained here: its "
+            f"forward{inspect.signature(model.forward)} takes no {' or '.join(missing)}. An nn.Module policy must "
+            "follow the Hugging Face causal-LM call, model(input_ids=..., attention_mask=..., **kwargs) -> an output "
+            "with .logits (B, T, vocab); wrap it in a module that does (it needs no .config; save_pretrained is used "
+            "for the Hugging Face export if present)."
+        )
+    return model
 
 
 class AlignmentModule(L.LightningModule):
@@ -75,6 +85,7 @@ class AlignmentModule(L.LightningModule):
     """
 
     METRICS: ClassVar[tuple[str, ...]] = PREFERENCE_METRICS  # names compute_loss returns values for
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("rewards/margins", "rewards/accuracies")  # progress bar and console
     POLICY_KIND: ClassVar[ModelKind] = "causal_lm"  # what a policy given by name is loaded as
 
     def __init__(
@@ -94,12 +105,12 @@ class AlignmentModule(L.LightningModule):
         nonfinite_loss: NonFinite = "stop",
     ) -> None:
         super().__init__()
-        self._save_plain_hyperparameters()
+        save_plain_hyperparameters(self)
         if nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         # from_pretrained returns eval mode and Lightning keeps each module's mode through fit; train
         # mode is what gradient checkpointing (and any dropout) needs.
-        self.policy = resolve_model(policy, self.POLICY_KIND).train()
+        self.policy = check_model_interface(resolve_model(policy, self.POLICY_KIND), "policy").train()
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         if lora_r > 0:
@@ -110,22 +121,17 @@ class AlignmentModule(L.LightningModule):
         self.nonfinite_loss: NonFinite = nonfinite_loss
         self.nonfinite_skipped = 0  # batches left out of an update for a NaN/inf loss (checkpointed)
         self._window = [0, 0]  # micro-batches in this optimizer step: seen, skipped
-
-    def _save_plain_hyperparameters(self) -> None:
-        """``save_hyperparameters`` over the whole ``__init__`` chain (subclass, mixins, this class), leaving out
-        values that are not plain data (a policy or tokenizer given as an object, callables): checkpoints then
-        hold plain data only and load with ``weights_only=True``. Only this innermost ``__init__`` sees every
-        argument (the defaults of the shared ones live in its frame), so it is called here."""
-        frame = inspect.currentframe().f_back  # AlignmentModule.__init__
-        init_args: dict[str, Any] = {}
-        for args in collect_init_args(frame, []):
-            init_args.update(args)
-        objects = [name for name, value in init_args.items() if not is_plain(value)]
-        self.save_hyperparameters(ignore=objects, frame=frame)
+        self._log_hyperparams = False  # logged by on_fit_start: model and data, plain values, no internal keys
 
     @property
     def pad_token_id(self) -> int:
-        return getattr(self.policy.config, "pad_token_id", None) or 0
+        """The id that pads concatenated chosen/rejected rows: the model config's, else the DataModule tokenizer's,
+        else 0 (padded positions are masked out of attention and labels, so any id is correct)."""
+        pad = getattr(getattr(self.policy, "config", None), "pad_token_id", None)
+        if pad is None and self._trainer is not None:
+            tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+            pad = getattr(tokenizer, "pad_token_id", None)
+        return pad or 0
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Value]]:
         """Mean loss over the batch and the metric values (per-example tensors) to log."""
@@ -138,7 +144,27 @@ class AlignmentModule(L.LightningModule):
         self.train_metrics.step(values)
         self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
+        self.show_key_metrics(values)
         return loss
+
+    def show_key_metrics(self, values: dict[str, Value]) -> None:
+        """This batch's value of each ``KEY_METRICS`` name on the progress bar (this rank; the logged curves are
+        the synced ones): the algorithm's own signal, not only a loss that may read 0.000."""
+        for name in self.KEY_METRICS:
+            if name in values:
+                self.log(short_name(name), weighted_mean(values[name]), prog_bar=True, logger=False)
+
+    def on_fit_start(self) -> None:
+        """Hyperparameters to the logger (TensorBoard's HParams tab): ``model/<option>`` and ``data/<option>``,
+        plain values only, without LightningCLI's internal keys."""
+        if self.logger is None:
+            return
+        params = {f"model/{k}": v for k, v in self.hparams.items() if not k.startswith("_")}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data = getattr(datamodule, "hparams", {}) if datamodule is not None else {}
+        params.update({f"data/{k}": v for k, v in data.items() if not k.startswith("_")})
+        plain = {k: v if isinstance(v, int | float | bool | str) else str(v) for k, v in params.items()}
+        self.logger.log_hyperparams(plain)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, values = self.compute_loss(batch)
@@ -183,11 +209,10 @@ class AlignmentModule(L.LightningModule):
     def update(self, batch: dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
         """One optimization step outside a Trainer; returns the loss and metric values as floats.
 
-        The optimizer and scheduler are created on the first call (scheduler horizon ``total_steps``).
+        The optimizer is :meth:`standalone_optimizer`'s: after ``Trainer.fit``, the fit's own optimizer and schedule
+        continued; otherwise AdamW and the schedule built on the first call (horizon ``total_steps``).
         """
-        if self._standalone is None:
-            self._standalone = self._optimizer_and_scheduler(total_steps)
-        optimizer, scheduler = self._standalone
+        optimizer, scheduler = self.standalone_optimizer(total_steps)
         self._window = [0, 0]
         self.train()
         device = next(self.policy.parameters()).device
@@ -203,6 +228,23 @@ class AlignmentModule(L.LightningModule):
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss.detach()), **{name: weighted_mean(value) for name, value in values.items()}}
+
+    def standalone_optimizer(self, total_steps: int | float | None) -> tuple[torch.optim.Optimizer, Any]:
+        """The (optimizer, scheduler) of :meth:`update`: after ``Trainer.fit`` the fit's, whose moments and
+        schedule position continue where training stopped (not a fresh AdamW at the first warmup step); without a
+        Trainer, new ones on the first call, with a schedule horizon of ``total_steps`` optimizer steps."""
+        if self._standalone is None:
+            trainer = self._trainer
+            if trainer is not None and trainer.optimizers:
+                configs = trainer.lr_scheduler_configs
+                self._standalone = (trainer.optimizers[0], configs[0].scheduler if configs else _NoSchedule())
+            else:
+                self._standalone = self._optimizer_and_scheduler(total_steps)
+        return self._standalone
+
+    def in_fit(self) -> bool:
+        """Whether a Trainer is running this module's training loop now (``update`` after fit is not)."""
+        return self._trainer is not None and self.trainer.training
 
     # -- helpers --------------------------------------------------------------------------------
     def _trainable(self) -> list[nn.Parameter]:
@@ -264,7 +306,23 @@ class AlignmentModule(L.LightningModule):
         return torch.stack([p.sum() for p in self._trainable()]).sum() * 0.0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for name, value in self.step_statistics(optimizer).items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         self.close_window(optimizer)
+
+    def step_statistics(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """The learning rate and the gradient norm (before clipping) of the optimizer step about to be taken."""
+        return {"learning_rate": float(optimizer.param_groups[0]["lr"]), "grad_norm": float(self.grad_norm())}
+
+    def grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the trainable parameters' gradients (every rank the same value)."""
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            return self.trainer.model.clip_grad_norm_(float("inf"))  # FSDP1's flat shards: its own collective norm
+        grads = [p.grad for p in self._trainable() if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        norm = torch.nn.utils.get_total_norm(grads)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor over the shards
 
     def close_window(self, optimizer: torch.optim.Optimizer) -> None:
         """End of an optimizer step's micro-batches: if every one was skipped, drop the gradients so the step
@@ -286,3 +344,10 @@ def _batch_size(batch: dict[str, Any]) -> int:
         if torch.is_tensor(value):
             return value.shape[0]
     return 1
+
+
+class _NoSchedule:
+    """A fit without a scheduler: ``update`` steps nothing."""
+
+    def step(self) -> None:
+        pass

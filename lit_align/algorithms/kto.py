@@ -85,6 +85,7 @@ class KTO(ReferenceMixin, AlignmentModule):
     """
 
     METRICS = KTO_METRICS
+    KEY_METRICS = ("rewards/margins", "kl")
 
     def __init__(
         self,

@@ -6,7 +6,8 @@ Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
     2. rewards     weighted sum of the reward functions; a completion every function scores None is
                    unscorable: excluded from the statistics, advantage 0 (TRL's handling)
     3. log-probs   of the sampling policy ("old": only when ``num_iterations > 1`` or the KL is a reward
-                   penalty) and of the reference (only when ``beta > 0``), in :meth:`make_experience`
+                   penalty) and of the reference (only when ``beta > 0``), in :meth:`make_experience`, at the
+                   sampling temperature (see below)
     4. shaping     :meth:`shape_rewards`: where the KL goes (``kl_penalty``)
     5. advantages  :meth:`compute_advantages`: per sequence (B,) or per token (B, L); by default the
                    reward minus :meth:`baseline`
@@ -20,7 +21,8 @@ subclass overrides only what makes it that algorithm (ReMax: :meth:`baseline`; G
 :meth:`compute_advantages`). Two options choose among the built-in variants, and each algorithm lists
 the values it allows (``KL_PENALTIES``, ``IMPORTANCE_RATIOS``):
 
-    kl_penalty="loss"          + β·k3 per token in the loss (GRPO, DeepSeekMath eq. 3-4)
+    kl_penalty="loss"          + β·ρ_t·k3 per token in the loss (GRPO, DeepSeekMath eq. 3-4; ρ_t = π/π_old, the
+                               importance correction of DeepSeek-V3.2 and TRL 1.16, ``kl_importance_correction``)
     kl_penalty="reward"        − β·Σ_t k1 from each sequence's reward (RLOO, ReMax; REINFORCE-style)
     importance_ratio="token"   per-token ratio, clipped per token, aggregated by ``loss_aggregation``
     importance_ratio="sequence"  one ratio per sequence, exp(Σ_t log π − Σ_t log π_old) (TRL's RLOO)
@@ -31,8 +33,14 @@ join. ``beta > 0`` is decided once, at construction: it loads the reference and 
 Shapes: B = N x G rows, prompt-major; L completion length; ``loss_mask`` (B, L) is the completion
 mask, zeroed for truncated completions when ``mask_truncated_completions``.
 
-``entropy`` is the token-mean predictive entropy over the trained completion tokens, computed in the
-same chunked pass as the log-probs (no extra forward).
+Temperature: every training pass (policy, sampling policy, reference) scores the completions under
+softmax(logits / τ), τ = the sampling ``temperature``, as TRL 1.16 and verl do: the ratio, the KL and the
+entropy are then taken under the distribution the completions were drawn from (at τ ≠ 1 the plain
+softmax(logits) is a different policy). ``top_p`` / ``top_k`` truncation is NOT reflected in these
+log-probs (nor in TRL's or verl's): with either on, the sampling distribution is the truncated one.
+
+``entropy`` is the token-mean predictive entropy of softmax(logits / τ) over the trained completion tokens,
+computed in the same chunked pass as the log-probs (no extra forward).
 
 Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration;
 under DDP each rank normalizes its own groups (all G completions of a prompt live on one rank, so group
@@ -58,11 +66,18 @@ from lit_align.algorithms.rewarding import RewardMixin
 from lit_align.algorithms.sampling import SamplingMixin
 from lit_align.batches import PromptBatch
 from lit_align.logprobs import token_logps
-from lit_align.losses.policy_gradient import aggregate_loss, clipped_surrogate, kl_k1, kl_k3, masked_mean
+from lit_align.losses.policy_gradient import (
+    aggregate_loss,
+    clipped_surrogate,
+    kl_k1,
+    kl_k3,
+    kl_k3_importance_weighted,
+    masked_mean,
+)
 from lit_align.metrics import MetricGroup, weighted_mean
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.scoring import fill_unscorable
-from lit_align.rollout import Rollout
+from lit_align.rollout import Rollout, completion_mask_until_eos
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 KLPenalty = Literal["loss", "reward"]
@@ -97,8 +112,12 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     Args:
         beta: β, weight of the KL to the reference (``kl_penalty`` says where it goes); 0 means no reference
             model at all.
-        kl_penalty: ``loss`` adds β·k3 per token to the loss; ``reward`` subtracts β·Σ_t k1 (under the
-            sampling policy) from each sequence's reward.
+        kl_penalty: ``loss`` adds β·k3 per token to the loss (times the ratio, see ``kl_importance_correction``);
+            ``reward`` subtracts β·Σ_t k1 (under the sampling policy) from each sequence's reward.
+        kl_importance_correction: with ``kl_penalty="loss"``, the per-token KL term is ρ_t·k3_t, ρ_t = π/π_old
+            (TRL 1.16's ``use_bias_correction_kl``, on by default there too): its gradient is that of KL(π‖π_ref),
+            and it differs from plain k3's even on-policy, where ρ_t = 1 in value. ``False``: plain k3, whose
+            gradient follows the forward KL(π_ref‖π). No effect with ``kl_penalty="reward"``.
         importance_ratio: ``token`` (a ratio and clip per token) or ``sequence`` (one ratio per sequence of
             the summed log-probs).
         num_generations: G, completions sampled per prompt.
@@ -118,6 +137,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("loss", "reward")  # the kl_penalty values allowed
     IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token", "sequence")  # likewise
     EXTRA_METRICS: ClassVar[tuple[str, ...]] = ()  # metric names an algorithm's hooks add
+    KEY_METRICS = ("reward", "kl")
     METRICS = ()  # built per instance from the reward functions (see __init__)
 
     def __init__(
@@ -125,6 +145,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         *,
         beta: float = 0.0,
         kl_penalty: KLPenalty = "loss",
+        kl_importance_correction: bool = True,
         importance_ratio: ImportanceRatio = "token",
         num_generations: int = 8,
         num_iterations: int = 1,
@@ -146,6 +167,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         self.automatic_optimization = False
         self.beta, self.use_kl = beta, beta > 0  # decided once: a reference, the KL passes and the kl metric
         self.kl_penalty, self.importance_ratio = kl_penalty, importance_ratio
+        self.kl_importance_correction = kl_importance_correction
         self.num_generations, self.num_iterations = num_generations, num_iterations
         self.num_minibatches, self.gradient_accumulation_steps = num_minibatches, gradient_accumulation_steps
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
@@ -158,7 +180,8 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
         kl = ("kl",) if self.use_kl else ()
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
-        names = (*self.reward_metric_names(), *clip, *kl, *self.EXTRA_METRICS, *times)
+        steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
+        names = (*self.reward_metric_names(), *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
         self.train_metrics = MetricGroup(names, "train/")
         self.val_metrics = MetricGroup(self.reward_metric_names(with_std=False), "val/", dist_sync_on_step=False)
 
@@ -190,6 +213,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         self.train_metrics.step(_to(values, self.device))
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
+        self.show_key_metrics(values)
         self.maybe_log_completions(self._rollouts, batch["prompt"], exp.rollout, exp.rewards_per_func)
         self._rollouts += 1
         return loss
@@ -212,12 +236,18 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     def rl_step(self, batch: PromptBatch) -> tuple[Tensor, dict[str, Any], Experience]:
         """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience."""
         start = time.perf_counter()
-        rollout = self.generate_samples(batch["prompt_input_ids"], batch["prompt_attention_mask"])
-        t_generation = time.perf_counter() - start
-        start = time.perf_counter()
-        rewards_per_func = self.score(batch, rollout)  # (B, F), NaN = not applicable
-        values = self.reward_values(rewards_per_func, rollout, with_std=True)
-        t_reward = time.perf_counter() - start
+        if "rewards" in batch:  # a rollout made outside: completions, rewards and sampling log-probs given
+            rollout, rewards_per_func, values = self.given_rollout(batch)
+            t_generation = t_reward = 0.0
+        else:
+            # The sampling policy's log-probs are recorded with the samples when the updates need them.
+            rollout = self.generate_samples(batch["prompt_input_ids"], batch["prompt_attention_mask"],
+                                            self.needs_old_logps)  # fmt: skip
+            t_generation = time.perf_counter() - start
+            start = time.perf_counter()
+            rewards_per_func = self.score(batch, rollout)  # (B, F), NaN = not applicable
+            values = self.reward_values(rewards_per_func, rollout, with_std=True)
+            t_reward = time.perf_counter() - start
 
         start = time.perf_counter()
         exp = self.make_experience(batch, rollout, rewards_per_func)
@@ -243,7 +273,8 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
                         loss = self.skipped_loss()
                     self._backward(loss)
                     total += float(loss.detach())
-                self._optimizer_step()
+                for name, value in self._optimizer_step().items():
+                    stats[name].append((torch.tensor([value]), torch.ones(1)))
                 losses.append(total)
         values["time/generation"] = torch.tensor([t_generation])
         values["time/reward"] = torch.tensor([t_reward])
@@ -257,7 +288,9 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         loss_mask = rollout.completion_mask.clone()  # (B, L)
         if self.mask_truncated_completions:
             loss_mask[rollout.is_truncated] = 0
-        old_logps = self._no_grad_logps(rollout, self.policy) if self.needs_old_logps else None
+        old_logps = rollout.logps
+        if old_logps is None and self.needs_old_logps:
+            old_logps = self._no_grad_logps(rollout, self.policy)
         ref_logps = None
         if self.use_kl:
             ref_logps = self.reference_forward(lambda ref: self._no_grad_logps(rollout, ref))
@@ -291,14 +324,16 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         return rewards if baseline is None else rewards - baseline
 
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
-        """The clipped-surrogate loss of micro-batch ``rows`` (+ β·k3 per token with ``kl_penalty="loss"``),
-        divided by the minibatch ``normalizer``."""
+        """The clipped-surrogate loss of micro-batch ``rows`` (+ β·ρ·k3 or β·k3 per token with
+        ``kl_penalty="loss"``), divided by the minibatch ``normalizer``; log-probs at the sampling temperature."""
         input_ids, attention_mask, labels = exp.rollout.model_inputs(rows)
         prompt_len = exp.rollout.prompt_input_ids.shape[1]
-        out = token_logps(self.policy, input_ids, attention_mask, labels, with_entropy=True)
+        out = token_logps(
+            self.policy, input_ids, attention_mask, labels, with_entropy=True, temperature=self.temperature
+        )
         logps, entropy = out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
         mask, advantages = exp.loss_mask[rows], exp.advantages[rows]
-        stats["entropy"].append((masked_mean(entropy, mask).reshape(1), mask.sum().reshape(1).float()))
+        stats["entropy"].append((masked_mean(entropy.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
         # On-policy the sampling policy IS the live one: ratio 1, same gradient, no extra pass.
         old_logps = logps.detach() if exp.old_logps is None else exp.old_logps[rows]
         clip = self.epsilon, self.epsilon_high
@@ -310,7 +345,10 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         else:
             per_token, low, high = clipped_surrogate(logps, old_logps, advantages, mask, *clip)
             if self.use_kl and self.kl_penalty == "loss":  # k3 KL to the reference, per token in the loss
-                token_kl = kl_k3(logps, exp.ref_logps[rows])
+                if self.kl_importance_correction:  # ρ·k3: the ratio's gradient counts even where ρ = 1
+                    token_kl = kl_k3_importance_weighted(logps, exp.ref_logps[rows], old_logps)
+                else:
+                    token_kl = kl_k3(logps, exp.ref_logps[rows])
                 per_token = per_token + self.beta * token_kl
                 stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
             loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.max_new_tokens, normalizer)
@@ -320,15 +358,73 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         return loss
 
     # -- rollouts --------------------------------------------------------------------------------
-    def generate_samples(self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor) -> Rollout:
-        """``num_generations`` sampled completions per prompt (prompt-major), without grad."""
-        return self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations)
+    def generate_samples(
+        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, with_logps: bool = True
+    ) -> Rollout:
+        """``num_generations`` sampled completions per prompt (prompt-major), without grad.
+
+        ``samples, log_probs = module.generate_samples(prompt_ids, prompt_mask)`` unpacks the rollout into the
+        sequences (prompt + completion) and the completion tokens' log-probs under the sampling policy (at the
+        sampling temperature; one extra no-grad forward, skipped with ``with_logps=False``). Together with the
+        rewards they make the batch :meth:`update` takes.
+        """
+        rollout = self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations)
+        if with_logps:
+            rollout.logps = self._no_grad_logps(rollout, self.policy) * rollout.completion_mask
+        return rollout
+
+    def given_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, Tensor, dict[str, Any]]:
+        """A rollout made outside the module, as :meth:`update` takes it (the seed interface):
+
+            ``input_ids``      (B, P + L) sequences: prompt (left-padded) then completion (right-padded),
+                               B = prompts x ``num_generations``, prompt-major; what ``generate_samples`` returns
+            ``rewards``        (B,) the task reward of each completion (NaN: unscorable)
+            ``old_log_probs``  (B, L) the completion tokens' log-probs under the sampling policy
+            ``attention_mask`` optional (B, P + L); by default the prompt starts at its first non-pad token and the
+                               completion ends at its first EOS
+        Any other column (e.g. ``prompt``, ``answer``: one entry per prompt) passes to ReMax's greedy baseline.
+        """
+        input_ids, logps = batch["input_ids"], batch["old_log_probs"].float()
+        L = logps.shape[1]
+        P = input_ids.shape[1] - L
+        rewards = torch.as_tensor(batch["rewards"], dtype=torch.float, device=input_ids.device)
+        if P < 1 or rewards.shape != (input_ids.shape[0],) or input_ids.shape[0] % self.num_generations:
+            raise ValueError(
+                f"update() with a rollout batch expects input_ids (B, P + L), old_log_probs (B, L) and rewards (B,) "
+                f"with B a multiple of num_generations={self.num_generations}; got input_ids "
+                f"{tuple(input_ids.shape)}, old_log_probs {tuple(logps.shape)}, rewards {tuple(rewards.shape)}"
+            )
+        prompt_ids, completion_ids = input_ids[:, :P], input_ids[:, P:]
+        if "attention_mask" in batch:
+            prompt_mask, completion_mask = batch["attention_mask"][:, :P], batch["attention_mask"][:, P:]
+            is_truncated = completion_mask[:, -1].bool()
+        else:
+            pad = self.tokenizer.pad_token_id
+            prompt_mask = (prompt_ids != pad).long().cummax(dim=1).values  # left padding: from the first real token
+            completion_mask, is_truncated = completion_mask_until_eos(completion_ids, self.backend.eos_ids(self.policy))
+        completion_mask = completion_mask.long()
+        lengths = completion_mask.sum(1)
+        rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, is_truncated,
+                          self.num_generations, logps * completion_mask)  # fmt: skip
+        G = self.num_generations
+        batch.setdefault("prompt_input_ids", prompt_ids[::G])
+        batch.setdefault("prompt_attention_mask", prompt_mask[::G])
+        scorable = ~rewards.isnan()
+        values = {"reward": (rewards.nan_to_num(0.0), scorable.float()), "completions/mean_length": lengths.float(),
+                  "completions/clipped_ratio": is_truncated.float()}  # fmt: skip
+        return rollout, rewards.unsqueeze(1), values
 
     # -- optimization plumbing (Trainer or standalone) -------------------------------------------------
-    def update(self, batch: PromptBatch, total_steps: int = 1000) -> dict[str, float]:
-        """One rollout and its ``num_iterations x num_minibatches`` optimizer steps outside a Trainer."""
-        if self._standalone is None:
-            self._standalone = self._optimizer_and_scheduler(total_steps)
+    def update(self, batch: PromptBatch | dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
+        """One rollout and its ``num_iterations x num_minibatches`` optimizer steps outside a Trainer.
+
+        ``batch`` is a prompt batch (the module samples and scores), or a rollout made outside: ``{"input_ids",
+        "rewards", "old_log_probs"}`` (see :meth:`given_rollout`). The optimizer is the one of
+        :meth:`~lit_align.algorithms.base.AlignmentModule.update`: the fit's, continued, after ``Trainer.fit``.
+        """
+        self.standalone_optimizer(total_steps)
         self.train()
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, values, _ = self.rl_step(batch)
@@ -353,23 +449,25 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         parts = []
         rows_per_pass = math.ceil(len(rollout) / (self.num_minibatches * self.gradient_accumulation_steps))
         for rows in torch.arange(len(rollout), device=self.device).split(rows_per_pass):
-            parts.append(token_logps(model, *rollout.model_inputs(rows))[0][:, P:])
+            parts.append(token_logps(model, *rollout.model_inputs(rows), temperature=self.temperature).logps[:, P:])
         return torch.cat(parts)
 
     def _zero_grad(self) -> None:
-        optimizer = self.optimizers() if self._trainer is not None else self._standalone[0]
+        optimizer = self.optimizers() if self.in_fit() else self._standalone[0]
         optimizer.zero_grad(set_to_none=True)
 
     def _backward(self, loss: Tensor) -> None:
-        if self._trainer is not None:
+        if self.in_fit():
             self.manual_backward(loss)  # under DDP this re-arms the reducer: gradients are all-reduced
         else:
             loss.backward()
 
-    def _optimizer_step(self) -> None:
-        trainer = self._trainer is not None
+    def _optimizer_step(self) -> dict[str, float]:
+        """Clip, step the optimizer and the scheduler; returns the step's learning rate and gradient norm."""
+        trainer = self.in_fit()
         optimizer, scheduler = (self.optimizers(), self.lr_schedulers()) if trainer else self._standalone
         self.close_window(optimizer)  # a minibatch whose micro-batches were all non-finite moves nothing
+        statistics = self.step_statistics(optimizer)
         clip = self.hparams.max_grad_norm
         if clip and trainer:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
@@ -377,6 +475,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
             torch.nn.utils.clip_grad_norm_(self._trainable(), clip)
         optimizer.step()  # under a Trainer: counts one global_step
         scheduler.step()
+        return statistics
 
 
 def _to(values: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class RewardModel(AlignmentModule):
     """
 
     METRICS = ("accuracy", "margin", "mean_reward", "min_reward", "max_reward")
+    KEY_METRICS = ("accuracy", "margin")
     POLICY_KIND: ClassVar[ModelKind] = "sequence_classification"
 
     def __init__(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.base import is_plain
+from lit_align.hparams import is_plain
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import nanstd, score_completions, weighted_rewards
@@ -92,8 +92,11 @@ class RewardMixin:
 
     def combine_rewards(self, per_func: Tensor) -> Tensor:
         """(B,) reward of each completion from the (B, F) per-function table, NaN where unscorable; what the
-        advantages and the ``reward`` metric see. Default: the weighted sum (RLVR normalizes reward models first)."""
-        return weighted_rewards(per_func, self.reward_weights)
+        advantages and the ``reward`` metric see. Default: the weighted sum (RLVR normalizes reward models first).
+        A table that is not the reward functions' (a rollout made outside brings its (B, 1) rewards) is summed
+        unweighted."""
+        weights = self.reward_weights if per_func.shape[1] == len(self.reward_names) else None
+        return weighted_rewards(per_func, weights)
 
     def reward_values(self, per_func: Tensor, rollout: Rollout, with_std: bool) -> dict[str, Any]:
         """TRL's rollout metrics: reward (weighted sum, unscorable excluded), per-function means, lengths."""

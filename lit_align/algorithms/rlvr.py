@@ -98,7 +98,7 @@ class RLVR(OnlinePolicyGradient):
 
     def combine_rewards(self, per_func: Tensor) -> Tensor:
         """(B,) combined reward: the ``normalized_rewards`` columns z-scored over the batch, then the weighted sum."""
-        if self.normalized_columns:
+        if self.normalized_columns and per_func.shape[1] == len(self.reward_names):  # not rewards given from outside
             per_func = per_func.clone()
             for i in self.normalized_columns:
                 per_func[:, i] = batch_zscore(per_func[:, i])

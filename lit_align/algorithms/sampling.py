@@ -20,7 +20,8 @@ class SamplingMixin:
 
     Args:
         max_new_tokens: completion length limit in tokens; a completion without EOS by then is truncated.
-        temperature: sampling temperature (> 0; greedy decoding is a separate switch where offered).
+        temperature: sampling temperature (> 0; greedy decoding is a separate switch where offered); the online
+            algorithms also take their training log-probs, ratios, KL and entropy at it.
         top_p: nucleus sampling mass (1.0 = off).
         top_k: top-k sampling (0 = off).
         sampling_seed: sampling is seeded from (sampling_seed, global step, rank), so a run and its resume
@@ -75,12 +76,12 @@ class SamplingMixin:
     ) -> Rollout:
         """Completions of the policy (G per prompt, prompt-major), or one greedy completion each, without grad.
 
-        Sampling is seeded by (``sampling_seed``, global step, rank) under a Trainer, and by the number of
+        Sampling is seeded by (``sampling_seed``, global step, rank) in a Trainer's fit, and by the number of
         earlier sampling calls outside one.
         """
         if greedy:  # deterministic: consumes no key, so evaluating between updates leaves the samples alone
             key = "greedy"
-        elif self._trainer is not None:
+        elif self._trainer is not None and self.trainer.training:  # in fit: a function of the checkpointed step
             key = f"{self.global_step}/{self.global_rank}"
         else:
             key, self._samples_drawn = f"{self._samples_drawn}/0", self._samples_drawn + 1

@@ -68,6 +68,7 @@ class SFT(AlignmentModule):
     """
 
     METRICS = ("mean_token_accuracy",)  # plus train/num_tokens and val/perplexity, logged separately
+    KEY_METRICS = ("mean_token_accuracy",)
 
     def __init__(
         self,
@@ -100,6 +101,7 @@ class SFT(AlignmentModule):
         self.log("train/loss", totals[0] / totals[1].clamp(min=1), prog_bar=True)
         self.log("train/num_tokens", torch.as_tensor(self._tokens_seen).float(), reduce_fx="sum", sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
+        self.show_key_metrics(self._values(stats))
         return nll_sum  # a sum: on_before_optimizer_step divides the gradient by the window's tokens
 
     def validation_step(self, batch: SFTBatch, batch_idx: int) -> None:

@@ -1,8 +1,8 @@
 """Policy-gradient losses: advantages, clipped surrogate, value loss, KL estimators, aggregation.
 
 Pure functions for the online algorithms (GRPO, Dr. GRPO, DAPO, RLOO, ReMax, PPO). An algorithm
-composes them: rewards -> ``*_advantages`` -> ``clipped_surrogate`` (+ ``beta * kl_k3``) ->
-``aggregate_loss``.
+composes them: rewards -> ``*_advantages`` -> ``clipped_surrogate`` (+ ``beta * kl_k3_importance_weighted``
+or ``beta * kl_k3``) -> ``aggregate_loss``.
 
 Shapes: B sequences (B = prompts x G generations, prompt-major: the G completions of a prompt are
 contiguous, as TRL orders them), G = ``num_generations``, T = completion length (right-padded),
@@ -260,6 +260,37 @@ def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
+def kl_k3_importance_weighted(logps: Tensor, ref_logps: Tensor, old_logps: Tensor) -> Tensor:
+    """k3 times the token's importance ratio: the KL term of DeepSeek-V3.2 (2025, "Unbiased KL Estimate",
+    https://arxiv.org/abs/2512.02556) and of TRL 1.16 GRPO with ``use_bias_correction_kl=True``, its default
+    (``GRPOTrainer._compute_loss``, l. 3100-3105).
+
+        kl_t = rho_t * k3_t,   rho_t = exp(logps_t - old_logps_t),
+        k3_t = r_t - 1 - log r_t,   r_t = exp(ref_t - logps_t)
+
+    Value: the tokens were sampled by pi_old, so rho_t k3_t estimates KL(pi || pi_ref) at the CURRENT policy
+    (E_{pi_old}[rho k3] = E_pi[k3]); on-policy rho_t = 1 and kl_t = k3_t.
+
+    Gradient: rho_t carries gradient even where its value is 1 (on-policy ``old_logps = logps.detach()``), so
+
+        d kl_t / d logps_t = rho_t (k3_t + 1 - r_t) = rho_t (logps_t - ref_t)
+
+    whose expectation over y_t ~ pi_old is the score-function gradient of the reverse KL(pi || pi_ref) the
+    objective names (per token, given the prefix). Plain :func:`kl_k3` has d k3_t / d logps_t = 1 - r_t, whose
+    expectation under pi is the gradient of the FORWARD KL(pi_ref || pi) instead (E_pi[(1 - r) grad log pi] =
+    -sum_y pi_ref grad log pi). The two agree in value on-policy and differ in gradient.
+
+    Args:
+        logps: (B, T) policy log-probs (with grad).
+        ref_logps: (B, T) reference log-probs.
+        old_logps: (B, T) log-probs of the policy that sampled (no grad); ``logps.detach()`` on-policy.
+
+    Returns:
+        (B, T) per-token KL term; mask it (or aggregate with a mask) like the surrogate.
+    """
+    return torch.exp(logps - old_logps) * kl_k3(logps, ref_logps)
+
+
 def aggregate_loss(
     per_token_loss: Tensor,
     mask: Tensor,
@@ -270,7 +301,7 @@ def aggregate_loss(
     """Reduce a (B, T) per-token loss to a scalar; the one place loss normalization is decided.
 
     sequence_mean: sum_i [sum_t m_it l_it / sum_t m_it] / N,  N = B         (GRPO paper; TRL "grpo")
-    token_mean:    sum_it m_it l_it / N,                       N = sum m_it  (DAPO; TRL "bnpo", "dapo")
+    token_mean:    sum_it m_it l_it / N,                       N = sum m_it  (DAPO; TRL "dapo")
     constant:      sum_it m_it l_it / N,                       N = B * L     (Dr. GRPO; TRL "dr_grpo"),
                    L = ``max_completion_length``
 
@@ -278,7 +309,8 @@ def aggregate_loss(
     whole accumulation window (sequences, tokens, or window sequences x L); the micro-batch losses
     then sum to exactly the full-batch loss, in all three modes. With the local default N they
     do not (except for equal-size micro-batches in "sequence_mean"/"constant" divided by the number
-    of micro-batches, which is TRL's "grpo"/"dr_grpo" scaling). Under DDP, whose gradients are
+    of micro-batches, which is TRL's "grpo"/"dr_grpo" scaling; "token_mean" so divided is TRL's "bnpo",
+    which therefore changes with accumulation, and is not offered). Under DDP, whose gradients are
     averaged over ranks, pass global count / world size (TRL "dapo" does so with ``num_items_in_batch``).
 
     N is clamped to at least 1, so an all-zero mask gives 0, not NaN.

@@ -50,10 +50,10 @@ def fill_unscorable(rewards: Tensor, num_generations: int) -> Tensor:
     return torch.where(grouped.isnan(), means, grouped).view(-1)
 
 
-def weighted_rewards(per_func: Tensor, weights: Tensor) -> Tensor:
-    """(B,) weighted sum of the (B, F) per-function rewards; NaN where every function returned None
-    (an unscorable completion), else NaN entries count as 0 (TRL's ``nansum``)."""
-    total = (per_func * weights.to(per_func.device)).nansum(dim=1)
+def weighted_rewards(per_func: Tensor, weights: Tensor | None) -> Tensor:
+    """(B,) weighted sum of the (B, F) per-function rewards (``None``: weights of 1); NaN where every function
+    returned None (an unscorable completion), else NaN entries count as 0 (TRL's ``nansum``)."""
+    total = (per_func if weights is None else per_func * weights.to(per_func.device)).nansum(dim=1)
     return total.masked_fill(per_func.isnan().all(dim=1), math.nan)
 
 

@@ -1,0 +1,22 @@
+"""Evaluation recipe: `python recipes/evaluate.py runs/dpo/version_0 --reward_model runs/reward_model/version_0
+--pairs held_out.jsonl` (or `lit-align evaluate ...`).
+
+Compares a trained policy with the model it started from on held-out prompts: win rate (ties half, 95%
+interval), reward and length of each, perplexity of held-out preferred responses and implicit-reward accuracy
+(see lit_align/evaluation.py). `--help` lists every option, `--config my.yaml` takes them from a file.
+"""
+
+from jsonargparse import CLI
+
+from lit_align.console import quiet
+from lit_align.evaluation import evaluate
+
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align evaluate ...`` and ``python recipes/evaluate.py ...``."""
+    quiet()
+    CLI(evaluate, args=args, as_positional=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Generation recipe: `python recipes/generate.py runs/dpo/version_0 --prompts prompts.jsonl --output out.jsonl`
+(or `lit-align generate ...`); without `--prompts`, type prompts at the terminal.
+
+Samples from a run directory, checkpoint, export or preset with the chat template (see lit_align/generation.py);
+`--greedy true`, `--temperature 0.7`, `--max_new_tokens 256`, `--num_generations 4` shape the sampling.
+"""
+
+from jsonargparse import CLI
+
+from lit_align.console import quiet
+from lit_align.generation import generate
+
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align generate ...`` and ``python recipes/generate.py ...``."""
+    quiet()
+    CLI(generate, args=args, as_positional=True)
+
+
+if __name__ == "__main__":
+    main()

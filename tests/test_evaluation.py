@@ -1,0 +1,110 @@
+"""Evaluation and generation: the report's numbers by hand, and both recipes end to end on a tiny run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from lit_align.evaluation import summarize, wald_interval
+from tests.conftest import REPO, write_jsonl
+
+
+def record(trained: float | None, start: float | None, lengths=(10, 8)) -> dict:
+    return {"prompt": "p", "trained": "a", "start": "b", "trained_length": lengths[0], "start_length": lengths[1],
+            "trained_scores": [trained], "start_scores": [start]}  # fmt: skip
+
+
+def test_win_rate_counts_ties_half_and_skips_unjudged_prompts():
+    """Scores 1, ½, 0, 1 -> win rate 2.5/4 = 0.625; the prompt nobody could judge is left out of it."""
+    records = [record(2.0, 1.0), record(1.0, 1.0), record(0.0, 3.0), record(5.0, 4.0), record(None, None)]
+    report = summarize(records, ["rm"], [1.0])
+    assert report["judged"] == 4 and (report["wins"], report["ties"], report["losses"]) == (2, 1, 1)
+    assert report["win_rate"] == pytest.approx(0.625)
+    # mean 0.625, sample std of (1, .5, 0, 1) = sqrt(((.375)^2 + (.125)^2 + (.625)^2 + (.375)^2) / 3) = 0.4787
+    low, high = report["win_rate_ci95"]
+    half = 1.96 * 0.47871355 / 2
+    assert low == pytest.approx(0.625 - half, abs=1e-6) and high == pytest.approx(min(1.0, 0.625 + half), abs=1e-6)
+    assert report["reward"] == {"trained": 2.0, "start": 2.25, "change": -0.25}
+    assert report["length"] == {"trained": 10.0, "start": 8.0, "change": 2.0}
+
+
+def test_perplexity_and_implicit_accuracy_from_pairs():
+    pairs = [{"pair": True, "trained_nll": 6.0, "start_nll": 8.0, "tokens": 4, "implicit_correct": True},
+             {"pair": True, "trained_nll": 2.0, "start_nll": 4.0, "tokens": 2, "implicit_correct": False}]  # fmt: skip
+    report = summarize(pairs, [], [])
+    assert report["perplexity"]["trained"] == pytest.approx(math.exp(8 / 6))  # token-weighted: (6 + 2) / (4 + 2)
+    assert report["perplexity"]["start"] == pytest.approx(math.exp(12 / 6))
+    assert report["implicit_reward_accuracy"] == 0.5 and "win_rate" not in report
+
+
+def test_wald_interval_limits():
+    assert math.isnan(wald_interval([1.0])[0])
+    assert wald_interval([1.0, 1.0, 1.0]) == (1.0, 1.0)  # no spread, no width
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 3-step DPO run on the tiny preset through the recipe, and a tiny reward-model folder."""
+    root = tmp_path_factory.mktemp("eval")
+    cmd = [sys.executable, str(REPO / "recipes/dpo.py"), "fit", "--config", str(REPO / "recipes/configs/tiny.yaml")]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from lit_align.models import build_byte_tokenizer, build_tiny_llama
+
+    tokenizer = build_byte_tokenizer()
+    build_tiny_llama(tokenizer, seed=3, kind="sequence_classification").save_pretrained(root / "rm")
+    tokenizer.save_pretrained(root / "rm")
+    pairs = [{"prompt": f"Say {i}.", "chosen": f"{i}.", "rejected": f"No {i}."} for i in range(6)]
+    write_jsonl(root / "pairs.jsonl", pairs)
+    return root
+
+
+def test_evaluate_recipe_reports_win_rate_reward_length_perplexity(tiny_run):
+    out = tiny_run / "report"
+    cmd = [sys.executable, str(REPO / "recipes/evaluate.py"), "runs/dpo/version_0", "--reward_model", "rm",
+           "--pairs", "pairs.jsonl", "--max_new_tokens", "6", "--out_dir", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["prompts"] == 6 and report["pairs"] == 6 and report["judged"] == 6
+    assert 0.0 <= report["win_rate"] <= 1.0 and len(report["win_rate_ci95"]) == 2
+    assert set(report["reward"]) == set(report["length"]) == set(report["perplexity"]) == {"trained", "start", "change"}
+    assert report["settings"]["baseline"] == "tiny-llama"  # the run's own starting policy, from its config.yaml
+    assert "win rate" in result.stdout and "implicit-reward accuracy" in result.stdout
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and {"trained", "start", "trained_scores"} <= set(samples[0])
+    assert list(out.glob("events.out.tfevents.*"))
+
+
+def test_evaluating_a_model_against_itself_is_all_ties(tiny_run):
+    """Same model, same seeded stream: identical completions, identical scores, win rate exactly 0.5."""
+    from lit_align.evaluation import evaluate
+
+    report = evaluate("tiny-llama", baseline="tiny-llama", reward_model=str(tiny_run / "rm"),
+                      prompts=str(tiny_run / "pairs.jsonl"), max_new_tokens=6,
+                      out_dir=str(tiny_run / "self"))  # fmt: skip
+    assert report["win_rate"] == 0.5 and report["ties"] == report["judged"] == 6
+    assert report["length"]["change"] == 0.0
+
+
+def test_generate_recipe_writes_jsonl_with_the_other_columns(tiny_run):
+    rows = [{"prompt": "Hi", "id": 7}, {"prompt": [{"role": "user", "content": "Yo"}], "id": 8}]
+    write_jsonl(tiny_run / "prompts.jsonl", rows)
+    cmd = [sys.executable, str(REPO / "recipes/generate.py"), "runs/dpo/version_0", "--prompts", "prompts.jsonl",
+           "--output", "out.jsonl", "--max_new_tokens", "4", "--num_generations", "2"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tiny_run / "out.jsonl").read_text().splitlines()]
+    assert rows[0]["id"] == 7 and len(rows[0]["completions"]) == 2 and len(rows) == 2
+
+
+def test_generate_reads_prompts_from_stdin(tiny_run):
+    cmd = [sys.executable, str(REPO / "recipes/generate.py"), "runs/dpo/version_0", "--max_new_tokens", "3",
+           "--greedy", "true"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tiny_run, input="Hello\nAgain\n\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) >= 2  # one completion per prompt (a completion may hold newlines)

@@ -1,0 +1,103 @@
+"""GRPO against TRL 1.16's own ``GRPOTrainer`` on fixed completions: losses and gradients within 1e-5.
+
+TRL computes everything after generation itself (rewards, advantages, old and reference log-probs at its
+temperature, ``_compute_loss``); lit-align runs its module's ``update`` on the same completions. Every optimizer step
+is compared: on-policy (``num_iterations=1``: no old log-probs, TRL and lit-align both use the live ones detached)
+and off-policy (``num_iterations=2``: the second pass is taken after an AdamW step, its old log-probs are the
+sampling state's), with and without gradient accumulation, at temperature 1 and 0.7, for each aggregation
+(``sequence_mean`` = TRL ``grpo``, ``token_mean`` = ``dapo``, ``constant`` = ``dr_grpo``), β = 0 and β > 0 with the
+KL importance correction on (TRL's default ``use_bias_correction_kl=True``) and off. How both sides are driven:
+:mod:`tests.online_parity`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_align.algorithms.grpo import GRPO
+from tests.online_parity import (
+    ATOL,
+    BETA,
+    assert_parity,
+    deviations,
+    lit_align_module,
+    make_fixture,
+    max_gradient,
+    run_lit_align,
+    run_trl,
+    trl_generation_batch,
+    trl_trainer,
+)
+
+AGGREGATIONS = [("sequence_mean", "grpo"), ("token_mean", "dapo"), ("constant", "dr_grpo")]
+KL = [(0.0, True), (BETA, True), (BETA, False)]  # (beta, importance correction)
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    return make_fixture(tmp_path_factory.mktemp("grpo-parity"))
+
+
+def run_both(fx, tmp_path, monkeypatch, aggregation, loss_type, beta, correction, temperature, iterations, accumulation,
+             **extra):  # fmt: skip
+    module = lit_align_module(GRPO, fx, loss_aggregation=aggregation, beta=beta, kl_importance_correction=correction,
+                              temperature=temperature, num_iterations=iterations,
+                              gradient_accumulation_steps=accumulation, **extra)  # fmt: skip
+    ours = run_lit_align(module, fx)
+    trainer = trl_trainer("grpo", fx, tmp_path, monkeypatch, accumulation, loss_type=loss_type, beta=beta,
+                          use_bias_correction_kl=correction, temperature=temperature, num_iterations=iterations,
+                          **extra)  # fmt: skip
+    batch = trl_generation_batch(trainer, fx)
+    theirs = run_trl(trainer, batch, [step.state for step in ours.steps], accumulation)
+    return ours, theirs, batch
+
+
+@pytest.mark.parametrize("accumulation", [1, 2], ids=["no-accum", "accum2"])
+@pytest.mark.parametrize("iterations", [1, 2], ids=["on-policy", "off-policy"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7], ids=["t1", "t0.7"])
+@pytest.mark.parametrize(("beta", "correction"), KL, ids=["beta0", "kl-corrected", "kl-plain"])
+@pytest.mark.parametrize(("aggregation", "loss_type"), AGGREGATIONS, ids=[a for a, _ in AGGREGATIONS])
+def test_grpo_matches_trl(fx, tmp_path, monkeypatch, aggregation, loss_type, beta, correction, temperature,
+                          iterations, accumulation):  # fmt: skip
+    ours, theirs, batch = run_both(fx, tmp_path, monkeypatch, aggregation, loss_type, beta, correction, temperature,
+                                   iterations, accumulation)  # fmt: skip
+    # Inputs of the loss first: advantages, and the log-probs of the no-grad passes (at the temperature).
+    torch.testing.assert_close(ours.exp.advantages, batch["advantages"], atol=1e-6, rtol=0)
+    for name, key in (("ref_logps", "ref_per_token_logps"), ("old_logps", "old_per_token_logps")):
+        assert (getattr(ours.exp, name) is None) == (key not in batch), name
+        if key in batch:
+            torch.testing.assert_close(getattr(ours.exp, name), batch[key], atol=ATOL, rtol=0)
+    assert len(ours.steps) == iterations
+    assert_parity(ours, theirs, metrics=("entropy", "clip_ratio/region_mean", *(("kl",) if beta else ())))
+    assert max_gradient(ours) > 1e-2  # the compared gradients are not vacuously small
+    if iterations == 2:  # the second pass is off-policy: its ratios move the loss (and at τ = 0.7 clip some tokens)
+        assert abs(ours.steps[1].loss - ours.steps[0].loss) > 1e-2
+        assert temperature == 1.0 or theirs.metrics["clip_ratio/region_mean"] > 0
+
+
+@pytest.mark.parametrize("accumulation", [1, 2], ids=["no-accum", "accum2"])
+def test_token_mean_is_trl_bnpo_only_without_accumulation(fx, tmp_path, monkeypatch, accumulation):
+    """TRL's ``bnpo`` divides each micro-batch's token sum by that micro-batch's token count, then by the number of
+    micro-batches: unlike ``dapo`` (= ``token_mean``) it changes with accumulation when micro-batches hold different
+    token counts (here 24 and 20). Without accumulation the two are the same loss."""
+    options = dict(loss_aggregation="token_mean", beta=BETA, kl_importance_correction=True, temperature=0.7)
+    ours = run_lit_align(lit_align_module(GRPO, fx, gradient_accumulation_steps=accumulation, **options), fx)
+    trainer = trl_trainer("grpo", fx, tmp_path, monkeypatch, accumulation, loss_type="bnpo", beta=BETA,
+                          temperature=0.7)  # fmt: skip
+    theirs = run_trl(trainer, trl_generation_batch(trainer, fx), [s.state for s in ours.steps], accumulation)
+    if accumulation == 1:
+        assert_parity(ours, theirs)
+    else:
+        tokens = [int(m.sum()) for m in fx.rollout.completion_mask.chunk(2)]
+        assert tokens == [24, 20]
+        ((loss, grad),) = deviations(ours, theirs)
+        assert loss > 1e-3 and grad > 1e-3  # bnpo's accumulation-dependent normalizer
+
+
+def test_mask_truncated_completions_matches_trl(fx, tmp_path, monkeypatch):
+    """TRL zeroes a truncated completion's mask in the attention as well; lit-align only in the loss. The truncated
+    rows' tokens are then scored differently, but they carry no loss, so loss and gradient still agree."""
+    ours, theirs, _ = run_both(fx, tmp_path, monkeypatch, "token_mean", "dapo", BETA, True, 0.7, 2, 2,
+                               mask_truncated_completions=True)  # fmt: skip
+    assert_parity(ours, theirs, metrics=("entropy", "kl"))
