@@ -27,6 +27,7 @@ import torch
 
 from lit_align.algorithms.rlvr import RLVR
 from lit_align.cli import AlignCLI
+from lit_align.console import quiet
 from lit_align.datamodules.prompt import PromptDataModule
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "recipes" / "configs" / "rlvr.yaml"
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args, cli_args = parser.parse_known_args()
     torch.set_num_threads(args.threads)
-
+    quiet()
     cli = AlignCLI(
         RLVR, PromptDataModule, args=cli_args, run=False, auto_configure_optimizers=False,
         parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]}, save_config_kwargs={"overwrite": True},
