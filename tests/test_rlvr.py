@@ -98,6 +98,8 @@ def test_no_normalization_without_a_reward_model_and_empty_list_turns_it_off(tmp
     assert module.reward_names == ["even_length", "reward_model"] and module.normalized_columns == [1]
     per_func = torch.tensor([[1.0, 5.0], [0.0, 7.0], [1.0, math.nan]])
     torch.testing.assert_close(module.combine_rewards(per_func), torch.tensor([0.0, 1.0, 1.0]))  # z = -1, +1
+    given = torch.tensor([[0.5], [2.0], [math.nan]])  # rewards of a rollout made outside (update's seed interface)
+    torch.testing.assert_close(module.combine_rewards(given), given[:, 0], equal_nan=True)  # as given
     raw = tiny_rlvr(reward_funcs=[even_length, f"model:{reward_model_dir}"], normalized_rewards=[])
     torch.testing.assert_close(raw.combine_rewards(per_func), torch.tensor([6.0, 7.0, 1.0]))
     with pytest.raises(ValueError, match=r"normalized_rewards names \['rm'\].*even_length"):
