@@ -41,6 +41,7 @@ def progress_bars(enabled: bool) -> Iterator[None]:
     finally:
         (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
 
+
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 KINDS = ".jsonl (one JSON object per line), .json (an array of objects), .csv or .parquet"
 GENERIC_ERRORS = ("DatasetGenerationError",)  # wrappers whose message hides the cause

@@ -88,3 +88,49 @@ def test_default_data_is_the_arithmetic_task(tiny_tokenizer):
     assert all(isinstance(a, str) and a.lstrip("-").isdigit() for a in batch["answer"])
     assert all(p[-1]["role"] == "user" for p in batch["prompt"])
     assert (batch["prompt_input_ids"][:, -1] == tiny_tokenizer("\n")["input_ids"][0]).all()  # "...assistant\n"
+
+
+def test_user_template_makes_text_prompts_chat_turns_with_an_optional_system_prompt(tmp_path, tiny_tokenizer):
+    rows = [{"question": "What is 2 + 3?", "final_answer": "5"},
+            {"question": [{"role": "user", "content": "Hi"}], "final_answer": None}]  # fmt: skip
+    dm = make(tmp_path, rows, tiny_tokenizer, columns={"prompt": "question"}, user_template="{prompt} End with ####.",
+              system_prompt="Be brief.")  # fmt: skip
+    batch = dm.collate([dm.train_dataset[0], dm.train_dataset[1]])
+    system = {"role": "system", "content": "Be brief."}
+    assert batch["prompt"] == [[system, {"role": "user", "content": "What is 2 + 3? End with ####."}],
+                               [system, {"role": "user", "content": "Hi"}]]  # a chat row keeps its own turns
+    text = tiny_tokenizer.decode(batch["prompt_input_ids"][0])
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3? End with ####."
+                    "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    assert batch["final_answer"] == ["5", None]
+    plain = make(tmp_path, rows, tiny_tokenizer, columns={"prompt": "question"})  # same rows, no template: text
+    assert plain.train_dataset[0]["prompt"] == "What is 2 + 3?"  # the options key the tokenization cache
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"user_template": "Solve: {question}"}, "not a format string"),
+        ({"user_template": "Solve {{prompt}}"}, "has no {prompt}"),
+        ({"user_template": "{prompt"}, "not a format string"),
+    ],
+)
+def test_bad_user_template_is_refused(tiny_tokenizer, options, message):
+    with pytest.raises(ValueError, match=message):
+        PromptDataModule(tokenizer=tiny_tokenizer, **options)
+
+
+def test_system_prompt_needs_chat_prompts(tmp_path, tiny_tokenizer):
+    with pytest.raises(DataError, match="system_prompt needs chat prompts; set user_template"):
+        make(tmp_path, [{"prompt": "Q?"}], tiny_tokenizer, system_prompt="Be brief.")
+
+
+def test_val_size_count_parses_as_an_int():
+    """jsonargparse tries the union's types in order: ``float | int`` read 200 as 200.0, which datasets refuses."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(PromptDataModule, "data", skip={"tokenizer"})
+    assert parser.parse_args(["--data.val_size", "200"]).data.val_size == 200
+    assert isinstance(parser.parse_args(["--data.val_size", "200"]).data.val_size, int)
+    assert parser.parse_args(["--data.val_size", "0.05"]).data.val_size == 0.05

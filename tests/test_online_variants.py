@@ -12,11 +12,12 @@ import torch
 from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.rloo import RLOO
+from lit_align.algorithms.rlvr import RLVR
 from lit_align.logprobs import token_logps
 from lit_align.models import load_model
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch
 
-MODULES = (GRPO, RLOO, ReMax)
+MODULES = (GRPO, RLOO, ReMax, RLVR)
 VARIANTS = list(itertools.product(("loss", "reward"), ("token", "sequence")))
 BETA = 0.3
 

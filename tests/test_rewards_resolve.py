@@ -84,3 +84,45 @@ def test_scorer_chat_prompts_and_model_spec(reward_model_dir):
     assert score == pytest.approx(last_token_rewards(model, ids, torch.ones_like(ids)).item(), abs=1e-5)
     assert funcs[0]([prompt], ["hello"]) == [score]  # a plain-string completion becomes the assistant turn
     assert names == ["reward_model"]
+
+
+def test_class_path_configs_build_instances_and_instances_record_as_configs():
+    """A checkpoint records a configured instance as {"class_path", "init_args"}; resolve rebuilds it (imported by
+    path, never evaluated). Functions keep their import path; an instance whose init args are not all kept as plain
+    attributes falls back to an import path too."""
+    from lit_align.algorithms.rewarding import recorded_reward_func
+    from lit_align.rewards.length import OverlongPenalty
+
+    penalty = OverlongPenalty(max_length=64, cache_length=16, name="o")
+    config = recorded_reward_func(penalty)
+    assert config == {"class_path": "lit_align.rewards.length.OverlongPenalty",
+                      "init_args": {"max_length": 64, "cache_length": 16, "name": "o"}}  # fmt: skip
+    (rebuilt,), names, _ = resolve_reward_funcs([config])
+    assert repr(rebuilt) == repr(penalty) and names == ["o"]
+    assert recorded_reward_func(format_reward) == "lit_align.rewards.verifiers:format_reward"
+    assert recorded_reward_func(config) is config  # already plain data
+
+    class Local:
+        def __init__(self, scale: float = 1.0) -> None:
+            self.scale = scale
+
+        def __call__(self, prompts, completions, **kwargs):
+            return [self.scale] * len(completions)
+
+    assert not isinstance(recorded_reward_func(Local()), dict)  # a local class cannot be imported back
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"class_path": "lit_align.rewards.verifiers.format_reward"}, "is not a class"),
+        ({"class_path": "model:/tmp/rm"}, "expected"),
+        ({"class_path": "os.system('x')"}, "expected an import path"),
+        ({"class_path": "lit_align.rewards.length.OverlongPenalty", "init_args": [1]}, "expected"),
+        ({"class_path": "lit_align.rewards.length.OverlongPenalty", "extra": 1}, "expected"),
+        ({"class_path": "collections.OrderedDict"}, "not callable"),
+    ],
+)
+def test_bad_class_path_configs_are_refused(config, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_reward_funcs([config])

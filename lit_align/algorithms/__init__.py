@@ -8,7 +8,8 @@ from lit_align.algorithms.orpo import ORPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.reward_model import RewardModel
 from lit_align.algorithms.rloo import RLOO
+from lit_align.algorithms.rlvr import RLVR
 from lit_align.algorithms.sft import SFT
 from lit_align.algorithms.simpo import SimPO
 
-__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "RLOO", "SFT", "ReMax", "RewardModel", "SimPO"]
+__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "RLOO", "RLVR", "SFT", "ReMax", "RewardModel", "SimPO"]

@@ -76,7 +76,7 @@ from lit_align.losses.policy_gradient import (
 )
 from lit_align.metrics import MetricGroup, weighted_mean
 from lit_align.reference import ReferenceMixin
-from lit_align.rewards.scoring import fill_unscorable, weighted_rewards
+from lit_align.rewards.scoring import fill_unscorable
 from lit_align.rollout import Rollout, completion_mask_until_eos
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
@@ -261,8 +261,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
 
         start = time.perf_counter()
         exp = self.make_experience(batch, rollout, rewards_per_func)
-        weights = self.reward_weights if rewards_per_func.shape[1] == len(self.reward_names) else None
-        rewards = weighted_rewards(rewards_per_func.to(self.device), weights)  # (B,), NaN: unscorable
+        rewards = self.combine_rewards(rewards_per_func.to(self.device))  # (B,), NaN: unscorable
         rewards = self.shape_rewards(rewards, exp)
         t_logps = time.perf_counter() - start
         advantages = self.compute_advantages(rewards, exp)  # ReMax times its greedy decode itself

@@ -9,6 +9,7 @@ completions. The pure pieces (the (B, F) reward table, the weighted sum, unscora
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -16,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_align.hparams import is_plain
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import import_reward_func, resolve_reward_funcs
 from lit_align.rewards.scoring import (
@@ -38,7 +40,8 @@ class RewardMixin:
 
     Args:
         reward_funcs: reward functions by import path (``package.module:function``), ``model:<dir>`` for a
-            trained reward model, or callables; TRL's signature ``f(prompts, completions, **columns)``.
+            trained reward model, a configured class (``class_path`` + ``init_args``), or callables; TRL's
+            signature ``f(prompts, completions, **columns)``.
         reward_weights: one weight per reward function (default 1.0 each); the reward is the weighted sum.
         log_completions_every_n_steps: every N rollouts a table of prompts, completions and rewards goes to
             TensorBoard (0 = never).
@@ -56,8 +59,9 @@ class RewardMixin:
     ) -> None:
         funcs, names, weights = resolve_reward_funcs(reward_funcs, reward_weights)  # before any model loads
         super().__init__(**kwargs)
-        # Callables are recorded by import path: checkpoints then hold only plain data (weights_only loading).
-        self.hparams["reward_funcs"] = [spec if isinstance(spec, str) else _import_path(spec) for spec in reward_funcs]
+        # Checkpoints hold only plain data (weights_only loading): functions by import path, configured
+        # instances by class_path + init_args, which resolve_reward_funcs rebuilds.
+        self.hparams["reward_funcs"] = [recorded_reward_func(spec) for spec in reward_funcs]
         self.reward_funcs, self.reward_names = funcs, names
         self.register_buffer("reward_weights", torch.tensor(weights), persistent=False)
         self.log_completions_every_n_steps = log_completions_every_n_steps
@@ -153,9 +157,17 @@ class RewardMixin:
                     "the form it parses) and that the prompts ask for that form."
                 )
 
+    def combine_rewards(self, per_func: Tensor) -> Tensor:
+        """(B,) reward of each completion from the (B, F) per-function table, NaN where unscorable; what the
+        advantages and the ``reward`` metric see. Default: the weighted sum (RLVR normalizes reward models first).
+        A table that is not the reward functions' (a rollout made outside brings its (B, 1) rewards) is summed
+        unweighted."""
+        weights = self.reward_weights if per_func.shape[1] == len(self.reward_names) else None
+        return weighted_rewards(per_func, weights)
+
     def reward_values(self, per_func: Tensor, rollout: Rollout, with_std: bool) -> dict[str, Any]:
         """TRL's rollout metrics: reward (weighted sum, unscorable excluded), per-function means, lengths."""
-        rewards = weighted_rewards(per_func, self.reward_weights)  # NaN: unscorable
+        rewards = self.combine_rewards(per_func)  # NaN: unscorable
         scorable = ~rewards.isnan()
         values: dict[str, Any] = {"reward": (rewards.nan_to_num(0.0), scorable.float())}
         for i, name in enumerate(self.reward_names):
@@ -200,6 +212,28 @@ def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], da
         return
     source = f"{getattr(datamodule, 'data_path', type(datamodule).__name__)}"
     check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source)
+def recorded_reward_func(spec: str | dict[str, Any] | Callable) -> str | dict[str, Any]:
+    """A reward function as plain data for the hyperparameters: strings and mappings as given; an instance of a
+    module-level class whose every ``__init__`` argument is kept as a plain attribute of the same name (the
+    verifier classes) as ``{"class_path", "init_args"}``; anything else by import path (a function's)."""
+    if isinstance(spec, str) or (isinstance(spec, dict) and is_plain(spec)):
+        return spec
+    cls = type(spec)
+    if inspect.isroutine(spec) or isinstance(spec, type) or "." in cls.__qualname__:
+        return _import_path(spec)
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return _import_path(spec)
+    init_args = {}
+    for param in parameters:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        value = getattr(spec, param.name, inspect.Parameter.empty)
+        if not is_plain(value):  # not kept (or not plain data): the instance cannot be rebuilt from its config
+            return _import_path(spec)
+        init_args[param.name] = value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
 def _import_path(func: Callable) -> str:

@@ -3,6 +3,8 @@
 A spec is one of
     ``"package.module:function"`` or ``"package.module.function"``  imported with importlib;
     ``"model:<directory or hub id>"``  a :class:`~lit_align.rewards.model_scorer.RewardModelScorer`;
+    ``{"class_path": "package.module.Class", "init_args": {...}}``  the class imported, then called with
+                                        ``init_args`` (how a checkpoint records a configured instance);
     a callable                          used as is (from Python).
 
 Nothing is ever evaluated: a spec names a module and an attribute, nothing else.
@@ -46,12 +48,33 @@ def import_reward_func(spec: str) -> RewardFunc:
     return obj
 
 
+def build_reward_func(config: dict[str, Any]) -> RewardFunc:
+    """``{"class_path": "package.module.Class", "init_args": {...}}`` -> ``Class(**init_args)``.
+
+    The class is imported by its path (as :func:`import_reward_func` imports a function, never evaluated)
+    and must be a class whose instances are callable; ``init_args`` are keyword arguments.
+    """
+    unknown = set(config) - {"class_path", "init_args"}
+    class_path, init_args = config.get("class_path"), config.get("init_args") or {}
+    if unknown or not isinstance(class_path, str) or class_path.startswith("model:") or not isinstance(init_args, dict):
+        raise ValueError(
+            f"reward function {config!r}: expected {{'class_path': 'package.module.Class', 'init_args': {{...}}}}"
+        )
+    cls = import_reward_func(class_path)
+    if not isinstance(cls, type):
+        raise ValueError(f"reward function {config!r}: {class_path!r} is not a class")
+    func = cls(**init_args)
+    if not callable(func):
+        raise ValueError(f"reward function {config!r}: a {cls.__name__} instance is not callable")
+    return func
+
+
 def reward_func_name(func: RewardFunc) -> str:
     return getattr(func, "__name__", None) or type(func).__name__
 
 
 def resolve_reward_funcs(
-    specs: Sequence[str | RewardFunc], reward_weights: Sequence[float] | None = None
+    specs: Sequence[str | dict[str, Any] | RewardFunc], reward_weights: Sequence[float] | None = None
 ) -> tuple[list[RewardFunc], list[str], list[float]]:
     """Callables, their metric names (``rewards/<name>/mean``; repeats get ``_2``, ``_3``) and weights.
 
@@ -59,7 +82,10 @@ def resolve_reward_funcs(
     """
     if not specs:
         raise ValueError("at least one reward function is needed")
-    funcs = [import_reward_func(s) if isinstance(s, str) else s for s in specs]
+    funcs = [
+        import_reward_func(s) if isinstance(s, str) else build_reward_func(s) if isinstance(s, dict) else s
+        for s in specs
+    ]
     for spec, func in zip(specs, funcs, strict=True):
         if not callable(func):
             raise ValueError(f"reward function {spec!r} is not callable")

@@ -153,3 +153,22 @@ def nanstd(grouped: Tensor) -> Tensor:
     count = (~grouped.isnan()).sum(dim=1)
     variance = ((grouped - grouped.nanmean(dim=1, keepdim=True)) ** 2).nansum(dim=1) / (count - 1)
     return variance.masked_fill(count < 2, math.nan).sqrt()
+
+
+def batch_zscore(scores: Tensor, min_std: float = 1e-6) -> Tensor:
+    """(B,) scores standardized over their non-NaN entries: z = (s − μ) / σ, μ and σ the mean and the
+    POPULATION standard deviation (÷ n) of the n scored entries, so the z's have mean 0 and mean square 1.
+
+    NaN entries (not scored) stay NaN. Fewer than two scored entries, or zero spread (σ < ``min_std``, which
+    absorbs the rounding of equal scores), give z = 0 for every scored entry: the batch then says nothing
+    about which completion is better.
+    """
+    scored = ~scores.isnan()
+    n = int(scored.sum())
+    if n < 2:
+        return torch.where(scored, torch.zeros_like(scores), scores)
+    values = scores[scored]
+    mean = values.mean()
+    std = ((values - mean) ** 2).mean().sqrt()
+    z = (scores - mean) / std if std >= min_std else torch.zeros_like(scores)
+    return torch.where(scored, z, scores)
