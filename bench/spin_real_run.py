@@ -1,13 +1,14 @@
 """SPIN with SmolLM2-135M-Instruct on the project's demo SFT rows, on CPU: the recipe's default run, then the held-out
 log-prob margin of the ground truth over the policy's own samples, per iteration.
 
-Held-out margin of a policy θ: over the 50 held-out rows of ``datamodules/samples/sft_demo.jsonl`` (the recipe's
-validation split, never trained on), the mean of log p_θ(y|x) − log p_θ(y'|x), y the ground truth, y' ~ p_θ(·|x) one
-sample of θ itself (temperature 1, ``max_new_tokens`` 64), both tokenized alike (chat template) and summed over
-completion tokens; also as token means (each log-prob divided by its completion's token count). It rises as θ moves
-towards the data. θ_0 (the initial model) and θ_1 (after iteration 0) are what the run itself measured when each
-iteration began (``spin/iteration_<t>.jsonl``, held-out lines); θ_2 (after iteration 1) is measured here the same way:
-the exported model answers every prompt as an iteration-2 start would (seed key ``spin/2``, the same batches).
+Held-out margin of a policy θ: over the recipe's 32 held-out rows (of the first 128 of
+``datamodules/samples/sft_demo.jsonl``; the validation split, never trained on), the mean of
+log p_θ(y|x) − log p_θ(y'|x), y the ground truth, y' ~ p_θ(·|x) one sample of θ itself (temperature 1, the recipe's
+``max_new_tokens``), both tokenized alike (chat template) and summed over completion tokens; also as token means (each
+log-prob divided by its completion's token count). It rises as θ moves towards the data. θ_0 (the initial model) and
+θ_1 (after iteration 0) are what the run itself measured when each iteration began (``spin/iteration_<t>.jsonl``,
+held-out lines); θ_2 (after iteration 1) is measured here the same way: the exported model answers every prompt as an
+iteration-2 start would (seed key ``spin/2``, the same batches).
 
     nice -n 10 python bench/spin_real_run.py [--out bench_runs/spin] [-- extra recipe flags]
 """
