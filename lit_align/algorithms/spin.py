@@ -45,6 +45,7 @@ from lit_align.batches import SelfPlayBatch
 from lit_align.logprobs import preference_logps
 from lit_align.losses import spin_loss
 from lit_align.metrics import Value, preference_values
+from lit_align.rollout import is_fsdp2_sharded
 
 
 class SPIN(SamplingMixin, AlignmentModule):
@@ -155,7 +156,7 @@ class SPIN(SamplingMixin, AlignmentModule):
     def spin_dir(self) -> Path:
         """``<log dir>/spin`` of the run (a resumed run keeps its checkpoint's); a collective under DDP."""
         if self._spin_dir is None:
-            self._spin_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "spin"
+            self._spin_dir = (Path(self.trainer.log_dir or self.trainer.default_root_dir) / "spin").absolute()
         return self._spin_dir
 
     def self_play(self, epoch: int, datamodule: Any) -> list[dict[str, Any]]:
@@ -213,7 +214,7 @@ class SPIN(SamplingMixin, AlignmentModule):
         the file's lines and the tokenized rows, on every rank (a collective). Seeded by ``iteration``."""
         trainer = self.trainer
         rank, world = trainer.global_rank, trainer.world_size
-        padded = type(trainer.strategy).__name__ == "ModelParallelStrategy"  # FSDP2: every forward is a collective
+        padded = is_fsdp2_sharded(self.policy)  # every forward is a collective: each rank makes as many calls
         common = {"batch_size": self.generation_batch_size, "pad_id": datamodule.tokenizer.pad_token_id,
                   "rank": rank, "world": world, "padded": padded}  # fmt: skip
         prompts = [item["prompt_ids"] for item in items]
