@@ -1,7 +1,7 @@
 """SPIN with SmolLM2-135M-Instruct on the project's demo SFT rows, on CPU: the recipe's default run, then the held-out
 log-prob margin of the ground truth over the policy's own samples, per iteration.
 
-Held-out margin of a policy θ: over the recipe's 24 held-out rows (of the first 96 of
+Held-out margin of a policy θ: over the recipe's 8 held-out rows (of the first 40 of
 ``datamodules/samples/sft_demo.jsonl``; the validation split, never trained on), the mean of
 log p_θ(y|x) − log p_θ(y'|x), y the ground truth, y' ~ p_θ(·|x) one sample of θ itself (temperature 1, the recipe's
 ``max_new_tokens``), both tokenized alike (chat template) and summed over completion tokens; also as token means (each
