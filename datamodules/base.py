@@ -245,18 +245,20 @@ class TokenizedDataModule(L.LightningDataModule):
         )
 
     # -- helpers --------------------------------------------------------------------------------
-    def _train_sampler(self) -> Sampler:
+    def _train_sampler(self, dataset: Any = None) -> Sampler:
         """One permutation of (seed, epoch) in every layout: whole on one process, every N-th row on N ranks.
 
         Under DDP/FSDP the DistributedSampler is made here (with this DataModule's seed) rather than left to
         Lightning, whose sampler would take ``seed_everything``'s seed instead: 1 process with batch 4 and 2
-        processes with batch 2 then train on the same global batches.
+        processes with batch 2 then train on the same global batches. ``dataset``: another training set than
+        ``train_dataset`` (SPIN's pairs of an iteration).
         """
+        dataset = self.train_dataset if dataset is None else dataset
         strategy = self.trainer.strategy if self.trainer is not None else None
         kwargs = getattr(strategy, "distributed_sampler_kwargs", None) or {}
         if kwargs.get("num_replicas", 1) > 1:
-            return DistributedSampler(self.train_dataset, shuffle=True, seed=self.seed, **kwargs)
-        return EpochRandomSampler(self.train_dataset, seed=self.seed)
+            return DistributedSampler(dataset, shuffle=True, seed=self.seed, **kwargs)
+        return EpochRandomSampler(dataset, seed=self.seed)
 
     def _canonical(self, row: dict[str, Any], loc: str) -> dict[str, Any]:
         out = {}

@@ -1,6 +1,6 @@
 """lit-align: LLM alignment algorithms as PyTorch Lightning modules."""
 
-from lit_align.algorithms import DPO, GRPO, IPO, KTO, ORPO, RLOO, RLVR, SFT, ReMax, RewardModel, SimPO
+from lit_align.algorithms import DPO, GRPO, IPO, KTO, ORPO, RLOO, RLVR, SFT, SPIN, ReMax, RewardModel, SimPO
 from lit_align.models import load_model, load_tokenizer
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "RLOO",
     "RLVR",
     "SFT",
+    "SPIN",
     "ReMax",
     "RewardModel",
     "SimPO",

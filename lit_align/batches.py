@@ -26,6 +26,15 @@ class PreferenceBatch(TypedDict):
     margin: NotRequired[Tensor]  # (B,) float, when the data has a margin column (reward model)
 
 
+class SelfPlayBatch(PreferenceBatch):
+    """SPIN's pairs (``lit_align.datamodules.SPINDataModule``): chosen = the ground-truth response, rejected = the
+    opponent's own response, with the opponent's log-probs of both computed when the iteration began (TRL's names
+    for precomputed reference log-probs)."""
+
+    ref_chosen_logps: Tensor  # (B,) float, summed over completion tokens
+    ref_rejected_logps: Tensor  # (B,)
+
+
 class BinaryBatch(TypedDict):
     """Single completions labelled desirable or not (``lit_align.datamodules.BinaryFeedbackDataModule``), with KTO's
     mismatched KL pairs: prompt i with completion i-1 of the same batch."""

@@ -13,8 +13,9 @@ Sources (``self.reference_source``):
 
 Planned, with room left here: ``precomputed`` (one pass before training, cached on disk keyed by
 a model/data/tokenization fingerprint; the reference is then freed) — the batch would carry the
-cached values and :meth:`reference_forward` would not be called. Reference syncing (TR-DPO,
-SPIN iterations) is :meth:`sync_reference`.
+cached values and :meth:`reference_forward` would not be called. Reference syncing (TR-DPO) is
+:meth:`sync_reference`. SPIN needs no reference model: its opponent's log-probs of each iteration's pairs are
+computed when the iteration begins (``lit_align.algorithms.spin``).
 """
 
 from __future__ import annotations

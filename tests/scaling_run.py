@@ -1,4 +1,4 @@
-"""A few optimizer steps of DPO, KTO, SFT and GRPO (also with a reward model) on tiny models under one layout.
+"""A few optimizer steps of DPO, KTO, SFT, GRPO (also with a reward model) and SPIN on tiny models under one layout.
 
     python tests/scaling_run.py OUT_DIR single|ddp|fsdp2 [ALGO ...]
 
@@ -63,6 +63,8 @@ def rows(algo: str) -> list[dict]:
                 for i in range(16)]  # fmt: skip
     if algo == "sft":  # unequal completion lengths: the token-mean normalization differs from a row mean
         return [{"prompt": f"Repeat {i}:", "completion": f" {str(i) * (1 + i % 5)}"} for i in range(16)]
+    if algo == "spin":  # 8 rows: 2 steps per iteration, so step 3 trains on pairs generated at a boundary
+        return [{"prompt": f"Say {i} twice:", "completion": f" {i} {i}."} for i in range(8)]
     return prompt_rows(8)  # grpo, grpo_rm
 
 
@@ -85,8 +87,8 @@ def reward_model(out: Path) -> Path:
 
 
 def build(algo: str, out: Path, per_rank: int):
-    from lit_align.algorithms import DPO, GRPO, KTO, SFT
-    from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
+    from lit_align.algorithms import DPO, GRPO, KTO, SFT, SPIN
+    from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule, SPINDataModule
     from lit_align.datamodules.prompt import PromptDataModule
 
     seeds = (1, 0) if algo == "kto" else (0, 1)  # KTO: a pair whose mismatched-pair KL is > 0, so z is not clamped
@@ -103,6 +105,10 @@ def build(algo: str, out: Path, per_rank: int):
     elif algo == "sft":
         module = SFT(policy=policy, learning_rate=1e-3)
         dm = SFTDataModule(tokenizer=tokenizer, max_length=64, **common)
+    elif algo == "spin":  # real sampling, 3 generation batches spread over the ranks (FSDP2: one padding call)
+        module = SPIN(policy=policy, learning_rate=1e-3, warmup_ratio=0.0, max_new_tokens=8, generation_batch_size=3,
+                      tokenizer=tokenizer)  # fmt: skip
+        dm = SPINDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
     else:  # GRPO (grpo_rm: scored by a reward model, sharded too under FSDP2): per_rank // 2 prompts x 4
         # completions per rank, one optimizer step per rollout in 2 micro-batches (num_minibatches > 1 splits
         # each RANK's rollout, so which rows share a step would depend on the layout)
@@ -117,7 +123,8 @@ def build(algo: str, out: Path, per_rank: int):
 
 
 def main() -> None:
-    out, layout, algos = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm"]
+    out, layout = Path(sys.argv[1]), sys.argv[2]
+    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     plain_path = PlainPathWarnings()
@@ -127,10 +134,11 @@ def main() -> None:
             strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
         module, dm = build(algo, out, GLOBAL_BATCH // devices)
         recorder = Recorder()
+        # default_root_dir per layout: SPIN writes each iteration's pairs under it, and a new run refuses another's
         trainer = L.Trainer(
             accelerator="cpu", devices=devices, strategy=strategy, max_steps=STEPS, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            callbacks=[recorder], default_root_dir=str(out), limit_val_batches=0, num_sanity_val_steps=0,
+            callbacks=[recorder], default_root_dir=str(out / layout), limit_val_batches=0, num_sanity_val_steps=0,
         )  # fmt: skip
         trainer.fit(module, dm)
         weights = {}

@@ -11,5 +11,6 @@ from lit_align.algorithms.rloo import RLOO
 from lit_align.algorithms.rlvr import RLVR
 from lit_align.algorithms.sft import SFT
 from lit_align.algorithms.simpo import SimPO
+from lit_align.algorithms.spin import SPIN
 
-__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "RLOO", "RLVR", "SFT", "ReMax", "RewardModel", "SimPO"]
+__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "RLOO", "RLVR", "SFT", "SPIN", "ReMax", "RewardModel", "SimPO"]

@@ -25,6 +25,7 @@ from lit_align.losses.preference import (
     orpo_loss,
     robust_dpo_loss,
     simpo_loss,
+    spin_loss,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "orpo_loss",
     "robust_dpo_loss",
     "simpo_loss",
+    "spin_loss",
     "value_loss",
     "whiten",
 ]

@@ -1,4 +1,4 @@
-"""Pairwise preference losses: DPO and its variants, SimPO, ORPO, and the Bradley-Terry reward-model loss.
+"""Pairwise preference losses: DPO and its variants, SPIN, SimPO, ORPO, and the Bradley-Terry reward-model loss.
 
 Shapes: B = batch of (chosen, rejected) pairs. Every input and output tensor is (B,) unless said; the
 log-probs are sequence-level (summed or token-mean, as each docstring says). Losses are per example,
@@ -56,6 +56,29 @@ def dpo_loss(
     )
     losses = _smoothed_sigmoid_loss(beta * (chosen_logratios - rejected_logratios), label_smoothing)
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def spin_loss(
+    policy_real_logps: torch.Tensor,
+    policy_generated_logps: torch.Tensor,
+    opponent_real_logps: torch.Tensor,
+    opponent_generated_logps: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SPIN's self-play loss (Chen et al. 2024, "Self-Play Fine-Tuning Converts Weak Language Models to Strong
+    Language Models", Eq. 4.7 with the logistic loss ℓ(t) = log(1 + e^{−t}); β is the paper's λ).
+
+        losses = ℓ(λ·log(p_θ(y|x) / p_θt(y|x)) − λ·log(p_θ(y'|x) / p_θt(y'|x)))
+
+    y is the ground-truth response (real), y' ~ p_θt(·|x) the opponent's own response (generated), p_θt the
+    opponent: the policy as it stood when the iteration began. Since ℓ(t) = −log σ(t), this is `dpo_loss`
+    (ε = 0) with y_w = y, y_l = y' and π_ref = p_θt. Inputs are summed log-probs of the completions.
+    Returns (losses, real_rewards, generated_rewards) with rewards λ·(log p_θ − log p_θt), detached.
+    """
+    real_logratios = policy_real_logps - opponent_real_logps
+    generated_logratios = policy_generated_logps - opponent_generated_logps
+    losses = F.softplus(-beta * (real_logratios - generated_logratios))  # log(1 + e^{−t})
+    return losses, beta * real_logratios.detach(), beta * generated_logratios.detach()
 
 
 def robust_dpo_loss(

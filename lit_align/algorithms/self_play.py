@@ -1,0 +1,157 @@
+"""SPIN's generation phase, as plain functions: the opponent answers every prompt and scores every pair, the work
+spread over ranks in fixed global batches, the results gathered to every rank and kept in one JSON-lines file.
+
+Layout independence: rows are cut into global batches of ``batch_size`` in a fixed order and batch j goes to rank
+j mod N, seeded by its own key. A batch's content, padding and seed are then the same on 1 process or N, so a run
+generates and scores the same pairs in every layout. Under FSDP2 each forward is a collective, so every rank makes
+the same number of calls: a rank with fewer real batches repeats its last one and discards the result.
+
+The file (``<run dir>/spin/iteration_<k>.jsonl``) has one line per prompt: ``id``, ``prompt``, ``chosen`` (the
+ground truth), ``rejected`` (the opponent's response, decoded), ``truncated`` (no EOS within ``max_new_tokens``),
+``tokens`` (the response's generated tokens), ``ref_chosen_logps``, ``ref_rejected_logps`` (the opponent's summed
+log-probs of the tokenized pair), ``chosen_tokens``, ``rejected_tokens``. Written by rank 0 to a temporary name and
+renamed, so a kill never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lit_align.datamodules.tokenize import left_pad
+from lit_align.logprobs import preference_logps
+from lit_align.rollout import Sampler
+
+
+def rank_batches(
+    num_rows: int, batch_size: int, rank: int, world: int, padded: bool
+) -> Iterator[tuple[int, range, bool]]:
+    """This rank's global batches ``(j, rows, real)``: batch j = rows [j·size, (j+1)·size) for j ≡ rank (mod world).
+
+    ``padded``: every rank yields the same number of batches (FSDP2), a rank short of real ones repeating its last
+    (or the first batch) with ``real=False``.
+    """
+    batches = [range(start, min(start + batch_size, num_rows)) for start in range(0, num_rows, batch_size)]
+    rounds = math.ceil(len(batches) / world) if padded else None
+    mine = list(range(rank, len(batches), world))
+    for j in mine:
+        yield j, batches[j], True
+    if padded and batches:
+        filler = mine[-1] if mine else 0
+        for _ in range(rounds - len(mine)):
+            yield filler, batches[filler], False
+
+
+def generate_responses(
+    sampler: Sampler,
+    model: nn.Module,
+    prompts: list[list[int]],
+    batch_size: int,
+    pad_id: int,
+    key: str,
+    rank: int,
+    world: int,
+    padded: bool,
+) -> dict[int, dict[str, Any]]:
+    """One sampled response per prompt for this rank's batches: ``{row: {"text", "truncated", "tokens"}}``.
+
+    Batch j is seeded by ``f"{key}/{j}"``, so its samples do not depend on the number of ranks.
+    """
+    device = next(model.parameters()).device
+    out: dict[int, dict[str, Any]] = {}
+    for j, rows, real in rank_batches(len(prompts), batch_size, rank, world, padded):
+        ids = [prompts[i] for i in rows]
+        input_ids = left_pad(ids, pad_id).to(device)
+        attention_mask = left_pad([[1] * len(p) for p in ids], 0).to(device)
+        rollout = sampler(model, input_ids, attention_mask, 1, key=f"{key}/{j}")
+        if real:
+            for i, text, truncated, tokens in zip(
+                rows, rollout.texts, rollout.is_truncated.tolist(), rollout.lengths.tolist(), strict=True
+            ):
+                out[i] = {"text": text, "truncated": bool(truncated), "tokens": int(tokens)}
+    return out
+
+
+@torch.no_grad()
+def pair_logps(
+    model: nn.Module,
+    rows: list[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    batch_size: int,
+    pad_id: int,
+    rank: int,
+    world: int,
+    padded: bool,
+) -> dict[int, dict[str, float]]:
+    """The model's summed log-probs of each tokenized pair (eval mode, no grad) for this rank's batches:
+    ``{row: {"ref_chosen_logps", "ref_rejected_logps", "chosen_tokens", "rejected_tokens"}}``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # the opponent as a reference model is: dropout off
+    out: dict[int, dict[str, float]] = {}
+    try:
+        for _, rows_j, real in rank_batches(len(rows), batch_size, rank, world, padded):
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in rows_j]).items() if torch.is_tensor(v)}
+            chosen, rejected = preference_logps(model, batch, pad_id)
+            if real:
+                for n, i in enumerate(rows_j):
+                    out[i] = {
+                        "ref_chosen_logps": float(chosen.sum[n]),
+                        "ref_rejected_logps": float(rejected.sum[n]),
+                        "chosen_tokens": int(chosen.num_tokens[n]),
+                        "rejected_tokens": int(rejected.num_tokens[n]),
+                    }
+    finally:
+        model.train(was_training)
+    return out
+
+
+def gather(local: dict[int, Any], world: int) -> dict[int, Any]:
+    """Every rank's ``{row: value}`` merged, on every rank."""
+    if world == 1:
+        return local
+    parts: list[dict[int, Any]] = [{} for _ in range(world)]
+    dist.all_gather_object(parts, local)
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    os.replace(tmp, path)  # atomic: a kill leaves the old state or the whole file
+
+
+def read_lines(path: Path, ids: list[str]) -> list[dict[str, Any]]:
+    """The file's lines in ``ids`` order; an error naming the file when it holds other prompts."""
+    lines = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
+    found = [line.get("id") for line in lines]
+    if found != ids:
+        raise ValueError(
+            f"{path} holds the pairs of other prompts ({len(found)} lines, expected {len(ids)} with ids "
+            f"{ids[:2]}...): it was written by a run on other data or settings; move it away or use another run dir"
+        )
+    return lines
+
+
+def pairs_table(lines: list[dict[str, Any]], rows: int) -> str:
+    """A markdown table of (prompt, ground truth, generated) for TensorBoard's text tab."""
+    table = ["| prompt | ground truth (chosen) | generated (rejected) |", "| --- | --- | --- |"]
+    for line in lines[:rows]:
+        table.append(f"| {_cell(line['prompt'])} | {_cell(line['chosen'])} | {_cell(line['rejected'])} |")
+    return "\n".join(table)
+
+
+def _cell(value: Any, limit: int = 300) -> str:
+    text = value[-1]["content"] if isinstance(value, list) and value else str(value)
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|").replace("\n", "<br>")
