@@ -2,6 +2,7 @@
 
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.losses.policy_gradient import (
+    adaptive_kl_coef,
     aggregate_loss,
     clipped_surrogate,
     gae_advantages,
@@ -12,6 +13,7 @@ from lit_align.losses.policy_gradient import (
     kl_k3,
     leave_one_out_advantages,
     masked_mean,
+    token_level_rewards,
     value_loss,
     whiten,
 )
@@ -27,6 +29,7 @@ from lit_align.losses.preference import (
 )
 
 __all__ = [
+    "adaptive_kl_coef",
     "aggregate_loss",
     "apo_zero_unpaired_loss",
     "bradley_terry_loss",
@@ -50,6 +53,7 @@ __all__ = [
     "orpo_loss",
     "robust_dpo_loss",
     "simpo_loss",
+    "token_level_rewards",
     "value_loss",
     "whiten",
 ]
