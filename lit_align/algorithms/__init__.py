@@ -5,10 +5,11 @@ from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.ipo import IPO
 from lit_align.algorithms.kto import KTO
 from lit_align.algorithms.orpo import ORPO
+from lit_align.algorithms.ppo import PPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.reward_model import RewardModel
 from lit_align.algorithms.rloo import RLOO
 from lit_align.algorithms.sft import SFT
 from lit_align.algorithms.simpo import SimPO
 
-__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "RLOO", "SFT", "ReMax", "RewardModel", "SimPO"]
+__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "SFT", "ReMax", "RewardModel", "SimPO"]
