@@ -118,10 +118,10 @@ class PPO(OnlinePolicyGradient):
         self.kl_target, self.kl_horizon = kl_target, kl_horizon
         self.critic = build_critic(value_model, self.policy, self._reward_models())
         hp = self.hparams
+        if hp.gradient_checkpointing:  # before LoRA, as the base does for the policy
+            self.critic.gradient_checkpointing_enable()
         if hp.lora_r > 0:  # the critic adapts like the policy: LoRA on its backbone, its score head trained in full
             self.critic = apply_lora(self.critic, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules)
-        if hp.gradient_checkpointing:
-            self.critic.gradient_checkpointing_enable()
         disable_dropout(self.policy)
         disable_dropout(self.critic)
         # The KL penalty, objective/entropy and every pass after the first need the sampling policy's log-probs.
