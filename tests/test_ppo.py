@@ -293,18 +293,37 @@ def test_lora_policy_and_critic(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_two_recipe_commands_on_tiny(tmp_path):
+def test_the_two_recipe_commands_on_tiny_and_fsdp2_resume(tmp_path):
     """`python recipes/reward_model.py fit` then `python recipes/ppo.py fit` (tiny overlay) in one directory: the
     second scores with the first's export and starts its critic from it; checkpoint (plain data, with the critic
-    and β) and the Hugging Face export of the policy are written."""
+    and β) and the Hugging Face export of the policy are written. Then PPO under FSDP2 on 2 CPU processes with an
+    adaptive β: a sharded (DCP) checkpoint after one rollout (8 steps), and a resume to 16 steps that continues
+    from the saved β (the controller's factor with these settings is 1 − 0.2 x 4 / 10 = 0.92 per rollout)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     tiny = ["--config", str(REPO / "recipes/configs/tiny.yaml")]
-    for recipe in ("reward_model", "ppo"):
-        cmd = [sys.executable, str(REPO / f"recipes/{recipe}.py"), "fit", *tiny]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+
+    def fit(recipe, *args):
+        cmd = [sys.executable, str(REPO / f"recipes/{recipe}.py"), "fit", *tiny, *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
+
+    fit("reward_model")
+    fit("ppo")
     run_dir = tmp_path / "runs" / "ppo" / "version_0"
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"policy", "critic"} and ckpt["kl_coef"] == 0.05
     assert (run_dir / "hf_model" / "model.safetensors").exists()
     assert {"train/objective/rlhf_reward", "train/loss/value_avg", "train/objective/kl"} <= event_tags(run_dir)
+
+    fsdp2 = ["--trainer.devices", "2", "--trainer.strategy", "ModelParallelStrategy",
+             "--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1",
+             "--model.kl_target", "1000", "--model.kl_horizon", "10"]  # fmt: skip  # KL far below target: β x 0.92
+    fit("ppo", *fsdp2)
+    first = tmp_path / "runs" / "ppo" / "version_1" / "checkpoints" / "last.ckpt"
+    meta = torch.load(first / "meta.pt", weights_only=True)
+    assert (first / ".metadata").exists() and meta["global_step"] == 8
+    assert meta["kl_coef"] == pytest.approx(0.05 * 0.92)
+    fit("ppo", *fsdp2, "--trainer.max_steps", "16", "--ckpt_path", str(first))
+    resumed = tmp_path / "runs" / "ppo" / "version_2" / "checkpoints" / "last.ckpt"
+    meta = torch.load(resumed / "meta.pt", weights_only=True)
+    assert meta["global_step"] == 16 and meta["kl_coef"] == pytest.approx(0.05 * 0.92**2)
