@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.05)
     parser.add_argument("--kl-target", type=float, default=None)
     parser.add_argument("--vf-coef", type=float, default=0.1)
+    parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank for policy and critic (0: full fine-tune)")
     parser.add_argument("--eval", type=int, default=48, help="held-out prompts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -73,7 +74,7 @@ def main() -> None:
         policy=policy, tokenizer=tokenizer, reward_funcs=[f"model:{args.reward_model}"], value_model=args.value_model,
         beta=args.beta, kl_target=args.kl_target, vf_coef=args.vf_coef, num_iterations=args.epochs,
         num_minibatches=args.minibatches, max_new_tokens=args.max_new_tokens, learning_rate=args.lr,
-        log_completions_every_n_steps=0, sampling_seed=args.seed,
+        log_completions_every_n_steps=0, sampling_seed=args.seed, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
     )  # fmt: skip
     dm = PromptDataModule(tokenizer=tokenizer, val_size=args.eval, batch_size=args.prompts, eval_batch_size=16,
                           seed=args.seed)  # fmt: skip
@@ -109,6 +110,7 @@ def main() -> None:
         "rollouts": args.rollouts, "prompts": args.prompts, "epochs": args.epochs, "minibatches": args.minibatches,
         "optimizer_steps": args.rollouts * steps_per_rollout, "max_new_tokens": args.max_new_tokens, "lr": args.lr,
         "beta": args.beta, "kl_target": args.kl_target, "vf_coef": args.vf_coef, "value_model": args.value_model,
+        "lora_r": args.lora_r,
         "held_out_before": before, "held_out_after": after,
         "train_score_first5": mean("reward", history[:5]), "train_score_last5": mean("reward", history[-5:]),
         "kl_last5": mean("objective/kl", history[-5:]), "value_loss_first5": mean("loss/value_avg", history[:5]),
