@@ -1,6 +1,6 @@
 """lit-align: LLM alignment algorithms as PyTorch Lightning modules."""
 
-from lit_align.algorithms import DPO, GRPO, IPO, KTO, ORPO, RLOO, RLVR, SFT, SPIN, ReMax, RewardModel, SimPO
+from lit_align.algorithms import DPO, GRPO, IPO, KTO, ORPO, PPO, RLOO, RLVR, SFT, SPIN, ReMax, RewardModel, SimPO
 from lit_align.models import load_model, load_tokenizer
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "IPO",
     "KTO",
     "ORPO",
+    "PPO",
     "RLOO",
     "RLVR",
     "SFT",

@@ -1,4 +1,4 @@
-"""A few optimizer steps of DPO, KTO, SFT, GRPO (also with a reward model) and SPIN on tiny models under one layout.
+"""A few optimizer steps of DPO, KTO, SFT, GRPO (also with a reward model), SPIN and PPO on tiny models, one layout.
 
     python tests/scaling_run.py OUT_DIR single|ddp|fsdp2 [ALGO ...]
 
@@ -9,9 +9,9 @@ the same permutation in every layout (the DataModule draws it from its seed + ep
 gives each every other index), so the global batches match step for step.
 
 Rank 0 writes ``OUT_DIR/<algo>_<layout>.pt``: every step's synced train metrics, the full final
-policy weights and the warnings of any log-prob computation that left the chunked LM head for the
-plain path (none expected: the layouts must agree THROUGH the chunked head). ``tests/test_scaling.py``
-compares the layouts.
+policy weights (PPO: and the critic's, prefixed ``critic.``) and the warnings of any log-prob
+computation that left the chunked LM head for the plain path (none expected: the layouts must agree
+THROUGH the chunked head). ``tests/test_scaling.py`` compares the layouts.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tests.online_helpers import ScriptedBackend, length_reward, prompt_rows
 
 GLOBAL_BATCH = 4  # rows per optimizer step (GRPO: prompts x 1, see below)
 STEPS = 3
+MAX_STEPS = {"ppo": 6}  # PPO: 2 optimizer steps per rollout, so 3 rollouts
 
 
 class Recorder(L.Callback):
@@ -65,7 +66,7 @@ def rows(algo: str) -> list[dict]:
         return [{"prompt": f"Repeat {i}:", "completion": f" {str(i) * (1 + i % 5)}"} for i in range(16)]
     if algo == "spin":  # 8 rows: 2 steps per iteration, so step 3 trains on pairs generated at a boundary
         return [{"prompt": f"Say {i} twice:", "completion": f" {i} {i}."} for i in range(8)]
-    return prompt_rows(8)  # grpo, grpo_rm
+    return prompt_rows(8)  # grpo, grpo_rm, ppo
 
 
 def reward_model(out: Path) -> Path:
@@ -109,6 +110,18 @@ def build(algo: str, out: Path, per_rank: int):
         module = SPIN(policy=policy, learning_rate=1e-3, warmup_ratio=0.0, max_new_tokens=8, generation_batch_size=3,
                       tokenizer=tokenizer)  # fmt: skip
         dm = SPINDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
+    elif algo == "ppo":  # per_rank // 2 prompts x 2 completions per rank; 2 epochs x 1 minibatch of 2 micro-batches
+        # (one minibatch: which rows share a step must not depend on the layout). The critic starts from the reward
+        # model and is sharded like the policy; rewards and advantages are whitened over both ranks; β adapts.
+        from lit_align.algorithms import PPO
+
+        module = PPO(policy=policy, reference_policy=reference, reward_funcs=[f"model:{reward_model(out)}"],
+                     value_model="reward_model", beta=0.05, kl_target=0.5, kl_horizon=40, whiten_rewards=True,
+                     missing_eos_penalty=1.0, num_generations=2, num_iterations=2, gradient_accumulation_steps=2,
+                     max_new_tokens=8, learning_rate=1e-3, tokenizer=tokenizer, log_completions_every_n_steps=0)
+        module.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
+        common["batch_size"] = per_rank // 2
+        dm = PromptDataModule(tokenizer=tokenizer, **common)
     else:  # GRPO (grpo_rm: scored by a reward model, sharded too under FSDP2): per_rank // 2 prompts x 4
         # completions per rank, one optimizer step per rollout in 2 micro-batches (num_minibatches > 1 splits
         # each RANK's rollout, so which rows share a step would depend on the layout)
@@ -124,7 +137,7 @@ def build(algo: str, out: Path, per_rank: int):
 
 def main() -> None:
     out, layout = Path(sys.argv[1]), sys.argv[2]
-    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin"]
+    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     plain_path = PlainPathWarnings()
@@ -136,15 +149,17 @@ def main() -> None:
         recorder = Recorder()
         # default_root_dir per layout: SPIN writes each iteration's pairs under it, and a new run refuses another's
         trainer = L.Trainer(
-            accelerator="cpu", devices=devices, strategy=strategy, max_steps=STEPS, logger=False,
+            accelerator="cpu", devices=devices, strategy=strategy, max_steps=MAX_STEPS.get(algo, STEPS), logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             callbacks=[recorder], default_root_dir=str(out / layout), limit_val_batches=0, num_sanity_val_steps=0,
         )  # fmt: skip
         trainer.fit(module, dm)
         weights = {}
-        for name, param in module.policy.named_parameters():  # full_tensor() is a collective: every rank calls it
-            full = param.full_tensor() if hasattr(param, "full_tensor") else param
-            weights[name] = full.detach().cpu().clone()
+        trained = {"policy": module.policy, "critic": getattr(module, "critic", None)}  # PPO trains a critic too
+        for prefix, model in trained.items():
+            for name, param in model.named_parameters() if model is not None else ():  # full_tensor(): a collective
+                full = param.full_tensor() if hasattr(param, "full_tensor") else param
+                weights[name if prefix == "policy" else f"{prefix}.{name}"] = full.detach().cpu().clone()
         if trainer.is_global_zero:
             record = {"steps": recorder.steps, "weights": weights, "plain_path": plain_path.messages}
             torch.save(record, out / f"{algo}_{layout}.pt")

@@ -8,11 +8,13 @@ and line numbers of trl==1.16 so a reader can check it.
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
 
 from lit_align.losses.policy_gradient import (
+    adaptive_kl_coef,
     aggregate_loss,
     clipped_surrogate,
     gae_advantages,
@@ -24,6 +26,7 @@ from lit_align.losses.policy_gradient import (
     kl_k3_importance_weighted,
     leave_one_out_advantages,
     masked_mean,
+    token_level_rewards,
     value_loss,
     whiten,
 )
@@ -218,6 +221,77 @@ def test_whiten_matches_trl_masked_whiten():
     variance = ((x - mean) ** 2 * m).sum() / m.sum() * (m.sum() / (m.sum() - 1))
     expected = (x - mean) * torch.rsqrt(variance + 1e-8)
     _close(whiten(x, mask)[m], expected[m])
+
+
+def test_whiten_over_ranks_equals_whitening_everything_on_one_process():
+    """Two "ranks" (threads meeting in a barrier, summing like all_reduce) whiten their halves of a batch; with
+    ``all_reduce`` the result is the single-process whitening of the whole batch, without it each half is
+    whitened alone (TRL's per-rank behaviour) and differs."""
+    x, mask, _ = _random_batch(batch_size=8, seed=5)
+    halves = [(x[:4], mask[:4]), (x[4:], mask[4:])]
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def make_all_reduce(rank):
+        def all_reduce(t):
+            slots[rank] = t
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both read before the next call overwrites a slot
+            return total
+
+        return all_reduce
+
+    def run(rank, shift_mean):
+        out[rank] = whiten(*halves[rank], shift_mean=shift_mean, all_reduce=make_all_reduce(rank))
+
+    out = [None, None]
+    for shift_mean in (True, False):
+        threads = [threading.Thread(target=run, args=(rank, shift_mean)) for rank in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        _close(torch.cat(out), whiten(x, mask, shift_mean=shift_mean))
+    assert not torch.allclose(torch.cat([whiten(*halves[0]), whiten(*halves[1])]), whiten(x, mask), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- PPO rewards and KL control
+
+
+def test_token_level_rewards_on_a_toy_sequence():
+    """beta = 0.1; row 0 ends with EOS at t=2 (mask [1,1,1,0]), row 1 is truncated (mask [1,1,1,1]), row 2 is
+    excluded (empty mask). k1 per token: row 0 [0.5, -0.2, 1.0, 9], row 1 [0.1, 0.2, 0.3, 0.4]; scores [2, -1, 5].
+
+      row 0: -0.1 k1 = [-0.05, 0.02, -0.1, 0]; the score 2 lands on t=2 (the EOS): [-0.05, 0.02, 1.9, 0]
+      row 1: [-0.01, -0.02, -0.03, -0.04 - 1] = [-0.01, -0.02, -0.03, -1.04] (its last token, t=3)
+      row 2: nothing, not even the score: [0, 0, 0, 0]
+    """
+    kl = torch.tensor([[0.5, -0.2, 1.0, 9.0], [0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    rewards = token_level_rewards(torch.tensor([2.0, -1.0, 5.0]), kl, mask, beta=0.1)
+    _close(rewards, [[-0.05, 0.02, 1.9, 0.0], [-0.01, -0.02, -0.03, -1.04], [0.0, 0.0, 0.0, 0.0]])
+    # The sum over a row is the sequence reward the RLOO/ReMax penalty gives: score - beta * sum_t k1.
+    _close(rewards.sum(1)[:2], torch.tensor([2.0 - 0.1 * 1.3, -1.0 - 0.1 * 1.0]))
+
+
+def test_adaptive_kl_coef_by_hand():
+    """Ziegler et al.'s defaults as in TRL 0.11 (init 0.2, target 6, horizon 10000) and a rollout of 256:
+    n / horizon = 0.0256 (K_beta).
+      KL 9:   e = clip(9/6 - 1) = clip(0.5) = 0.2     -> 0.2 (1 + 0.2 x 0.0256)  = 0.201024
+      KL 3:   e = clip(-0.5) = -0.2                   -> 0.2 (1 - 0.00512)       = 0.198976
+      KL 6.6: e = 0.1                                 -> 0.2 (1 + 0.00256)       = 0.200512
+      KL 6:   e = 0                                   -> 0.2
+    A horizon of 40 with 256 sequences and KL far below target would make beta negative: refused."""
+    assert adaptive_kl_coef(0.2, 9.0, 6.0, 10000.0, 256) == pytest.approx(0.201024, abs=1e-12)
+    assert adaptive_kl_coef(0.2, 3.0, 6.0, 10000.0, 256) == pytest.approx(0.198976, abs=1e-12)
+    assert adaptive_kl_coef(0.2, 6.6, 6.0, 10000.0, 256) == pytest.approx(0.200512, abs=1e-12)
+    assert adaptive_kl_coef(0.2, 6.0, 6.0, 10000.0, 256) == pytest.approx(0.2, abs=1e-12)
+    beta = 0.2
+    for _ in range(3):  # compounding: three rollouts far above target
+        beta = adaptive_kl_coef(beta, 100.0, 6.0, 10000.0, 256)
+    assert beta == pytest.approx(0.2 * 1.00512**3, abs=1e-12)
+    with pytest.raises(ValueError, match="kl_horizon"):
+        adaptive_kl_coef(0.2, 0.0, 6.0, 40.0, 256)
 
 
 # ----------------------------------------------------------------------------- clipped surrogate, value loss

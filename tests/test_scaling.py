@@ -1,6 +1,6 @@
 """DDP and FSDP2 on 2 CPU processes (gloo) give the single-process run over the same global batches.
 
-``tests/scaling_run.py`` trains DPO, KTO, SFT, GRPO and SPIN for 3 steps under each layout; here every
+``tests/scaling_run.py`` trains DPO, KTO, SFT, GRPO, SPIN for 3 steps (PPO: 3 rollouts) per layout; here every
 step's synced train metrics (loss included) and the final weights are compared. Per-rank by design,
 and so excluded: ``train/reward_std`` (each rank's std) and the ``time/*`` metrics. GRPO's rollouts are
 scripted (``ScriptedBackend``): sampling is per-rank random, everything after it must match.
@@ -58,6 +58,33 @@ def test_two_processes_match_one(runs, algo, layout):
     initial = dict(load_model("tiny-llama", seed=1 if algo == "kto" else 0)[0].named_parameters())
     assert any(not torch.equal(initial[k], v) for k, v in single["weights"].items())  # training moved the weights
     assert single["weights"].keys() == other["weights"].keys()
+    for name, value in single["weights"].items():
+        torch.testing.assert_close(other["weights"][name], value, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["ddp", "fsdp2"])
+def test_ppo_two_processes_match_one(runs, layout):
+    """PPO, 3 rollouts x 2 epochs: the critic (copied from the reward model, sharded like the policy under FSDP2),
+    the rewards and advantages whitened over both ranks and the adaptive β agree with one process: every step's
+    metrics and the final policy AND critic weights."""
+    single = torch.load(runs / "ppo_single.pt", weights_only=True)
+    other = torch.load(runs / f"ppo_{layout}.pt", weights_only=True)
+    assert len(single["steps"]) == len(other["steps"]) == 3  # one record per rollout
+    assert single["plain_path"] == other["plain_path"] == []
+    for step, (a, b) in enumerate(zip(single["steps"], other["steps"], strict=True), start=1):
+        names = [k for k in a if not k.startswith(PER_RANK_BY_DESIGN)]
+        assert {"train/loss/value_avg", "train/objective/kl", "train/val/clipfrac_avg"} <= set(names) <= set(b)
+        for name in names:
+            assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-5), (step, name)
+    betas = [s["train/objective/kl_coef"] for s in single["steps"]]
+    assert betas[0] == pytest.approx(0.05) and len(set(betas)) == 3  # β moved after each rollout
+    from lit_align.models import load_model
+
+    initial = dict(load_model("tiny-llama")[0].named_parameters())
+    assert any(not torch.equal(initial[k], v) for k, v in single["weights"].items() if k in initial)
+    assert single["weights"].keys() == other["weights"].keys()
+    assert any(k.startswith("critic.score") for k in single["weights"])
     for name, value in single["weights"].items():
         torch.testing.assert_close(other["weights"][name], value, rtol=0, atol=1e-5, msg=name)
 

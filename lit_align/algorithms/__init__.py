@@ -5,6 +5,7 @@ from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.ipo import IPO
 from lit_align.algorithms.kto import KTO
 from lit_align.algorithms.orpo import ORPO
+from lit_align.algorithms.ppo import PPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.reward_model import RewardModel
 from lit_align.algorithms.rloo import RLOO
@@ -13,4 +14,4 @@ from lit_align.algorithms.sft import SFT
 from lit_align.algorithms.simpo import SimPO
 from lit_align.algorithms.spin import SPIN
 
-__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "RLOO", "RLVR", "SFT", "SPIN", "ReMax", "RewardModel", "SimPO"]
+__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT", "SPIN", "ReMax", "RewardModel", "SimPO"]

@@ -42,7 +42,8 @@ log-probs (nor in TRL's or verl's): with either on, the sampling distribution is
 ``entropy`` is the token-mean predictive entropy of softmax(logits / τ) over the trained completion tokens,
 computed in the same chunked pass as the log-probs (no extra forward).
 
-Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration;
+Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration (the
+:meth:`minibatch_order` default; PPO reshuffles);
 under DDP each rank normalizes its own groups (all G completions of a prompt live on one rank, so group
 statistics are exact; ``scale_rewards="batch"`` and ``reward_std`` are per rank); a group with SOME
 unscorable completions fills them with the group's mean scorable reward before the advantage, where TRL
@@ -271,8 +272,8 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         values.update(exp.metrics)
 
         losses, stats = [], defaultdict(list)
-        for _ in range(self.num_iterations):
-            row_ids = torch.arange(len(rollout), device=self.device)
+        for iteration in range(self.num_iterations):
+            row_ids = self.minibatch_order(len(rollout), iteration)
             for minibatch in row_ids.tensor_split(min(self.num_minibatches, len(rollout))):
                 normalizer = self._normalizer(exp.loss_mask[minibatch])
                 self._zero_grad()
@@ -336,12 +337,7 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
         """The clipped-surrogate loss of micro-batch ``rows`` (+ β·ρ·k3 or β·k3 per token with
         ``kl_penalty="loss"``), divided by the minibatch ``normalizer``; log-probs at the sampling temperature."""
-        input_ids, attention_mask, labels = exp.rollout.model_inputs(rows)
-        prompt_len = exp.rollout.prompt_input_ids.shape[1]
-        out = token_logps(
-            self.policy, input_ids, attention_mask, labels, with_entropy=True, temperature=self.temperature
-        )
-        logps, entropy = out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
+        logps, entropy = self.policy_logps(exp, rows)
         mask, advantages = exp.loss_mask[rows], exp.advantages[rows]
         stats["entropy"].append((masked_mean(entropy.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
         # On-policy the sampling policy IS the live one: ratio 1, same gradient, no extra pass.
@@ -366,6 +362,23 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
         for name, flags in (("low", low), ("high", high), ("region", low | high)):
             stats[f"clip_ratio/{name}_mean"].append((flags.float().flatten(), weights.flatten()))
         return loss
+
+    def minibatch_order(self, num_rows: int, iteration: int) -> Tensor:
+        """The rollout's row indices in pass ``iteration``, split in order into ``num_minibatches`` minibatches.
+
+        Default: as sampled, the same every pass (PPO reshuffles per pass).
+        """
+        return torch.arange(num_rows, device=self.device)
+
+    def policy_logps(self, exp: Experience, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probs (with grad) and predictive entropies (detached) of micro-batch ``rows``' completion tokens
+        under the live policy at the sampling temperature, each (b, L), in one chunked pass."""
+        input_ids, attention_mask, labels = exp.rollout.model_inputs(rows)
+        prompt_len = exp.rollout.prompt_input_ids.shape[1]
+        out = token_logps(
+            self.policy, input_ids, attention_mask, labels, with_entropy=True, temperature=self.temperature
+        )
+        return out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
 
     # -- rollouts --------------------------------------------------------------------------------
     def generate_samples(

@@ -2,6 +2,7 @@
 
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.losses.policy_gradient import (
+    adaptive_kl_coef,
     aggregate_loss,
     clipped_surrogate,
     gae_advantages,
@@ -13,6 +14,7 @@ from lit_align.losses.policy_gradient import (
     kl_k3_importance_weighted,
     leave_one_out_advantages,
     masked_mean,
+    token_level_rewards,
     value_loss,
     whiten,
 )
@@ -29,6 +31,7 @@ from lit_align.losses.preference import (
 )
 
 __all__ = [
+    "adaptive_kl_coef",
     "aggregate_loss",
     "apo_zero_unpaired_loss",
     "bradley_terry_loss",
@@ -54,6 +57,7 @@ __all__ = [
     "robust_dpo_loss",
     "simpo_loss",
     "spin_loss",
+    "token_level_rewards",
     "value_loss",
     "whiten",
 ]

@@ -2,7 +2,8 @@
 
 Pure functions for the online algorithms (GRPO, Dr. GRPO, DAPO, RLOO, ReMax, PPO). An algorithm
 composes them: rewards -> ``*_advantages`` -> ``clipped_surrogate`` (+ ``beta * kl_k3_importance_weighted``
-or ``beta * kl_k3``) -> ``aggregate_loss``.
+or ``beta * kl_k3``) -> ``aggregate_loss``; PPO: ``token_level_rewards`` -> ``gae_advantages`` -> ``whiten`` ->
+``clipped_surrogate`` + ``value_loss`` -> ``aggregate_loss``, with ``adaptive_kl_coef`` between rollouts.
 
 Shapes: B sequences (B = prompts x G generations, prompt-major: the G completions of a prompt are
 contiguous, as TRL orders them), G = ``num_generations``, T = completion length (right-padded),
@@ -15,6 +16,7 @@ SAPO, VESPO variants are not here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -151,17 +153,78 @@ def gae_advantages(
     return advantages, (advantages + values) * mask
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def token_level_rewards(scores: Tensor, token_kl: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """PPO's per-token rewards for RLHF (Ziegler et al. 2019, eq. 2; Ouyang et al. 2022, eq. 2):
+
+    r_t = -beta kl_t                      on every completion token t < T_i
+    r_T = -beta kl_T + score_i            on the row's LAST completion token T_i (its EOS, or its last
+                                          token when truncated)
+
+    with kl_t a per-token estimate of KL(pi_old || pi_ref) (k1 = log pi_old - log pi_ref: Ziegler's
+    and TRL's). A row whose mask is all zero gets no reward at all.
+
+    Args:
+        scores: (B,) sequence scores (the reward model's, after any penalty).
+        token_kl: (B, T) per-token KL estimate.
+        mask: (B, T) completion mask (right-padded).
+        beta: KL coefficient.
+
+    Returns:
+        (B, T) rewards, 0 outside ``mask``.
+    """
+    mask = mask.to(token_kl.dtype)
+    rewards = -beta * token_kl * mask
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (positions * mask.bool()).argmax(dim=1, keepdim=True)  # (B, 1) index of each row's last token
+    score = (scores.to(rewards.dtype) * mask.any(dim=1)).unsqueeze(1)  # (B, 1), 0 for an empty row
+    return rewards.scatter_add(1, last, score)
+
+
+def adaptive_kl_coef(beta: float, kl: float, target: float, horizon: float, n_steps: int) -> float:
+    """The adaptive KL controller (Ziegler et al. 2019, section 2.2), after one rollout of ``n_steps`` episodes:
+
+    e = clip(kl / target - 1, -0.2, 0.2),    beta <- beta (1 + e n_steps / horizon)
+
+    As ``lm-human-preferences`` (``AdaptiveKLController``) and TRL 0.11's ``AdaptiveKLController``, with
+    ``kl`` the mean over the rollout of each sequence's summed KL and ``n_steps`` the rollout's sequences
+    over all ranks. The paper's K_beta = 0.1 is ``n_steps / horizon``.
+
+    Raises:
+        ValueError: when the step would make beta <= 0 (``n_steps >= 5 horizon``).
+    """
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    factor = 1.0 + error * n_steps / horizon
+    if factor <= 0:
+        raise ValueError(f"kl_horizon {horizon} is too short for rollouts of {n_steps} sequences (beta would be <= 0)")
+    return beta * factor
+
+
+def whiten(
+    x: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Masked whitening: (x - mean) / sqrt(var + eps), mean and unbiased var over masked entries.
 
     Matches TRL's ``masked_whiten`` (``trl/trainer/utils.py`` up to 0.2x, used by its PPOTrainer),
     except that it returns 0 outside ``mask`` and, where TRL raises for fewer than two entries,
-    uses var = 0. ``shift_mean=False`` rescales without centring (TRL's reward whitening).
+    uses var = 0. ``shift_mean=False`` adds the mean back, (x - mean) / std + mean: the spread is
+    rescaled, the mean kept (TRL's reward whitening, ``whiten_rewards``).
+
+    ``all_reduce`` sums a tensor over data-parallel ranks (returning the sum); with it the mean and
+    variance are those of every rank's masked entries together (two passes, as on one process),
+    where TRL whitens each rank's entries alone.
     """
+
+    def total(t: Tensor) -> Tensor:
+        return t if all_reduce is None else all_reduce(t)
+
     mask = mask.to(x.dtype)
-    count = mask.sum()
-    mean = (x * mask).sum() / count.clamp(min=1.0)
-    var = (((x - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1.0)
+    count, summed = total(torch.stack([mask.sum(), (x * mask).sum()])).unbind()
+    mean = summed / count.clamp(min=1.0)
+    var = total((((x - mean) * mask) ** 2).sum()) / (count - 1).clamp(min=1.0)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

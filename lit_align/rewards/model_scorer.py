@@ -47,11 +47,17 @@ def _captured_output(module: nn.Module):
         handle.remove()
 
 
-def last_token_rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scalar rewards (B,) fp32 read at each row's last attention-mask position (right or left padding)."""
+def position_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scalar head's output (B, T) at every position, from one ordinary forward of ``model`` (the head's output
+    is captured by a hook, so PEFT and FSDP2 wrappers see a normal call); with grad when grad is enabled."""
     with _captured_output(score_head(model)) as captured:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    scores = captured["output"][..., 0]  # (B, T)
+    return captured["output"][..., 0]
+
+
+def last_token_rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar rewards (B,) fp32 read at each row's last attention-mask position (right or left padding)."""
+    scores = position_scores(model, input_ids, attention_mask)  # (B, T)
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = (positions * attention_mask.bool()).argmax(-1)  # (B,)
     return scores.gather(1, last.unsqueeze(1)).squeeze(1).float()
