@@ -33,7 +33,7 @@ def runs(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     for layout in ("single", "ddp", "fsdp2"):
         result = subprocess.run([sys.executable, str(REPO / "tests" / "scaling_run.py"), str(out), layout],
-                                cwd=out, env=env, capture_output=True, text=True, timeout=420)  # fmt: skip
+                                cwd=out, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
         assert result.returncode == 0, f"{layout}:\n{result.stderr[-4000:]}"
     return out
 
