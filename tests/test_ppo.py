@@ -106,7 +106,7 @@ def test_one_update_by_hand(tmp_path):
         return original(rewards, exp)
 
     module.compute_advantages = probe
-    module._optimizer_step = lambda: recorded.update(grads(module))
+    module._optimizer_step = lambda: recorded.update(grads(module)) or {}
     module.update(batch)
 
     input_ids, attention_mask, labels = rollout.model_inputs()
@@ -324,6 +324,6 @@ def test_the_two_recipe_commands_on_tiny_and_fsdp2_resume(tmp_path):
     assert (first / ".metadata").exists() and meta["global_step"] == 8
     assert meta["kl_coef"] == pytest.approx(0.05 * 0.92)
     fit("ppo", *fsdp2, "--trainer.max_steps", "16", "--ckpt_path", str(first))
-    resumed = tmp_path / "runs" / "ppo" / "version_2" / "checkpoints" / "last.ckpt"
+    resumed = first  # a resumed run logs and checkpoints into its own version
     meta = torch.load(resumed / "meta.pt", weights_only=True)
     assert meta["global_step"] == 16 and meta["kl_coef"] == pytest.approx(0.05 * 0.92**2)

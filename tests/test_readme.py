@@ -34,7 +34,7 @@ def readme_commands() -> list[str]:
 
 
 def tiny(command: str) -> list[str]:
-    args = shlex.split(command)
+    args = shlex.split(command, comments=True)
     if args[0] == "python":
         args[0] = sys.executable
     elif args[0] == "lit-align":

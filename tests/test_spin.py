@@ -293,10 +293,10 @@ def test_kill_and_resume_across_an_iteration_boundary_equals_the_uninterrupted_r
 
 
 @pytest.mark.slow
-def test_recipe_resumes_in_a_new_version_dir_from_the_checkpoints_spin_dir(tmp_path):
+def test_recipe_resumes_into_its_own_version_dir_from_the_checkpoints_spin_dir(tmp_path):
     """The CLI path (18 train rows: 9 steps per iteration; the recipe checkpoints every 8): stop at step 16, inside
-    iteration 1, resume with --ckpt_path (a new logger version): the resumed run reads the first run's iteration file
-    (named in the checkpoint), writes no pairs of its own, and ends after 2 iterations."""
+    iteration 1, resume with --ckpt_path (the run's own logger version again): the resumed run reads the iteration
+    file named in the checkpoint, generates no pairs anew, and ends after 2 iterations."""
     base = [sys.executable, str(REPO / "recipes/spin.py"), "fit", "--config", str(REPO / "recipes/configs/tiny.yaml"),
             "--model.max_new_tokens", "8", "--data.max_samples", "20", "--data.val_size", "0.1"]  # fmt: skip
     first = subprocess.run([*base, "--trainer.max_steps", "16"], cwd=tmp_path, env=ENV, capture_output=True,
@@ -306,9 +306,11 @@ def test_recipe_resumes_in_a_new_version_dir_from_the_checkpoints_spin_dir(tmp_p
     ckpt = runs / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)
     assert state["global_step"] == 16 and state["spin"] == {"iteration": 1, "dir": str(runs / "version_0" / "spin")}
+    pairs = runs / "version_0" / "spin" / "iteration_1.jsonl"
+    written = pairs.stat().st_mtime_ns
     resumed = subprocess.run([*base, "--trainer.max_steps", "-1", "--ckpt_path", str(ckpt)], cwd=tmp_path, env=ENV,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert torch.load(runs / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 18
-    assert not (runs / "version_1" / "spin").exists()
-    assert (runs / "version_1" / "hf_model" / "model.safetensors").exists()
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 18
+    assert not (runs / "version_1").exists() and pairs.stat().st_mtime_ns == written
+    assert (runs / "version_0" / "hf_model" / "model.safetensors").exists()

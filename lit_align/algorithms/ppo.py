@@ -128,7 +128,8 @@ class PPO(OnlinePolicyGradient):
         self.needs_old_logps = True
         kl = KL_METRICS if self.use_kl else ()
         times = ("time/generation", "time/reward", "time/update")
-        names = (*self.reward_metric_names(), *ROLLOUT_METRICS, *kl, *UPDATE_METRICS, *times)
+        steps = ("learning_rate", "grad_norm")  # per optimizer step, as the base logs them
+        names = (*self.reward_metric_names(), *ROLLOUT_METRICS, *kl, *UPDATE_METRICS, *steps, *times)
         self.train_metrics = MetricGroup(names, "train/")
 
     # -- the step: the online base's rl_step with PPO's hooks, then the KL controller -------------------

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lit_align.hparams import is_plain
 from lit_align.rewards.model_scorer import RewardModelScorer
-from lit_align.rewards.resolve import import_reward_func, resolve_reward_funcs
+from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import (
     check_reward_funcs,
     nanstd,
@@ -74,9 +74,8 @@ class RewardMixin:
         before any model exists (:class:`lit_align.cli.AlignCLI` calls this). Reward models are not loaded."""
         specs = options.get("reward_funcs") or (ARITHMETIC_REWARD,)
         specs = [s for s in specs if not (isinstance(s, str) and s.startswith("model:"))]
-        funcs = [import_reward_func(s) if isinstance(s, str) else s for s in specs]
-        if funcs:
-            _, names, _ = resolve_reward_funcs(funcs)
+        if specs:  # strings, configured instances ({class_path, init_args}) or callables, built as the module will
+            funcs, names, _ = resolve_reward_funcs(specs)
             bind_reward_funcs(funcs, names, datamodule)
 
     def reward_metric_names(self, with_std: bool = True) -> tuple[str, ...]:
