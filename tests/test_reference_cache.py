@@ -3,6 +3,10 @@ are invalidated by a change of data, tokenization setting or reference (tiny mod
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import lightning as L
 import pytest
 import torch
@@ -12,7 +16,7 @@ from lit_align.algorithms.grpo import GRPO
 from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule
 from lit_align.models import load_model
 from lit_align.reference import ReferenceMixin
-from tests.conftest import write_jsonl
+from tests.conftest import REPO, write_jsonl
 from tests.helpers import tiny_trainer
 
 
@@ -202,3 +206,28 @@ def test_lora_adapter_reference_is_cached(tmp_path):
     assert cached.reference_source == "cached" and cached.hparams.lora_r == 4
     for live_step, cached_step in zip(live_rec.steps, cached_rec.steps, strict=True):
         assert cached_step["train/loss"] == pytest.approx(live_step["train/loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_with_cache_matches_one_process_without(tmp_path):
+    """2 CPU processes (DDP, gloo), each computing its share of the cache, gathered, then training on it, give the
+    uncached single-process run (tests/scaling_run.py): every step's synced metrics and the final weights."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    script = str(REPO / "tests" / "scaling_run.py")
+    for layout, algos in (("single", ["dpo", "kto"]), ("ddp", ["dpo_cached", "kto_cached"])):
+        result = subprocess.run([sys.executable, script, str(tmp_path), layout, *algos], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert result.returncode == 0, f"{layout}:\n{result.stderr[-4000:]}"
+    for algo in ("dpo", "kto"):
+        single = torch.load(tmp_path / f"{algo}_single.pt", weights_only=True)
+        cached = torch.load(tmp_path / f"{algo}_cached_ddp.pt", weights_only=True)
+        assert len(single["steps"]) == len(cached["steps"]) == 3
+        assert cached["cached"][f"ref_{'chosen_' if algo == 'dpo' else ''}logps"] == 16  # each rank computed 8
+        assert not cached["reference_held"]
+        for step, (a, b) in enumerate(zip(single["steps"], cached["steps"], strict=True), start=1):
+            assert "train/loss" in a and a.keys() <= b.keys()
+            for name in a:
+                assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-5, nan_ok=True), (algo, step, name)
+        for name, value in single["weights"].items():
+            torch.testing.assert_close(cached["weights"][name], value, rtol=0, atol=1e-5, msg=name)
+    assert len(list((tmp_path / "cache" / "ddp" / "reference").glob("*.pt"))) == 2  # DPO's and KTO's
