@@ -3,6 +3,7 @@ are invalidated by a change of data, tokenization setting or reference (tiny mod
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -209,25 +210,27 @@ def test_lora_adapter_reference_is_cached(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_with_cache_matches_one_process_without(tmp_path):
-    """2 CPU processes (DDP, gloo), each computing its share of the cache, gathered, then training on it, give the
-    uncached single-process run (tests/scaling_run.py): every step's synced metrics and the final weights."""
+def test_ddp_and_fsdp2_with_cache_match_one_process_without(tmp_path):
+    """2 CPU processes (DDP, gloo; FSDP2, whose cache pass runs before sharding), each computing its share of the
+    cache, gathered, then training on it, give the uncached single-process run (tests/scaling_run.py): every step's
+    synced metrics and the final weights."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     script = str(REPO / "tests" / "scaling_run.py")
-    for layout, algos in (("single", ["dpo", "kto"]), ("ddp", ["dpo_cached", "kto_cached"])):
+    cached_algos = ["dpo_cached", "kto_cached"]
+    for layout, algos in (("single", ["dpo", "kto"]), ("ddp", cached_algos), ("fsdp2", cached_algos)):
         result = subprocess.run([sys.executable, script, str(tmp_path), layout, *algos], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=900)  # fmt: skip
         assert result.returncode == 0, f"{layout}:\n{result.stderr[-4000:]}"
-    for algo in ("dpo", "kto"):
+    for algo, layout in itertools.product(("dpo", "kto"), ("ddp", "fsdp2")):
         single = torch.load(tmp_path / f"{algo}_single.pt", weights_only=True)
-        cached = torch.load(tmp_path / f"{algo}_cached_ddp.pt", weights_only=True)
+        cached = torch.load(tmp_path / f"{algo}_cached_{layout}.pt", weights_only=True)
         assert len(single["steps"]) == len(cached["steps"]) == 3
         assert cached["cached"][f"ref_{'chosen_' if algo == 'dpo' else ''}logps"] == 16  # each rank computed 8
         assert not cached["reference_held"]
         for step, (a, b) in enumerate(zip(single["steps"], cached["steps"], strict=True), start=1):
             assert "train/loss" in a and a.keys() <= b.keys()
             for name in a:
-                assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-5, nan_ok=True), (algo, step, name)
+                assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-5, nan_ok=True), (algo, layout, step, name)
         for name, value in single["weights"].items():
             torch.testing.assert_close(cached["weights"][name], value, rtol=0, atol=1e-5, msg=name)
-    assert len(list((tmp_path / "cache" / "ddp" / "reference").glob("*.pt"))) == 2  # DPO's and KTO's
+        assert len(list((tmp_path / "cache" / layout / "reference").glob("*.pt"))) == 2  # DPO's and KTO's
