@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import copy
 import gc
-import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_align.logprobs import preference_logps
@@ -61,7 +61,6 @@ ReferenceSource = Literal["copy", "model", "adapter", "none", "cached"]
 T = TypeVar("T")
 ROW = ("row_index",)  # a value of one data row
 PREFERENCE_VALUES = {"ref_chosen_logps": ROW, "ref_rejected_logps": ROW}  # DPO/IPO: summed completion log-probs
-log = logging.getLogger(__name__)
 
 
 def preference_reference_values(model: nn.Module, batch: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -248,14 +247,14 @@ class ReferenceMixin:
         todo = sum(table.missing(batch) for batch in epoch_batches(loaders))
         strategy = trainer.strategy
         if not strategy.reduce_boolean_decision(todo > 0, all=False):
-            log.info("reference log-probs: all %s cached in %s; no reference loaded", stage, path)
+            rank_zero_info(f"Reference log-probs: reused {path} (no reference loaded)")
             return
         new = self._compute_reference(table, loaders, todo, reference_policy)
         gather(strategy, table, new)
         if trainer.is_global_zero:
             table.save()
         strategy.barrier("reference_cache")
-        log.info("reference log-probs: computed %d batches on rank %d, cached in %s", todo, trainer.global_rank, path)
+        rank_zero_info(f"Reference log-probs: computed, cached in {path}; the reference is freed")
 
     def _compute_reference(self, table: ReferenceTable, loaders: list, todo: int, reference_policy: Any) -> dict:
         """Load the reference, compute this rank's missing batches, free it. Returns the new entries."""
