@@ -241,7 +241,7 @@ class ReferenceMixin:
             train = datamodule.train_dataloader()
             by_pair = any(len(columns) > 1 for columns in value_keys.values())  # KTO's KL pairs change every epoch
             loaders.append((train, planned_epochs(trainer, len(train)) if by_pair else 1))
-        val = datamodule.val_dataloader()
+        val = datamodule.val_dataloader() if trainer.limit_val_batches != 0 else []
         if not isinstance(val, list):
             loaders.append((val, 1))
         todo = sum(table.missing(batch) for batch in epoch_batches(loaders))

@@ -91,17 +91,18 @@ def cache_path(key: str) -> Path:
 
 
 class ReferenceTable:
-    """Cached values: for each name, ``{key tuple: value}``; saved as tensors (``weights_only`` loads)."""
+    """Cached values: for each name, ``{key tuple: value}`` (Python floats hold float32 values exactly, in a
+    fraction of a tensor's memory); saved as tensors (``weights_only`` loads)."""
 
     def __init__(self, value_keys: dict[str, tuple[str, ...]], path: Path) -> None:
         self.value_keys = dict(value_keys)
         self.path = path
-        self.entries: dict[str, dict[tuple[int, ...], torch.Tensor]] = {name: {} for name in value_keys}
+        self.entries: dict[str, dict[tuple[int, ...], float]] = {name: {} for name in value_keys}
         if path.is_file():
             stored = torch.load(path, weights_only=True)
             for name, (keys, values) in stored.items():
                 if name in self.entries:
-                    self.entries[name] = dict(zip(map(tuple, keys.tolist()), values.unbind(0), strict=True))
+                    self.entries[name] = dict(zip(map(tuple, keys.tolist()), values.tolist(), strict=True))
 
     def batch_keys(self, batch: dict[str, Any], name: str) -> list[tuple[int, ...]]:
         columns = []
@@ -120,7 +121,7 @@ class ReferenceTable:
     def add(self, name: str, keys: list[tuple[int, ...]], values: torch.Tensor) -> None:
         """Record values; a key already known keeps its value (the first batch that met it, as training does)."""
         table = self.entries[name]
-        for key, value in zip(keys, values.detach().cpu().unbind(0), strict=True):
+        for key, value in zip(keys, values.detach().float().cpu().tolist(), strict=True):
             table.setdefault(key, value)
 
     def lookup(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -134,14 +135,14 @@ class ReferenceTable:
                     f"{self.path}: this batch was not among those computed before training (data or batches "
                     "changed during the run?)"
                 )
-            out[name] = torch.stack([self.entries[name][k] for k in keys])
+            out[name] = torch.tensor([self.entries[name][k] for k in keys], dtype=torch.float32)
         return out
 
     def save(self) -> None:
         stored = {}
         for name, table in self.entries.items():
             keys = torch.tensor(list(table), dtype=torch.long).reshape(len(table), len(self.value_keys[name]))
-            values = torch.stack(list(table.values())) if table else torch.zeros(0)
+            values = torch.tensor(list(table.values()), dtype=torch.float32)
             stored[name] = (keys, values)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(f".{os.getpid()}.partial")

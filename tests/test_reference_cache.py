@@ -148,7 +148,7 @@ def test_cached_values_are_those_of_the_given_reference(tmp_path):
     """reference_policy='tiny-llama' (seed 1) differs from the policy (seed 0): the cache holds the reference's."""
     module = DPO(policy="tiny-llama", reference_policy="tiny-llama", precompute_reference=True)
     dm = preference_data()
-    trainer = tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer = tiny_trainer(tmp_path, max_steps=1)
     trainer.fit(module, dm)
     batch = next(iter(dm.val_dataloader()))
     reference, _ = load_model("tiny-llama", seed=1)
