@@ -82,9 +82,10 @@ class ReferenceMixin:
             Python also an ``nn.Module``). Default: a frozen copy of the policy, or the policy with its
             LoRA adapters disabled. Never loaded when the module needs no reference.
         precompute_reference: run the reference once over the training and validation data before training,
-            cache its log-probs on disk (``~/.cache/lit_align/reference/<fingerprint>.pt``, keyed by reference,
-            data and tokenization settings), free it, and train without it; a later run with the same
-            fingerprint loads no reference at all. Offline algorithms only (DPO, IPO, KTO).
+            cache its log-probs on disk (``$LIT_ALIGN_CACHE/reference/<fingerprint>.pt``, default
+            ``~/.cache/lit_align``; keyed by reference, data, tokenization settings and precision), free it, and
+            train without it; a later run with the same fingerprint loads no reference at all. Offline
+            algorithms only (DPO, IPO, KTO).
     """
 
     REFERENCE_VALUES: ClassVar[dict[str, tuple[str, ...]]] = {}  # cacheable values: name -> batch index columns
@@ -231,7 +232,8 @@ class ReferenceMixin:
         data = data_description(datamodule)  # before index_rows, which changes the datasets' fingerprints
         datamodule.index_rows()
         reference_policy, described = self.__dict__["_reference_plan"]
-        path = cache_path(fingerprint(described, data, value_keys))
+        # The pass runs in the Trainer's precision context, as the live reference would: part of the key.
+        path = cache_path(fingerprint({**described, "precision": str(trainer.precision)}, data, value_keys))
         table = self.__dict__["_reference_table"]
         if table is None or table.path != path:
             table = ReferenceTable(value_keys, path)
@@ -249,7 +251,14 @@ class ReferenceMixin:
         if not strategy.reduce_boolean_decision(todo > 0, all=False):
             rank_zero_info(f"Reference log-probs: reused {path} (no reference loaded)")
             return
+        if reference_policy is _FREED:
+            raise RuntimeError(
+                f"--model.precompute_reference=True: {path} lacks values this run needs and the reference_policy "
+                "given as an nn.Module was released after the first pass; build the module again with it"
+            )
         new = self._compute_reference(table, loaders, todo, reference_policy)
+        if isinstance(reference_policy, nn.Module):  # ours released: memory is the caller's to keep or free
+            self.__dict__["_reference_plan"] = (_FREED, described)
         gather(strategy, table, new)
         if trainer.is_global_zero:
             table.save()
@@ -269,8 +278,9 @@ class ReferenceMixin:
         was_training = runner.training
         runner.to(device).eval()
         new: dict[str, list] = {name: [] for name in table.value_keys}
+        precision = self.trainer.precision_plugin.forward_context()  # autocast under mixed precision, as live
         try:
-            with progress(todo, self.trainer.is_global_zero) as bar, torch.no_grad():
+            with progress(todo, self.trainer.is_global_zero) as bar, torch.no_grad(), precision:
                 for batch in epoch_batches(loaders):
                     if not table.missing(batch):
                         continue
@@ -289,6 +299,9 @@ class ReferenceMixin:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return new
+
+
+_FREED = "<released nn.Module>"  # _reference_plan's model once an nn.Module reference has served its pass
 
 
 def _is_peft(model: nn.Module) -> bool:

@@ -16,10 +16,12 @@ so a run that meets new pairs (more epochs, another batch size or device count) 
 The file is ``<$LIT_ALIGN_CACHE or ~/.cache/lit_align>/reference/<fingerprint>.pt``. The fingerprint covers:
 the reference as given, WITHOUT loading it (a preset or hub id by name, the ``tiny-llama`` preset with its seed;
 a local directory or file by path, size and modification time of every file; an ``nn.Module`` by a hash of its
-weights; a LoRA policy's reference is its base), the model kind; the data (the DataModule class, the ``datasets``
+weights; a LoRA policy's reference is its base), the model kind, the Trainer's precision (the pass runs in its
+forward context, as the live reference does); the data (the DataModule class, the ``datasets``
 fingerprints of its tokenized training and validation rows, which cover the raw data, the tokenizer, the split
 and every setting in ``TOKENIZATION_SETTINGS``, and those settings again); the names of the cached values and
-:data:`CACHE_FORMAT`. Not detected: a new upload under the same hub id (pass a local directory, or delete the
+:data:`CACHE_FORMAT`. Not the algorithm: DPO and IPO cache the same values (summed chosen and rejected log-probs)
+and share a file. Not detected: a new upload under the same hub id (pass a local directory, or delete the
 file). Log-probs are computed in the batches of the run, with its padding; a later run with another batch size
 reuses values whose padding differed (identical up to float rounding, ~1e-7).
 """

@@ -16,7 +16,7 @@ from lit_align.algorithms import DPO, IPO, KTO
 from lit_align.algorithms.grpo import GRPO
 from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule
 from lit_align.models import load_model
-from lit_align.reference import ReferenceMixin
+from lit_align.reference import _FREED, ReferenceMixin
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import tiny_trainer
 
@@ -65,12 +65,12 @@ CASES = {
 }
 
 
-def fit(tmp_path, name, cls, data, steps=6, **kwargs):
+def fit(tmp_path, name, cls, data, steps=6, precision="32-true", **kwargs):
     recorder = Recorder()
     torch.manual_seed(0)  # LoRA's A matrices
     module = cls(policy="tiny-llama", learning_rate=1e-2, warmup_ratio=0.0, **kwargs)
     trainer = tiny_trainer(tmp_path / name, max_steps=steps, val_check_interval=3, limit_val_batches=None,
-                           callbacks=[recorder], enable_checkpointing=False)  # fmt: skip
+                           callbacks=[recorder], enable_checkpointing=False, precision=precision)  # fmt: skip
     trainer.fit(module, data)
     return module, recorder
 
@@ -159,6 +159,16 @@ def test_cached_values_are_those_of_the_given_reference(tmp_path):
         torch.testing.assert_close(cached[name], expected[name], atol=1e-6, rtol=0)
 
 
+def test_a_reference_module_is_released_after_its_pass(tmp_path):
+    """The module lets go of a reference given as an nn.Module once its pass is done (in a plain script it is then
+    garbage-collected once the caller drops it too)."""
+    reference, _ = load_model("tiny-llama", seed=1)
+    module = DPO(policy="tiny-llama", reference_policy=reference, precompute_reference=True)
+    assert module.__dict__["_reference_plan"][0] is reference
+    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, preference_data())
+    assert module.__dict__["_reference_plan"][0] is _FREED and module.reference is None
+
+
 def test_changed_data_setting_or_reference_invalidates(tmp_path, cache_dir, monkeypatch):
     calls = compute_calls(monkeypatch)
     rows = [{"prompt": f"Q{i}?", "chosen": f" yes {i}", "rejected": f" no {i}!"} for i in range(8)]
@@ -197,6 +207,19 @@ def test_online_modules_refuse_before_any_weights_load(monkeypatch):
     monkeypatch.setattr("lit_align.algorithms.base.resolve_model", no_load)
     with pytest.raises(ValueError, match=r"--model.precompute_reference=True: GRPO .* samples during training"):
         GRPO(policy="tiny-llama", beta=0.1, precompute_reference=True)
+
+
+def test_mixed_precision_pass_runs_in_the_trainers_autocast(tmp_path, cache_dir):
+    """bf16-mixed: the cache pass runs under the Trainer's autocast, as the live reference does; another precision
+    is another cache file."""
+    live, live_rec = fit(tmp_path, "live", DPO, preference_data(), steps=3, precision="bf16-mixed")
+    cached, cached_rec = fit(tmp_path, "cached", DPO, preference_data(), steps=3, precision="bf16-mixed",
+                             precompute_reference=True)  # fmt: skip
+    for live_step, cached_step in zip(live_rec.steps, cached_rec.steps, strict=True):
+        assert cached_step["train/loss"] == pytest.approx(live_step["train/loss"], abs=1e-6)
+        assert cached_step["train/rewards/margins"] == pytest.approx(live_step["train/rewards/margins"], abs=1e-6)
+    fit(tmp_path, "fp32", DPO, preference_data(), steps=1, precompute_reference=True)
+    assert len(list(cache_dir.glob("*.pt"))) == 2
 
 
 def test_lora_adapter_reference_is_cached(tmp_path):
