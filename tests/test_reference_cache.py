@@ -7,6 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -17,6 +18,7 @@ from lit_align.algorithms.grpo import GRPO
 from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule
 from lit_align.models import load_model
 from lit_align.reference import _FREED, ReferenceMixin
+from lit_align.reference_cache import planned_epochs
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import tiny_trainer
 
@@ -198,6 +200,26 @@ def test_changed_data_setting_or_reference_invalidates(tmp_path, cache_dir, monk
     assert run() == 4  # the reference's files
     assert run() == 4
     assert len(list(cache_dir.glob("*.pt"))) == 4
+
+
+def test_validate_alone_computes_the_validation_rows_only(tmp_path):
+    module = DPO(policy="tiny-llama", precompute_reference=True)
+    tiny_trainer(tmp_path).validate(module, preference_data())
+    assert set(module.__dict__["_reference_table"].entries["ref_chosen_logps"]) == {(9,), (10,), (11,)}
+
+
+def test_planned_epochs_follow_the_trainers_limits():
+    def trainer(max_steps=-1, max_epochs=None, accumulate=1, limit=1.0):
+        return SimpleNamespace(max_steps=max_steps, max_epochs=max_epochs, accumulate_grad_batches=accumulate,
+                               limit_train_batches=limit)  # fmt: skip
+
+    assert planned_epochs(trainer(max_steps=6), 5) == 2
+    assert planned_epochs(trainer(max_steps=6, accumulate=2), 5) == 3
+    assert planned_epochs(trainer(max_steps=6, limit=2), 5) == 3  # 2 batches per epoch
+    assert planned_epochs(trainer(max_steps=100, max_epochs=2), 5) == 2
+    assert planned_epochs(trainer(max_epochs=4), 5) == 4
+    with pytest.raises(ValueError, match="finite --trainer.max_epochs or --trainer.max_steps"):
+        planned_epochs(trainer(max_epochs=-1), 5)
 
 
 def test_online_modules_refuse_before_any_weights_load(monkeypatch):

@@ -25,7 +25,7 @@ class DPO(ReferenceMixin, AlignmentModule):
     """DPO and its sigmoid-family variants as a LightningModule.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and
-    ``reference_policy`` is :class:`ReferenceMixin`'s.
+    ``reference_policy`` and ``precompute_reference`` are :class:`ReferenceMixin`'s.
 
     Args:
         beta: β, the strength of the implicit KL constraint (higher stays closer to the reference).

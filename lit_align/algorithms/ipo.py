@@ -28,7 +28,7 @@ class IPO(ReferenceMixin, AlignmentModule):
     """IPO as a LightningModule.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and
-    ``reference_policy`` is :class:`ReferenceMixin`'s.
+    ``reference_policy`` and ``precompute_reference`` are :class:`ReferenceMixin`'s.
 
     Args:
         beta: β (the paper's τ); the loss pulls the log-ratio gap towards 1/(2β).

@@ -78,7 +78,7 @@ class KTO(ReferenceMixin, AlignmentModule):
     means. ``kl`` is the reference point z used by the loss.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and
-    ``reference_policy`` is :class:`ReferenceMixin`'s.
+    ``reference_policy`` and ``precompute_reference`` are :class:`ReferenceMixin`'s.
 
     Args:
         beta: β, the strength of the implicit KL constraint (higher stays closer to the reference).
