@@ -244,6 +244,16 @@ class TokenizedDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def index_rows(self) -> None:
+        """Give every row a ``row_index`` that its batches carry (training rows 0..N-1, validation rows N..N+M-1),
+        so values computed per row before training (cached reference log-probs) are found again. Idempotent."""
+        if "row_index" in self.train_dataset.column_names:
+            return
+        n = len(self.train_dataset)
+        self.train_dataset = self.train_dataset.add_column("row_index", list(range(n)))
+        if self.val_dataset is not None:
+            self.val_dataset = self.val_dataset.add_column("row_index", list(range(n, n + len(self.val_dataset))))
+
     # -- helpers --------------------------------------------------------------------------------
     def _train_sampler(self, dataset: Any = None) -> Sampler:
         """One permutation of (seed, epoch) in every layout: whole on one process, every N-th row on N ranks.

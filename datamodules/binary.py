@@ -198,7 +198,7 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
         kl_completions = [c[: max(self.max_length - len(p), 0)] for p, c in zip(prompts, shifted, strict=True)]
         input_ids, attention_mask, labels = sequence_tensors(prompts, completions, pad_id, self.pad_to_multiple_of)
         kl_ids, kl_mask, kl_labels = sequence_tensors(prompts, kl_completions, pad_id, self.pad_to_multiple_of)
-        return {
+        batch: BinaryBatch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
@@ -207,3 +207,8 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
             "kl_attention_mask": kl_mask,
             "kl_labels": kl_labels,
         }
+        if "row_index" in rows[0]:  # indexed rows (index_rows): the row of each example and of its KL completion
+            index = [r["row_index"] for r in rows]
+            batch["row_index"] = torch.tensor(index, dtype=torch.long)
+            batch["kl_row_index"] = torch.tensor(index[-1:] + index[:-1], dtype=torch.long)
+        return batch

@@ -24,6 +24,9 @@ class PreferenceBatch(TypedDict):
     rejected_attention_mask: Tensor  # (B, T')
     rejected_labels: Tensor  # (B, T')
     margin: NotRequired[Tensor]  # (B,) float, when the data has a margin column (reward model)
+    row_index: NotRequired[Tensor]  # (B,) long, when the rows are indexed (cached reference log-probs)
+    # With --model.precompute_reference the batch also carries ref_chosen_logps and ref_rejected_logps, (B,) float,
+    # the cached reference's summed log-probs (SelfPlayBatch's keys; a TypedDict cannot declare them twice).
 
 
 class SelfPlayBatch(PreferenceBatch):
@@ -46,6 +49,10 @@ class BinaryBatch(TypedDict):
     kl_input_ids: Tensor  # (B, T')
     kl_attention_mask: Tensor  # (B, T')
     kl_labels: Tensor  # (B, T')
+    row_index: NotRequired[Tensor]  # (B,) long, when the rows are indexed (cached reference log-probs)
+    kl_row_index: NotRequired[Tensor]  # (B,) long: the row whose completion the KL pair uses (row_index rotated)
+    ref_logps: NotRequired[Tensor]  # (B,) float, a cached reference's summed log-probs (precompute_reference)
+    ref_kl_logps: NotRequired[Tensor]  # (B,) float, the same for the KL pairs
 
 
 class SFTBatch(TypedDict):

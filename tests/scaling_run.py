@@ -2,6 +2,9 @@
 
     python tests/scaling_run.py OUT_DIR single|ddp|fsdp2 [ALGO ...]
 
+``dpo_cached`` and ``kto_cached`` are DPO and KTO with ``precompute_reference=True`` (the cache under
+``OUT_DIR/cache/<layout>``, so each layout computes its own, each rank its share).
+
 ``single`` is one process with the whole global batch; ``ddp`` and ``fsdp2`` are 2 CPU processes
 (gloo) with half of it each (FSDP2 through ``ModelParallelStrategy(data_parallel_size=2)``, which
 makes the modules shard their policy and reference in ``configure_model``). The training order is
@@ -17,6 +20,7 @@ THROUGH the chunked head). ``tests/test_scaling.py`` compares the layouts.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -92,16 +96,20 @@ def build(algo: str, out: Path, per_rank: int):
     from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule, SPINDataModule
     from lit_align.datamodules.prompt import PromptDataModule
 
+    cached = algo.endswith("_cached")  # dpo_cached, kto_cached: precompute_reference=True
+    algo = algo.removesuffix("_cached")
     seeds = (1, 0) if algo == "kto" else (0, 1)  # KTO: a pair whose mismatched-pair KL is > 0, so z is not clamped
     policy, tokenizer = load_model("tiny-llama", seed=seeds[0])
     reference, _ = load_model("tiny-llama", seed=seeds[1])
     data = str(write_jsonl(out / f"{algo}.jsonl", rows(algo)))
     common = {"data_path": data, "val_size": 0, "batch_size": per_rank}
     if algo == "dpo":
-        module = DPO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0)
+        module = DPO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0,
+                     precompute_reference=cached)
         dm = PreferenceDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
     elif algo == "kto":
-        module = KTO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0)
+        module = KTO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0,
+                     precompute_reference=cached)
         dm = BinaryFeedbackDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
     elif algo == "sft":
         module = SFT(policy=policy, learning_rate=1e-3)
@@ -141,6 +149,7 @@ def main() -> None:
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     plain_path = PlainPathWarnings()
+    os.environ["LIT_ALIGN_CACHE"] = str(out / "cache" / layout)  # cached reference log-probs (every rank the same)
     for algo in algos:
         L.seed_everything(0)  # any seed: the training order comes from the DataModule's seed in every layout
         if layout == "fsdp2":
@@ -162,6 +171,10 @@ def main() -> None:
                 weights[name if prefix == "policy" else f"{prefix}.{name}"] = full.detach().cpu().clone()
         if trainer.is_global_zero:
             record = {"steps": recorder.steps, "weights": weights, "plain_path": plain_path.messages}
+            table = module.__dict__.get("_reference_table")  # precompute_reference: entries gathered from both ranks
+            if table is not None:
+                record["cached"] = {name: len(entries) for name, entries in table.entries.items()}
+                record["reference_held"] = module.reference is not None
             torch.save(record, out / f"{algo}_{layout}.pt")
 
 

@@ -175,8 +175,8 @@ from tests.parity import weighted_means
 
 class Probe(KTO):
     """Records, per step, this rank's own KL mean (computed directly here) and the z the loss used."""
-    def kl_estimate(self, batch):
-        z = super().kl_estimate(batch)
+    def kl_estimate(self, batch, ref_kl):
+        z = super().kl_estimate(batch, ref_kl)
         args = batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]
         with torch.no_grad():
             local = (sequence_logps(self.policy, *args).sum - sequence_logps(self.reference, *args).sum).mean()

@@ -16,7 +16,7 @@ from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import preference_logps
 from lit_align.losses import dpo_loss, hinge_loss, robust_dpo_loss
 from lit_align.metrics import Value, preference_values
-from lit_align.reference import ReferenceMixin
+from lit_align.reference import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
 
 LOSSES = {"sigmoid": dpo_loss, "robust": robust_dpo_loss, "hinge": hinge_loss}
 
@@ -25,7 +25,7 @@ class DPO(ReferenceMixin, AlignmentModule):
     """DPO and its sigmoid-family variants as a LightningModule.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and
-    ``reference_policy`` is :class:`ReferenceMixin`'s.
+    ``reference_policy`` and ``precompute_reference`` are :class:`ReferenceMixin`'s.
 
     Args:
         beta: β, the strength of the implicit KL constraint (higher stays closer to the reference).
@@ -34,6 +34,8 @@ class DPO(ReferenceMixin, AlignmentModule):
         label_smoothing: ε, the assumed rate of flipped labels: conservative DPO for ``sigmoid``,
             the unbiased robust estimator for ``robust``. 0 = plain DPO.
     """
+
+    REFERENCE_VALUES = PREFERENCE_VALUES
 
     def __init__(
         self,
@@ -60,8 +62,11 @@ class DPO(ReferenceMixin, AlignmentModule):
 
     def compute_loss(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         chosen, rejected = self(batch)
-        ref_chosen, ref_rejected = self.reference_forward(lambda ref: preference_logps(ref, batch, self.pad_token_id))
+        ref = self.reference_logps(batch)
         losses, chosen_rewards, rejected_rewards = self.loss_fn(
-            chosen.sum, rejected.sum, ref_chosen.sum, ref_rejected.sum, **self.loss_kwargs
+            chosen.sum, rejected.sum, ref["ref_chosen_logps"], ref["ref_rejected_logps"], **self.loss_kwargs
         )
         return losses.mean(), preference_values(chosen_rewards, rejected_rewards, chosen, rejected)
+
+    def reference_values(self, model: Any, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
+        return preference_reference_values(model, batch, self.pad_token_id)

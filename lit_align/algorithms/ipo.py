@@ -21,19 +21,21 @@ from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import preference_logps
 from lit_align.losses import ipo_loss
 from lit_align.metrics import Value, preference_values
-from lit_align.reference import ReferenceMixin
+from lit_align.reference import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
 
 
 class IPO(ReferenceMixin, AlignmentModule):
     """IPO as a LightningModule.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and
-    ``reference_policy`` is :class:`ReferenceMixin`'s.
+    ``reference_policy`` and ``precompute_reference`` are :class:`ReferenceMixin`'s.
 
     Args:
         beta: β (the paper's τ); the loss pulls the log-ratio gap towards 1/(2β).
         normalization: ``mean`` (token-averaged log-probs, TRL's form, default) or ``sum`` (paper).
     """
+
+    REFERENCE_VALUES = PREFERENCE_VALUES
 
     def __init__(
         self,
@@ -54,16 +56,17 @@ class IPO(ReferenceMixin, AlignmentModule):
 
     def compute_loss(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         chosen, rejected = self(batch)
-        ref_chosen, ref_rejected = self.reference_forward(lambda ref: preference_logps(ref, batch, self.pad_token_id))
-        field = "mean" if self.normalization == "mean" else "sum"
-        losses, _, _ = ipo_loss(
-            getattr(chosen, field),
-            getattr(rejected, field),
-            getattr(ref_chosen, field),
-            getattr(ref_rejected, field),
-            beta=self.beta,
-        )
+        ref = self.reference_logps(batch)
+        ref_chosen, ref_rejected = ref["ref_chosen_logps"], ref["ref_rejected_logps"]  # summed
+        if self.normalization == "mean":  # the reference's token counts are the policy's (same labels)
+            losses, _, _ = ipo_loss(chosen.mean, rejected.mean, ref_chosen / chosen.num_tokens.clamp(min=1),
+                                    ref_rejected / rejected.num_tokens.clamp(min=1), beta=self.beta)  # fmt: skip
+        else:
+            losses, _, _ = ipo_loss(chosen.sum, rejected.sum, ref_chosen, ref_rejected, beta=self.beta)
         # rewards/* mean what they mean in TRL (and in DPO): β·(summed log-ratio), whatever the loss normalization.
-        chosen_rewards = self.beta * (chosen.sum - ref_chosen.sum).detach()
-        rejected_rewards = self.beta * (rejected.sum - ref_rejected.sum).detach()
+        chosen_rewards = self.beta * (chosen.sum - ref_chosen).detach()
+        rejected_rewards = self.beta * (rejected.sum - ref_rejected).detach()
         return losses.mean(), preference_values(chosen_rewards, rejected_rewards, chosen, rejected)
+
+    def reference_values(self, model: Any, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
+        return preference_reference_values(model, batch, self.pad_token_id)

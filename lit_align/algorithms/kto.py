@@ -11,7 +11,11 @@ low-variance estimate of KL(π ‖ π_ref), computed as TRL 1.16 ``KTOTrainer`` 
 mean, averaged across ranks, then clamped) and never back-propagated. ``apo_zero_unpaired`` is TRL's
 unpaired APO-zero (no z, so the two KL forward passes are skipped and ``kl`` logs 0, as in TRL).
 
-Deliberately left out: precomputed reference log-probs and TRL's ``entropy``/``num_tokens`` metrics.
+With ``precompute_reference`` the reference values are cached per row (``ref_logps``) and per KL pair
+(``ref_kl_logps``, keyed by the pair's two rows, for every pair the planned epochs meet):
+:mod:`lit_align.reference_cache`.
+
+Deliberately left out: TRL's ``entropy``/``num_tokens`` metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from lit_align.batches import BinaryBatch
 from lit_align.logprobs import SequenceLogps, sequence_logps
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.metrics import Value
-from lit_align.reference import ReferenceMixin
+from lit_align.reference import ROW, ReferenceMixin
 
 KTO_METRICS = (
     "rewards/chosen",
@@ -74,7 +78,7 @@ class KTO(ReferenceMixin, AlignmentModule):
     means. ``kl`` is the reference point z used by the loss.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and
-    ``reference_policy`` is :class:`ReferenceMixin`'s.
+    ``reference_policy`` and ``precompute_reference`` are :class:`ReferenceMixin`'s.
 
     Args:
         beta: β, the strength of the implicit KL constraint (higher stays closer to the reference).
@@ -86,6 +90,8 @@ class KTO(ReferenceMixin, AlignmentModule):
 
     METRICS = KTO_METRICS
     KEY_METRICS = ("rewards/margins", "kl")
+    # A KL pair's value depends on which completion the batch puts beside the prompt: keyed by both rows.
+    REFERENCE_VALUES = {"ref_logps": ROW, "ref_kl_logps": ("row_index", "kl_row_index")}
 
     def __init__(
         self,
@@ -112,6 +118,7 @@ class KTO(ReferenceMixin, AlignmentModule):
         return sequence_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer.datamodule is not None else None
         if stage == "fit" and stats and "train/desirable" in stats:
             advice = weight_advice(
@@ -132,30 +139,35 @@ class KTO(ReferenceMixin, AlignmentModule):
     def compute_loss(self, batch: BinaryBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         is_desirable = batch["is_desirable"].bool()
         policy = self(batch)
-        ref = self.reference_forward(
-            lambda model: sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        )
+        ref = self.reference_logps(batch)
         if self.uses_kl:
-            kl = self.kl_estimate(batch)
-            losses, rewards = kto_loss(
-                policy.sum, ref.sum, is_desirable, kl, self.beta, self.desirable_weight, self.undesirable_weight
-            )
+            kl = self.kl_estimate(batch, ref["ref_kl_logps"])
+            losses, rewards = kto_loss(policy.sum, ref["ref_logps"], is_desirable, kl, self.beta,
+                                       self.desirable_weight, self.undesirable_weight)  # fmt: skip
         else:
             kl = policy.sum.new_zeros(())
             losses, rewards = apo_zero_unpaired_loss(
-                policy.sum, ref.sum, is_desirable, self.beta, self.desirable_weight, self.undesirable_weight
+                policy.sum, ref["ref_logps"], is_desirable, self.beta, self.desirable_weight, self.undesirable_weight
             )
         return losses.mean(), self._metric_values(rewards, policy, is_desirable, kl)
 
-    def kl_estimate(self, batch: BinaryBatch) -> torch.Tensor:
+    def reference_value_keys(self) -> dict[str, tuple[str, ...]]:
+        keys = dict(self.REFERENCE_VALUES)
+        if not self.uses_kl:  # apo_zero_unpaired: no KL pass, nothing to cache for it
+            del keys["ref_kl_logps"]
+        return keys
+
+    def reference_values(self, model: nn.Module, batch: BinaryBatch) -> dict[str, torch.Tensor]:
+        """Summed completion log-probs of the examples (``ref_logps``) and of their KL pairs (``ref_kl_logps``)."""
+        values = {"ref_logps": sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).sum}
+        if self.uses_kl:
+            values["ref_kl_logps"] = _kl_logps(model, batch)
+        return values
+
+    def kl_estimate(self, batch: BinaryBatch, ref_kl: torch.Tensor) -> torch.Tensor:
         """z from the mismatched KL pairs under policy and reference: a detached scalar, the cross-rank mean."""
-
-        def kl_logps(model: nn.Module) -> torch.Tensor:
-            return sequence_logps(model, batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]).sum
-
         with torch.no_grad():  # z is never back-propagated; no activations kept (TRL does the same)
-            policy_kl = kl_logps(self.policy)
-        ref_kl = self.reference_forward(kl_logps)
+            policy_kl = _kl_logps(self.policy, batch)
         return kto_kl_estimate(policy_kl, ref_kl, all_reduce_mean=lambda t: self._all_reduce(t, "mean"))
 
     def _metric_values(
@@ -183,3 +195,8 @@ class KTO(ReferenceMixin, AlignmentModule):
         if self._trainer is None:
             return tensor
         return self.trainer.strategy.reduce(tensor, reduce_op=op)
+
+
+def _kl_logps(model: nn.Module, batch: BinaryBatch) -> torch.Tensor:
+    """Summed completion log-probs of the batch's mismatched KL pairs (B,)."""
+    return sequence_logps(model, batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]).sum
