@@ -5,10 +5,11 @@ Held-out margin of a policy θ: over the recipe's 8 held-out rows (of the first 
 ``datamodules/samples/sft_demo.jsonl``; the validation split, never trained on), the mean of
 log p_θ(y|x) − log p_θ(y'|x), y the ground truth, y' ~ p_θ(·|x) one sample of θ itself (temperature 1, the recipe's
 ``max_new_tokens``), both tokenized alike (chat template) and summed over completion tokens; also as token means (each
-log-prob divided by its completion's token count). It rises as θ moves towards the data. θ_0 (the initial model) and
-θ_1 (after iteration 0) are what the run itself measured when each iteration began (``spin/iteration_<t>.jsonl``,
-held-out lines); θ_2 (after iteration 1) is measured here the same way on the held-out prompts (the exported model
-samples with the run's sampling options, seed key ``spin/2``).
+log-prob divided by its completion's token count). In expectation it is H(p_θ) − CE(p_data, p_θ), 0 at SPIN's fixed
+point p_θ = p_data: it moves towards 0 as the model's own answers and the ground truth become alike in likelihood.
+θ_0 (the initial model) and θ_1 (after iteration 0) are what the run itself measured when each iteration began
+(``spin/iteration_<t>.jsonl``, held-out lines); θ_2 (after iteration 1) is measured here the same way on the
+held-out prompts (the exported model samples with the run's sampling options, seed key ``spin/2``).
 
     nice -n 10 python bench/spin_real_run.py [--out bench_runs/spin] [-- extra recipe flags]
     python bench/spin_real_run.py --analyze RUN_DIR   # only the report, for a finished run

@@ -83,12 +83,12 @@ def check_label_smoothing(label_smoothing: float) -> None:
     check_option(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, expected)
 
 
-def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
-    """AdamW, with torch's fused kernel where every parameter has one (floating point on CPU or CUDA): on CPU the
-    default per-parameter loop took ~7 s against ~0.8 s fused for SmolLM2-135M's update on the loaded 2-core machine
-    (``bench/README.md``). Same update rule; rounding differs from the loop in the last bits."""
+def adamw(groups: list[dict[str, Any]], lr: float, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW, with torch's fused kernel (``fused``) where every parameter has one (floating point on CPU or CUDA): on
+    CPU the default per-parameter loop took ~7 s against ~0.8 s fused for SmolLM2-135M's update on the loaded 2-core
+    machine (``bench/README.md``). Same update rule; rounding differs from the loop in the last bits."""
     params = [p for group in groups for p in group["params"]]
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    fused = fused and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=lr, fused=True if fused else None)
 
 
@@ -294,7 +294,9 @@ class AlignmentModule(L.LightningModule):
         decay = [p for p in self._trainable() if p.ndim >= 2]
         no_decay = [p for p in self._trainable() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = adamw([g for g in groups if g["params"]], hp.learning_rate)
+        # Lightning's mixed-precision plugins refuse to clip a fused optimizer's gradients (it unscales internally)
+        mixed = self._trainer is not None and not str(self.trainer.precision).endswith("-true")
+        optimizer = adamw([g for g in groups if g["params"]], hp.learning_rate, fused=not mixed)
         total = int(total_steps) if total_steps and math.isfinite(total_steps) else 1000
         warmup = int(hp.warmup_ratio * total)
 
