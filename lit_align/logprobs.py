@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_align import lm_head
+from lit_align import lm_head, packing
 from lit_align.batches import IGNORE_INDEX
 
 CHUNK_ROWS = 1024
@@ -159,8 +159,20 @@ def completion_scores(
     with_accuracy: bool = False,
     temperature: float = 1.0,
     chunked: bool | None = None,
+    padding_free: bool | None = None,
 ) -> CompletionScores:
-    """Log-probs, vocab-mean logits and optionally entropies and top-1 hits of the completion tokens, one forward."""
+    """Log-probs, vocab-mean logits and optionally entropies and top-1 hits of the completion tokens, one forward.
+
+    ``padding_free`` (None: whether ``model`` is marked so, :func:`lit_align.packing.set_padding_free`) runs the
+    forward over the batch's real tokens only, packed into one row (:mod:`lit_align.packing`); the outputs are the
+    same (B, T) tensors either way."""
+    if packing.is_enabled(model) if padding_free is None else padding_free:
+        reason = packing.unsupported_reason(model)
+        if reason is None:
+            return _packed_scores(
+                model, input_ids, attention_mask, labels, with_entropy, with_accuracy, temperature, chunked
+            )
+        packing.log_fallback(model, reason)
     if CHUNKED_HEAD if chunked is None else chunked:
         reason = lm_head.unsupported_reason(model)
         if reason is None:
@@ -207,6 +219,57 @@ def _chunked_scores(
         return None
     offset = labels.shape[1] - packed.shape[1]
     logps, mean_logits, entropy, hits = (_align(packed[:, :-1, i], labels.shape, offset) for i in range(4))
+    return CompletionScores(
+        logps,
+        completion_mask,
+        mean_logits,
+        entropy if with_entropy else None,
+        hits.bool() if with_accuracy else None,
+    )
+
+
+def _packed_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    with_entropy: bool,
+    with_accuracy: bool,
+    temperature: float,
+    chunked: bool | None,
+) -> CompletionScores:
+    """:func:`completion_scores` over the packed row of the batch's real tokens, scattered back to (B, T)."""
+    completion_mask = _completion_mask(labels) & attention_mask.bool()
+    scored = nn.functional.pad(completion_mask[:, 1:], (0, 1))  # (B, T): position t scores token t + 1
+    targets = nn.functional.pad(labels[:, 1:].clamp(min=0), (0, 1))
+    row = packing.pack(input_ids, attention_mask)
+    scored_row, targets_row = row.select(scored), row.select(targets)  # (1, N)
+    per_position = None  # (1, N, 4): logp, mean logit, entropy, hit
+    use_chunked = CHUNKED_HEAD if chunked is None else chunked
+    reason = lm_head.unsupported_reason(model) if use_chunked else None
+    if use_chunked and reason is None:
+        options = {"temperature": temperature, "with_entropy": with_entropy, "with_hits": with_accuracy}
+        with lm_head.scoring_head(model, scored_row, targets_row, **options) as head, packing.boundary_attention(model):
+            out = model(**row.forward_kwargs())
+        per_position = head.result(out.logits)
+        reason = None if per_position is not None else lm_head.unsupported_reason(model)
+    if reason is not None:
+        _log_fallback(model, reason)
+    if per_position is None:
+        with packing.boundary_attention(model):
+            logits = model(**row.forward_kwargs()).logits  # (1, N, V)
+        logps = selective_log_softmax(logits, targets_row, temperature=temperature) * scored_row
+        with torch.no_grad():
+            flat = logits.detach().reshape(-1, logits.shape[-1])
+            chunks = [_chunk_stats(rows.float(), with_entropy, temperature) for rows in flat.split(CHUNK_ROWS)]
+            mean_logits = torch.cat([c[0] for c in chunks])[None] * scored_row
+            entropy = torch.cat([c[1] for c in chunks])[None] * scored_row if with_entropy else torch.zeros_like(logps)
+            hits = (
+                ((logits.argmax(-1) == targets_row) & scored_row).float() if with_accuracy else torch.zeros_like(logps)
+            )
+        per_position = torch.stack([logps, mean_logits, entropy, hits], -1)
+    padded = row.unpack(per_position)  # (B, T, 4)
+    logps, mean_logits, entropy, hits = (_align(padded[:, :-1, i], labels.shape, 0) for i in range(4))
     return CompletionScores(
         logps,
         completion_mask,

@@ -44,6 +44,7 @@ from torch import nn
 
 from lit_align.logprobs import preference_logps
 from lit_align.models import ModelRef, resolve_model
+from lit_align.packing import is_enabled, set_padding_free
 from lit_align.reference_cache import (
     ReferenceTable,
     cache_path,
@@ -186,6 +187,7 @@ class ReferenceMixin:
         if model is not None:
             model.requires_grad_(False)
             model.eval()
+            set_padding_free(model, is_enabled(self.policy))
         # Bypass nn.Module.__setattr__: an unregistered attribute stays out of state_dict(),
         # parameters() (so the optimizer) and DDP's reducer.
         self.__dict__["_reference_model"] = model
@@ -270,6 +272,7 @@ class ReferenceMixin:
         device = self.trainer.strategy.root_device
         if reference_policy is not None:
             model = resolve_model(reference_policy, self.POLICY_KIND, seed=1)
+            set_padding_free(model, is_enabled(self.policy))
         elif _is_peft(self.policy):
             model = None  # the policy with its adapters disabled: nothing to load or free
         else:

@@ -13,8 +13,9 @@ gives each every other index), so the global batches match step for step.
 
 Rank 0 writes ``OUT_DIR/<algo>_<layout>.pt``: every step's synced train metrics, the full final
 policy weights (PPO: and the critic's, prefixed ``critic.``) and the warnings of any log-prob
-computation that left the chunked LM head for the plain path (none expected: the layouts must agree
-THROUGH the chunked head). ``tests/test_scaling.py`` compares the layouts.
+computation that left the chunked LM head for the plain path or ran padded instead of padding-free (none
+expected: the layouts must agree THROUGH the chunked head over packed rows, the modules' default).
+``tests/test_scaling.py`` compares the layouts.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ class Recorder(L.Callback):
 
 
 class PlainPathWarnings(logging.Handler):
-    """Messages of ``lit_align.logprobs`` saying a model's log-probs fell back to full logits."""
+    """Messages of ``lit_align.logprobs`` / ``lit_align.packing`` saying a model's log-probs fell back to full logits
+    or to padded rows."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
         logging.getLogger("lit_align.logprobs").addHandler(self)
+        logging.getLogger("lit_align.packing").addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())

@@ -27,6 +27,7 @@ from lit_align.console import short_name
 from lit_align.hparams import save_plain_hyperparameters
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
 from lit_align.models import ModelKind, ModelRef, resolve_model
+from lit_align.packing import set_padding_free
 from lit_align.sharding import fully_shard_model
 
 Scheduler = Literal["constant", "linear", "cosine"]
@@ -109,6 +110,11 @@ class AlignmentModule(L.LightningModule):
         lora_dropout: LoRA dropout.
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
+        padding_free: run the log-prob passes of the policy and the reference over the batch's real tokens
+            only, packed into one row with per-sequence positions and attention (:mod:`lit_align.packing`):
+            the same losses and gradients as padding every row to the longest, without the padding's compute
+            and activation memory. Models that cannot run packed (not an in-library transformers model, an
+            unknown attention implementation) run padded, with a warning naming the reason.
         nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
             batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
@@ -131,6 +137,7 @@ class AlignmentModule(L.LightningModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
+        padding_free: bool = True,
         nonfinite_loss: NonFinite = "stop",
     ) -> None:
         check_option(learning_rate > 0, "learning_rate", learning_rate, "must be > 0 (0 trains nothing)")
@@ -154,6 +161,7 @@ class AlignmentModule(L.LightningModule):
             self.policy.gradient_checkpointing_enable()
         if lora_r > 0:
             self.policy = apply_lora(self.policy, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+        set_padding_free(self.policy, padding_free)
         self.train_metrics = MetricGroup(self.METRICS, "train/")
         self.val_metrics = MetricGroup(("loss", *self.METRICS), "val/", dist_sync_on_step=False)
         self._standalone: tuple[torch.optim.Optimizer, Any] | None = None
