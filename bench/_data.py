@@ -105,7 +105,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def lit_align_order(spec: dict[str, Any]) -> list[int]:
     """The row order lit-align's DataModule trains on in epoch 0, read from its own sampler (built as the run builds
-    it, ``padding_free`` included when asked for and available); checks that no row is dropped."""
+    it); checks that no row is dropped."""
     from bench._runners import build_datamodule
 
     dm = build_datamodule(spec, notes=[], used={})
@@ -122,7 +122,7 @@ def lit_align_order(spec: dict[str, Any]) -> list[int]:
 def prepare(algo: str, data: str, workdir: Path, tokenizer, count: int, settings: dict[str, Any]) -> dict[str, Any]:
     """Write ``<algo>_ours.jsonl`` (file order) and ``<algo>_trl.jsonl`` (lit-align's training order).
 
-    ``settings``: ``model_dir``, ``batch_size``, ``max_length``, ``seed``, ``padding_free`` (a run's spec will do).
+    ``settings``: ``model_dir``, ``batch_size``, ``max_length``, ``seed`` (a run's spec will do).
     """
     source = source_file(algo, data)
     rows = select_rows(algo, source, tokenizer, count, settings["max_length"])

@@ -216,8 +216,7 @@ def build_datamodule(spec: dict[str, Any], notes: list[str], used: dict[str, Any
         dm_cls, dm_kwargs = PromptDataModule, {"max_prompt_length": None}
     else:
         raise ValueError(f"unknown algorithm {algo!r}")
-    wanted = {"padding_free": True} if spec["padding_free"] else {}
-    return dm_cls(**data, **dm_kwargs, **supported(dm_cls, wanted, notes, used))
+    return dm_cls(**data, **dm_kwargs)
 
 
 def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, Any]:
@@ -244,6 +243,7 @@ def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, 
     used: dict[str, Any] = {}
     dm = build_datamodule(spec, notes, used)
     wanted = {"precompute_reference": True} if algo == "dpo_cached" else {}
+    wanted["padding_free"] = bool(spec["padding_free"])  # the modules' option (default on)
     module = module_cls(
         policy=spec["model_dir"], **train, **module_kwargs, **supported(module_cls, wanted, notes, used)
     )
@@ -321,7 +321,7 @@ def run_trl(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, A
         "output_dir": spec["output_dir"], "report_to": "none", "use_cpu": True, "bf16": False, "fp16": False,
         "gradient_checkpointing": False, "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1,
         "max_steps": spec["steps"], "learning_rate": spec["lr"], "lr_scheduler_type": "constant", "warmup_steps": 0,
-        "weight_decay": 0.0, "optim": "adamw_torch", "max_grad_norm": 1.0, "logging_steps": 10**6,
+        "weight_decay": 0.0, "optim": "adamw_torch_fused", "max_grad_norm": 1.0, "logging_steps": 10**6,
         "save_strategy": "no", "eval_strategy": "no", "disable_tqdm": True, "dataloader_num_workers": 0,
         "dataloader_pin_memory": False, "seed": spec["seed"], "train_sampling_strategy": "sequential",
     }  # fmt: skip

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-padding-free",
         action="store_true",
-        help="do not ask lit-align's DataModules for padding_free (asked by default, used once they have it)",
+        help="run lit-align's modules with padding_free=False (padded, like TRL on CPU) instead of their default",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)

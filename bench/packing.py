@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
             seconds, logps[mode] = run(mode)
             times[mode].append(seconds)
     load = os.getloadavg()
-    print(f"model {args.model}, {args.pairs} pairs from {source}, {torch.get_num_threads()} threads, load {load[0]:.2f}")
+    print(
+        f"model {args.model}, {args.pairs} pairs from {source}, {torch.get_num_threads()} threads, load {load[0]:.2f}"
+    )
     print(f"sequences {len(lengths)}, lengths {lengths}; real tokens {real}, padded {padded_tokens} "
           f"({padded_tokens / real:.2f}x)")  # fmt: skip
     base = statistics.median(times["padded"])

@@ -29,7 +29,12 @@ from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from lit_align.datamodules.resumable import EpochRandomSampler, ResumableDataLoader
+from lit_align.datamodules.resumable import (
+    DistributedLengthGroupedSampler,
+    EpochRandomSampler,
+    LengthGroupedSampler,
+    ResumableDataLoader,
+)
 from lit_align.datamodules.sources import PROGRESS_BAR_ROWS, load_rows, progress_bars
 from lit_align.datamodules.tokenize import DataError, TruncationMode, where
 from lit_align.hparams import save_plain_hyperparameters
@@ -77,6 +82,10 @@ class TokenizedDataModule(L.LightningDataModule):
         eval_batch_size: rows per validation batch (default: ``batch_size``).
         num_workers: DataLoader workers.
         pad_to_multiple_of: pad the sequence length of each batch to a multiple of this.
+        group_by_length: draw each training batch from rows of similar length: the epoch's random order is cut
+            into groups of 50 batches, each group sorted by row length and cut into batches, which are shuffled
+            (the longest first). Less padding where the modules' padding-free passes do not apply (reward models,
+            custom policies); the order stays a function of (seed, epoch), so resuming is exact.
         seed: seed of the validation split and of the training order (a function of seed and epoch only).
         config_name: ``datasets`` configuration name for hub datasets.
         prompt_bos: whether a plain-text prompt starts with the tokenizer's BOS token: ``None`` leaves it to the
@@ -106,6 +115,7 @@ class TokenizedDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        group_by_length: bool = False,
         seed: int = 42,
         config_name: str | None = None,
         prompt_bos: bool | None = None,
@@ -139,6 +149,7 @@ class TokenizedDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.group_by_length = group_by_length
         self.seed = seed
         self.config_name = config_name
         self.prompt_bos = prompt_bos
@@ -266,7 +277,13 @@ class TokenizedDataModule(L.LightningDataModule):
         dataset = self.train_dataset if dataset is None else dataset
         strategy = self.trainer.strategy if self.trainer is not None else None
         kwargs = getattr(strategy, "distributed_sampler_kwargs", None) or {}
-        if kwargs.get("num_replicas", 1) > 1:
+        distributed = kwargs.get("num_replicas", 1) > 1
+        if self.group_by_length:
+            lengths = row_lengths(dataset)
+            if distributed:
+                return DistributedLengthGroupedSampler(dataset, lengths, self.batch_size, seed=self.seed, **kwargs)
+            return LengthGroupedSampler(dataset, lengths, self.batch_size, seed=self.seed)
+        if distributed:
             return DistributedSampler(dataset, shuffle=True, seed=self.seed, **kwargs)
         return EpochRandomSampler(dataset, seed=self.seed)
 
@@ -350,3 +367,12 @@ class PromptCompletionDataModule(TokenizedDataModule):
             )
         self.max_length = max_length
         self.drop_overlong = drop_overlong
+
+
+def row_lengths(dataset: datasets.Dataset) -> list[int]:
+    """Tokens per row: the sum of its token id lists (``prompt_ids``, ``chosen_ids``, ...), what its padding follows."""
+    columns = [c for c in dataset.column_names if c.endswith("_ids")]
+    if not columns:
+        raise ValueError(f"--data.group_by_length: the rows have no token id columns (*_ids): {dataset.column_names}")
+    table = dataset.select_columns(columns).to_dict()
+    return [sum(len(table[c][i]) for c in columns) for i in range(len(dataset))]

@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+GROUP_BATCHES = 50  # length grouping: global batches per group sorted by length (Hugging Face's megabatch size)
 
 
 class EpochRandomSampler(RandomSampler):
@@ -39,6 +41,54 @@ class EpochRandomSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def length_grouped(order: list[int], lengths: list[int], unit: int, generator: torch.Generator) -> list[int]:
+    """``order`` cut into groups of :data:`GROUP_BATCHES` global batches of ``unit`` rows; in each group the rows are
+    sorted longest first and cut into batches, which are shuffled (the longest batch stays first: an out-of-memory
+    error comes at a group's first step, not late). The rows of a batch then have similar lengths: less padding."""
+    out: list[int] = []
+    group = unit * GROUP_BATCHES
+    for start in range(0, len(order), group):
+        rows = sorted(order[start : start + group], key=lambda i: -lengths[i])
+        batches = [rows[i : i + unit] for i in range(0, len(rows), unit)]
+        partial = batches.pop() if len(batches[-1]) < unit else []  # only the last group can end short: last
+        if batches:
+            rest = [batches[i] for i in (torch.randperm(len(batches) - 1, generator=generator) + 1).tolist()]
+            out += batches[0] + [i for batch in rest for i in batch]
+        out += partial
+    return out
+
+
+class LengthGroupedSampler(EpochRandomSampler):
+    """:class:`EpochRandomSampler`'s order of ``(seed, epoch)``, length grouped (:func:`length_grouped`)."""
+
+    def __init__(self, data_source: Any, lengths: list[int], batch_size: int, seed: int = 0) -> None:
+        super().__init__(data_source, seed)
+        self.lengths, self.batch_size = lengths, batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        yield from length_grouped(order, self.lengths, self.batch_size, generator)
+
+
+class DistributedLengthGroupedSampler(DistributedSampler):
+    """The same global batches on N ranks as on one: the whole order is grouped with a unit of ``batch_size x N`` rows
+    (one global batch), padded to a multiple of N after, then each rank takes every N-th index, as
+    ``DistributedSampler`` does."""
+
+    def __init__(self, dataset: Any, lengths: list[int], batch_size: int, **kwargs: Any) -> None:
+        super().__init__(dataset, shuffle=True, **kwargs)
+        self.lengths, self.batch_size = lengths, batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        grouped = length_grouped(order, self.lengths, self.batch_size * self.num_replicas, generator)
+        if not self.drop_last:  # pad to a multiple of the ranks with rows from the start, as DistributedSampler does
+            grouped += (grouped * (self.total_size // max(1, len(grouped)) + 1))[: self.total_size - len(grouped)]
+        yield from grouped[self.rank : self.total_size : self.num_replicas]
 
 
 class ResumableDataLoader(DataLoader):

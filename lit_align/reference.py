@@ -207,9 +207,13 @@ class ReferenceMixin:
             finally:
                 self.policy.train(was_training)
         reference = self.reference
-        device = next(self.policy.parameters()).device
-        if next(reference.parameters()).device != device:
-            reference.to(device)
+        policy_param, reference_param = next(self.policy.parameters()), next(reference.parameters())
+        if reference_param.device != policy_param.device:
+            reference.to(policy_param.device)
+        if reference_param.is_floating_point() and policy_param.is_floating_point() and (
+            reference_param.dtype != policy_param.dtype
+        ):  # Trainer(precision="bf16-true") converts the registered policy only: the reference follows it
+            reference.to(policy_param.dtype)
         return compute(reference)
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -149,3 +150,19 @@ def test_an_nn_module_that_cannot_take_the_hugging_face_call_is_refused_with_wha
 
     with pytest.raises(ValueError, match=r"--model.policy: a Bare cannot be trained here.*takes no input_ids"):
         DPO(policy=Bare())
+
+
+def test_bf16_true_puts_the_reference_in_the_policys_precision(tmp_path):
+    """Lightning's bf16-true converts the registered policy only; the unregistered reference follows it, so at the
+    first step policy = reference in value AND precision: margins exactly 0, and no fp32 reference in memory."""
+    seen = []
+
+    class FirstStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append(float(trainer.callback_metrics["train/rewards/margins"]))
+
+    module = DPO(policy="tiny-llama", learning_rate=1e-3, warmup_ratio=0.0)
+    trainer = tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0, precision="bf16-true", callbacks=[FirstStep()])
+    trainer.fit(module, data())
+    assert next(module.reference.parameters()).dtype == torch.bfloat16
+    assert seen == [0.0]

@@ -83,3 +83,31 @@ def test_eos_stops_generation(tiny):
 def test_temperature_must_be_positive(tiny_tokenizer):
     with pytest.raises(ValueError, match="greedy=True"):
         HFGenerate(tiny_tokenizer, temperature=0.0)
+
+
+def test_static_and_dynamic_kv_caches_draw_the_same_completions(tiny, monkeypatch):
+    """The static cache (the CPU default under ``auto``) is a memory layout, not a different sampler: greedy and seeded
+    sampled completions equal the dynamic cache's. ``auto`` picks static on CPU; the cache really is static."""
+    model, tokenizer, ids, mask = tiny
+    assert HFGenerate(tokenizer).cache_options(model) == {"cache_implementation": "static", "disable_compile": True}
+    assert HFGenerate(tokenizer, kv_cache="dynamic").cache_options(model) == {}
+    seen = []
+    original = model.generate
+
+    def spy(*args, generation_config, **kwargs):
+        seen.append(generation_config.cache_implementation)
+        return original(*args, generation_config=generation_config, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    outs = {}
+    for cache in ("static", "dynamic"):
+        backend = HFGenerate(tokenizer, max_new_tokens=7, kv_cache=cache)
+        greedy = backend(model, ids, mask, greedy=True)
+        torch.manual_seed(0)
+        sampled = backend(model, ids, mask, num_generations=2)
+        outs[cache] = greedy.completion_ids, sampled.completion_ids
+    assert seen == ["static", "static", None, None]
+    assert torch.equal(outs["static"][0], outs["dynamic"][0])
+    assert torch.equal(outs["static"][1], outs["dynamic"][1])
+    with pytest.raises(ValueError, match="kv_cache"):
+        HFGenerate(tokenizer, kv_cache="paged")

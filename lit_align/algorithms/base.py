@@ -28,6 +28,7 @@ from lit_align.hparams import save_plain_hyperparameters
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
 from lit_align.models import ModelKind, ModelRef, resolve_model
 from lit_align.packing import set_padding_free
+from lit_align.rollout import mark_updated
 from lit_align.sharding import fully_shard_model
 
 Scheduler = Literal["constant", "linear", "cosine"]
@@ -272,6 +273,7 @@ class AlignmentModule(L.LightningModule):
         if self.hparams.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._trainable(), self.hparams.max_grad_norm)
         optimizer.step()
+        mark_updated(self.policy)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss.detach()), **{name: weighted_mean(value) for name, value in values.items()}}
@@ -355,6 +357,7 @@ class AlignmentModule(L.LightningModule):
         return torch.stack([p.sum() for p in self._trainable()]).sum() * 0.0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        mark_updated(self.policy)  # the step follows: a generation backend's copy of the weights is then stale
         for name, value in self.step_statistics(optimizer).items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         self.close_window(optimizer)

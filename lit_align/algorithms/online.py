@@ -78,7 +78,7 @@ from lit_align.losses.policy_gradient import (
 from lit_align.metrics import MetricGroup, weighted_mean
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.scoring import fill_unscorable
-from lit_align.rollout import Rollout, completion_mask_until_eos
+from lit_align.rollout import Rollout, completion_mask_until_eos, mark_updated
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 KLPenalty = Literal["loss", "reward"]
@@ -496,7 +496,9 @@ class OnlinePolicyGradient(SamplingMixin, RewardMixin, ReferenceMixin, Alignment
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         elif clip:
             torch.nn.utils.clip_grad_norm_(self._trainable(), clip)
-        optimizer.step()  # under a Trainer: counts one global_step
+        optimizer.step()  # under a Trainer: counts one global_step (and marks the policy updated, in the hook)
+        if not trainer:
+            mark_updated(self.policy)
         scheduler.step()
         return statistics
 

@@ -8,11 +8,12 @@ SPIN generates through it without any reward machinery.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
 from lit_align.rollout import GenerationBackend, HFGenerate, Rollout, Sampler
+from lit_align.vllm_backend import VLLMGenerate, import_vllm
 
 
 class SamplingMixin:
@@ -28,6 +29,12 @@ class SamplingMixin:
             from a checkpoint draw the same completions.
         tokenizer: tokenizer for decoding completions: by default the DataModule's, else the policy's by
             name; needed when the policy is given as an ``nn.Module`` outside a Trainer.
+        generation_backend: ``hf`` (Hugging Face ``generate``, KV cache; any device) or ``vllm`` (a colocated vLLM
+            engine per GPU, weights copied in after each update; the optional ``vllm`` extra, CUDA only,
+            :mod:`lit_align.vllm_backend`). Greedy validation decodes with the same backend.
+        vllm_gpu_memory_utilization: with ``vllm``: the share of each GPU's memory the engine may take.
+        kv_cache: with ``hf``: ``static`` (preallocated), ``dynamic`` (grown per token) or ``auto`` (static on CPU,
+            where it measured 1.31x faster, dynamic elsewhere); see :class:`~lit_align.rollout.HFGenerate`.
     """
 
     def __init__(
@@ -39,6 +46,9 @@ class SamplingMixin:
         top_k: int = 0,
         sampling_seed: int = 0,
         tokenizer: Any = None,
+        generation_backend: Literal["hf", "vllm"] = "hf",
+        vllm_gpu_memory_utilization: float = 0.3,
+        kv_cache: Literal["auto", "static", "dynamic"] = "auto",
         **kwargs: Any,
     ) -> None:
         if temperature <= 0:
@@ -47,7 +57,20 @@ class SamplingMixin:
             raise ValueError(f"--model.max_new_tokens={max_new_tokens!r}: at least 1 token")
         if not 0 < top_p <= 1 or top_k < 0:
             raise ValueError(f"--model.top_p={top_p!r} / --model.top_k={top_k!r}: top_p in (0, 1], top_k >= 0 (0: off)")
+        if generation_backend not in ("hf", "vllm"):
+            raise ValueError(f"--model.generation_backend={generation_backend!r}: hf or vllm")
+        if not 0 < vllm_gpu_memory_utilization < 1:
+            raise ValueError(
+                f"--model.vllm_gpu_memory_utilization={vllm_gpu_memory_utilization!r}: a fraction in (0, 1)"
+            )
+        if kv_cache not in ("auto", "static", "dynamic"):
+            raise ValueError(f"--model.kv_cache={kv_cache!r}: auto, static or dynamic")
+        if generation_backend == "vllm":
+            import_vllm()  # before any weights load: a missing extra fails here, with the install command
         super().__init__(**kwargs)
+        self.generation_backend = generation_backend
+        self.vllm_gpu_memory_utilization = vllm_gpu_memory_utilization
+        self.kv_cache = kv_cache
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self._sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k}
@@ -60,9 +83,13 @@ class SamplingMixin:
 
     @property
     def backend(self) -> GenerationBackend:
-        """The generation backend: Hugging Face ``generate`` with the sampling options unless one was set."""
-        if self._backend is None:
-            self._backend = HFGenerate(self.tokenizer, **self._sampling)
+        """The generation backend (``generation_backend``) with the sampling options, unless one was set."""
+        if self._backend is None and self.generation_backend == "vllm":
+            self._backend = VLLMGenerate(
+                self.tokenizer, **self._sampling, gpu_memory_utilization=self.vllm_gpu_memory_utilization
+            )
+        elif self._backend is None:
+            self._backend = HFGenerate(self.tokenizer, **self._sampling, kv_cache=self.kv_cache)
         return self._backend
 
     @backend.setter
