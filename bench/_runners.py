@@ -187,9 +187,19 @@ def model_facts(policy: torch.nn.Module) -> dict[str, Any]:
 
 
 # -- lit-align ----------------------------------------------------------------------------------------
+def init_options(cls: type) -> set[str]:
+    """Every keyword ``cls(...)`` takes: its own ``__init__``'s and those its ``**kwargs`` forward along the MRO (the
+    modules declare each shared option once, in a base class or mixin)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and klass is not object:
+            names |= set(inspect.signature(vars(klass)["__init__"]).parameters)
+    return names - {"self", "kwargs", "args"}
+
+
 def supported(cls: type, options: dict[str, Any], notes: list[str], used: dict[str, Any]) -> dict[str, Any]:
     """The ``options`` that ``cls.__init__`` accepts (added to ``used``); a note for each one it does not (yet)."""
-    params = inspect.signature(cls.__init__).parameters
+    params = init_options(cls)
     kept = {k: v for k, v in options.items() if k in params}
     for name in sorted(options.keys() - kept.keys()):
         notes.append(f"{cls.__name__} has no `{name}` argument yet: lit-align runs without it")

@@ -25,7 +25,6 @@ the end of the run. See bench/README.md for how to read the table and the result
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -356,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # here and in every run (inherited)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     sys.path.insert(0, str(REPO))
-    from bench import _data  # noqa: I001  (after the path is set)
+    from bench import _data, _runners  # noqa: I001  (after the path is set)
     from lit_align import DPO
     from lit_align.models import load_tokenizer
 
@@ -380,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     data: dict[str, Any] = {}
     for algo in algos:
-        if algo == "dpo_cached" and "precompute_reference" not in inspect.signature(DPO.__init__).parameters:
+        if algo == "dpo_cached" and "precompute_reference" not in _runners.init_options(DPO):
             summary[algo] = {"skipped": "skipped"}
             notes.append("dpo_cached skipped: lit-align's DPO has no `precompute_reference` argument yet")
             continue

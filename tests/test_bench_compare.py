@@ -139,3 +139,13 @@ def test_busy_machine_warning():
     assert "WARNING" in compare.busy_warning([1.5], cores=2)
     assert compare.busy_warning([2.8], cores=2, own=2) is None
     assert "WARNING" in compare.busy_warning([5.0], cores=2, own=2)
+
+
+def test_options_forwarded_to_base_classes_count_as_supported():
+    """The modules declare each shared option once (a base class or mixin) and forward it with **kwargs."""
+    from lit_align import DPO, GRPO, KTO, SFT
+
+    for cls in (DPO, KTO, SFT, GRPO):
+        assert {"padding_free", "learning_rate", "policy"} <= _runners.init_options(cls)
+    assert "precompute_reference" in _runners.init_options(DPO)
+    assert "precompute_reference" not in _runners.init_options(SFT)
