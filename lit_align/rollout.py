@@ -141,6 +141,24 @@ def completion_mask_until_eos(completion_ids: Tensor, eos_token_ids: Sequence[in
     return mask, ~has_eos
 
 
+def completion_rollout(
+    tokenizer: PreTrainedTokenizerBase,
+    completion_ids: Tensor,
+    eos_ids: Sequence[int],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    num_generations: int,
+) -> Rollout:
+    """A backend's :class:`Rollout` from its (B·G, L) completion ids (what follows a row's first EOS is padding) and
+    the prompt rows they continue, already repeated G times (prompt-major)."""
+    mask, is_truncated = completion_mask_until_eos(completion_ids, eos_ids)
+    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    lengths = mask.sum(dim=1)
+    rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return Rollout(input_ids, attention_mask, completion_ids, mask, texts, lengths, is_truncated, num_generations)
+
+
 def is_fsdp2_sharded(model: nn.Module) -> bool:
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -230,9 +248,4 @@ class HFGenerate:
         finally:
             model.train(was_training)
         completion_ids = sequences[:, input_ids.shape[1] :]
-        mask, is_truncated = completion_mask_until_eos(completion_ids, eos_ids)
-        completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
-        lengths = mask.sum(dim=1)
-        rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        return Rollout(input_ids, attention_mask, completion_ids, mask, texts, lengths, is_truncated, num_generations)
+        return completion_rollout(self.tokenizer, completion_ids, eos_ids, input_ids, attention_mask, num_generations)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_align.rollout import Rollout, completion_mask_until_eos, updates
+from lit_align.rollout import Rollout, completion_rollout, updates
 
 
 def import_vllm() -> Any:
@@ -169,17 +169,11 @@ class VLLMGenerate:
                 not in eos_ids) else []) for s in samples]  # fmt: skip
         if len(rows) != len(prompts) * num_generations:
             raise RuntimeError(f"vLLM returned {len(rows)} completions for {len(prompts)} prompts x {num_generations}")
-        device = prompt_input_ids.device
         width = max(1, max(len(r) for r in rows))
-        completion_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
-        mask, is_truncated = completion_mask_until_eos(completion_ids, eos_ids)
-        completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
-        lengths = mask.sum(dim=1)
-        texts = self.tokenizer.batch_decode([r[:n] for r, n in zip(rows, lengths.tolist(), strict=True)],
-                                            skip_special_tokens=True)  # fmt: skip
+        completion_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=prompt_input_ids.device)
         input_ids = prompt_input_ids.repeat_interleave(num_generations, dim=0)
         attention_mask = prompt_attention_mask.repeat_interleave(num_generations, dim=0)
-        return Rollout(input_ids, attention_mask, completion_ids, mask, texts, lengths, is_truncated, num_generations)
+        return completion_rollout(self.tokenizer, completion_ids, eos_ids, input_ids, attention_mask, num_generations)
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
