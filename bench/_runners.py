@@ -253,7 +253,8 @@ def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, 
     used: dict[str, Any] = {}
     dm = build_datamodule(spec, notes, used)
     wanted = {"precompute_reference": True} if algo == "dpo_cached" else {}
-    wanted["padding_free"] = bool(spec["padding_free"])  # the modules' option (default on)
+    wanted["padding_free"] = bool(spec["padding_free"])  # the modules' options (default on)
+    wanted["fused_layers"] = bool(spec.get("fused_layers", True))
     module = module_cls(
         policy=spec["model_dir"], **train, **module_kwargs, **supported(module_cls, wanted, notes, used)
     )
@@ -361,6 +362,8 @@ def run_trl(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, A
         raise ValueError(f"unknown algorithm {algo!r}")
     if spec["padding_free"]:
         notes.append("TRL side runs padded (TRL 1.16's DPO/KTO padding_free falls back to padding; SFT's needs flash)")
+    if spec.get("fused_layers", True):
+        notes.append("TRL side runs eager RMSNorm/SwiGLU (its use_liger_kernel needs Liger's Triton kernels: GPU only)")
 
     class Recording(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

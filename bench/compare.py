@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run lit-align's modules with padding_free=False (padded, like TRL on CPU) instead of their default",
     )
+    p.add_argument(
+        "--no-fused-layers",
+        action="store_true",
+        help="run lit-align's modules with fused_layers=False (eager RMSNorm/SwiGLU, like TRL on CPU)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny defaults to check the harness: " + str(QUICK))
@@ -178,7 +183,8 @@ def spec_for(args: argparse.Namespace, algo: str, side: str, model_dir: str, row
         "steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr,
         "beta": args.beta, "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "fixed_length": not args.grpo_stop_at_eos,
-        "padding_free": not args.no_padding_free, "threads": args.threads, "seed": args.seed,
+        "padding_free": not args.no_padding_free, "fused_layers": not args.no_fused_layers,
+        "threads": args.threads, "seed": args.seed,
         "output_dir": str(workdir / f"trl_out_{algo}"), "profile": False,
     }  # fmt: skip
 

@@ -32,6 +32,7 @@ from lit_align.algorithms.base import apply_lora
 from lit_align.algorithms.critic import build_critic, disable_dropout, token_values
 from lit_align.algorithms.online import Experience, ImportanceRatio, KLPenalty, OnlinePolicyGradient
 from lit_align.batches import PromptBatch
+from lit_align.fused import log_fused
 from lit_align.losses.policy_gradient import (
     adaptive_kl_coef,
     aggregate_loss,
@@ -120,6 +121,8 @@ class PPO(OnlinePolicyGradient):
         hp = self.hparams
         if hp.gradient_checkpointing:  # before LoRA, as the base does for the policy
             self.critic.gradient_checkpointing_enable()
+        if hp.fused_layers:
+            log_fused(self.critic, "critic")
         if hp.lora_r > 0:  # the critic adapts like the policy: LoRA on its backbone, its score head trained in full
             self.critic = apply_lora(self.critic, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules)
         disable_dropout(self.policy)
