@@ -11,7 +11,7 @@ Llama-style layer (SmolLM2: hidden 576, MLP 1,536) the eager modules save per to
 The fused versions save only what backward cannot cheaply rebuild and recompute the elementwise rest (the way
 Liger's GPU kernels do): RMSNorm keeps its input and the per-token ``rstd``; the MLP keeps ``gate`` and ``up``
 and rebuilds ``silu(gate)`` and the product in backward. That is 2 · hidden + 2 · intermediate fewer floats per
-token and layer (4,224 of about 12,500 for SmolLM2), for elementwise recomputation only: no GEMM runs twice,
+token and layer (4,224 of about 11,800 for SmolLM2), for elementwise recomputation only: no GEMM runs twice,
 unlike gradient checkpointing. ``bench/compare.py`` measures the effect on DPO's peak memory.
 
 Which modules: RMSNorms that compute ``weight · normalize(x)`` in float32 (Llama, Mistral, Qwen2/3 and the like)
