@@ -255,6 +255,7 @@ def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, 
     wanted = {"precompute_reference": True} if algo == "dpo_cached" else {}
     wanted["padding_free"] = bool(spec["padding_free"])  # the modules' options (default on)
     wanted["fused_layers"] = bool(spec.get("fused_layers", True))
+    wanted["release_host_memory"] = bool(spec.get("release_host_memory", True))
     module = module_cls(
         policy=spec["model_dir"], **train, **module_kwargs, **supported(module_cls, wanted, notes, used)
     )
@@ -364,6 +365,8 @@ def run_trl(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, A
         notes.append("TRL side runs padded (TRL 1.16's DPO/KTO padding_free falls back to padding; SFT's needs flash)")
     if spec.get("fused_layers", True):
         notes.append("TRL side runs eager RMSNorm/SwiGLU (its use_liger_kernel needs Liger's Triton kernels: GPU only)")
+    if spec.get("release_host_memory", True):
+        notes.append("TRL side keeps freed heap resident between steps (lit-align calls malloc_trim after each step)")
 
     class Recording(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

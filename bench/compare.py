@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run lit-align's modules with fused_layers=False (eager RMSNorm/SwiGLU, like TRL on CPU)",
     )
+    p.add_argument(
+        "--no-release-host-memory",
+        action="store_true",
+        help="run lit-align's modules with release_host_memory=False (no malloc_trim after each step, like TRL)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny defaults to check the harness: " + str(QUICK))
@@ -184,6 +189,7 @@ def spec_for(args: argparse.Namespace, algo: str, side: str, model_dir: str, row
         "beta": args.beta, "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "fixed_length": not args.grpo_stop_at_eos,
         "padding_free": not args.no_padding_free, "fused_layers": not args.no_fused_layers,
+        "release_host_memory": not args.no_release_host_memory,
         "threads": args.threads, "seed": args.seed,
         "output_dir": str(workdir / f"trl_out_{algo}"), "profile": False,
     }  # fmt: skip
