@@ -8,9 +8,10 @@ the process's peak resident memory (what an out-of-memory killer or a container 
 step's activations. ``malloc_trim(0)`` after the step hands the free pages back (``MADV_DONTNEED``); the next step
 faults them in again as it needs them.
 
-Measured on a DPO step of SmolLM2-135M (fp32, 4 HH pairs, ``bench/compare.py``): peak resident memory 5.74 →
-5.33 GB, no measurable change in step time. The alternative, a fixed low mmap threshold
-(``MALLOC_MMAP_THRESHOLD_=131072``), cut the peak further (4.48 GB) but made steps about 1.5× slower: every
+Measured on a DPO step of SmolLM2-135M (fp32, 4 HH pairs; ``docs/measurements.md``): 0.10 GB off the peak
+resident memory in one run, 0.37 GB in another (how much freed heap stays resident depends on the order of
+allocations), no measurable change in step time (a call takes about 10 ms). The alternative, a fixed low mmap
+threshold (``MALLOC_MMAP_THRESHOLD_=131072``), cut the peak further but made steps about 1.5× slower: every
 tensor's pages are then faulted in on every allocation. Only glibc has ``malloc_trim``; elsewhere (macOS, musl)
 this does nothing. GPU memory is not touched (PyTorch's caching allocator keeps its own pool by design).
 

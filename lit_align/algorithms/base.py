@@ -124,7 +124,7 @@ class AlignmentModule(L.LightningModule):
             Layers that do not match (other norms or activations) keep their own forward.
         release_host_memory: on CPU, give the step's freed host memory back to the system after each training
             step and validation (glibc ``malloc_trim``, :mod:`lit_align.host_memory`), so retained heap does not
-            raise the next step's peak resident memory (0.4 GB less for a SmolLM2 DPO step, no slower).
+            raise the next step's peak resident memory (0.1–0.4 GB less for a SmolLM2 DPO step, no slower).
         nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
             batch out of the update, warns and counts it (``train/nonfinite_skipped``).
     """
