@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from lit_align.algorithms import DPO, KTO, SFT
-from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
 from lit_align.fused import (
     FusedRMSNorm,
     FusedSwiGLU,
@@ -30,7 +29,7 @@ from lit_align.fused import (
 )
 from lit_align.logprobs import completion_scores
 from lit_align.models import build_byte_tokenizer, build_tiny_llama
-from tests.test_packing import mixed_batch
+from tests.test_packing import first_batch, mixed_batch
 
 ATOL = 1e-5
 
@@ -158,14 +157,7 @@ def test_look_alikes_with_other_semantics_keep_their_eager_forward():
 
 @pytest.mark.parametrize("cls", [DPO, KTO, SFT], ids=lambda c: c.__name__)
 def test_module_losses_and_gradients_are_the_same_with_fused_layers(cls):
-    if cls is KTO:
-        dm = BinaryFeedbackDataModule(tokenizer="tiny-llama", batch_size=4, max_samples=16, val_size=0)
-    elif cls is SFT:
-        dm = SFTDataModule(tokenizer="tiny-llama", batch_size=4, max_samples=16, val_size=0)
-    else:
-        dm = PreferenceDataModule(tokenizer="tiny-llama", batch_size=4, max_samples=16, val_size=0)
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = first_batch(cls)
     results = []
     for fused_layers in (False, True):
         module = cls(policy="tiny-llama", fused_layers=fused_layers)

@@ -172,8 +172,8 @@ def _loss_and_grads(module, batch) -> tuple[torch.Tensor, dict, dict]:
     return loss.detach(), {k: v.detach() for k, v in flat.items()}, grads(module)
 
 
-@pytest.mark.parametrize("cls", [DPO, IPO, SimPO, ORPO, KTO, SFT], ids=lambda c: c.__name__)
-def test_module_losses_metrics_and_gradients_are_the_same_packed(cls, varlen_calls):
+def first_batch(cls: type) -> dict:
+    """The first training batch (4 rows of the demo data) of the DataModule that feeds ``cls``."""
     if cls is KTO:
         dm = BinaryFeedbackDataModule(tokenizer="tiny-llama", batch_size=4, max_samples=16, val_size=0)
     elif cls is SFT:
@@ -181,7 +181,12 @@ def test_module_losses_metrics_and_gradients_are_the_same_packed(cls, varlen_cal
     else:
         dm = PreferenceDataModule(tokenizer="tiny-llama", batch_size=4, max_samples=16, val_size=0)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    return next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("cls", [DPO, IPO, SimPO, ORPO, KTO, SFT], ids=lambda c: c.__name__)
+def test_module_losses_metrics_and_gradients_are_the_same_packed(cls, varlen_calls):
+    batch = first_batch(cls)
     results = {}
     for padding_free in (False, True):
         module = cls(policy="tiny-llama", padding_free=padding_free)
