@@ -10,10 +10,10 @@ faults them in again as it needs them.
 
 Measured on a DPO step of SmolLM2-135M (fp32, 4 HH pairs; ``docs/measurements.md``): 0.10 GB off the peak
 resident memory in one run, 0.37 GB in another (how much freed heap stays resident depends on the order of
-allocations), no measurable change in step time (a call takes about 10 ms). The alternative, a fixed low mmap
-threshold (``MALLOC_MMAP_THRESHOLD_=131072``), cut the peak further but made steps about 1.5× slower: every
-tensor's pages are then faulted in on every allocation. Only glibc has ``malloc_trim``; elsewhere (macOS, musl)
-this does nothing. GPU memory is not touched (PyTorch's caching allocator keeps its own pool by design).
+allocations), no measurable change in step time (a call on a fresh process took 0.35 ms). The alternative, a
+fixed low mmap threshold (``MALLOC_MMAP_THRESHOLD_=131072``), cut the peak further but made steps about 1.5×
+slower: every tensor's pages are then faulted in on every allocation. Only glibc has ``malloc_trim``; elsewhere
+(macOS, musl) this does nothing. GPU memory is not touched (PyTorch's caching allocator keeps its own pool by design).
 
 Switched by the shared module option ``release_host_memory`` (:class:`~lit_align.algorithms.base.AlignmentModule`).
 """
@@ -21,18 +21,15 @@ Switched by the shared module option ``release_host_memory`` (:class:`~lit_align
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
 @functools.cache
 def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
+    """glibc's ``malloc_trim`` from the C library already loaded in this process, or None where it has none."""
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim

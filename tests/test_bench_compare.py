@@ -146,6 +146,6 @@ def test_options_forwarded_to_base_classes_count_as_supported():
     from lit_align import DPO, GRPO, KTO, SFT
 
     for cls in (DPO, KTO, SFT, GRPO):
-        assert {"padding_free", "learning_rate", "policy"} <= _runners.init_options(cls)
+        assert {"padding_free", "fused_layers", "release_host_memory", "policy"} <= _runners.init_options(cls)
     assert "precompute_reference" in _runners.init_options(DPO)
     assert "precompute_reference" not in _runners.init_options(SFT)
