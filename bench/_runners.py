@@ -246,9 +246,9 @@ def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, 
     else:
         module_cls = GRPO
         module_kwargs = {
-            "beta": 0.0, "reward_funcs": (REWARD,), "num_generations": spec["num_generations"],
-            "max_new_tokens": spec["max_new_tokens"], "temperature": spec["temperature"],
-            "log_completions_every_n_steps": 0,
+            "beta": 0.0, "num_generations": spec["num_generations"],
+            "rewards": {"reward_funcs": (REWARD,), "log_completions_every_n_steps": 0},
+            "sampling": {"max_new_tokens": spec["max_new_tokens"], "temperature": spec["temperature"]},
         }  # fmt: skip
     used: dict[str, Any] = {}
     dm = build_datamodule(spec, notes, used)

@@ -61,8 +61,8 @@ def main() -> None:
     policy, tokenizer = load_model("smollm2-135m-instruct")
     module = ALGOS[args.algo](
         policy, tokenizer=tokenizer, beta=args.beta, num_generations=args.generations,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, learning_rate=args.lr,
-        warmup_ratio=0.0, scheduler="constant", log_completions_every_n_steps=0,
+        sampling={"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}, learning_rate=args.lr,
+        warmup_ratio=0.0, scheduler="constant", rewards={"log_completions_every_n_steps": 0},
     )  # fmt: skip
     dm = PromptDataModule(
         tokenizer=tokenizer, val_size=args.eval, batch_size=args.prompts, eval_batch_size=16, seed=args.seed

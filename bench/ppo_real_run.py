@@ -71,10 +71,11 @@ def main() -> None:
 
     policy, tokenizer = load_model("smollm2-135m-instruct")
     module = PPO(
-        policy=policy, tokenizer=tokenizer, reward_funcs=[f"model:{args.reward_model}"], value_model=args.value_model,
+        policy=policy, tokenizer=tokenizer, value_model=args.value_model,
+        rewards={"reward_funcs": [f"model:{args.reward_model}"], "log_completions_every_n_steps": 0},
         beta=args.beta, kl_target=args.kl_target, vf_coef=args.vf_coef, num_iterations=args.epochs,
-        num_minibatches=args.minibatches, max_new_tokens=args.max_new_tokens, learning_rate=args.lr,
-        log_completions_every_n_steps=0, sampling_seed=args.seed, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+        num_minibatches=args.minibatches, sampling={"max_new_tokens": args.max_new_tokens, "seed": args.seed},
+        learning_rate=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
     )  # fmt: skip
     dm = PromptDataModule(tokenizer=tokenizer, val_size=args.eval, batch_size=args.prompts, eval_batch_size=16,
                           seed=args.seed)  # fmt: skip

@@ -44,7 +44,7 @@ class StepPrinter(L.Callback):
         metrics = trainer.callback_metrics
         values = {k.removeprefix("train/"): float(v) for k, v in metrics.items() if k.startswith("train/")}
         self.history.append(values)
-        verifiers = "  ".join(f"{n} {values[f'rewards/{n}/mean']:.3f}" for n in module.reward_names)
+        verifiers = "  ".join(f"{n} {values[f'rewards/{n}/mean']:.3f}" for n in module.rewards.names)
         print(
             f"rollout {len(self.history):3d}  step {trainer.global_step:3d}  reward {values['reward']:+.3f}  "
             f"{verifiers}  "

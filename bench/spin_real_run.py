@@ -47,19 +47,19 @@ def final_lines(run_dir: Path, config: dict, iteration: int) -> list[dict]:
     from lit_align.algorithms.self_play import generate_responses, pair_logps
     from lit_align.datamodules import SPINDataModule
     from lit_align.models import load_model
-    from lit_align.rollout import HFGenerate, Sampler
+    from lit_align.sampling import Sampler
 
     policy, tokenizer = load_model(str(run_dir / "hf_model"))
     data = {k: v for k, v in config["data"].items() if k != "tokenizer"}
     dm = SPINDataModule(tokenizer=tokenizer, **data)
     dm.setup("fit")
     model = config["model"]
-    sampling = {k: model[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
-    sampler = Sampler(HFGenerate(tokenizer, **sampling), model["sampling_seed"])
+    sampler = Sampler(model["sampling"])
     items = [item for item in dm.self_play_items() if item["id"].startswith("val/")]
     common = {"batch_size": model["generation_batch_size"], "pad_id": tokenizer.pad_token_id, "rank": 0, "world": 1,
               "padded": False}  # fmt: skip
-    responses = generate_responses(sampler, policy, [i["prompt_ids"] for i in items], key=f"spin/{iteration}", **common)
+    prompts = [i["prompt_ids"] for i in items]
+    responses = generate_responses(sampler, policy, tokenizer, prompts, key=f"spin/{iteration}", **common)
     lines = [{"id": item["id"], "prompt": item["prompt"], "chosen": item["chosen"], "rejected": responses[n]["text"],
               "truncated": responses[n]["truncated"]} for n, item in enumerate(items)]  # fmt: skip
     rows = [dm.pair_row(line) for line in lines]

@@ -96,6 +96,9 @@ class TokenizedDataModule(L.LightningDataModule):
 
     FIELDS: ClassVar[tuple[str, ...]] = ()
     OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # Whether batches carry each row's ``row_index`` (training rows 0..N-1, validation rows N..N+M-1), by which values
+    # computed per row before training (cached reference log-probs) are found again.
+    INDEX_ROWS: ClassVar[bool] = False
     # Attributes that change the tokenized rows (they key the datasets cache with data + tokenizer).
     TOKENIZATION_SETTINGS: ClassVar[tuple[str, ...]] = ("max_prompt_length", "truncation_mode", "prompt_bos")
 
@@ -170,6 +173,11 @@ class TokenizedDataModule(L.LightningDataModule):
     def check_batch_size(self) -> None:
         """Subclasses refuse batch sizes their batches cannot be built from."""
 
+    def examples(self, rows: datasets.Dataset) -> datasets.Dataset:
+        """A split's tokenized rows as the examples its batches are drawn from (default: the rows themselves; the
+        binary DataModule turns an unpaired preference row into its two examples)."""
+        return rows
+
     def column_fields(self) -> tuple[str, ...] | None:
         """The fields ``columns`` may map (``None``: any name, as the prompt DataModule's pass-through columns)."""
         return self.FIELDS + self.OPTIONAL_FIELDS
@@ -233,6 +241,14 @@ class TokenizedDataModule(L.LightningDataModule):
             self.train_dataset = train
         if len(self.train_dataset) == 0:
             raise DataError(f"{self.data_path}: no training rows are left after truncation and splitting")
+        self.train_dataset = self.examples(self.train_dataset)
+        if self.val_dataset is not None:
+            self.val_dataset = self.examples(self.val_dataset)
+        if self.INDEX_ROWS:
+            n = len(self.train_dataset)
+            self.train_dataset = self.train_dataset.add_column("row_index", list(range(n)))
+            if self.val_dataset is not None:
+                self.val_dataset = self.val_dataset.add_column("row_index", list(range(n, n + len(self.val_dataset))))
 
     def train_dataloader(self) -> DataLoader:
         # Resumable mid-epoch, in an order that depends only on (seed, epoch): see datamodules/resumable.py.
@@ -254,16 +270,6 @@ class TokenizedDataModule(L.LightningDataModule):
             collate_fn=self.collate,
             num_workers=self.num_workers,
         )
-
-    def index_rows(self) -> None:
-        """Give every row a ``row_index`` that its batches carry (training rows 0..N-1, validation rows N..N+M-1),
-        so values computed per row before training (cached reference log-probs) are found again. Idempotent."""
-        if "row_index" in self.train_dataset.column_names:
-            return
-        n = len(self.train_dataset)
-        self.train_dataset = self.train_dataset.add_column("row_index", list(range(n)))
-        if self.val_dataset is not None:
-            self.val_dataset = self.val_dataset.add_column("row_index", list(range(n, n + len(self.val_dataset))))
 
     # -- helpers --------------------------------------------------------------------------------
     def _train_sampler(self, dataset: Any = None) -> Sampler:

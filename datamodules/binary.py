@@ -99,6 +99,7 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
             then counts pairs.
     """
 
+    INDEX_ROWS = True  # cached reference values are found by row
     FIELDS = ("prompt", "completion", "label")
     OPTIONAL_FIELDS = ()
     TOKENIZATION_SETTINGS = (
@@ -135,9 +136,6 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
         if self.train_dataset is not None:
             return
         super().setup(stage)
-        self.train_dataset = self._examples(self.train_dataset)
-        if self.val_dataset is not None:
-            self.val_dataset = self._examples(self.val_dataset)
         counts = {
             name: Counter(dataset["label"])
             for name, dataset in (("train", self.train_dataset), ("val", self.val_dataset))
@@ -182,7 +180,7 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
         return {"prompt_ids": prompts, "completion_ids": full, "label": labels, "_status": status,
                 "_notes": ",".join(notes)}  # fmt: skip
 
-    def _examples(self, rows: datasets.Dataset) -> datasets.Dataset:
+    def examples(self, rows: datasets.Dataset) -> datasets.Dataset:
         with progress_bars(len(rows) >= PROGRESS_BAR_ROWS):
             return rows.map(_flatten, batched=True, remove_columns=rows.column_names, desc="Flattening examples")
 
@@ -207,7 +205,7 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
             "kl_attention_mask": kl_mask,
             "kl_labels": kl_labels,
         }
-        if "row_index" in rows[0]:  # indexed rows (index_rows): the row of each example and of its KL completion
+        if "row_index" in rows[0]:  # indexed rows (INDEX_ROWS): the row of each example and of its KL completion
             index = [r["row_index"] for r in rows]
             batch["row_index"] = torch.tensor(index, dtype=torch.long)
             batch["kl_row_index"] = torch.tensor(index[-1:] + index[:-1], dtype=torch.long)

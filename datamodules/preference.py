@@ -93,6 +93,7 @@ class PreferenceDataModule(PairOptions, PromptCompletionDataModule):
     base's.
     """
 
+    INDEX_ROWS = True  # cached reference values are found by row
     FIELDS = ("chosen", "rejected")
     OPTIONAL_FIELDS = ("prompt", "margin")
     TOKENIZATION_SETTINGS = (*PromptCompletionDataModule.TOKENIZATION_SETTINGS, *PairOptions.TOKENIZATION_SETTINGS)
@@ -132,6 +133,6 @@ class PreferenceDataModule(PairOptions, PromptCompletionDataModule):
             batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": mask, f"{side}_labels": labels})
         if "margin" in rows[0]:
             batch["margin"] = torch.tensor([r["margin"] for r in rows], dtype=torch.float)
-        if "row_index" in rows[0]:  # indexed rows (index_rows): cached reference values are found by it
+        if "row_index" in rows[0]:  # indexed rows (INDEX_ROWS): cached reference values are found by it
             batch["row_index"] = torch.tensor([r["row_index"] for r in rows], dtype=torch.long)
         return batch

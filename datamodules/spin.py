@@ -2,16 +2,28 @@
 
 The rows are any :class:`~lit_align.datamodules.SFTDataModule` format (prompt/completion, messages, Alpaca). ``setup``
 validates and tokenizes them once (the prompt as the policy will see it when answering: chat template with the
-generation prompt, cut to ``max_prompt_length``). The pairs of an iteration come from the module
-(:meth:`lit_align.algorithms.SPIN.self_play`), asked by ``train_dataloader()`` / ``val_dataloader()`` on every rank;
-this DataModule turns each (prompt, ground truth, response) into token ids with ONE convention for both completions —
-the decoded response goes through the chat template as an assistant turn (plain text: EOS appended), exactly like the
-ground truth — so no token (an end-of-turn newline, say) tells them apart.
+generation prompt, cut to ``max_prompt_length``).
+
+Each iteration's pairs are made here, when ``train_dataloader()`` / ``val_dataloader()`` is first asked for them (on
+every rank; Lightning asks before each epoch): the module, the iteration's opponent, answers every prompt
+(:meth:`~lit_align.algorithms.SPIN.answer`), each (prompt, ground truth, response) is tokenized with ONE convention for
+both completions — the decoded response goes through the chat template as an assistant turn (plain text: EOS
+appended), exactly like the ground truth — so no token (an end-of-turn newline, say) tells them apart, and the module
+scores the pairs (:meth:`~lit_align.algorithms.SPIN.opponent_logps`). The pairs are kept in
+``<run dir>/spin/iteration_<t>.jsonl``: a resumed run reads the iteration's file instead. The file has one line per
+prompt: ``id``, ``prompt``, ``chosen`` (the ground truth), ``rejected`` (the opponent's response, decoded),
+``truncated`` (no EOS within ``max_new_tokens``), ``tokens`` (the response's generated tokens), ``ref_chosen_logps``,
+``ref_rejected_logps`` (the opponent's summed log-probs of the tokenized pair), ``chosen_tokens``,
+``rejected_tokens``; written by rank 0 to a temporary name and renamed, so a kill never leaves half a file. The
+calls go one way: this DataModule asks the module; the module never calls it back.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +53,23 @@ class SPINDataModule(SFTDataModule):
         super().__init__(max_length=max_length, max_prompt_length=max_prompt_length, **kwargs)
         if not self.completion_only_loss:
             raise ValueError("--data.completion_only_loss=false has no meaning for SPIN: pairs compare completions")
+        self._items: list[dict[str, Any]] | None = None
+        self._pairs: tuple[int, list[dict[str, Any]]] | None = None  # (iteration, its tokenized pairs)
+
+    def setup(self, stage: str | None = None) -> None:
+        """The rows (once); in a Trainer, new loaders every epoch (an iteration's first brings its pairs) and no more
+        epochs than the module's iterations have."""
+        super().setup(stage)
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        if module is None:
+            return
+        if not hasattr(module, "begin_iteration"):
+            raise TypeError(f"SPINDataModule's pairs come from the SPIN module, got {type(module).__name__}")
+        trainer.reload_dataloaders_every_n_epochs = 1
+        loop, total = trainer.fit_loop, module.iterations * module.epochs_per_iteration
+        if loop.max_epochs is None or loop.max_epochs < 0 or loop.max_epochs > total:
+            loop.max_epochs = total
 
     collate = PreferenceDataModule.collate  # the preference batch, built the same way (+ the opponent's log-probs)
 
@@ -55,7 +84,7 @@ class SPINDataModule(SFTDataModule):
         raw = {"prompt": json.dumps(prompt), "completion": json.dumps(completion)}
         return {**raw, "prompt_ids": kept, "_status": status}
 
-    # -- what the SPIN module asks ------------------------------------------------------------------
+    # -- the pairs of an iteration --------------------------------------------------------------------
     def self_play_items(self) -> list[dict[str, Any]]:
         """Every prompt to answer, train rows first: ``id`` (``train/<i>``, ``val/<i>``), ``prompt_ids`` (as the
         policy sees it), ``prompt`` and ``chosen`` (the ground truth) as in the data."""
@@ -67,8 +96,6 @@ class SPINDataModule(SFTDataModule):
                     self._items.append({"id": f"{split}/{i}", "prompt_ids": row["prompt_ids"], "prompt": prompt,
                                         "chosen": chosen})  # fmt: skip
         return self._items
-
-    _items: list[dict[str, Any]] | None = None
 
     def pair_row(self, line: dict[str, Any]) -> dict[str, Any]:
         """Token ids of a (prompt, chosen, rejected) line; ``rejected`` is the decoded response text."""
@@ -108,7 +135,79 @@ class SPINDataModule(SFTDataModule):
                                    collate_fn=self.collate_pairs, num_workers=self.num_workers)  # fmt: skip
 
     def _iteration_rows(self) -> list[dict[str, Any]]:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if not hasattr(module, "self_play"):
-            raise TypeError(f"SPINDataModule's pairs come from the SPIN module, got {type(module).__name__}")
-        return module.self_play(self.trainer.current_epoch, self)
+        """The tokenized pairs of the current epoch's iteration (train and held-out rows, each with ``id`` and the
+        opponent's log-probs), on every rank; the first call of an iteration makes or reads them."""
+        trainer = self.trainer
+        module = trainer.lightning_module
+        iteration = module.iteration_of(trainer.current_epoch)
+        if self._pairs is not None and self._pairs[0] == iteration:
+            return self._pairs[1]
+        fresh = module.begin_iteration(iteration)  # True: the policy is the iteration's opponent
+        items = self.self_play_items()
+        path = module.spin_dir / f"iteration_{iteration}.jsonl"
+        exists = trainer.strategy.broadcast(path.exists())
+        if exists and fresh and iteration == 0:
+            raise FileExistsError(
+                f"{path} exists from an earlier run; a new run starts its own iterations: use a new log dir (logger "
+                "version) or move the old spin/ folder away"
+            )
+        seconds = None
+        if exists:  # resume (or the same boundary crossed again): these pairs were made by this iteration's opponent
+            lines = read_lines(path, [item["id"] for item in items])
+            rows = [{**self.pair_row(line), **_opponent(line), "id": line["id"]} for line in lines]
+        elif fresh:
+            start = time.perf_counter()
+            lines, rows = self._make_pairs(module, iteration, items)
+            seconds = time.perf_counter() - start
+            if trainer.is_global_zero:
+                write_lines(path, lines)
+            trainer.strategy.barrier("spin_pairs_written")
+        else:
+            raise FileNotFoundError(
+                f"{path} is missing: it is written when iteration {iteration} begins, and this resumed run's policy "
+                "is no longer that iteration's opponent, so it cannot make it again"
+            )
+        module.log_iteration(iteration, lines, seconds)
+        self._pairs = (iteration, rows)
+        return rows
+
+    def _make_pairs(self, module: Any, iteration: int, items: list[dict[str, Any]]) -> tuple[list, list]:
+        """The opponent answers every prompt of ``items`` and scores every pair (seeded by ``iteration``): the file's
+        lines and the tokenized rows."""
+        pad_id = self.tokenizer.pad_token_id
+        responses = module.answer([item["prompt_ids"] for item in items], key=f"spin/{iteration}", pad_id=pad_id)
+        lines = [
+            {"id": item["id"], "prompt": item["prompt"], "chosen": item["chosen"], "rejected": responses[i]["text"],
+             "truncated": responses[i]["truncated"], "tokens": responses[i]["tokens"]}
+            for i, item in enumerate(items)
+        ]  # fmt: skip
+        rows = [self.pair_row(line) for line in lines]
+        scores = module.opponent_logps(rows, self.collate, pad_id)
+        for i, (line, row) in enumerate(zip(lines, rows, strict=True)):
+            line.update(scores[i])
+            row.update(_opponent(line), id=line["id"])
+        return lines, rows
+
+
+def _opponent(line: dict[str, Any]) -> dict[str, float]:
+    return {"ref_chosen_logps": line["ref_chosen_logps"], "ref_rejected_logps": line["ref_rejected_logps"]}
+
+
+def write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    os.replace(tmp, path)  # atomic: a kill leaves the old state or the whole file
+
+
+def read_lines(path: Path, ids: list[str]) -> list[dict[str, Any]]:
+    """The file's lines in ``ids`` order; an error naming the file when it holds other prompts."""
+    lines = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
+    found = [line.get("id") for line in lines]
+    if found != ids:
+        raise ValueError(
+            f"{path} holds the pairs of other prompts ({len(found)} lines, expected {len(ids)} with ids "
+            f"{ids[:2]}...): it was written by a run on other data or settings; move it away or use another run dir"
+        )
+    return lines

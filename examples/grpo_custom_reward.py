@@ -8,7 +8,7 @@ This one rewards completions that answer with the word count the prompt asks for
     python examples/grpo_custom_reward.py --tiny    # a tiny random model, seconds (what CI runs)
 
 From a config or the command line, name it by import path instead:
-``--model.reward_funcs '["examples.grpo_custom_reward:word_count_reward"]'`` (the module must be importable).
+``--model.rewards.reward_funcs '["examples.grpo_custom_reward:word_count_reward"]'`` (the module must be importable).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def main() -> None:
     data = folder / "prompts.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     model, tokenizer = load_model("tiny-llama" if args.tiny else "smollm2-135m-instruct")
-    module = GRPO(policy=model, tokenizer=tokenizer, reward_funcs=[word_count_reward], num_generations=4,
-                  max_new_tokens=8 if args.tiny else 32, learning_rate=1e-3 if args.tiny else 2e-6,
-                  log_completions_every_n_steps=0)  # fmt: skip
+    module = GRPO(policy=model, tokenizer=tokenizer, num_generations=4,
+                  rewards={"reward_funcs": [word_count_reward], "log_completions_every_n_steps": 0},
+                  sampling={"max_new_tokens": 8 if args.tiny else 32}, learning_rate=1e-3 if args.tiny else 2e-6)
     dm = PromptDataModule(tokenizer=tokenizer, data_path=str(data), val_size=0, batch_size=2)
     trainer = L.Trainer(max_steps=2 if args.tiny else 10, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,

@@ -162,6 +162,29 @@ class AlignCLI(LightningCLI):
         super().parse_arguments(parser, args)
         self.prepared_datamodule = self.check_inputs_before_model()
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI applies a ``--ckpt_path`` checkpoint's hyperparameters to the config; those of an earlier
+        lit-align version are upgraded first (its flat sampling and reward options nested into their groups, options
+        this module class no longer offers dropped: :func:`~lit_align.hparams.upgrade_hyperparameters`)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file() and not self.subclass_mode_model:
+            from lit_align.algorithms.base import accepted_options
+            from lit_align.hparams import upgrade_hyperparameters
+
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+            hparams = dict(checkpoint.get("hyper_parameters") or {})
+            hparams.pop("_instantiator", None)
+            if hparams:
+                hparams = upgrade_hyperparameters(hparams, accepted_options(self.model_class))
+                try:
+                    self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+                except SystemExit:
+                    sys.stderr.write(f"Parsing of the hyperparameters of --ckpt_path {ckpt_path} failed!\n")
+                    raise
+            return
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if self.prepared_datamodule is not None:  # the run uses the DataModule already set up, not a fresh copy
@@ -293,4 +316,10 @@ def main(argv: list[str] | None = None) -> None:
         close = difflib.get_close_matches(name, names, n=1)
         suggestion = f" Did you mean {close[0]!r}?" if close else ""
         sys.exit(f"lit-align: no recipe {name!r}.{suggestion} Recipes: {', '.join(names)}")
-    importlib.import_module(f"lit_align.recipes.{name}").main(argv[1:])
+    # The recipe reads its arguments from sys.argv, named as typed: usage lines and tips then say `lit-align <name>`
+    # (and LightningCLI does not warn about arguments given both ways).
+    saved, sys.argv = sys.argv, [f"lit-align {name}", *argv[1:]]
+    try:
+        importlib.import_module(f"lit_align.recipes.{name}").main()
+    finally:
+        sys.argv = saved

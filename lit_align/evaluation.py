@@ -1,7 +1,7 @@
 """Judge a trained policy against the model it started from, on held-out prompts (and held-out pairs).
 
 Both models complete every held-out prompt with the same sampling settings, the same chat template and the
-same random stream (each prompt batch draws from an RNG seeded by (``sampling_seed``, batch, rank), once for
+same random stream (each prompt batch draws from an RNG seeded by (``sampling.seed``, batch, rank), once for
 each model), and the judge — a reward model, or reward functions such as a verifier — scores both. Reported:
 
     win rate      share of prompts where the trained policy's completion scores higher, ties counted half,
@@ -35,19 +35,27 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lit_align.algorithms.sampling import SamplingMixin
+from lit_align.hparams import group_as_plain
 from lit_align.logprobs import preference_logps
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import score_completions
 from lit_align.runs import load_trained
+from lit_align.sampling import Sampler, SamplingOptions
 
 TIE = 1e-6  # judge scores closer than this count as a tie
 
 
-class Evaluation(SamplingMixin, L.LightningModule):
-    """Completes prompt batches with both models and scores them; scores pair batches under both (``predict``).
+class Evaluation(L.LightningModule):
+    """Completes prompt batches with both models and scores them; scores pair batches under both (``predict``: the
+    loop splits the prompts over devices). Both models sample through one :class:`~lit_align.sampling.Sampler`.
 
     Args:
+        policy: the trained policy.
+        baseline: the model it is compared with.
+        judges: reward functions (reward models included) that score both models' completions.
+        judge_names: their names.
+        sampler: samples the completions of both models.
+        tokenizer: the policy's tokenizer (both models share it).
         greedy: decode greedily instead of sampling (both models).
         table_rows: prompts shown in the text table of sample pairs.
     """
@@ -59,15 +67,17 @@ class Evaluation(SamplingMixin, L.LightningModule):
         baseline: nn.Module,
         judges: list[Any],
         judge_names: list[str],
+        sampler: Sampler,
+        tokenizer: Any,
         greedy: bool = False,
         table_rows: int = 8,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__()
         self.policy, self.baseline = policy.eval(), baseline.eval()
         self.baseline.requires_grad_(False)
         self.policy.requires_grad_(False)
         self.judges, self.judge_names = judges, judge_names
+        self.sampler, self.tokenizer = sampler, tokenizer
         self.greedy, self.table_rows = greedy, table_rows
         self.records: list[dict[str, Any]] = []
 
@@ -81,7 +91,7 @@ class Evaluation(SamplingMixin, L.LightningModule):
     def _prompt_records(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         key = f"eval/{batch_idx}/{self.global_rank}"  # the same stream for both models
-        rollouts = {name: self.sampler(model, ids, mask, 1, key, greedy=self.greedy)
+        rollouts = {name: self.sampler.sample(model, ids, mask, self.tokenizer, 1, key, greedy=self.greedy)
                     for name, model in (("trained", self.policy), ("start", self.baseline))}  # fmt: skip
         scores = {name: self._judge(batch, rollout) for name, rollout in rollouts.items()}
         records = []
@@ -211,7 +221,9 @@ def evaluate(
     accelerator: str = "auto",
     devices: int = 1,
     strategy: str = "auto",
-    **options: Any,
+    sampling: SamplingOptions = SamplingOptions(),
+    greedy: bool = False,
+    table_rows: int = 8,
 ) -> dict[str, Any] | None:
     """Evaluate ``policy`` against ``baseline`` and write the report (returned on rank 0, ``None`` elsewhere).
 
@@ -234,6 +246,9 @@ def evaluate(
         accelerator: Lightning accelerator.
         devices: devices (processes) to split the prompts over.
         strategy: Lightning strategy (``ddp`` with several devices).
+        sampling: how both models sample (a group: ``--sampling.<option>``).
+        greedy: decode greedily instead of sampling (both models).
+        table_rows: prompts shown in the text table of sample pairs.
     """
     from lit_align.datamodules import PreferenceDataModule, PromptDataModule
 
@@ -248,7 +263,8 @@ def evaluate(
     judges, names, _ = resolve_reward_funcs(specs) if specs else ([], [], [])
     weights = [1.0 if reward_model is None or i == 0 else 0.0 for i in range(len(judges))]
     module = Evaluation(policy=trained.model, baseline=start.model, judges=judges, judge_names=names,
-                        tokenizer=trained.tokenizer, **options)  # fmt: skip
+                        sampler=Sampler(sampling), tokenizer=trained.tokenizer, greedy=greedy,
+                        table_rows=table_rows)  # fmt: skip
     tokenizer = trained.tokenizer
     loaders = []
     if prompts or pairs:  # the prompts of the pairs when no prompt file is given
@@ -271,8 +287,8 @@ def evaluate(
     if not trainer.is_global_zero:
         return None
     report = summarize(records, names, weights)
-    report["settings"] = {"policy": trained.source, "baseline": start.source, "judges": specs, "greedy": module.greedy,
-                          **module._sampling, "sampling_seed": module.sampling_seed}  # fmt: skip
+    report["settings"] = {"policy": trained.source, "baseline": start.source, "judges": specs, "greedy": greedy,
+                          **group_as_plain(module.sampler.options)}  # fmt: skip
     folder = Path(out_dir) if out_dir else _default_out_dir(policy)
     write_report(folder, report, [r for r in records if not r.get("pair")], module.table_rows)
     print(format_report(report), flush=True)

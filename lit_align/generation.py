@@ -13,36 +13,43 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import lightning as L
 import torch
 from torch import nn
 
-from lit_align.algorithms.sampling import SamplingMixin
 from lit_align.runs import load_trained
+from lit_align.sampling import Sampler, SamplingOptions
 
 
-class Sampling(SamplingMixin, L.LightningModule):
-    """A policy and its seeded sampler, nothing else (no optimizer, no reward).
+class Completer:
+    """A policy, its tokenizer and a seeded :class:`~lit_align.sampling.Sampler`, nothing else (no optimizer, no
+    reward): the ``n``-th call of :meth:`complete` draws from the RNG of key ``n``, so a session repeats itself.
 
     Args:
+        policy: the model to sample from.
+        tokenizer: its tokenizer.
+        sampling: the sampling options.
         greedy: decode greedily instead of sampling.
         num_generations: completions per prompt.
     """
 
-    def __init__(self, *, policy: nn.Module, greedy: bool = False, num_generations: int = 1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.policy = policy.eval()
-        self.greedy, self.num_generations = greedy, num_generations
+    def __init__(self, policy: nn.Module, tokenizer: Any, sampling: SamplingOptions, greedy: bool = False,
+                 num_generations: int = 1) -> None:  # fmt: skip
+        self.policy, self.tokenizer = policy.eval(), tokenizer
+        self.sampler, self.greedy, self.num_generations = Sampler(sampling), greedy, num_generations
+        self.calls = 0
 
     @torch.no_grad()
     def complete(self, prompt_ids: list[list[int]]) -> list[list[str]]:
         """``num_generations`` completions (texts) of each prompt (token ids)."""
         from lit_align.datamodules.tokenize import left_pad
 
-        ids = left_pad(prompt_ids, self.tokenizer.pad_token_id).to(self.device)
-        mask = left_pad([[1] * len(p) for p in prompt_ids], 0).to(self.device)
+        device = next(self.policy.parameters()).device
+        ids = left_pad(prompt_ids, self.tokenizer.pad_token_id).to(device)
+        mask = left_pad([[1] * len(p) for p in prompt_ids], 0).to(device)
         n = 1 if self.greedy else self.num_generations
-        texts = self.sample(ids, mask, n, greedy=self.greedy).texts
+        key = "greedy" if self.greedy else f"{self.calls}/0"
+        self.calls += not self.greedy
+        texts = self.sampler.sample(self.policy, ids, mask, self.tokenizer, n, key, greedy=self.greedy).texts
         return [texts[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
 
@@ -52,7 +59,9 @@ def generate(
     output: str | None = None,
     batch_size: int = 8,
     max_prompt_length: int | None = 1024,
-    **options: Any,
+    sampling: SamplingOptions = SamplingOptions(),
+    greedy: bool = False,
+    num_generations: int = 1,
 ) -> None:
     """Complete the prompts of a file into JSONL, or (without ``prompts``) answer prompts typed at a terminal.
 
@@ -65,9 +74,12 @@ def generate(
             ``"completions"`` (a list) with ``num_generations`` > 1.
         batch_size: prompts per generation batch.
         max_prompt_length: longest prompt in tokens (the end is kept).
+        sampling: how completions are sampled (a group: ``--sampling.<option>``).
+        greedy: decode greedily instead of sampling.
+        num_generations: completions per prompt.
     """
     trained = load_trained(policy)
-    module = Sampling(policy=trained.model, tokenizer=trained.tokenizer, **options)
+    module = Completer(trained.model, trained.tokenizer, sampling, greedy, num_generations)
     if prompts is None:
         _interactive(module, max_prompt_length)
         return
@@ -91,7 +103,7 @@ def generate(
             out.close()
 
 
-def _interactive(module: Sampling, max_prompt_length: int | None) -> None:
+def _interactive(module: Completer, max_prompt_length: int | None) -> None:
     from lit_align.datamodules.tokenize import _ids, truncate_prompt
 
     tokenizer = module.tokenizer

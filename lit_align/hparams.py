@@ -1,13 +1,23 @@
-"""Hyperparameters as plain data: what a module's or DataModule's ``__init__`` chain saves for checkpoints and logs."""
+"""Hyperparameters as plain data: what a module's or DataModule's ``__init__`` chain saves for checkpoints and logs.
+
+Options are flat keyword arguments, except the options of a part a module holds, which come as one group (a
+frozen dataclass, e.g. ``sampling: SamplingOptions``): ``--model.sampling.temperature`` on the command line, a
+nested mapping in YAML and in a checkpoint's hyperparameters. :func:`as_group` accepts a group as its dataclass, a
+mapping of its fields, or ``None`` (the defaults). Checkpoints written before the groups existed keep the same
+options as flat keys; :func:`upgrade_hyperparameters` nests them, so those checkpoints still load.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from lightning.pytorch.core.mixins import HyperparametersMixin
 from lightning.pytorch.utilities.parsing import collect_init_args
+
+G = TypeVar("G")
 
 
 def is_plain(value: Any) -> bool:
@@ -21,14 +31,87 @@ def is_plain(value: Any) -> bool:
     return False
 
 
-def save_plain_hyperparameters(obj: HyperparametersMixin, frame: FrameType | None = None) -> None:
+def as_group(cls: type[G], value: G | dict[str, Any] | None) -> G:
+    """``value`` as a ``cls`` options group: an instance as it is, a mapping (from Python, or a checkpoint's
+    hyperparameters) as its fields, ``None`` as the defaults."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**value)
+    raise TypeError(f"expected {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
+
+
+def group_as_plain(group: Any) -> dict[str, Any]:
+    """An options group as a mapping of its plain fields (``group.plain()`` where the group records its own)."""
+    if hasattr(group, "plain"):
+        return group.plain()
+    values = {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
+    return {k: v for k, v in values.items() if is_plain(v)}
+
+
+def save_plain_hyperparameters(obj: HyperparametersMixin, frame: FrameType | None = None) -> dict[str, Any]:
     """``save_hyperparameters`` over the whole ``__init__`` chain (subclass, mixins, base), leaving out values that
-    are not plain data (a model or tokenizer given as an object, callables): checkpoints then hold plain data only
-    and load with ``weights_only=True``. Call it from the innermost ``__init__`` (the base's), the only frame that
-    sees every argument: the defaults of the shared options live there."""
+    are not plain data (a model or tokenizer given as an object, callables) and saving options groups as mappings:
+    checkpoints then hold plain data only and load with ``weights_only=True``. Call it from the innermost
+    ``__init__`` (the base's), the only frame that sees every argument: the defaults of the shared options live
+    there. Returns the arguments as given (objects included)."""
     frame = frame or inspect.currentframe().f_back
     init_args: dict[str, Any] = {}
-    for args in collect_init_args(frame, []):
+    groups: dict[str, Any] = {}
+    for args in collect_init_args(frame, []):  # innermost __init__ first; the outermost's values win, as given
         init_args.update(args)
+        for name, value in args.items():  # a group as the class that declares it normalized it (a dataclass)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                groups.setdefault(name, value)
     objects = [name for name, value in init_args.items() if not is_plain(value)]
     obj.save_hyperparameters(ignore=objects, frame=frame)
+    for name, group in groups.items():  # every field, defaults included
+        obj.hparams[name] = group_as_plain(group)
+    return init_args
+
+
+# -- checkpoints of earlier versions ---------------------------------------------------------------------------
+LEGACY_GROUPS = {  # option (flat before the groups) -> (group, its name there)
+    "max_new_tokens": ("sampling", "max_new_tokens"),
+    "temperature": ("sampling", "temperature"),
+    "top_p": ("sampling", "top_p"),
+    "top_k": ("sampling", "top_k"),
+    "sampling_seed": ("sampling", "seed"),
+    "generation_backend": ("sampling", "generation_backend"),
+    "vllm_gpu_memory_utilization": ("sampling", "vllm_gpu_memory_utilization"),
+    "kv_cache": ("sampling", "kv_cache"),
+    "reward_funcs": ("rewards", "reward_funcs"),
+    "reward_weights": ("rewards", "reward_weights"),
+    "log_completions_every_n_steps": ("rewards", "log_completions_every_n_steps"),
+}
+
+
+def is_legacy(hparams: dict[str, Any], accepted: set[str]) -> bool:
+    """Whether ``hparams`` were saved before the options groups (a flat sampling or reward option)."""
+    return any(key in LEGACY_GROUPS and key not in accepted for key in hparams)
+
+
+def upgrade_hyperparameters(hparams: dict[str, Any], accepted: set[str]) -> dict[str, Any]:
+    """A checkpoint's hyperparameters as this version's modules take them. ``accepted``: the options the module
+    class offers (its command-line keys, without ``--model.``).
+
+    Before the options groups, sampling and reward options were flat keys: they move into their group. Options a
+    module class no longer offers because they have a single legal value there (``precompute_reference`` of the
+    online modules, RLOO's ``kl_penalty``, ...) are dropped: the earlier version refused every other value. A
+    sequence-level ratio had no loss aggregation, although one was saved: it is dropped.
+    """
+    upgraded: dict[str, Any] = {}
+    for key, value in hparams.items():
+        if key in LEGACY_GROUPS and key not in accepted:
+            group, name = LEGACY_GROUPS[key]
+            upgraded.setdefault(group, {})[name] = value
+        else:
+            upgraded[key] = value
+    if upgraded.get("importance_ratio") == "sequence":
+        upgraded.pop("loss_aggregation", None)
+    for key in ("precompute_reference", "kl_penalty", "importance_ratio", "kl_importance_correction"):
+        if key in upgraded and key not in accepted:
+            del upgraded[key]
+    return upgraded

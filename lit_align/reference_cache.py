@@ -6,7 +6,7 @@ that need no module: the fingerprint, the table of values, the file, the batches
 
 What is cached: the per-sequence values a module's ``reference_values(model, batch)`` returns, each keyed by
 the batch's index columns that ``reference_value_keys()`` names for it. A value of one row (DPO's
-``ref_chosen_logps``) is keyed by ``row_index``, which :meth:`TokenizedDataModule.index_rows` gives every
+``ref_chosen_logps``) is keyed by ``row_index``, which the preference and binary DataModules give every
 training row (0..N-1) and validation row (N..N+M-1). KTO's KL value depends on the batch's composition (prompt
 i meets the completion of the previous row of the same per-device batch), so it is keyed by the pair
 (``row_index``, ``kl_row_index``) and computed for every pair the run will meet: the batches of every epoch it
@@ -28,19 +28,24 @@ reuses values whose padding differed (identical up to float rounding, ~1e-7).
 
 from __future__ import annotations
 
+import copy
+import gc
 import hashlib
 import json
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext as _nothing
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lit_align.models import _cache_dir
+from lit_align.models import _cache_dir, resolve_model
+from lit_align.packing import is_enabled, set_padding_free
 
 CACHE_FORMAT = 1  # bump when the log-prob computation or the file layout changes
 INDEX_COLUMNS = ("row_index", "kl_row_index")  # the batch columns that key cached values
@@ -112,7 +117,7 @@ class ReferenceTable:
             if column not in batch:
                 raise KeyError(
                     f"--model.precompute_reference: the batch has no {column!r} column to find its cached "
-                    f"{name} by; batches of a lit-align DataModule carry it once the rows are indexed (index_rows)"
+                    f"{name} by; the batches of lit-align's preference and binary DataModules carry it"
                 )
             columns.append(batch[column].tolist())
         return list(zip(*columns, strict=True))
@@ -207,3 +212,110 @@ def gather(strategy: Any, table: ReferenceTable, new: dict[str, list[tuple[list[
             keys = torch.cat([all_keys[r, :n] for r, n in enumerate(counts)])
             values = torch.cat([all_values[r, :n] for r, n in enumerate(counts)])
         table.add(name, [tuple(k) for k in keys.tolist()], values)
+
+
+_FREED = "<released nn.Module>"  # the plan's model once an nn.Module reference has served its pass
+
+
+class ReferenceCache:
+    """The ``cached`` reference source: values computed once per fingerprint, looked up by row.
+
+    Args:
+        reference_policy: the reference as given (``None``: the policy's own, a copy or its adapter-disabled self).
+        described: the reference described without loading it (:func:`describe_model`) and its model kind.
+    """
+
+    def __init__(self, reference_policy: Any, described: dict[str, Any]) -> None:
+        self.reference_policy, self.described = reference_policy, described
+        self.table: ReferenceTable | None = None
+
+    def lookup(self, batch: dict[str, Any], value_keys: dict[str, tuple[str, ...]], device: torch.device) -> dict:
+        """The values of ``batch``: those it carries itself (e.g. ``ref_chosen_logps``), else the cached ones."""
+        if all(name in batch for name in value_keys):
+            return {name: batch[name] for name in value_keys}
+        if self.table is None:
+            raise RuntimeError(
+                "--model.precompute_reference=True: the reference log-probs are computed in setup() of a Trainer run "
+                "(trainer.fit / validate); this batch carries none and no reference is loaded"
+            )
+        return {name: value.to(device) for name, value in self.table.lookup(batch).items()}
+
+    def setup(self, module: Any, stage: str) -> None:
+        """The cached values of this stage's data (``module``'s DataModule), computed where missing."""
+        trainer = module.trainer
+        datamodule = trainer.datamodule
+        if datamodule is None or "row_index" not in getattr(datamodule.train_dataset, "column_names", ()):
+            raise ValueError(
+                "--model.precompute_reference=True needs lit-align's preference or binary DataModule passed to the "
+                "Trainer (trainer.fit(module, datamodule=...)): its rows are indexed to find their cached values again"
+            )
+        value_keys = module.reference_value_keys()
+        # The pass runs in the Trainer's precision context, as the live reference would: part of the key.
+        key = fingerprint({**self.described, "precision": str(trainer.precision)}, data_description(datamodule),
+                          value_keys)  # fmt: skip
+        path = cache_path(key)
+        if self.table is None or self.table.path != path:
+            self.table = ReferenceTable(value_keys, path)
+        loaders = []
+        if stage == "fit":
+            train = datamodule.train_dataloader()
+            by_pair = any(len(columns) > 1 for columns in value_keys.values())  # KTO's KL pairs change every epoch
+            loaders.append((train, planned_epochs(trainer, len(train)) if by_pair else 1))
+        val = datamodule.val_dataloader() if trainer.limit_val_batches != 0 else []
+        if not isinstance(val, list):
+            loaders.append((val, 1))
+        todo = sum(self.table.missing(batch) for batch in epoch_batches(loaders))
+        strategy = trainer.strategy
+        if not strategy.reduce_boolean_decision(todo > 0, all=False):
+            rank_zero_info(f"Reference log-probs: reused {path} (no reference loaded)")
+            return
+        if self.reference_policy is _FREED:
+            raise RuntimeError(
+                f"--model.precompute_reference=True: {path} lacks values this run needs and the reference_policy "
+                "given as an nn.Module was released after the first pass; build the module again with it"
+            )
+        new = self._compute(module, loaders, todo)
+        if isinstance(self.reference_policy, nn.Module):  # ours released: memory is the caller's to keep or free
+            self.reference_policy = _FREED
+        gather(strategy, self.table, new)
+        if trainer.is_global_zero:
+            self.table.save()
+        strategy.barrier("reference_cache")
+        rank_zero_info(f"Reference log-probs: computed, cached in {path}; the reference is freed")
+
+    def _compute(self, module: Any, loaders: list, todo: int) -> dict:
+        """Load the reference, compute this rank's missing batches, free it. Returns the new entries."""
+        trainer, policy, table = module.trainer, module.policy, self.table
+        device = trainer.strategy.root_device
+        if self.reference_policy is not None:
+            model = set_padding_free(resolve_model(self.reference_policy, module.POLICY_KIND, seed=1),
+                                     is_enabled(policy))  # fmt: skip
+        elif hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
+            model = None  # the policy with its adapters disabled: nothing to load or free
+        else:
+            model = copy.deepcopy(policy)  # setup() runs before a checkpoint is restored: still pretrained
+        runner = policy if model is None else model.requires_grad_(False)
+        was_training = runner.training
+        runner.to(device).eval()
+        new: dict[str, list] = {name: [] for name in table.value_keys}
+        precision = trainer.precision_plugin.forward_context()  # autocast under mixed precision, as live
+        try:
+            with progress(todo, trainer.is_global_zero) as bar, torch.no_grad(), precision:
+                for batch in epoch_batches(loaders):
+                    if not table.missing(batch):
+                        continue
+                    on_device = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    with policy.disable_adapter() if model is None else _nothing():
+                        values = module.reference_values(runner, on_device)
+                    for name in table.value_keys:
+                        keys = table.batch_keys(batch, name)
+                        table.add(name, keys, values[name])  # later batches of this pass skip what is known
+                        new[name].append((keys, values[name]))
+                    bar.update()
+        finally:
+            runner.train(was_training)
+            del model, runner
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return new

@@ -5,10 +5,10 @@ completions of a prompt are contiguous, as TRL orders them), P = prompt length (
 L = completion length (right-padded, at most ``max_new_tokens``).
 
 A backend is anything with the :class:`GenerationBackend` call signature; :class:`HFGenerate` uses
-Hugging Face ``generate`` with the KV cache. :class:`Sampler` is what modules call: a backend plus a
-seed, so that the completions of a call are a function of (seed, key) alone — a run killed and
-resumed draws what the uninterrupted run drew, without RNG state in the checkpoint. Left out here:
-vLLM (it needs a GPU and weight syncing after every update) and tool use / multi-turn rollouts.
+Hugging Face ``generate`` with the KV cache (:mod:`lit_align.vllm_backend` a vLLM engine).
+:class:`~lit_align.sampling.Sampler` is what modules hold: a backend plus a seed, so that the completions of a
+call are a function of (seed, key) alone (:func:`seeded_rng`). :func:`rollout_from_batch` takes a rollout made
+outside (another sampler, a vLLM server, a replay). Left out here: tool use / multi-turn rollouts.
 """
 
 from __future__ import annotations
@@ -95,36 +95,6 @@ def seeded_rng(key: str, device: torch.device) -> Iterator[None]:
         if cuda:
             torch.cuda.manual_seed(seed)
         yield
-
-
-class Sampler:
-    """Seeded sampling from a prompt batch, for any module that generates (online RL, SPIN, evaluation).
-
-    Args:
-        backend: the generation backend (e.g. :class:`HFGenerate`).
-        seed: combined with each call's ``key`` to seed the RNG for that call only (the global RNG is
-            restored after).
-    """
-
-    def __init__(self, backend: GenerationBackend, seed: int = 0) -> None:
-        self.backend = backend
-        self.seed = seed
-
-    def __call__(
-        self,
-        model: nn.Module,
-        prompt_input_ids: Tensor,
-        prompt_attention_mask: Tensor,
-        num_generations: int = 1,
-        key: str = "",
-        greedy: bool = False,
-    ) -> Rollout:
-        """``num_generations`` completions per prompt (prompt-major), or one greedy completion, without grad.
-
-        ``key`` names the call (e.g. ``"<step>/<rank>"``): the same (seed, key) draws the same completions.
-        """
-        with seeded_rng(f"{self.seed}/{key}", prompt_input_ids.device):
-            return self.backend(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy=greedy)
 
 
 def completion_mask_until_eos(completion_ids: Tensor, eos_token_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -249,3 +219,45 @@ class HFGenerate:
             model.train(was_training)
         completion_ids = sequences[:, input_ids.shape[1] :]
         return completion_rollout(self.tokenizer, completion_ids, eos_ids, input_ids, attention_mask, num_generations)
+
+
+def rollout_from_batch(
+    batch: dict[str, Any], num_generations: int, tokenizer: PreTrainedTokenizerBase, eos_ids: Sequence[int]
+) -> tuple[Rollout, Tensor]:
+    """A rollout made outside a module (the seed interface's ``update(batch)``) and its (B, 1) rewards. ``batch``:
+
+        ``input_ids``      (B, P + L) sequences: prompt (left-padded) then completion (right-padded),
+                           B = prompts x ``num_generations``, prompt-major; what ``generate_samples`` returns
+        ``rewards``        (B,) the task reward of each completion (NaN: unscorable)
+        ``old_log_probs``  (B, L) the completion tokens' log-probs under the sampling policy
+        ``attention_mask`` optional (B, P + L); by default the prompt starts at its first non-pad token and the
+                           completion ends at its first EOS (``eos_ids``)
+
+    The batch gains ``prompt_input_ids`` / ``prompt_attention_mask`` (one row per prompt) unless it has them.
+    """
+    input_ids, logps = batch["input_ids"], batch["old_log_probs"].float()
+    L = logps.shape[1]
+    P = input_ids.shape[1] - L
+    rewards = torch.as_tensor(batch["rewards"], dtype=torch.float, device=input_ids.device)
+    if P < 1 or rewards.shape != (input_ids.shape[0],) or input_ids.shape[0] % num_generations:
+        raise ValueError(
+            f"update() with a rollout batch expects input_ids (B, P + L), old_log_probs (B, L) and rewards (B,) "
+            f"with B a multiple of num_generations={num_generations}; got input_ids {tuple(input_ids.shape)}, "
+            f"old_log_probs {tuple(logps.shape)}, rewards {tuple(rewards.shape)}"
+        )
+    prompt_ids, completion_ids = input_ids[:, :P], input_ids[:, P:]
+    if "attention_mask" in batch:
+        prompt_mask, completion_mask = batch["attention_mask"][:, :P], batch["attention_mask"][:, P:]
+        is_truncated = completion_mask[:, -1].bool()
+    else:
+        prompt_mask = (prompt_ids != tokenizer.pad_token_id).long().cummax(dim=1).values  # left padding
+        completion_mask, is_truncated = completion_mask_until_eos(completion_ids, eos_ids)
+    completion_mask = completion_mask.long()
+    lengths = completion_mask.sum(1)
+    rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, is_truncated,
+                      num_generations, logps * completion_mask)  # fmt: skip
+    batch.setdefault("prompt_input_ids", prompt_ids[::num_generations])
+    batch.setdefault("prompt_attention_mask", prompt_mask[::num_generations])
+    return rollout, rewards.unsqueeze(1)

@@ -2,7 +2,8 @@
 (or `lit-align generate ...`); without `--prompts`, type prompts at the terminal.
 
 Samples from a run directory, checkpoint, export or preset with the chat template (see lit_align/generation.py);
-`--greedy true`, `--temperature 0.7`, `--max_new_tokens 256`, `--num_generations 4` shape the sampling.
+`--greedy true`, `--sampling.temperature 0.7`, `--sampling.max_new_tokens 256`, `--num_generations 4` shape the
+sampling.
 """
 
 from jsonargparse import CLI

@@ -1,7 +1,7 @@
 """GRPO recipe: `python recipes/grpo.py fit` trains on the default config (recipes/configs/grpo.yaml).
 
 Override anything from the command line (`--model.num_generations 8`, `--data.data_path prompts.jsonl`,
-`--model.reward_funcs '[my_pkg.rewards:my_reward]'`, `--trainer.devices 2 --trainer.strategy ddp`)
+`--model.rewards.reward_funcs '[my_pkg.rewards:my_reward]'`, `--trainer.devices 2 --trainer.strategy ddp`)
 or layer a YAML with `--config`. `trainer.max_steps` counts optimizer steps.
 """
 

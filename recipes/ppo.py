@@ -4,7 +4,7 @@ The default reward model (and the critic's initial weights) is the export of the
 the two commands in order, from the same directory:
 
     python recipes/reward_model.py fit    # writes runs/reward_model/version_0/hf_model
-    python recipes/ppo.py fit             # scores with it (--model.reward_funcs '[model:<dir>]' for another)
+    python recipes/ppo.py fit             # scores with it (--model.rewards.reward_funcs '[model:<dir>]' for another)
 
 Override anything from the command line (`--model.kl_target 6`, `--model.value_model policy`,
 `--data.data_path prompts.jsonl`, `--trainer.devices 2 --trainer.strategy ddp`) or layer a YAML with

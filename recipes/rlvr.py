@@ -1,10 +1,11 @@
 """RLVR recipe: `python recipes/rlvr.py fit` trains on the default config (recipes/configs/rlvr.yaml).
 
 Verifiers (and, optionally, a reward model as `model:<dir>`, z-scored per batch) are the reward functions:
-`--model.reward_funcs '[lit_align.rewards.verifiers:arithmetic_answer_reward, model:runs/rm/hf_model]'`
-with `--model.reward_weights '[1.0, 0.5]'`; `--model.advantage_estimator leave_one_out` switches to RLOO's baseline.
-GSM8K: `--config recipes/configs/examples/rlvr_gsm8k.yaml` (from the repo root). `python recipes/rlvr.py validate`
-gives the held-out accuracy of the untrained policy. `trainer.max_steps` counts optimizer steps.
+`--model.rewards.reward_funcs '[lit_align.rewards.verifiers:arithmetic_answer_reward, model:runs/rm/hf_model]'`
+with `--model.rewards.reward_weights '[1.0, 0.5]'`; `--model.advantage_estimator leave_one_out` switches to RLOO's
+baseline. GSM8K: `--config recipes/configs/examples/rlvr_gsm8k.yaml` (from the repo root).
+`python recipes/rlvr.py validate` gives the held-out accuracy of the untrained policy. `trainer.max_steps` counts
+optimizer steps.
 """
 
 from pathlib import Path

@@ -103,8 +103,9 @@ def make_case(case: str, cpu: bool):
         from lit_align.datamodules.prompt import PromptDataModule
 
         module = GRPO(
-            policy=policy, beta=0.04, reward_funcs=[digit_reward], num_generations=2 if cpu else 8,
-            max_new_tokens=8 if cpu else 64, tokenizer=tokenizer, learning_rate=1e-5, log_completions_every_n_steps=0,
+            policy=policy, beta=0.04, rewards={"reward_funcs": [digit_reward], "log_completions_every_n_steps": 0},
+            num_generations=2 if cpu else 8, sampling={"max_new_tokens": 8 if cpu else 64}, tokenizer=tokenizer,
+            learning_rate=1e-5,
         )  # fmt: skip
         data = PromptDataModule(tokenizer=tokenizer, val_size=0, batch_size=2 if cpu else 4)
     if kind == "single":

@@ -16,6 +16,14 @@ def length_reward(prompts, completions, **kwargs):
     return [len(completion_text(c)) / 10 for c in completions]
 
 
+def tiny_options(tokenizer, sampling: dict | None = None, rewards: dict | None = None, **kwargs) -> dict:
+    """The options of a tiny online module: 8-token completions scored by :func:`length_reward`, lr 1e-3; the
+    ``sampling`` and ``rewards`` given are merged into those groups, the other options override."""
+    return {"num_generations": 4, "learning_rate": 1e-3, "tokenizer": tokenizer,
+            "sampling": {"max_new_tokens": 8, **(sampling or {})},
+            "rewards": {"reward_funcs": [length_reward], **(rewards or {})}, **kwargs}  # fmt: skip
+
+
 def prompt_rows(n: int) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": f"Count to {i}."}], "answer": str(i)} for i in range(n)]
 

@@ -101,9 +101,13 @@ class Run:
     exp: Experience | None = None
 
 
-def lit_align_module(cls: type[OnlinePolicyGradient], fx: Fixture, **options) -> OnlinePolicyGradient:
-    options = {"num_generations": NUM_GENERATIONS, "max_new_tokens": MAX_NEW_TOKENS, "learning_rate": LEARNING_RATE,
-               "reward_funcs": [length_reward], "max_grad_norm": None, "weight_decay": 0.0, **options}  # fmt: skip
+def lit_align_module(
+    cls: type[OnlinePolicyGradient], fx: Fixture, temperature: float = 1.0, **options
+) -> OnlinePolicyGradient:
+    sampling = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": temperature}
+    options = {"num_generations": NUM_GENERATIONS, "sampling": sampling,
+               "learning_rate": LEARNING_RATE, "rewards": {"reward_funcs": [length_reward]}, "max_grad_norm": None,
+               "weight_decay": 0.0, **options}  # fmt: skip
     reference = copy.deepcopy(fx.reference) if options.get("beta", 0.0) > 0 else None
     return cls(policy=copy.deepcopy(fx.policy), reference_policy=reference, tokenizer=fx.tokenizer, **options)
 

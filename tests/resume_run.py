@@ -63,9 +63,9 @@ def build(algo: str, out: Path):
         from lit_align.algorithms import GRPO
         from lit_align.datamodules.prompt import PromptDataModule
 
-        module = GRPO(policy=policy, beta=0.04, reward_funcs=[length_reward], num_generations=4, max_new_tokens=8,
-                      learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer,
-                      log_completions_every_n_steps=0)  # fmt: skip
+        module = GRPO(policy=policy, beta=0.04, rewards={"reward_funcs": [length_reward],
+                      "log_completions_every_n_steps": 0}, num_generations=4, sampling={"max_new_tokens": 8},
+                      learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer)  # fmt: skip
         dm = PromptDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "prompts.jsonl", prompt_rows(6))),
                               val_size=0, batch_size=2)  # fmt: skip  # 3 batches: step 4 is mid-epoch 2
     return module, dm

@@ -118,7 +118,8 @@ def build(algo: str, out: Path, per_rank: int):
         module = SFT(policy=policy, learning_rate=1e-3)
         dm = SFTDataModule(tokenizer=tokenizer, max_length=64, **common)
     elif algo == "spin":  # real sampling, 3 generation batches spread over the ranks (FSDP2: one padding call)
-        module = SPIN(policy=policy, learning_rate=1e-3, warmup_ratio=0.0, max_new_tokens=8, generation_batch_size=3,
+        module = SPIN(policy=policy, learning_rate=1e-3, warmup_ratio=0.0, sampling={"max_new_tokens": 8},
+                      generation_batch_size=3,
                       tokenizer=tokenizer)  # fmt: skip
         dm = SPINDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
     elif algo == "ppo":  # per_rank // 2 prompts x 2 completions per rank; 2 epochs x 1 minibatch of 2 micro-batches
@@ -126,21 +127,23 @@ def build(algo: str, out: Path, per_rank: int):
         # model and is sharded like the policy; rewards and advantages are whitened over both ranks; β adapts.
         from lit_align.algorithms import PPO
 
-        module = PPO(policy=policy, reference_policy=reference, reward_funcs=[f"model:{reward_model(out)}"],
+        module = PPO(policy=policy, reference_policy=reference,
+                     rewards={"reward_funcs": [f"model:{reward_model(out)}"], "log_completions_every_n_steps": 0},
                      value_model="reward_model", beta=0.05, kl_target=0.5, kl_horizon=40, whiten_rewards=True,
                      missing_eos_penalty=1.0, num_generations=2, num_iterations=2, gradient_accumulation_steps=2,
-                     max_new_tokens=8, learning_rate=1e-3, tokenizer=tokenizer, log_completions_every_n_steps=0)
-        module.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
+                     sampling={"max_new_tokens": 8}, learning_rate=1e-3, tokenizer=tokenizer)
+        module.sampler.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
         common["batch_size"] = per_rank // 2
         dm = PromptDataModule(tokenizer=tokenizer, **common)
     else:  # GRPO (grpo_rm: scored by a reward model, sharded too under FSDP2): per_rank // 2 prompts x 4
         # completions per rank, one optimizer step per rollout in 2 micro-batches (num_minibatches > 1 splits
         # each RANK's rollout, so which rows share a step would depend on the layout)
         rewards = [length_reward] if algo == "grpo" else [f"model:{reward_model(out)}"]
-        module = GRPO(policy=policy, reference_policy=reference, beta=0.04, reward_funcs=rewards, num_generations=4,
-                      max_new_tokens=8, gradient_accumulation_steps=2, loss_aggregation="token_mean",
-                      learning_rate=1e-3, tokenizer=tokenizer, log_completions_every_n_steps=0)  # fmt: skip
-        module.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
+        module = GRPO(policy=policy, reference_policy=reference, beta=0.04, num_generations=4,
+                      rewards={"reward_funcs": rewards, "log_completions_every_n_steps": 0},
+                      sampling={"max_new_tokens": 8}, gradient_accumulation_steps=2, loss_aggregation="token_mean",
+                      learning_rate=1e-3, tokenizer=tokenizer)  # fmt: skip
+        module.sampler.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
         common["batch_size"] = per_rank // 2
         dm = PromptDataModule(tokenizer=tokenizer, **common)
     return module, dm
@@ -174,7 +177,8 @@ def main() -> None:
                 weights[name if prefix == "policy" else f"{prefix}.{name}"] = full.detach().cpu().clone()
         if trainer.is_global_zero:
             record = {"steps": recorder.steps, "weights": weights, "plain_path": plain_path.messages}
-            table = module.__dict__.get("_reference_table")  # precompute_reference: entries gathered from both ranks
+            cache = getattr(module, "_reference", None) and module._reference.cache  # precompute_reference
+            table = cache.table if cache else None  # its entries, gathered from both ranks
             if table is not None:
                 record["cached"] = {name: len(entries) for name, entries in table.entries.items()}
                 record["reference_held"] = module.reference is not None

@@ -57,7 +57,7 @@ def main() -> None:
     policy, tokenizer = load_model("tiny-llama", seed=0)
     # real sampling (temperature 1): a run that generated again with another policy would see other pairs
     module = SPIN(policy=policy, tokenizer=tokenizer, learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine",
-                  max_new_tokens=8, generation_batch_size=3, iterations=2)  # fmt: skip
+                  sampling={"max_new_tokens": 8}, generation_batch_size=3, iterations=2)  # fmt: skip
     rows = [{"prompt": f"Say {i} twice:", "completion": f" {i} {i}."} for i in range(8)]
     dm = SPINDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "sft.jsonl", rows)), val_size=0,
                         batch_size=2, max_length=64, max_prompt_length=32)  # fmt: skip

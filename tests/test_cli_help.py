@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 from tests.test_configs import RECIPES, recipe_classes
 
-OPTION = re.compile(r"^  (--(?:model|data)\.\w+)(?: (\S+))?\s+(.*)$")
+OPTION = re.compile(r"^  (--(?:model|data)\.[\w.]+)(?: (\S+))?\s+(.*)$")
 
 
 def fit_help(recipe) -> str:

@@ -45,8 +45,10 @@ def test_plain_text_rows_schema_and_eos(tokenizer, tmp_path):
     dm = make(tokenizer, write_jsonl(tmp_path / "d.jsonl", PLAIN), batch_size=3)
     batch = dm.collate([dm.train_dataset[i] for i in range(3)])
     assert set(batch) == {
-        "input_ids", "attention_mask", "labels", "is_desirable", "kl_input_ids", "kl_attention_mask", "kl_labels"
+        "input_ids", "attention_mask", "labels", "is_desirable", "kl_input_ids", "kl_attention_mask", "kl_labels",
+        "row_index", "kl_row_index",  # the rows of the examples and of their KL completions (cached reference values)
     }  # fmt: skip
+    assert batch["kl_row_index"].tolist() == batch["row_index"].roll(1).tolist()
     assert batch["is_desirable"].dtype == torch.bool and batch["is_desirable"].tolist() == [True, False, True]
     eos = tokenizer.eos_token
     assert [completion_text(tokenizer, batch, "", i) for i in range(3)] == [f" 4{eos}", f" Berlin{eos}", f" 9{eos}"]

@@ -67,7 +67,9 @@ def test_batch_schema_padding_and_shapes(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "p" * n, "chosen": "c" * (n + 1), "rejected": "r" * 2} for n in (1, 5, 9)]
     dm = make(tmp_path, rows, tiny_tokenizer, batch_size=3)
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {f"{s}_{k}" for s in ("chosen", "rejected") for k in ("input_ids", "attention_mask", "labels")}
+    sides = {f"{s}_{k}" for s in ("chosen", "rejected") for k in ("input_ids", "attention_mask", "labels")}
+    assert set(batch) == {*sides, "row_index"}  # row_index: each row's number (cached reference values)
+    assert sorted(batch["row_index"].tolist()) == sorted(set(batch["row_index"].tolist()))
     for side in ("chosen", "rejected"):
         mask = batch[f"{side}_attention_mask"]
         labels = batch[f"{side}_labels"]

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from lit_align.evaluation import summarize, wald_interval
+from lit_align.sampling import SamplingOptions
 from tests.conftest import REPO, write_jsonl
 
 
@@ -66,7 +67,7 @@ def tiny_run(tmp_path_factory):
 def test_evaluate_recipe_reports_win_rate_reward_length_perplexity(tiny_run):
     out = tiny_run / "report"
     cmd = [sys.executable, str(REPO / "recipes/evaluate.py"), "runs/dpo/version_0", "--reward_model", "rm",
-           "--pairs", "pairs.jsonl", "--max_new_tokens", "6", "--out_dir", str(out)]  # fmt: skip
+           "--pairs", "pairs.jsonl", "--sampling.max_new_tokens", "6", "--out_dir", str(out)]  # fmt: skip
     result = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text())
@@ -85,7 +86,7 @@ def test_evaluating_a_model_against_itself_is_all_ties(tiny_run):
     from lit_align.evaluation import evaluate
 
     report = evaluate("tiny-llama", baseline="tiny-llama", reward_model=str(tiny_run / "rm"),
-                      prompts=str(tiny_run / "pairs.jsonl"), max_new_tokens=6,
+                      prompts=str(tiny_run / "pairs.jsonl"), sampling=SamplingOptions(max_new_tokens=6),
                       out_dir=str(tiny_run / "self"))  # fmt: skip
     assert report["win_rate"] == 0.5 and report["ties"] == report["judged"] == 6
     assert report["length"]["change"] == 0.0
@@ -95,7 +96,7 @@ def test_generate_recipe_writes_jsonl_with_the_other_columns(tiny_run):
     rows = [{"prompt": "Hi", "id": 7}, {"prompt": [{"role": "user", "content": "Yo"}], "id": 8}]
     write_jsonl(tiny_run / "prompts.jsonl", rows)
     cmd = [sys.executable, str(REPO / "recipes/generate.py"), "runs/dpo/version_0", "--prompts", "prompts.jsonl",
-           "--output", "out.jsonl", "--max_new_tokens", "4", "--num_generations", "2"]  # fmt: skip
+           "--output", "out.jsonl", "--sampling.max_new_tokens", "4", "--num_generations", "2"]  # fmt: skip
     result = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tiny_run / "out.jsonl").read_text().splitlines()]
@@ -103,7 +104,7 @@ def test_generate_recipe_writes_jsonl_with_the_other_columns(tiny_run):
 
 
 def test_generate_reads_prompts_from_stdin(tiny_run):
-    cmd = [sys.executable, str(REPO / "recipes/generate.py"), "runs/dpo/version_0", "--max_new_tokens", "3",
+    cmd = [sys.executable, str(REPO / "recipes/generate.py"), "runs/dpo/version_0", "--sampling.max_new_tokens", "3",
            "--greedy", "true"]  # fmt: skip
     result = subprocess.run(cmd, cwd=tiny_run, input="Hello\nAgain\n\n", capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

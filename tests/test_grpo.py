@@ -16,7 +16,7 @@ from lit_align.models import load_model
 from lit_align.rewards.scoring import fill_unscorable, nanstd, score_completions, weighted_rewards
 from tests.conftest import REPO
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
-from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule
+from tests.online_helpers import fixed_rollout, grads, prompt_batch, prompt_datamodule, tiny_options
 
 ROLLOUT_METRICS = (
     "reward", "reward_std", "frac_reward_zero_std", "rewards/length_reward/mean", "completions/mean_length",
@@ -27,13 +27,11 @@ ROLLOUT_METRICS = (
 
 def tiny_grpo(**kwargs) -> GRPO:
     policy, tokenizer = load_model("tiny-llama")
-    kwargs = {"num_generations": 4, "max_new_tokens": 8, "learning_rate": 1e-3, "reward_funcs": [length_reward],
-              "tokenizer": tokenizer, **kwargs}  # fmt: skip
-    return GRPO(policy=policy, **kwargs)
+    return GRPO(policy=policy, **tiny_options(tokenizer, **kwargs))
 
 
 def test_fit_smoke_beta_zero_has_no_reference(tmp_path):
-    module = tiny_grpo(log_completions_every_n_steps=2)
+    module = tiny_grpo(rewards={"log_completions_every_n_steps": 2})
     assert module.reference is None and module.reference_source == "none"
     module.reference_forward = None  # any reference pass would now fail loudly
     dm = prompt_datamodule(tmp_path, module.tokenizer, val_size=2)
@@ -87,7 +85,8 @@ def test_gradient_accumulation_invariance(tmp_path, aggregation, mask_truncated)
     batch = prompt_batch(tmp_path, load_model("tiny-llama")[1], n=2)
     recorded = {}
     for accumulation in (1, 3, "local"):
-        module = tiny_grpo(loss_aggregation=aggregation, mask_truncated_completions=mask_truncated, max_new_tokens=7,
+        module = tiny_grpo(loss_aggregation=aggregation, mask_truncated_completions=mask_truncated,
+                           sampling={"max_new_tokens": 7},
                            gradient_accumulation_steps=3 if accumulation == "local" else accumulation,
                            max_grad_norm=None)  # fmt: skip
         rollout = fixed_rollout(batch, module.tokenizer, 4, [1, 3, 7, 7, 2, 5, 7, 4])
@@ -109,7 +108,7 @@ def test_unscorable_completions_are_excluded(tmp_path):
     def only_second_prompt(prompts, completions, answer, **kwargs):
         return [None if a == "0" else len(c[0]["content"]) / 10 for c, a in zip(completions, answer, strict=True)]
 
-    module = tiny_grpo(reward_funcs=[only_second_prompt])
+    module = tiny_grpo(rewards={"reward_funcs": [only_second_prompt]})
     batch = prompt_batch(tmp_path, module.tokenizer, n=2)
     rollout = fixed_rollout(batch, module.tokenizer, 4, [2, 3, 4, 5, 1, 3, 6, 8])
     module.generate_samples = lambda *args: rollout
@@ -163,7 +162,7 @@ import lightning as L
 import torch
 from lit_align.algorithms.grpo import GRPO
 from lit_align.models import load_model
-from tests.online_helpers import length_reward, prompt_datamodule
+from tests.online_helpers import length_reward, prompt_datamodule, tiny_options
 
 class Probe(GRPO):
     def rl_step(self, batch):
@@ -174,8 +173,8 @@ class Probe(GRPO):
 if __name__ == "__main__":
     out = sys.argv[1]
     policy, tokenizer = load_model("tiny-llama")
-    module = Probe(policy=policy, tokenizer=tokenizer, num_generations=4, max_new_tokens=8, learning_rate=1e-3,
-                   reward_funcs=[length_reward], loss_aggregation="token_mean", gradient_accumulation_steps=2)
+    module = Probe(policy=policy, **tiny_options(tokenizer, loss_aggregation="token_mean",
+                                                 gradient_accumulation_steps=2))
     module.local_rewards = []
     dm = prompt_datamodule(__import__("pathlib").Path(out), tokenizer, n=8)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, logger=False,
@@ -231,7 +230,7 @@ def test_kl_importance_correction_changes_the_gradient_not_the_value(tmp_path):
     recorded, losses = {}, {}
     for correction in (True, False):
         module = tiny_grpo(beta=0.3, reference_policy=reference, kl_importance_correction=correction,
-                           max_grad_norm=None, temperature=0.7)  # fmt: skip
+                           max_grad_norm=None, sampling={"temperature": 0.7})  # fmt: skip
         rollout = fixed_rollout(batch, module.tokenizer, 4, [2, 3, 4, 6, 1, 6, 5, 8])
         module.generate_samples = lambda *args, rollout=rollout: rollout
         module._optimizer_step = lambda module=module, key=correction: recorded.__setitem__(key, grads(module)) or {}

@@ -172,21 +172,20 @@ def test_implicit_prompt_split_at_a_marker_or_by_option(tmp_path, tiny_tokenizer
 
 
 def test_reward_that_never_scores_warns_naming_the_function(tmp_path):
+    from lit_align.rewards.reward_set import RewardOptions, RewardSet
     from tests.online_helpers import length_reward, unscorable_reward
 
-    module = GRPO(policy="tiny-llama", reward_funcs=[unscorable_reward, length_reward], num_generations=2)
+    rewards = RewardSet(RewardOptions(reward_funcs=[unscorable_reward, length_reward]))
     nan_and_some = torch.tensor([[float("nan"), 0.3], [float("nan"), 0.0]])
-    module.train()
     with pytest.warns(UserWarning, match=r"reward function 'unscorable_reward' gave no usable reward on the first 5 "
                                          r"training rollouts") as record:  # fmt: skip
-        for _ in range(GRPO.DEAD_REWARD_ROLLOUTS + 2):
-            module.watch_rewards(nan_and_some)
+        for _ in range(RewardSet.DEAD_REWARD_ROLLOUTS + 2):
+            rewards._track(nan_and_some, training=True)
     assert not any("length_reward" in str(w.message) for w in record)  # the one that scores is not named
-    module.eval()
-    module.on_validation_epoch_start()
-    module.watch_rewards(torch.tensor([[float("nan"), 0.0], [float("nan"), 0.0]]))
+    rewards.start_validation()
+    rewards._track(torch.tensor([[float("nan"), 0.0], [float("nan"), 0.0]]), training=False)
     with pytest.warns(UserWarning, match=r"'length_reward' gave no usable reward on a whole validation pass"):
-        module.on_validation_epoch_end()
+        rewards.end_validation()
 
 
 @pytest.mark.parametrize(
@@ -201,7 +200,7 @@ def test_reward_that_never_scores_warns_naming_the_function(tmp_path):
      (SimPO, {"label_smoothing": 0.7}, r"--model.label_smoothing=0.7: ε must be in \[0, 0.5\)"),
      (GRPO, {"num_generations": 1}, r"--model.num_generations=1: at least 2: the advantage is each reward minus"),
      (RLOO, {"num_generations": 1}, r"--model.num_generations=1: at least 2: each completion's baseline"),
-     (GRPO, {"temperature": 0.0}, r"--model.temperature=0.0: must be > 0"),
+     (GRPO, {"sampling": {"temperature": 0.0}}, r"--model.sampling.temperature=0.0: must be > 0"),
      (GRPO, {"beta": -0.04}, r"--model.beta=-0.04: β >= 0"),
      (DPO, {"learning_rate": 0.0}, r"--model.learning_rate=0.0: must be > 0")],
     ids=lambda v: v.__name__ if isinstance(v, type) else None,
@@ -244,13 +243,13 @@ def grpo_recipe(tmp_path, rows, *args):
 def test_reward_functions_bound_to_the_data_before_the_model(tmp_path, built_models, monkeypatch, rows, func, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=message):
-        grpo_recipe(tmp_path, rows * 4, "--model.reward_funcs", f"[tests.online_helpers:{func}]")
+        grpo_recipe(tmp_path, rows * 4, "--model.rewards.reward_funcs", f"[tests.online_helpers:{func}]")
     assert built_models == []
 
 
 def test_a_renamed_column_reaches_the_reward_function(tmp_path, tiny_tokenizer):
     """``--data.columns '{"answer": "completions"}'`` (a column named like an argument, renamed) binds."""
-    from lit_align.algorithms.rewarding import bind_reward_funcs
+    from lit_align.rewards.reward_set import bind_reward_funcs
     from tests.online_helpers import needs_answer
 
     rows = [{"prompt": "2+2?", "completions": "4"}]
@@ -265,7 +264,7 @@ def test_a_renamed_column_reaches_the_reward_function(tmp_path, tiny_tokenizer):
      (["--data.max_samples", "0"], r"--data.max_samples=0: use at least 1 row"),
      (["--data.val_size", "500"], r"arithmetic_prompts\.jsonl: --data.val_size=500 leaves no training rows: the data "
                                   r"has 40 usable rows"),
-     (["--model.temperature", "0"], r"--model.temperature=0.0: must be > 0")],
+     (["--model.sampling.temperature", "0"], r"--model.sampling.temperature=0.0: must be > 0")],
     ids=["batch_size", "max_samples", "val_size", "temperature"],
 )  # fmt: skip
 def test_options_fail_before_the_model_through_the_recipe(tmp_path, built_models, monkeypatch, args, message):

@@ -115,10 +115,10 @@ def test_grpo_skips_a_non_finite_update(tmp_path):
             loss = super().policy_loss(*args, **kwargs)
             return loss * float("nan") if self.global_step == 0 else loss
 
-    module = NaNGRPO(policy=policy, reward_funcs=[length_reward], num_generations=4, max_new_tokens=8,
-                     learning_rate=1e-3, tokenizer=tokenizer, nonfinite_loss="skip",
-                     log_completions_every_n_steps=0)  # fmt: skip
-    module.backend = ScriptedBackend(tokenizer)
+    module = NaNGRPO(policy=policy, rewards={"reward_funcs": [length_reward], "log_completions_every_n_steps": 0},
+                     num_generations=4, sampling={"max_new_tokens": 8},
+                     learning_rate=1e-3, tokenizer=tokenizer, nonfinite_loss="skip")  # fmt: skip
+    module.sampler.backend = ScriptedBackend(tokenizer)
     weights = Weights()
     trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[weights])
     with pytest.warns(UserWarning, match="skipped global step 0"):

@@ -36,8 +36,8 @@ def test_update_and_fit_on_cuda(tmp_path, cls, kwargs):
     import lightning as L
 
     policy, tokenizer = load_model("tiny-llama")
-    module = cls(policy=policy, tokenizer=tokenizer, num_generations=2, max_new_tokens=8, learning_rate=1e-3,
-                 reward_funcs=[length_reward], **kwargs).cuda()  # fmt: skip
+    module = cls(policy=policy, tokenizer=tokenizer, num_generations=2, sampling={"max_new_tokens": 8},
+                 learning_rate=1e-3, rewards={"reward_funcs": [length_reward]}, **kwargs).cuda()  # fmt: skip
     before = snapshot(module.policy)
     out = module.update(prompt_loader(tokenizer)[0])
     assert changed(before, module.policy) and out["reward"] >= 0

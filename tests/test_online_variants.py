@@ -1,6 +1,7 @@
 """Every online module with every KL placement (kl_penalty) and importance ratio it allows: the module builds,
 the KL lands where the option says (in the reward OR in the loss, never both), and the on-policy gradient equals
-the one written out by hand; every combination it does not allow is refused before any model loads."""
+the one written out by hand; every combination it does not allow is refused before any model loads, and an option
+with a single legal value is not offered at all (not in the module's command-line options)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 import pytest
 import torch
 
+from lit_align.algorithms.base import accepted_options
 from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.rloo import RLOO
@@ -22,15 +24,30 @@ VARIANTS = list(itertools.product(("loss", "reward"), ("token", "sequence")))
 BETA = 0.3
 
 
+OFFERED = {  # the values of (kl_penalty, importance_ratio) each module allows
+    GRPO: (("loss", "reward"), ("token",)),
+    RLVR: (("loss", "reward"), ("token",)),
+    RLOO: (("reward",), ("sequence", "token")),
+    ReMax: (("reward",), ("sequence", "token")),
+}
+
+
 def allowed(cls, kl_penalty: str, ratio: str) -> bool:
     never = (kl_penalty, ratio) == ("loss", "sequence")  # a per-token KL term needs a per-token loss
-    return kl_penalty in cls.KL_PENALTIES and ratio in cls.IMPORTANCE_RATIOS and not never
+    kl_penalties, ratios = OFFERED[cls]
+    return kl_penalty in kl_penalties and ratio in ratios and not never
 
 
-def test_each_module_allows_at_least_its_default_and_one_combination_is_never_allowed():
+def test_each_module_allows_at_least_two_combinations_and_offers_only_options_with_a_choice():
     for cls in MODULES:
         assert sum(allowed(cls, *v) for v in VARIANTS) >= 2, cls
         assert not allowed(cls, "loss", "sequence")
+        options = accepted_options(cls)
+        kl_penalties, ratios = OFFERED[cls]
+        assert ("kl_penalty" in options) == (len(kl_penalties) > 1), cls
+        assert ("importance_ratio" in options) == (len(ratios) > 1), cls
+        assert ("kl_importance_correction" in options) == ("loss" in kl_penalties), cls  # only with a KL in the loss
+        assert "precompute_reference" not in options  # online: nothing exists to precompute
 
 
 @pytest.mark.parametrize(("kl_penalty", "ratio"), VARIANTS)
@@ -45,7 +62,8 @@ def test_refused_combinations_fail_before_any_model_loads(monkeypatch, cls, kl_p
 
     monkeypatch.setattr(lit_align.models, "load_model", no_loading)
     with pytest.raises(ValueError, match="kl_penalty|importance_ratio"):
-        cls(policy="tiny-llama", beta=BETA, kl_penalty=kl_penalty, importance_ratio=ratio, reward_funcs=[length_reward])
+        cls(policy="tiny-llama", beta=BETA, kl_penalty=kl_penalty, importance_ratio=ratio,
+            rewards={"reward_funcs": [length_reward]})
 
 
 @pytest.mark.parametrize(("kl_penalty", "ratio"), VARIANTS)
@@ -62,9 +80,11 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
     policy, tokenizer = load_model("tiny-llama")
     reference, _ = load_model("tiny-llama", seed=1)
     G = 1 if cls is ReMax else 4
+    aggregation = {"loss_aggregation": "token_mean"} if ratio == "token" else {}  # a sequence ratio has none
     module = cls(policy=policy, reference_policy=reference, tokenizer=tokenizer, beta=BETA, kl_penalty=kl_penalty,
-                 importance_ratio=ratio, num_generations=G, max_new_tokens=8, reward_funcs=[length_reward],
-                 loss_aggregation="token_mean", max_grad_norm=None, learning_rate=1e-3)  # fmt: skip
+                 importance_ratio=ratio, num_generations=G, sampling={"max_new_tokens": 8},
+                 rewards={"reward_funcs": [length_reward]}, max_grad_norm=None, learning_rate=1e-3,
+                 **aggregation)  # fmt: skip
     batch = prompt_batch(tmp_path, tokenizer, n=2)
     rollout = fixed_rollout(batch, tokenizer, G, [2, 3, 4, 6, 1, 6, 5, 2][: 2 * G])
     module.generate_samples = lambda *args: rollout
@@ -110,3 +130,26 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
     for name, grad in expected.items():
         torch.testing.assert_close(recorded[f"policy.{name}"], grad, atol=1e-6, rtol=1e-4)
     assert ("kl" in out) and out["kl"] != 0.0  # logged, and not vacuous (policy and reference differ)
+
+
+def test_a_value_that_cannot_apply_is_refused_not_replaced(monkeypatch):
+    """A sequence ratio has one loss term per sequence: a token-level aggregation cannot apply and is refused (it
+    was silently replaced by the mean over sequences once); a fixed option given its own value is accepted."""
+    import lit_align.models
+
+    monkeypatch.setattr(lit_align.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    rewards = {"reward_funcs": [length_reward]}
+    with pytest.raises(ValueError, match="loss_aggregation='token_mean': a sequence ratio"):
+        RLOO(policy="tiny-llama", loss_aggregation="token_mean", rewards=rewards)
+    with pytest.raises(ValueError, match="kl_importance_correction=False: applies to kl_penalty=loss only"):
+        GRPO(policy="tiny-llama", kl_penalty="reward", kl_importance_correction=False, rewards=rewards)
+    with pytest.raises(ValueError, match="precompute_reference=True: GRPO fixes it to False"):
+        GRPO(policy="tiny-llama", precompute_reference=True, rewards=rewards)
+
+
+def test_loss_aggregation_defaults_follow_the_ratio():
+    policy, tokenizer = load_model("tiny-llama")
+    rewards = {"reward_funcs": [length_reward]}
+    assert RLOO(policy=policy, tokenizer=tokenizer, rewards=rewards).loss_aggregation == "sequence_mean"
+    assert RLOO(policy=policy, tokenizer=tokenizer, rewards=rewards, importance_ratio="token",
+                kl_penalty="reward").loss_aggregation == "token_mean"  # fmt: skip

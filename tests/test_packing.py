@@ -212,7 +212,8 @@ def test_grpo_update_is_the_same_packed(tmp_path, varlen_calls):
         policy, _ = load_model("tiny-llama")
         reference, _ = load_model("tiny-llama", seed=1)
         module = GRPO(policy=policy, reference_policy=reference, tokenizer=tokenizer, beta=0.1, num_generations=4,
-                      max_new_tokens=8, reward_funcs=[length_reward], max_grad_norm=None, learning_rate=1e-3,
+                      sampling={"max_new_tokens": 8}, rewards={"reward_funcs": [length_reward]}, max_grad_norm=None,
+                      learning_rate=1e-3,
                       padding_free=padding_free)  # fmt: skip
         module.generate_samples = lambda *args, m=module: _with_logps(m, rollout)
         recorded = {}

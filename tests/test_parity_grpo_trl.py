@@ -30,6 +30,8 @@ from tests.online_parity import (
     trl_trainer,
 )
 
+pytestmark = pytest.mark.slow  # TRL trainers
+
 AGGREGATIONS = [("sequence_mean", "grpo"), ("token_mean", "dapo"), ("constant", "dr_grpo")]
 KL = [(0.0, True), (BETA, True), (BETA, False)]  # (beta, importance correction)
 

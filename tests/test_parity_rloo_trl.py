@@ -28,6 +28,8 @@ from tests.online_parity import (
     trl_trainer,
 )
 
+pytestmark = pytest.mark.slow  # TRL trainers
+
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):

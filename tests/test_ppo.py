@@ -19,7 +19,7 @@ from lit_align.logprobs import token_logps
 from lit_align.models import build_byte_tokenizer, build_tiny_llama, load_model
 from tests.conftest import REPO
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
-from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule
+from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule, tiny_options
 
 TRL_METRICS = (
     "objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/non_score_reward", "objective/scores",
@@ -42,18 +42,17 @@ def tiny_reward_model(path: Path, vocab_extra: int = 0) -> str:
     return f"model:{path}"
 
 
-def tiny_ppo(tmp_path: Path, **kwargs) -> PPO:
+def tiny_ppo(tmp_path: Path, reward_funcs: list | None = None, sampling: dict | None = None, **kwargs) -> PPO:
     policy, tokenizer = load_model("tiny-llama")
-    kwargs = {"reward_funcs": [tiny_reward_model(tmp_path / "rm")], "max_new_tokens": 8, "learning_rate": 1e-3,
-              "tokenizer": tokenizer, "log_completions_every_n_steps": 0, **kwargs}  # fmt: skip
-    return PPO(policy=policy, **kwargs)
+    rewards = {"reward_funcs": reward_funcs or [tiny_reward_model(tmp_path / "rm")], "log_completions_every_n_steps": 0}
+    return PPO(policy=policy, **{**tiny_options(tokenizer, sampling, rewards), "num_generations": 1, **kwargs})
 
 
 def test_fit_smoke_trains_policy_and_critic_checkpoints_them_and_the_adapted_beta(tmp_path):
     """2 rollouts x (2 epochs x 2 minibatches) = 8 optimizer steps; the policy and critic move, the reward model
     and reference do not; the checkpoint holds policy, critic and β only (plain data), and a resume restores β."""
     module = tiny_ppo(tmp_path, num_iterations=2, num_minibatches=2, num_generations=2, kl_target=0.5, kl_horizon=20)
-    scorer = module._reward_models()[0]
+    scorer = module.rewards.models[0]
     before = {name: snapshot(m) for name, m in
               (("policy", module.policy), ("critic", module.critic), ("rm", scorer.model), ("ref", module.reference))}
     dm = prompt_datamodule(tmp_path, module.tokenizer, n=6, val_size=2)
@@ -153,7 +152,7 @@ def test_critic_initializations_and_values(tmp_path):
     """reward_model: a trainable copy of the reward model (its head too); policy: the policy's backbone and a new
     head; a directory: loaded; a different vocabulary: refused. token_values reads the head at P−1 .. P+L−2."""
     module = tiny_ppo(tmp_path, beta=0.0)
-    scorer = module._reward_models()[0]
+    scorer = module.rewards.models[0]
     rm_state, critic_state = scorer.model.state_dict(), module.critic.state_dict()
     assert rm_state.keys() == critic_state.keys()
     assert all(torch.equal(rm_state[k], critic_state[k]) and rm_state[k] is not critic_state[k] for k in rm_state)
@@ -207,9 +206,9 @@ def test_refusals_come_before_any_model_loads(monkeypatch, tmp_path, kwargs, err
 
     monkeypatch.setattr(lit_align.models, "load_model", no_loading)
     monkeypatch.chdir(tmp_path)  # no runs/ here
-    kwargs = {"reward_funcs": [length_reward], **kwargs}
+    rewards = {"reward_funcs": kwargs.pop("reward_funcs", [length_reward])}
     with pytest.raises(error, match=match):
-        PPO(policy="tiny-llama", **kwargs)
+        PPO(policy="tiny-llama", rewards=rewards, **kwargs)
 
 
 def test_minibatches_are_reshuffled_every_epoch_and_global_step_counts_updates(tmp_path):
@@ -217,7 +216,7 @@ def test_minibatches_are_reshuffled_every_epoch_and_global_step_counts_updates(t
     of 2 rows each, 6 optimizer steps per rollout; the orders are a function of the seed alone."""
 
     def orders(seed):
-        module = tiny_ppo(tmp_path, num_iterations=3, num_minibatches=2, sampling_seed=seed)
+        module = tiny_ppo(tmp_path, num_iterations=3, num_minibatches=2, sampling={"seed": seed})
         seen, steps = [], []
         original = module.minibatch_order
         module.minibatch_order = lambda n, it: seen.append(original(n, it).tolist()) or torch.tensor(seen[-1])

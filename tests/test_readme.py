@@ -43,7 +43,8 @@ def tiny(command: str) -> list[str]:
         at = args.index("fit") + 1
         args[at:at] = ["--config", str(REPO / "recipes/configs/tiny.yaml")]
     if any(a.endswith(("evaluate.py", "generate.py")) for a in args):
-        args += ["--max_new_tokens", "4", "--max_prompts" if "evaluate.py" in " ".join(args) else "--batch_size", "4"]
+        args += ["--sampling.max_new_tokens", "4"]
+        args += ["--max_prompts" if "evaluate.py" in " ".join(args) else "--batch_size", "4"]
         if "evaluate.py" in " ".join(args):
             args += ["--max_pairs", "4"]
     if any("examples/" in a for a in args):

@@ -17,8 +17,7 @@ from lit_align.algorithms import DPO, IPO, KTO
 from lit_align.algorithms.grpo import GRPO
 from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule
 from lit_align.models import load_model
-from lit_align.reference import _FREED, ReferenceMixin
-from lit_align.reference_cache import planned_epochs
+from lit_align.reference_cache import _FREED, ReferenceCache, planned_epochs
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import tiny_trainer
 
@@ -99,7 +98,7 @@ def test_cached_run_equals_live_reference(tmp_path, cache_dir, case):
 
 def test_kto_cache_keys_kl_pairs_by_both_rows(tmp_path, cache_dir):
     module, _ = fit(tmp_path, "kto", KTO, binary_data(), precompute_reference=True)
-    table = module.__dict__["_reference_table"]
+    table = module._reference.cache.table
     rows = set(table.entries["ref_logps"])
     pairs = set(table.entries["ref_kl_logps"])
     assert rows == {(i,) for i in range(12)}  # 9 training rows + 3 validation rows
@@ -110,13 +109,13 @@ def test_kto_cache_keys_kl_pairs_by_both_rows(tmp_path, cache_dir):
 
 def compute_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = ReferenceMixin._compute_reference
+    original = ReferenceCache._compute
 
     def counted(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ReferenceMixin, "_compute_reference", counted)
+    monkeypatch.setattr(ReferenceCache, "_compute", counted)
     return calls
 
 
@@ -134,6 +133,7 @@ def test_second_run_and_resume_reuse_the_cache_without_loading_the_reference(tmp
         raise AssertionError("the reference was loaded")
 
     monkeypatch.setattr("lit_align.reference.resolve_model", no_load)
+    monkeypatch.setattr("lit_align.reference_cache.resolve_model", no_load)
     again = DPO(policy="tiny-llama", reference_policy="tiny-llama", precompute_reference=True, learning_rate=1e-3)
     recorder = Recorder()
     trainer = tiny_trainer(tmp_path / "b", max_steps=2, limit_val_batches=0, callbacks=[recorder])
@@ -156,7 +156,7 @@ def test_cached_values_are_those_of_the_given_reference(tmp_path):
     reference, _ = load_model("tiny-llama", seed=1)
     live = DPO(policy="tiny-llama", reference_policy=reference)
     expected = live.reference_values(reference, batch)
-    cached = module.__dict__["_reference_table"].lookup(batch)
+    cached = module._reference.cache.table.lookup(batch)
     for name in ("ref_chosen_logps", "ref_rejected_logps"):
         torch.testing.assert_close(cached[name], expected[name], atol=1e-6, rtol=0)
 
@@ -166,9 +166,9 @@ def test_a_reference_module_is_released_after_its_pass(tmp_path):
     garbage-collected once the caller drops it too)."""
     reference, _ = load_model("tiny-llama", seed=1)
     module = DPO(policy="tiny-llama", reference_policy=reference, precompute_reference=True)
-    assert module.__dict__["_reference_plan"][0] is reference
+    assert module._reference.cache.reference_policy is reference
     tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, preference_data())
-    assert module.__dict__["_reference_plan"][0] is _FREED and module.reference is None
+    assert module._reference.cache.reference_policy is _FREED and module.reference is None
 
 
 def test_changed_data_setting_or_reference_invalidates(tmp_path, cache_dir, monkeypatch):
@@ -205,7 +205,7 @@ def test_changed_data_setting_or_reference_invalidates(tmp_path, cache_dir, monk
 def test_validate_alone_computes_the_validation_rows_only(tmp_path):
     module = DPO(policy="tiny-llama", precompute_reference=True)
     tiny_trainer(tmp_path).validate(module, preference_data())
-    assert set(module.__dict__["_reference_table"].entries["ref_chosen_logps"]) == {(9,), (10,), (11,)}
+    assert set(module._reference.cache.table.entries["ref_chosen_logps"]) == {(9,), (10,), (11,)}
 
 
 def test_planned_epochs_follow_the_trainers_limits():
@@ -227,7 +227,7 @@ def test_online_modules_refuse_before_any_weights_load(monkeypatch):
         raise AssertionError("weights were loaded")
 
     monkeypatch.setattr("lit_align.algorithms.base.resolve_model", no_load)
-    with pytest.raises(ValueError, match=r"--model.precompute_reference=True: GRPO .* samples during training"):
+    with pytest.raises(ValueError, match=r"precompute_reference=True: GRPO fixes it .* sampled during training"):
         GRPO(policy="tiny-llama", beta=0.1, precompute_reference=True)
 
 

@@ -8,14 +8,12 @@ from lit_align.algorithms.remax import ReMax
 from lit_align.models import load_model
 from lit_align.rollout import HFGenerate
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
-from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule
+from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule, tiny_options
 
 
 def tiny_remax(**kwargs) -> ReMax:
     policy, tokenizer = load_model("tiny-llama")
-    kwargs = {"num_generations": 2, "max_new_tokens": 8, "learning_rate": 1e-3, "reward_funcs": [length_reward],
-              "tokenizer": tokenizer, **kwargs}  # fmt: skip
-    return ReMax(policy=policy, **kwargs)
+    return ReMax(policy=policy, **tiny_options(tokenizer, **{"num_generations": 2, **kwargs}))
 
 
 def test_fit_smoke(tmp_path):

@@ -71,4 +71,4 @@ def test_checkpoint_is_plain_data_without_the_reference(tmp_path):
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
     loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader_state == [{"batches_in_epoch": 1, "batches_per_epoch": 3}]
-    assert ckpt["hyper_parameters"]["reward_funcs"] == ["tests.online_helpers:length_reward"]
+    assert ckpt["hyper_parameters"]["rewards"]["reward_funcs"] == ["tests.online_helpers:length_reward"]

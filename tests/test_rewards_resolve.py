@@ -90,8 +90,8 @@ def test_class_path_configs_build_instances_and_instances_record_as_configs():
     """A checkpoint records a configured instance as {"class_path", "init_args"}; resolve rebuilds it (imported by
     path, never evaluated). Functions keep their import path; an instance whose init args are not all kept as plain
     attributes falls back to an import path too."""
-    from lit_align.algorithms.rewarding import recorded_reward_func
     from lit_align.rewards.length import OverlongPenalty
+    from lit_align.rewards.reward_set import recorded_reward_func
 
     penalty = OverlongPenalty(max_length=64, cache_length=16, name="o")
     config = recorded_reward_func(penalty)

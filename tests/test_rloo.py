@@ -9,14 +9,12 @@ from lit_align.logprobs import sequence_logps
 from lit_align.losses.policy_gradient import leave_one_out_advantages
 from lit_align.models import load_model
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
-from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule
+from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule, tiny_options
 
 
 def tiny_rloo(reference=None, **kwargs) -> RLOO:
     policy, tokenizer = load_model("tiny-llama")
-    kwargs = {"num_generations": 4, "max_new_tokens": 8, "learning_rate": 1e-3, "reward_funcs": [length_reward],
-              "tokenizer": tokenizer, **kwargs}  # fmt: skip
-    return RLOO(policy=policy, reference_policy=reference, **kwargs)
+    return RLOO(policy=policy, reference_policy=reference, **tiny_options(tokenizer, **kwargs))
 
 
 def test_fit_smoke_with_kl_penalty(tmp_path):

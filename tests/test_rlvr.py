@@ -20,7 +20,7 @@ from lit_align.rewards.scoring import batch_zscore
 from lit_align.rewards.verifiers import FormatReward, completion_text, format_reward
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
-from tests.online_helpers import fixed_rollout, prompt_batch, prompt_datamodule
+from tests.online_helpers import fixed_rollout, prompt_batch, prompt_datamodule, tiny_options
 
 
 def even_length(prompts, completions, **kwargs):
@@ -30,9 +30,7 @@ def even_length(prompts, completions, **kwargs):
 
 def tiny_rlvr(**kwargs) -> RLVR:
     policy, tokenizer = load_model("tiny-llama")
-    kwargs = {"num_generations": 4, "max_new_tokens": 8, "learning_rate": 1e-3, "reward_funcs": [even_length],
-              "tokenizer": tokenizer, **kwargs}  # fmt: skip
-    return RLVR(policy=policy, **kwargs)
+    return RLVR(policy=policy, **tiny_options(tokenizer, **{"rewards": {"reward_funcs": [even_length]}, **kwargs}))
 
 
 @pytest.fixture
@@ -67,7 +65,8 @@ def test_combined_reward_normalizes_only_the_reward_model_and_metrics_stay_raw(t
     def rm(prompts, completions, **kwargs):
         return [100.0 + 7.0 * len(completion_text(c)) for c in completions]  # large raw scale and offset
 
-    module = tiny_rlvr(reward_funcs=[even_length, rm], reward_weights=[1.0, 0.5], normalized_rewards=["rm"])
+    module = tiny_rlvr(rewards={"reward_funcs": [even_length, rm], "reward_weights": [1.0, 0.5]},
+                       normalized_rewards=["rm"])
     assert module.normalized_columns == [1]
     batch = prompt_batch(tmp_path, module.tokenizer, n=2)
     rollout = fixed_rollout(batch, module.tokenizer, 4, [2, 3, 4, 6, 1, 6, 5, 2])
@@ -94,13 +93,13 @@ def test_combined_reward_normalizes_only_the_reward_model_and_metrics_stay_raw(t
 
 def test_no_normalization_without_a_reward_model_and_empty_list_turns_it_off(tmp_path, reward_model_dir):
     assert tiny_rlvr().normalized_columns == []  # verifiers only: used as they are
-    module = tiny_rlvr(reward_funcs=[even_length, f"model:{reward_model_dir}"])
-    assert module.reward_names == ["even_length", "reward_model"] and module.normalized_columns == [1]
+    module = tiny_rlvr(rewards={"reward_funcs": [even_length, f"model:{reward_model_dir}"]})
+    assert module.rewards.names == ["even_length", "reward_model"] and module.normalized_columns == [1]
     per_func = torch.tensor([[1.0, 5.0], [0.0, 7.0], [1.0, math.nan]])
     torch.testing.assert_close(module.combine_rewards(per_func), torch.tensor([0.0, 1.0, 1.0]))  # z = -1, +1
     given = torch.tensor([[0.5], [2.0], [math.nan]])  # rewards of a rollout made outside (update's seed interface)
     torch.testing.assert_close(module.combine_rewards(given), given[:, 0], equal_nan=True)  # as given
-    raw = tiny_rlvr(reward_funcs=[even_length, f"model:{reward_model_dir}"], normalized_rewards=[])
+    raw = tiny_rlvr(rewards={"reward_funcs": [even_length, f"model:{reward_model_dir}"]}, normalized_rewards=[])
     torch.testing.assert_close(raw.combine_rewards(per_func), torch.tensor([6.0, 7.0, 1.0]))
     with pytest.raises(ValueError, match=r"normalized_rewards names \['rm'\].*even_length"):
         tiny_rlvr(normalized_rewards=["rm"])
@@ -128,8 +127,8 @@ def test_advantage_estimator_switch(estimator, expected):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"advantage_estimator": "greedy"}, "advantage_estimator must be one of"),
-        ({"num_generations": 1}, "num_generations must be >= 2"),
+        ({"advantage_estimator": "greedy"}, "advantage_estimator='greedy': one of"),
+        ({"num_generations": 1}, "num_generations=1: at least 2"),
         ({"importance_ratio": "sequence"}, "importance_ratio"),
     ],
 )
@@ -138,14 +137,14 @@ def test_options_refused_before_any_model_loads(monkeypatch, options, message):
 
     monkeypatch.setattr(lit_align.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match=message):
-        RLVR(policy="tiny-llama", reward_funcs=[even_length], **options)
+        RLVR(policy="tiny-llama", rewards={"reward_funcs": [even_length]}, **options)
 
 
 def test_fit_smoke_with_verifier_and_reward_model_and_held_out_accuracy(tmp_path, reward_model_dir):
     """Tiny preset, leave-one-out, a verifier + a reward model: parameters move, the metrics are logged apart, and
     val/rewards/even_length/mean is the accuracy of greedy completions of the held-out prompts, by hand."""
-    module = tiny_rlvr(reward_funcs=[even_length, f"model:{reward_model_dir}"], reward_weights=[1.0, 0.5],
-                       advantage_estimator="leave_one_out", beta=0.05)  # fmt: skip
+    rewards = {"reward_funcs": [even_length, f"model:{reward_model_dir}"], "reward_weights": [1.0, 0.5]}
+    module = tiny_rlvr(rewards=rewards, advantage_estimator="leave_one_out", beta=0.05)
     dm = prompt_datamodule(tmp_path, module.tokenizer, n=12, val_size=4, eval_batch_size=2)
     before = snapshot(module.policy)
     trainer = tiny_trainer(tmp_path, max_steps=2, val_check_interval=2, check_val_every_n_epoch=None)
@@ -174,8 +173,9 @@ def test_configured_verifiers_survive_a_checkpoint(tmp_path):
     verifier = MathAnswerReward(column="final_answer", require_marker=True, name="gsm8k")
     marker = FormatReward(pattern=r"####\s*\d+", strict=False, name="marker")
     specs = [verifier, marker, format_reward, "lit_align.rewards.verifiers:arithmetic_answer_reward"]
-    module = RLVR(policy="tiny-llama", tokenizer=tokenizer, reward_funcs=specs, reward_weights=[1.0, 0.1, 0.1, 0.0],
-                  num_generations=2, max_new_tokens=4, advantage_estimator="leave_one_out")  # fmt: skip
+    module = RLVR(policy="tiny-llama", tokenizer=tokenizer, rewards={"reward_funcs": specs,
+                  "reward_weights": [1.0, 0.1, 0.1, 0.0]}, num_generations=2, sampling={"max_new_tokens": 4},
+                  advantage_estimator="leave_one_out")  # fmt: skip
     path = write_jsonl(tmp_path / "rows.jsonl", [{**r, "answer": r["final_answer"]} for r in rows])
     dm = PromptDataModule(tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=2)
     trainer = tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=True)
@@ -183,7 +183,7 @@ def test_configured_verifiers_survive_a_checkpoint(tmp_path):
     (ckpt,) = (tmp_path / "tb").rglob("*.ckpt")
 
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
-    assert hparams["reward_funcs"] == [
+    assert hparams["rewards"]["reward_funcs"] == [
         {"class_path": "lit_align.rewards.math_answer.MathAnswerReward",
          "init_args": {"column": "final_answer", "max_chars": 20000, "require_marker": True, "name": "gsm8k"}},
         {"class_path": "lit_align.rewards.verifiers.FormatReward",
@@ -191,11 +191,12 @@ def test_configured_verifiers_survive_a_checkpoint(tmp_path):
         "lit_align.rewards.verifiers:format_reward",
         "lit_align.rewards.verifiers:arithmetic_answer_reward",
     ]  # fmt: skip
-    assert hparams["advantage_estimator"] == "leave_one_out" and hparams["reward_weights"] == [1.0, 0.1, 0.1, 0.0]
+    assert hparams["advantage_estimator"] == "leave_one_out"
+    assert hparams["rewards"]["reward_weights"] == [1.0, 0.1, 0.1, 0.0]
     loaded = RLVR.load_from_checkpoint(ckpt, weights_only=True)
-    assert [repr(f) for f in loaded.reward_funcs[:2]] == [repr(verifier), repr(marker)]
-    assert loaded.reward_funcs[2] is format_reward and loaded.reward_names == module.reward_names
-    assert loaded.advantage_estimator == "leave_one_out" and loaded.reward_weights.tolist() == pytest.approx(
+    assert [repr(f) for f in loaded.rewards.funcs[:2]] == [repr(verifier), repr(marker)]
+    assert loaded.rewards.funcs[2] is format_reward and loaded.rewards.names == module.rewards.names
+    assert loaded.advantage_estimator == "leave_one_out" and loaded.rewards.weights.tolist() == pytest.approx(
         [1.0, 0.1, 0.1, 0.0]
     )
     for name, value in module.policy.state_dict().items():
@@ -234,14 +235,14 @@ def test_recipe_runs_on_tiny_default_and_gsm8k_example(tmp_path):
     data = write_jsonl(tmp_path / "gsm8k.jsonl", gsm8k_like_rows(12))
     example = str(REPO / "recipes/configs/examples/rlvr_gsm8k.yaml")
     cmd = [sys.executable, recipe, "fit", "--config", example, "--config", tiny, "--data.data_path", str(data),
-           "--data.val_size", "4", "--model.max_new_tokens", "8"]
+           "--data.val_size", "4", "--model.sampling.max_new_tokens", "8"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "rlvr_gsm8k" / "version_0"
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["reward_funcs"][0]["init_args"]["column"] == "final_answer"
+    assert ckpt["hyper_parameters"]["rewards"]["reward_funcs"][0]["init_args"]["column"] == "final_answer"
     assert {"val/rewards/gsm8k_answer/mean", "val/rewards/answer_line/mean", "val/reward"} <= event_tags(run_dir)
-    assert RLVR.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True).reward_names == [
+    assert RLVR.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True).rewards.names == [
         "gsm8k_answer", "answer_line"
     ]  # fmt: skip
 

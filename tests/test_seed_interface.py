@@ -18,8 +18,9 @@ MODULES = {GRPO: 4, RLOO: 4, ReMax: 2}
 
 def tiny(cls, **kwargs):
     policy, tokenizer = load_model("tiny-llama")
-    return cls(policy=policy, tokenizer=tokenizer, num_generations=MODULES[cls], max_new_tokens=6,
-               reward_funcs=[length_reward], learning_rate=1e-3, max_grad_norm=None, temperature=0.8,
+    return cls(policy=policy, tokenizer=tokenizer, num_generations=MODULES[cls],
+               sampling={"max_new_tokens": 6, "temperature": 0.8}, rewards={"reward_funcs": [length_reward]},
+               learning_rate=1e-3, max_grad_norm=None,
                **kwargs)  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from lit_align.models import load_model
 from tests.conftest import REPO
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 
-GEN = {"max_new_tokens": 8, "generation_batch_size": 4}
+GEN = {"sampling": {"max_new_tokens": 8}, "generation_batch_size": 4}
 
 
 def t(*values: float, grad: bool = False) -> torch.Tensor:
@@ -184,8 +184,8 @@ def test_two_iteration_fit_logs_and_saves_each_iteration(two_iterations):
     acc.Reload()
     tables = acc.Tensors("spin/pairs/text_summary")
     assert len(tables) == 2 and b"ground truth (chosen)" in tables[0].tensor_proto.string_val[0]
-    iterations = [e.value for e in acc.Scalars("spin/iteration")]
-    assert iterations == [0.0] * 4 + [1.0] * 4
+    iterations = [(e.step, e.value) for e in acc.Scalars("spin/iteration")]
+    assert iterations == [(0, 0.0), (4, 1.0)]  # once per iteration, at the step it begins
 
 
 def test_iteration_boundary_new_responses_come_from_the_updated_policy(two_iterations):
@@ -204,9 +204,9 @@ def test_iteration_boundary_new_responses_come_from_the_updated_policy(two_itera
 
     lines = read(module.spin_dir / "iteration_1.jsonl")
     texts = [line["rejected"] for line in lines]
-    updated = generate_responses(module.sampler, ended_iteration_0, prompts, key="spin/1", **common)
+    updated = generate_responses(module.sampler, ended_iteration_0, dm.tokenizer, prompts, key="spin/1", **common)
     assert [updated[i]["text"] for i in range(len(items))] == texts
-    stale = generate_responses(module.sampler, first, prompts, key="spin/1", **common)
+    stale = generate_responses(module.sampler, first, dm.tokenizer, prompts, key="spin/1", **common)
     assert [stale[i]["text"] for i in range(len(items))] != texts
 
     rows = [dm.pair_row(line) for line in lines]
@@ -231,8 +231,8 @@ def test_a_new_run_refuses_another_runs_iterations(tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"iterations": 0}, "--model.iterations must be >= 1"), ({"epochs_per_iteration": 0}, "epochs_per_iteration"),
-     ({"beta": 0.0}, "--model.beta must be > 0")],
+    [({"iterations": 0}, "--model.iterations=0: at least 1"), ({"epochs_per_iteration": 0}, "epochs_per_iteration"),
+     ({"beta": 0.0}, "--model.beta=0.0: λ must be > 0")],
 )  # fmt: skip
 def test_bad_options_name_the_flag(options, message):
     with pytest.raises(ValueError, match=message):
@@ -298,7 +298,7 @@ def test_recipe_resumes_into_its_own_version_dir_from_the_checkpoints_spin_dir(t
     iteration 1, resume with --ckpt_path (the run's own logger version again): the resumed run reads the iteration
     file named in the checkpoint, generates no pairs anew, and ends after 2 iterations."""
     base = [sys.executable, str(REPO / "recipes/spin.py"), "fit", "--config", str(REPO / "recipes/configs/tiny.yaml"),
-            "--model.max_new_tokens", "8", "--data.max_samples", "20", "--data.val_size", "0.1"]  # fmt: skip
+            "--model.sampling.max_new_tokens", "8", "--data.max_samples", "20", "--data.val_size", "0.1"]  # fmt: skip
     first = subprocess.run([*base, "--trainer.max_steps", "16"], cwd=tmp_path, env=ENV, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]

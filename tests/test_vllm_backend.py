@@ -109,17 +109,18 @@ def test_rollout_layout_prompts_sampling_and_truncation(tmp_path, fake_vllm):
 def test_weights_are_copied_once_per_update(tmp_path, fake_vllm):
     tokenizer = build_byte_tokenizer()
     batch = prompt_batch(tmp_path, tokenizer, n=2)
-    module = GRPO(policy="tiny-llama", tokenizer=tokenizer, beta=0.0, num_generations=2, max_new_tokens=4,
-                  reward_funcs=[length_reward], generation_backend="vllm", learning_rate=1e-2)  # fmt: skip
-    assert isinstance(module.backend, VLLMGenerate)
+    module = GRPO(policy="tiny-llama", tokenizer=tokenizer, beta=0.0, num_generations=2,
+                  sampling={"max_new_tokens": 4, "generation_backend": "vllm"},
+                  rewards={"reward_funcs": [length_reward]}, learning_rate=1e-2)  # fmt: skip
+    assert isinstance(module.sampler.backend_for(tokenizer), VLLMGenerate)
     module.policy.config._name_or_path = "/weights/tiny"  # built in code: vLLM needs a folder to start from
     module.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], 2)
     module.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], 2)
-    assert module.backend.syncs == 1  # nothing changed between the two rollouts
+    assert module.sampler.backend.syncs == 1  # nothing changed between the two rollouts
     module.update(batch)  # samples (no change yet), then one optimizer step
-    assert module.backend.syncs == 1
+    assert module.sampler.backend.syncs == 1
     module.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], 2)
-    assert module.backend.syncs == 2
+    assert module.sampler.backend.syncs == 2
     (llm,) = FakeLLM.instances
     names = dict(module.policy.named_parameters())
     assert set(llm.loaded) == set(names) and llm.resets == 2
@@ -148,4 +149,5 @@ def test_lora_weights_are_merged_under_the_checkpoint_names():
 def test_missing_vllm_fails_before_any_weights_load(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'lit-align\[vllm\]'"):
-        GRPO(policy="no-such-model-would-be-loaded", reward_funcs=[length_reward], generation_backend="vllm")
+        GRPO(policy="no-such-model-would-be-loaded", rewards={"reward_funcs": [length_reward]},
+             sampling={"generation_backend": "vllm"})

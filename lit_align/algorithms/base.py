@@ -1,19 +1,27 @@
-"""AlignmentModule: what every algorithm module shares — policy loading (+ LoRA), optimizer and
-scheduler, gradient clipping, metric logging, non-finite losses, FSDP2 sharding and ``update(batch)``
-for use outside a Trainer.
+"""AlignmentModule: what every algorithm module shares — the policy (prepared by :func:`prepare_trainable`: LoRA,
+fused layers, checkpointing), optimizer and schedule, gradient clipping and statistics, non-finite losses, the parts a
+module holds, FSDP2 sharding, cross-rank reductions and metric groups.
 
-Options are declared ONCE. The shared ones are this class's keyword-only ``__init__`` arguments,
-documented in its ``Args:``; those of the reference (:class:`~lit_align.reference.ReferenceMixin`) and
-of sampling (:class:`~lit_align.algorithms.sampling.SamplingMixin`) are their mixins'. An algorithm's
-``__init__`` names only its own options and the shared defaults it changes, and forwards the rest with
-``**kwargs`` (LightningCLI follows the forwarding, so ``--help`` and YAML show every option with the
-description written here). Nothing shared is passed positionally. An algorithm implements
-``compute_loss(batch) -> (loss, metric values)``.
+Two loops build on it: :class:`~lit_align.algorithms.offline.OfflineModule` (a loss over dataset batches, automatic
+optimization) and :class:`~lit_align.algorithms.online.OnlinePolicyGradient` (rollout -> reward -> updates, manual
+optimization). Options are declared ONCE: the shared ones are this class's keyword-only ``__init__`` arguments,
+documented in its ``Args:``; those of the reference are :class:`~lit_align.reference.ReferenceMixin`'s; those of a
+part (the sampler, the reward set) are the part's options group. An algorithm's ``__init__`` names only its own
+options and the shared defaults it changes, and forwards the rest with ``**kwargs`` (LightningCLI follows the
+forwarding, so ``--help`` and YAML show every option with the description written where it is declared).
+
+Parts are plain objects (not ``nn.Module``\\ s) that a module builds and registers with :meth:`hold`. A part may
+define ``setup(module, stage)`` and ``frozen_models()``; this class's Lightning hooks reach every part held, so no
+algorithm or mixin overrides ``setup`` or ``configure_model`` to wire one in.
+
+Extension hooks (:data:`EXTENSION_HOOKS`), each with its default here: :meth:`metric_names`, :meth:`check_data`,
+:meth:`planned_optimizer_steps`, ``on_save_checkpoint`` / ``on_load_checkpoint`` (cooperative: call ``super()``).
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import math
 from typing import Any, ClassVar, Literal
 
@@ -26,7 +34,7 @@ from torch import nn
 from lit_align.console import short_name
 from lit_align.fused import log_fused
 from lit_align.host_memory import release_host_memory
-from lit_align.hparams import save_plain_hyperparameters
+from lit_align.hparams import is_legacy, save_plain_hyperparameters, upgrade_hyperparameters
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
 from lit_align.models import ModelKind, ModelRef, resolve_model
 from lit_align.packing import set_padding_free
@@ -35,6 +43,9 @@ from lit_align.sharding import fully_shard_model
 
 Scheduler = Literal["constant", "linear", "cosine"]
 NonFinite = Literal["stop", "skip"]
+ReduceOp = Literal["sum", "mean"]
+# The methods a subclass may define again along its chain (each has its default in the class that declares it).
+EXTENSION_HOOKS = ("metric_names", "check_data", "planned_optimizer_steps", "on_save_checkpoint", "on_load_checkpoint")
 
 
 def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str) -> nn.Module:
@@ -45,6 +56,31 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
     task = "SEQ_CLS" if model.__class__.__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task)
     return get_peft_model(model, config)
+
+
+def prepare_trainable(
+    model: nn.Module,
+    role: str,
+    *,
+    lora_r: int = 0,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    lora_target_modules: list[str] | str = "all-linear",
+    gradient_checkpointing: bool = False,
+    fused_layers: bool = True,
+    padding_free: bool = True,
+) -> nn.Module:
+    """A model made ready to train (the policy, PPO's critic), in train mode: gradient checkpointing, fused
+    layers, then LoRA (the adapters wrap the same projections inside the fused MLPs), then the padding-free mark.
+    ``role`` names it in the log. Returns the model (a PEFT wrapper with LoRA)."""
+    model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode through fit
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if fused_layers:
+        log_fused(model, role)
+    if lora_r > 0:
+        model = apply_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+    return set_padding_free(model, padding_free)
 
 
 def check_model_interface(model: nn.Module, option: str) -> nn.Module:
@@ -76,6 +112,15 @@ def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
         raise ValueError(f"--model.{name}={value!r}: {expected}")
 
 
+def fix_options(options: dict[str, Any], owner: str, why: str, **fixed: Any) -> None:
+    """Options that ``owner`` fixes (it passes them to its base itself, so they are not among its options): a value
+    given anyway is refused unless it is the fixed one, which is then taken out of ``options``."""
+    for name, value in fixed.items():
+        if name in options:
+            given = options.pop(name)
+            check_option(given == value, name, given, f"{owner} fixes it to {value!r} ({why}); not an option there")
+
+
 def check_beta(beta: float, what: str = "β") -> None:
     """β > 0 for the losses that scale a log-ratio by it: 0 makes the loss constant (no gradient), < 0 learns to
     prefer the rejected completion."""
@@ -102,6 +147,8 @@ class AlignmentModule(L.LightningModule):
     Args:
         policy: the model to train: a preset (``smollm2-135m-instruct``, ``tiny-llama``), hub id, local
             directory or ``.gguf`` file; from Python also an ``nn.Module``.
+        tokenizer: pads and decodes: by default the DataModule's, else the policy's by name; give it when the
+            policy is an ``nn.Module`` used outside a Trainer by a module that generates.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay on matrices (not on norms and biases).
         warmup_ratio: fraction of the total optimizer steps spent warming up linearly.
@@ -137,6 +184,7 @@ class AlignmentModule(L.LightningModule):
         self,
         *,
         policy: ModelRef = "smollm2-135m-instruct",
+        tokenizer: Any = None,
         learning_rate: float = 5e-7,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
@@ -165,56 +213,68 @@ class AlignmentModule(L.LightningModule):
         check_option(0 <= lora_dropout < 1, "lora_dropout", lora_dropout, "a probability in [0, 1)")
         check_option(nonfinite_loss in ("stop", "skip"), "nonfinite_loss", nonfinite_loss, "stop or skip")
         super().__init__()
-        save_plain_hyperparameters(self)
-        # from_pretrained returns eval mode and Lightning keeps each module's mode through fit; train
-        # mode is what gradient checkpointing (and any dropout) needs.
-        self.policy = check_model_interface(resolve_model(policy, self.POLICY_KIND), "policy").train()
-        if gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        if fused_layers:  # before LoRA: the adapters then wrap the same projections inside the fused MLPs
-            log_fused(self.policy, "policy")
-        if lora_r > 0:
-            self.policy = apply_lora(self.policy, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-        set_padding_free(self.policy, padding_free)
-        self.train_metrics = MetricGroup(self.METRICS, "train/")
-        self.val_metrics = MetricGroup(("loss", *self.METRICS), "val/", dist_sync_on_step=False)
+        self.__dict__["_options"] = save_plain_hyperparameters(self)  # as given: objects (callables) included
+        self.__dict__["_parts"] = self.__dict__.get("_parts", [])  # parts a subclass held before this ran stay
+        self.policy_name = policy if isinstance(policy, str) else None
+        self._tokenizer = tokenizer if not isinstance(tokenizer, str) else None
+        self._tokenizer_name = tokenizer if isinstance(tokenizer, str) else self.policy_name
+        self.policy = self.prepare(check_model_interface(resolve_model(policy, self.POLICY_KIND), "policy"), "policy")
+        train_names, val_names = self.metric_names()
+        self.train_metrics = MetricGroup(train_names, "train/")
+        self.val_metrics = MetricGroup(val_names, "val/", dist_sync_on_step=False)
         self._standalone: tuple[torch.optim.Optimizer, Any] | None = None
         self.nonfinite_loss: NonFinite = nonfinite_loss
         self.release_host_memory = release_host_memory
         self.nonfinite_skipped = 0  # batches left out of an update for a NaN/inf loss (checkpointed)
         self._window = [0, 0]  # micro-batches in this optimizer step: seen, skipped
+        self._window_units: torch.Tensor | int = 0  # loss units of this optimizer step, this rank (count_window_units)
         self._log_hyperparams = False  # logged by on_fit_start: model and data, plain values, no internal keys
 
-    @property
-    def pad_token_id(self) -> int:
-        """The id that pads concatenated chosen/rejected rows: the model config's, else the DataModule tokenizer's,
-        else 0 (padded positions are masked out of attention and labels, so any id is correct)."""
-        pad = getattr(getattr(self.policy, "config", None), "pad_token_id", None)
-        if pad is None and self._trainer is not None:
-            tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-            pad = getattr(tokenizer, "pad_token_id", None)
-        return pad or 0
+    # -- hooks ------------------------------------------------------------------------------------
+    def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The names of the training and of the validation metrics (fixed once: Lightning maps logged metrics to
+        attributes). Default: ``METRICS``, and the loss besides them in validation."""
+        return self.METRICS, ("loss", *self.METRICS)
 
-    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Value]]:
-        """Mean loss over the batch and the metric values (per-example tensors) to log."""
-        raise NotImplementedError  # abstract
+    @classmethod
+    def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:
+        """Check the module's ``options`` against ``datamodule``'s data, before any model is built
+        (:class:`lit_align.cli.AlignCLI` calls it; so does :meth:`setup`, for runs built in Python). Default:
+        nothing to check."""
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, values = self.compute_loss(batch)
-        if not self.loss_is_finite(loss, batch_idx):
-            return self.skipped_loss()
-        self.train_metrics.step(values)
-        self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
-        self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
-        self.show_key_metrics(values)
-        return loss
+    def planned_optimizer_steps(self) -> int | float:
+        """The optimizer steps the learning-rate schedule spans (its horizon). Default: the Trainer's estimate."""
+        return self.trainer.estimated_stepping_batches
 
-    def show_key_metrics(self, values: dict[str, Value]) -> None:
-        """This batch's value of each ``KEY_METRICS`` name on the progress bar (this rank; the logged curves are
-        the synced ones): the algorithm's own signal, not only a loss that may read 0.000."""
-        for name in self.KEY_METRICS:
-            if name in values:
-                self.log(short_name(name), weighted_mean(values[name]), prog_bar=True, logger=False)
+    # -- parts ------------------------------------------------------------------------------------
+    def hold(self, part: Any) -> Any:
+        """Register ``part`` (returned): the Lightning hooks here reach it (``setup``, its frozen models)."""
+        self.__dict__.setdefault("_parts", []).append(part)
+        return part
+
+    def frozen_models(self) -> list[nn.Module]:
+        """The frozen models of the parts held (reference, reward models): moved and sharded here, never trained."""
+        return [model for part in self._parts for model in getattr(part, "frozen_models", list)()]
+
+    def prepare(self, model: nn.Module, role: str) -> nn.Module:
+        """:func:`prepare_trainable` with this module's options (LoRA, fused layers, checkpointing, padding-free)."""
+        options = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "gradient_checkpointing",
+                   "fused_layers", "padding_free")  # fmt: skip
+        return prepare_trainable(model, role, **{name: self.hparams[name] for name in options})
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """The parts' frozen models on this rank's device (not every rank's ``cuda:0``), each part set up, and the
+        data checked against the options (:meth:`check_data`)."""
+        device = self.trainer.strategy.root_device
+        for model in self.frozen_models():
+            model.to(device)
+        for part in self._parts:
+            if hasattr(part, "setup"):
+                part.setup(self, stage)
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and datamodule is not None:
+            self.check_data(datamodule, self._options)
 
     def on_fit_start(self) -> None:
         """Hyperparameters to the logger (TensorBoard's HParams tab): ``model/<option>`` and ``data/<option>``,
@@ -228,21 +288,21 @@ class AlignmentModule(L.LightningModule):
         plain = {k: v if isinstance(v, int | float | bool | str) else str(v) for k, v in params.items()}
         self.logger.log_hyperparams(plain)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, values = self.compute_loss(batch)
-        self.val_metrics.step({"loss": loss.detach().expand(_batch_size(batch)), **values})
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=False)
-
     def configure_optimizers(self) -> dict[str, Any]:
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
-        optimizer, scheduler = self._optimizer_and_scheduler(total)
+        optimizer, scheduler = self._optimizer_and_scheduler(self.planned_optimizer_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy(data_parallel_size=N)``: FSDP2-shard the policy (mixins add their models)."""
+        """Under ``ModelParallelStrategy(data_parallel_size=N)``: FSDP2-shard every trained model (the policy, a
+        critic) and, resharded after their forward, the parts' frozen models."""
         mesh = self.data_parallel_mesh()
-        if mesh is not None:
-            fully_shard_model(self.policy, mesh)
+        if mesh is None:
+            return
+        for model in self.children():
+            if any(p.requires_grad for p in model.parameters()):
+                fully_shard_model(model, mesh)
+        for model in self.frozen_models():
+            fully_shard_model(model, mesh, frozen=True)
 
     def data_parallel_mesh(self):
         """The FSDP2 mesh to shard over (``None`` unless the strategy made one); tensor parallelism is refused."""
@@ -268,34 +328,109 @@ class AlignmentModule(L.LightningModule):
         else:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
-    def update(self, batch: dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
-        """One optimization step outside a Trainer; returns the loss and metric values as floats.
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before each optimizer step: the gradient normalized over the step's loss units (when counted), the step's
+        learning rate and gradient norm logged, a window whose every micro-batch was skipped dropped."""
+        mark_updated(self.policy)  # the step follows: a generation backend's copy of the weights is then stale
+        self._normalize_window(optimizer)
+        if self.automatic_optimization:  # manual loops log their steps' statistics with the rollout's metrics
+            for name, value in self.step_statistics(optimizer).items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        self.close_window(optimizer)
 
-        The optimizer is :meth:`standalone_optimizer`'s: after ``Trainer.fit``, the fit's own optimizer and schedule
-        continued; otherwise AdamW and the schedule built on the first call (horizon ``total_steps``).
-        """
-        optimizer, scheduler = self.standalone_optimizer(total_steps)
-        self._window = [0, 0]
-        self.train()
-        device = next(self.policy.parameters()).device
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss, values = self.compute_loss(batch)
-        if not self.loss_is_finite(loss, None):
-            optimizer.zero_grad(set_to_none=True)
-            return {"loss": float("nan"), "skipped": 1.0}
-        loss.backward()
-        if self.hparams.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self._trainable(), self.hparams.max_grad_norm)
-        optimizer.step()
-        mark_updated(self.policy)
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss.detach()), **{name: weighted_mean(value) for name, value in values.items()}}
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._release_host_memory()
+
+    def on_validation_end(self) -> None:
+        self._release_host_memory()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's, for checkpoints of earlier lit-align versions too: their flat sampling and reward options
+        are nested into this version's groups first (:func:`~lit_align.hparams.upgrade_hyperparameters`)."""
+        if isinstance(checkpoint_path, str | bytes) or hasattr(checkpoint_path, "__fspath__"):
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+            hparams, accepted = checkpoint.get("hyper_parameters") or {}, accepted_options(cls)
+            if is_legacy(hparams, accepted):  # an earlier version's: load an upgraded copy
+                checkpoint["hyper_parameters"] = upgrade_hyperparameters(hparams, accepted)
+                checkpoint_path = io.BytesIO()
+                torch.save(checkpoint, checkpoint_path)
+                checkpoint_path.seek(0)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    # -- tokenizer --------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer given, else the DataModule's, else the policy's (loaded by name)."""
+        if self._tokenizer is None:
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if getattr(datamodule, "tokenizer", None) is not None:
+                self._tokenizer = datamodule.tokenizer
+            elif self._tokenizer_name is not None:
+                from lit_align.models import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self._tokenizer_name)
+            else:
+                raise ValueError("pass tokenizer=... when the policy is given as an nn.Module")
+        return self._tokenizer
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id that pads concatenated chosen/rejected rows: the model config's, else the DataModule tokenizer's,
+        else 0 (padded positions are masked out of attention and labels, so any id is correct)."""
+        pad = getattr(getattr(self.policy, "config", None), "pad_token_id", None)
+        if pad is None and self._trainer is not None:
+            tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+            pad = getattr(tokenizer, "pad_token_id", None)
+        return pad or 0
+
+    # -- logging ----------------------------------------------------------------------------------
+    def show_key_metrics(self, values: dict[str, Value]) -> None:
+        """This batch's value of each ``KEY_METRICS`` name on the progress bar (this rank; the logged curves are
+        the synced ones): the algorithm's own signal, not only a loss that may read 0.000."""
+        for name in self.KEY_METRICS:
+            if name in values:
+                self.log(short_name(name), weighted_mean(values[name]), prog_bar=True, logger=False)
+
+    def step_statistics(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """The learning rate and the gradient norm (before clipping) of the optimizer step about to be taken."""
+        return {"learning_rate": float(optimizer.param_groups[0]["lr"]), "grad_norm": float(self.grad_norm())}
+
+    def grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the trainable parameters' gradients (every rank the same value)."""
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            return self.trainer.model.clip_grad_norm_(float("inf"))  # FSDP1's flat shards: its own collective norm
+        grads = [p.grad for p in self.trainable() if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        norm = torch.nn.utils.get_total_norm(grads)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor over the shards
+
+    # -- optimization ---------------------------------------------------------------------------
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def in_fit(self) -> bool:
+        """Whether a Trainer is running this module's training loop now (``update`` after fit is not)."""
+        return self._trainer is not None and self.trainer.training
+
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        """``tensor`` reduced over the ranks through the Trainer's strategy; itself outside a Trainer or on one
+        process. Every cross-rank quantity (token counts, KTO's reference point, PPO's whitening) goes through it."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor, reduce_op=op)
 
     def standalone_optimizer(self, total_steps: int | float | None) -> tuple[torch.optim.Optimizer, Any]:
-        """The (optimizer, scheduler) of :meth:`update`: after ``Trainer.fit`` the fit's, whose moments and
-        schedule position continue where training stopped (not a fresh AdamW at the first warmup step); without a
-        Trainer, new ones on the first call, with a schedule horizon of ``total_steps`` optimizer steps."""
+        """The (optimizer, scheduler) of ``update``: after ``Trainer.fit`` the fit's, whose moments and schedule
+        position continue where training stopped (not a fresh AdamW at the first warmup step); without a Trainer,
+        new ones on the first call, with a schedule horizon of ``total_steps`` optimizer steps."""
         if self._standalone is None:
             trainer = self._trainer
             if trainer is not None and trainer.optimizers:
@@ -305,18 +440,10 @@ class AlignmentModule(L.LightningModule):
                 self._standalone = self._optimizer_and_scheduler(total_steps)
         return self._standalone
 
-    def in_fit(self) -> bool:
-        """Whether a Trainer is running this module's training loop now (``update`` after fit is not)."""
-        return self._trainer is not None and self.trainer.training
-
-    # -- helpers --------------------------------------------------------------------------------
-    def _trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def _optimizer_and_scheduler(self, total_steps: int | float | None) -> tuple[torch.optim.Optimizer, Any]:
         hp = self.hparams
-        decay = [p for p in self._trainable() if p.ndim >= 2]
-        no_decay = [p for p in self._trainable() if p.ndim < 2]
+        decay = [p for p in self.trainable() if p.ndim >= 2]
+        no_decay = [p for p in self.trainable() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # Lightning's mixed-precision plugins refuse to clip a fused optimizer's gradients (it unscales internally)
         mixed = self._trainer is not None and not str(self.trainer.precision).endswith("-true")
@@ -336,7 +463,7 @@ class AlignmentModule(L.LightningModule):
 
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    # -- non-finite losses ----------------------------------------------------------------------
+    # -- non-finite losses and the optimizer step's window ----------------------------------------
     def loss_is_finite(self, loss: torch.Tensor, batch_idx: int | None) -> bool:
         """Whether ``loss`` is finite on every rank (one decision for all, so no rank waits on another).
 
@@ -368,37 +495,25 @@ class AlignmentModule(L.LightningModule):
     def skipped_loss(self) -> torch.Tensor:
         """A loss whose gradient is exactly zero for every trainable parameter: under DDP/FSDP every rank still
         runs its backward (the collectives line up), and nothing of the bad batch reaches the weights."""
-        return torch.stack([p.sum() for p in self._trainable()]).sum() * 0.0
+        return torch.stack([p.sum() for p in self.trainable()]).sum() * 0.0
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        mark_updated(self.policy)  # the step follows: a generation backend's copy of the weights is then stale
-        for name, value in self.step_statistics(optimizer).items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
-        self.close_window(optimizer)
+    def count_window_units(self, count: torch.Tensor) -> None:
+        """Add a micro-batch's loss units (it backpropagated their summed loss) to this optimizer step's."""
+        self._window_units = self._window_units + count
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._release_host_memory()
-
-    def on_validation_end(self) -> None:
-        self._release_host_memory()
-
-    def _release_host_memory(self) -> None:
-        if self.release_host_memory and self.device.type == "cpu":
-            release_host_memory()
-
-    def step_statistics(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """The learning rate and the gradient norm (before clipping) of the optimizer step about to be taken."""
-        return {"learning_rate": float(optimizer.param_groups[0]["lr"]), "grad_norm": float(self.grad_norm())}
-
-    def grad_norm(self) -> torch.Tensor:
-        """The global L2 norm of the trainable parameters' gradients (every rank the same value)."""
-        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            return self.trainer.model.clip_grad_norm_(float("inf"))  # FSDP1's flat shards: its own collective norm
-        grads = [p.grad for p in self._trainable() if p.grad is not None]
-        if not grads:
-            return torch.zeros(())
-        norm = torch.nn.utils.get_total_norm(grads)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor over the shards
+    def _normalize_window(self, optimizer: torch.optim.Optimizer) -> None:
+        """Summed losses (:meth:`count_window_units`): each micro-batch contributed ∇(sum)/k and the ranks' gradients
+        were averaged (/W); multiplying by k·W/N_window leaves ∇ of the mean over the whole optimizer step, its N
+        units all-reduced once."""
+        if isinstance(self._window_units, int) and self._window_units == 0:
+            return
+        units = self.all_reduce(torch.as_tensor(self._window_units, device=self.device).float())
+        trainer = self.trainer
+        scale = trainer.accumulate_grad_batches * trainer.world_size / max(float(units), 1.0)
+        for param in self.trainable():
+            if param.grad is not None:
+                param.grad.mul_(scale)
+        self._window_units = 0
 
     def close_window(self, optimizer: torch.optim.Optimizer) -> None:
         """End of an optimizer step's micro-batches: if every one was skipped, drop the gradients so the step
@@ -408,18 +523,18 @@ class AlignmentModule(L.LightningModule):
         if seen and skipped == seen:
             optimizer.zero_grad(set_to_none=True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+    def _release_host_memory(self) -> None:
+        if self.release_host_memory and self.device.type == "cpu":
+            release_host_memory()
 
 
-def _batch_size(batch: dict[str, Any]) -> int:
-    for value in batch.values():
-        if torch.is_tensor(value):
-            return value.shape[0]
-    return 1
+def accepted_options(cls: type) -> set[str]:
+    """The options ``cls`` offers, as LightningCLI resolves its ``__init__`` chain (without ``--model.``)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "module", fail_untyped=False)
+    return {action.dest.split(".")[1] for action in parser._actions if action.dest.startswith("module.")}
 
 
 class _NoSchedule:

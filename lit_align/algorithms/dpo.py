@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule, check_beta, check_label_smoothing, check_option
+from lit_align.algorithms.base import check_beta, check_label_smoothing, check_option
+from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import preference_logps
 from lit_align.losses import dpo_loss, hinge_loss, robust_dpo_loss
@@ -21,7 +22,7 @@ from lit_align.reference import PREFERENCE_VALUES, ReferenceMixin, preference_re
 LOSSES = {"sigmoid": dpo_loss, "robust": robust_dpo_loss, "hinge": hinge_loss}
 
 
-class DPO(ReferenceMixin, AlignmentModule):
+class DPO(ReferenceMixin, OfflineModule):
     """DPO and its sigmoid-family variants as a LightningModule.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and

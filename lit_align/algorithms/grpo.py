@@ -13,12 +13,12 @@ clip-higher (Yu et al. 2025). The shared loop is :class:`~lit_align.algorithms.o
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
-from lit_align.algorithms.base import check_option
-from lit_align.algorithms.online import Experience, ImportanceRatio, KLPenalty, OnlinePolicyGradient
+from lit_align.algorithms.base import check_option, fix_options
+from lit_align.algorithms.online import Experience, OnlinePolicyGradient
 from lit_align.losses.policy_gradient import group_normalized_advantages
 
 
@@ -27,22 +27,21 @@ class GRPO(OnlinePolicyGradient):
 
     Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The
-    other options are the online base's and its mixins' (see ``--help``).
+    other options are the online base's, its parts' and the reference's (see ``--help``); the ratio is per token.
 
     Args:
         scale_rewards: ``group`` (GRPO), ``batch`` (std over the batch), ``none`` (Dr. GRPO).
     """
 
-    KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("loss", "reward")
-    IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token",)
     MIN_GENERATIONS = (2, ": the advantage is each reward minus its group's mean, 0 for a group of one")
 
     def __init__(self, *, scale_rewards: Literal["group", "batch", "none"] = "group", **kwargs: Any) -> None:
         check_option(
             scale_rewards in ("group", "batch", "none"), "scale_rewards", scale_rewards, "group, batch or none"
         )
-        super().__init__(**kwargs)
+        fix_options(kwargs, "GRPO", "its ratio and clip are per token", importance_ratio="token")
         self.scale_rewards = scale_rewards
+        super().__init__(importance_ratio="token", **kwargs)
 
     def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
         return group_normalized_advantages(rewards, self.num_generations, self.scale_rewards)

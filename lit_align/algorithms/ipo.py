@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule, check_beta, check_option
+from lit_align.algorithms.base import check_beta, check_option
+from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import preference_logps
 from lit_align.losses import ipo_loss
@@ -24,7 +25,7 @@ from lit_align.metrics import Value, preference_values
 from lit_align.reference import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
 
 
-class IPO(ReferenceMixin, AlignmentModule):
+class IPO(ReferenceMixin, OfflineModule):
     """IPO as a LightningModule.
 
     The shared options (policy, optimizer, LoRA, ...) are :class:`AlignmentModule`'s and

@@ -26,7 +26,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.algorithms.base import AlignmentModule, check_beta, check_option
+from lit_align.algorithms.base import check_beta, check_option
+from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import BinaryBatch
 from lit_align.logprobs import SequenceLogps, sequence_logps
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
@@ -67,7 +68,7 @@ def weight_advice(
     )
 
 
-class KTO(ReferenceMixin, AlignmentModule):
+class KTO(ReferenceMixin, OfflineModule):
     """KTO (and TRL's unpaired APO-zero) on binary-feedback batches, as a LightningModule.
 
     Metrics (TRL's names; ``chosen`` = desirable, ``rejected`` = undesirable): ``rewards/*`` and
@@ -117,13 +118,13 @@ class KTO(ReferenceMixin, AlignmentModule):
         """Policy completion log-probs of the batch's (prompt, completion) examples."""
         return sequence_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer.datamodule is not None else None
-        if stage == "fit" and stats and "train/desirable" in stats:
-            advice = weight_advice(
-                stats["train/desirable"], stats["train/undesirable"], self.desirable_weight, self.undesirable_weight
-            )
+    @classmethod
+    def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:
+        """Warn when λ_D·n_D / (λ_U·n_U) leaves the KTO paper's recommended range (:func:`weight_advice`)."""
+        stats = getattr(datamodule, "stats", None)
+        if stats and "train/desirable" in stats:
+            advice = weight_advice(stats["train/desirable"], stats["train/undesirable"],
+                                   options.get("desirable_weight", 1.0), options.get("undesirable_weight", 1.0))
             if advice:
                 rank_zero_warn(f"KTO: {advice}")
 
@@ -168,14 +169,14 @@ class KTO(ReferenceMixin, AlignmentModule):
         """z from the mismatched KL pairs under policy and reference: a detached scalar, the cross-rank mean."""
         with torch.no_grad():  # z is never back-propagated; no activations kept (TRL does the same)
             policy_kl = _kl_logps(self.policy, batch)
-        return kto_kl_estimate(policy_kl, ref_kl, all_reduce_mean=lambda t: self._all_reduce(t, "mean"))
+        return kto_kl_estimate(policy_kl, ref_kl, all_reduce_mean=lambda t: self.all_reduce(t, "mean"))
 
     def _metric_values(
         self, rewards: torch.Tensor, policy: SequenceLogps, is_desirable: torch.Tensor, kl: torch.Tensor
     ) -> dict[str, Value]:
         desirable, undesirable = is_desirable.float(), (~is_desirable).float()
         # TRL's step margin: global desirable mean − global undesirable mean (weight 0 when a side is empty).
-        sums = self._all_reduce(torch.stack(kto_side_sums(rewards, is_desirable)), "sum")
+        sums = self.all_reduce(torch.stack(kto_side_sums(rewards, is_desirable)))
         both = (sums[1] > 0) & (sums[3] > 0)
         margin = sums[0] / sums[1].clamp(min=1) - sums[2] / sums[3].clamp(min=1)
         token_logits = policy.logits_sum / policy.num_tokens.clamp(min=1)
@@ -189,13 +190,6 @@ class KTO(ReferenceMixin, AlignmentModule):
             "logits/rejected": (token_logits, policy.num_tokens * undesirable),
             "kl": kl.detach().reshape(1),
         }
-
-    def _all_reduce(self, tensor: torch.Tensor, op: Literal["mean", "sum"]) -> torch.Tensor:
-        """Reduce over ranks through the Trainer's strategy (identity outside a Trainer or on one device)."""
-        if self._trainer is None:
-            return tensor
-        return self.trainer.strategy.reduce(tensor, reduce_op=op)
-
 
 def _kl_logps(model: nn.Module, batch: BinaryBatch) -> torch.Tensor:
     """Summed completion log-probs of the batch's mismatched KL pairs (B,)."""

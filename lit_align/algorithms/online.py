@@ -1,13 +1,14 @@
-"""What the online policy-gradient algorithms (GRPO, RLOO, ReMax) share: one RL step, written out.
+"""What the online policy-gradient algorithms (GRPO, RLOO, ReMax, RLVR, PPO) share: one RL step, written out.
 
-Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
+The module holds two parts besides the policy and the reference: ``self.sampler`` (:class:`~lit_align.sampling.
+Sampler`, the ``sampling`` options) and ``self.rewards`` (:class:`~lit_align.rewards.reward_set.RewardSet`, the
+``rewards`` options). Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
 
-    1. rollout     G = ``num_generations`` completions per prompt from the current policy (seeded, no grad)
-    2. rewards     weighted sum of the reward functions; a completion every function scores None is
-                   unscorable: excluded from the statistics, advantage 0 (TRL's handling)
-    3. log-probs   of the sampling policy ("old": only when ``num_iterations > 1`` or the KL is a reward
-                   penalty) and of the reference (only when ``beta > 0``), in :meth:`make_experience`, at the
-                   sampling temperature (see below)
+    1. rollout     G = ``num_generations`` completions per prompt from the current policy (``self.sampler``, seeded)
+    2. rewards     ``self.rewards.score`` -> the (B, F) table -> :meth:`combine_rewards` (the weighted sum); a
+                   completion every function scores None is unscorable: excluded from the statistics, advantage 0
+    3. log-probs   of the sampling policy ("old": only when :meth:`needs_old_logps`) and of the reference (only
+                   when ``beta > 0``), in :meth:`make_experience`, at the sampling temperature (see below)
     4. shaping     :meth:`shape_rewards`: where the KL goes (``kl_penalty``)
     5. advantages  :meth:`compute_advantages`: per sequence (B,) or per token (B, L); by default the
                    reward minus :meth:`baseline`
@@ -16,10 +17,10 @@ Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
                    counted over the whole minibatch (and over ranks for ``token_mean``), so accumulation
                    changes nothing
 
-The four methods of steps 4-6 are the extension points; each default is the common case, and a
+The hooks of steps 2-6 (:data:`EXTENSION_HOOKS`) are the extension points; each default is the common case, and a
 subclass overrides only what makes it that algorithm (ReMax: :meth:`baseline`; GRPO and RLOO:
-:meth:`compute_advantages`). Two options choose among the built-in variants, and each algorithm lists
-the values it allows (``KL_PENALTIES``, ``IMPORTANCE_RATIOS``):
+:meth:`compute_advantages`). Two options choose among the built-in variants; an algorithm with a single legal value
+fixes it (passes it to this class itself), so the option is not offered there:
 
     kl_penalty="loss"          + β·ρ_t·k3 per token in the loss (GRPO, DeepSeekMath eq. 3-4; ρ_t = π/π_old, the
                                importance correction of DeepSeek-V3.2 and TRL 1.16, ``kl_importance_correction``)
@@ -28,7 +29,8 @@ the values it allows (``KL_PENALTIES``, ``IMPORTANCE_RATIOS``):
     importance_ratio="sequence"  one ratio per sequence, exp(Σ_t log π − Σ_t log π_old) (TRL's RLOO)
 
 ``kl_penalty="loss"`` with a sequence ratio is refused: a per-token KL term has no per-token loss to
-join. ``beta > 0`` is decided once, at construction: it loads the reference and adds the ``kl`` metric.
+join. ``beta > 0`` is decided once, before the base builds anything: it loads the reference and adds the ``kl``
+metric.
 
 Shapes: B = N x G rows, prompt-major; L completion length; ``loss_mask`` (B, L) is the completion
 mask, zeroed for truncated completions when ``mask_truncated_completions``.
@@ -41,6 +43,9 @@ log-probs (nor in TRL's or verl's): with either on, the sampling distribution is
 
 ``entropy`` is the token-mean predictive entropy of softmax(logits / τ) over the trained completion tokens,
 computed in the same chunked pass as the log-probs (no extra forward).
+
+The seed interface: ``samples, log_probs = module.generate_samples(prompt_ids, prompt_mask)``, and
+``module.update(batch)`` with a prompt batch or a rollout made outside (:func:`~lit_align.rollout.rollout_from_batch`).
 
 Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration (the
 :meth:`minibatch_order` default; PPO reshuffles);
@@ -62,11 +67,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler, check_option
-from lit_align.algorithms.external_rollouts import ExternalRolloutMixin
-from lit_align.algorithms.rewarding import RewardMixin
-from lit_align.algorithms.sampling import SamplingMixin
+from lit_align.algorithms.base import AlignmentModule, Scheduler, check_option, fix_options
 from lit_align.batches import PromptBatch
+from lit_align.hparams import as_group
 from lit_align.logprobs import token_logps
 from lit_align.losses.policy_gradient import (
     aggregate_loss,
@@ -76,14 +79,18 @@ from lit_align.losses.policy_gradient import (
     kl_k3_importance_weighted,
     masked_mean,
 )
-from lit_align.metrics import MetricGroup
+from lit_align.metrics import weighted_mean
 from lit_align.reference import ReferenceMixin
+from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
 from lit_align.rewards.scoring import fill_unscorable
-from lit_align.rollout import Rollout, mark_updated
+from lit_align.rollout import Rollout, mark_updated, rollout_from_batch
+from lit_align.sampling import Sampler, SamplingOptions
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 KLPenalty = Literal["loss", "reward"]
 ImportanceRatio = Literal["token", "sequence"]
+EXTENSION_HOOKS = ("needs_old_logps", "combine_rewards", "shape_rewards", "baseline", "compute_advantages",
+                   "policy_loss", "minibatch_order")  # fmt: skip
 
 
 @dataclass
@@ -102,14 +109,13 @@ class Experience:
     metrics: dict[str, Any] = field(default_factory=dict)  # metric values the hooks add (logged as train/<name>)
 
 
-class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, ReferenceMixin, AlignmentModule):
+class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     """Base of the online policy-gradient algorithms (manual optimization). Subclasses override the hooks.
 
-    Options are declared once: here the RL step's, in the mixins those of sampling
-    (:class:`~lit_align.algorithms.sampling.SamplingMixin`), rewards
-    (:class:`~lit_align.algorithms.rewarding.RewardMixin`) and the reference
-    (:class:`~lit_align.reference.ReferenceMixin`), in :class:`~lit_align.algorithms.base.AlignmentModule`
-    the policy's and the optimizer's.
+    Options are declared once: here the RL step's, in :class:`~lit_align.sampling.SamplingOptions` those of
+    sampling (``sampling``), in :class:`~lit_align.rewards.reward_set.RewardOptions` those of the reward
+    (``rewards``), in :class:`~lit_align.reference.ReferenceMixin` the reference's and in
+    :class:`~lit_align.algorithms.base.AlignmentModule` the policy's and the optimizer's.
 
     Args:
         beta: β, weight of the KL to the reference (``kl_penalty`` says where it goes); 0 means no reference
@@ -119,7 +125,8 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         kl_importance_correction: with ``kl_penalty="loss"``, the per-token KL term is ρ_t·k3_t, ρ_t = π/π_old
             (TRL 1.16's ``use_bias_correction_kl``, on by default there too): its gradient is that of KL(π‖π_ref),
             and it differs from plain k3's even on-policy, where ρ_t = 1 in value. ``False``: plain k3, whose
-            gradient follows the forward KL(π_ref‖π). No effect with ``kl_penalty="reward"``.
+            gradient follows the forward KL(π_ref‖π); refused with ``kl_penalty="reward"``, where it has no term
+            to change.
         importance_ratio: ``token`` (a ratio and clip per token) or ``sequence`` (one ratio per sequence of
             the summed log-probs).
         num_generations: G, completions sampled per prompt.
@@ -130,19 +137,18 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         epsilon: lower clip range ε.
         epsilon_high: upper clip range (default ``epsilon``; DAPO: 0.28).
         loss_aggregation: with a token ratio: ``sequence_mean`` (token mean per sequence, then mean),
-            ``token_mean`` (DAPO / TRL's ``dapo``: mean over all tokens of the minibatch), ``constant``
-            (Dr. GRPO: sum over tokens / (sequences x max_new_tokens)); a sequence ratio has one term per
-            sequence (their mean).
+            ``token_mean`` (DAPO / TRL's ``dapo``: mean over all tokens of the minibatch; the default),
+            ``constant`` (Dr. GRPO: sum over tokens / (sequences x max_new_tokens)). A sequence ratio has one term
+            per sequence, averaged (leave it null, or ``sequence_mean``).
         mask_truncated_completions: completions without EOS take no part in the loss (DAPO).
+        sampling: how completions are sampled (a group: ``--model.sampling.<option>``).
+        rewards: the reward functions and their weights (a group: ``--model.rewards.<option>``).
     """
 
-    KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("loss", "reward")  # the kl_penalty values allowed
-    IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token", "sequence")  # likewise
     EXTRA_METRICS: ClassVar[tuple[str, ...]] = ()  # metric names an algorithm's hooks add
     KEY_METRICS = ("reward", "kl")
     # The fewest completions per prompt the advantage can learn from, and why (GRPO/RLOO: group statistics).
     MIN_GENERATIONS: ClassVar[tuple[int, str]] = (1, "")
-    METRICS = ()  # built per instance from the reward functions (see __init__)
 
     def __init__(
         self,
@@ -157,64 +163,83 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         gradient_accumulation_steps: int = 1,
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
-        loss_aggregation: LossAggregation = "token_mean",
+        loss_aggregation: LossAggregation | None = None,
         mask_truncated_completions: bool = False,
+        sampling: SamplingOptions = SamplingOptions(),
+        rewards: RewardOptions = RewardOptions(),
         learning_rate: float = 1e-6,
         warmup_ratio: float = 0.0,
         scheduler: Scheduler = "constant",
         **kwargs: Any,
     ) -> None:
-        self.check_variant(kl_penalty, importance_ratio)
+        fix_options(kwargs, type(self).__name__, "the completions it compares against the reference are sampled "
+                    "during training, so there is nothing to precompute", precompute_reference=False)  # fmt: skip
         fewest, why = self.MIN_GENERATIONS
         check_option(num_generations >= fewest, "num_generations", num_generations, f"at least {fewest}{why}")
         for name, value in (("num_iterations", num_iterations), ("num_minibatches", num_minibatches),
                             ("gradient_accumulation_steps", gradient_accumulation_steps)):  # fmt: skip
             check_option(value >= 1, name, value, "at least 1")
         check_option(beta >= 0, "beta", beta, "β >= 0 (0: no KL and no reference; < 0 rewards drifting away)")
-        check_option(epsilon > 0, "epsilon", epsilon, "a clip range > 0")
-        check_option(
-            epsilon_high is None or epsilon_high > 0, "epsilon_high", epsilon_high, "a clip range > 0, or null"
-        )
-        check_option(loss_aggregation in ("sequence_mean", "token_mean", "constant"), "loss_aggregation",
-                     loss_aggregation, "sequence_mean, token_mean or constant")  # fmt: skip
-        super().__init__(learning_rate=learning_rate, warmup_ratio=warmup_ratio, scheduler=scheduler, **kwargs)
-        self.automatic_optimization = False
-        self.beta, self.use_kl = beta, beta > 0  # decided once: a reference, the KL passes and the kl metric
-        self.kl_penalty, self.importance_ratio = kl_penalty, importance_ratio
-        self.kl_importance_correction = kl_importance_correction
-        self.num_generations, self.num_iterations = num_generations, num_iterations
-        self.num_minibatches, self.gradient_accumulation_steps = num_minibatches, gradient_accumulation_steps
-        self.epsilon, self.epsilon_high = epsilon, epsilon_high
-        self.loss_aggregation: LossAggregation = loss_aggregation if importance_ratio == "token" else "sequence_mean"
-        self.mask_truncated_completions = mask_truncated_completions
-        # The sampling policy's log-probs are a separate pass only when they differ from the live policy's
-        # (several passes over a rollout) or feed the reward's KL; on-policy they are the detached live ones.
-        self.needs_old_logps = num_iterations > 1 or (self.use_kl and kl_penalty == "reward")
-        self._rollouts = 0
-        clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
-        kl = ("kl",) if self.use_kl else ()
-        times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
-        steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
-        names = (*self.reward_metric_names(), *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
-        self.train_metrics = MetricGroup(names, "train/")
-        self.val_metrics = MetricGroup(self.reward_metric_names(with_std=False), "val/", dist_sync_on_step=False)
-
-    @classmethod
-    def check_variant(cls, kl_penalty: str, importance_ratio: str) -> None:
-        """Refuse a KL placement or ratio the algorithm does not allow, and the combination none allows."""
-        check_option(kl_penalty in cls.KL_PENALTIES, "kl_penalty", kl_penalty,
-                     f"{cls.__name__} takes {' or '.join(cls.KL_PENALTIES)}")  # fmt: skip
-        check_option(importance_ratio in cls.IMPORTANCE_RATIOS, "importance_ratio", importance_ratio,
-                     f"{cls.__name__} takes {' or '.join(cls.IMPORTANCE_RATIOS)}")  # fmt: skip
+        check_option(kl_penalty in ("loss", "reward"), "kl_penalty", kl_penalty, "loss or reward")
+        check_option(importance_ratio in ("token", "sequence"), "importance_ratio", importance_ratio,
+                     "token or sequence")  # fmt: skip
         if kl_penalty == "loss" and importance_ratio == "sequence":
             raise ValueError(
                 "--model.kl_penalty=loss adds β·k3 to each token's loss, and --model.importance_ratio=sequence has one "
                 "loss term per sequence: use kl_penalty=reward (β·Σ k1 subtracted from the sequence reward) or "
                 "importance_ratio=token"
             )
+        check_option(kl_importance_correction or kl_penalty == "loss", "kl_importance_correction",
+                     kl_importance_correction, "applies to kl_penalty=loss only")  # fmt: skip
+        check_option(epsilon > 0, "epsilon", epsilon, "a clip range > 0")
+        check_option(
+            epsilon_high is None or epsilon_high > 0, "epsilon_high", epsilon_high, "a clip range > 0, or null"
+        )
+        check_option(loss_aggregation in (None, "sequence_mean", "token_mean", "constant"), "loss_aggregation",
+                     loss_aggregation, "sequence_mean, token_mean or constant")  # fmt: skip
+        check_option(importance_ratio == "token" or loss_aggregation in (None, "sequence_mean"), "loss_aggregation",
+                     loss_aggregation, "a sequence ratio has one loss term per sequence, averaged: leave it null")
+        # Decided before the base builds anything: what the run needs (a reference only when β > 0; the metric
+        # groups from the reward functions' names) and the parts it holds.
+        self.beta, self.use_kl = beta, beta > 0
+        self.kl_penalty, self.importance_ratio = kl_penalty, importance_ratio
+        self.kl_importance_correction = kl_importance_correction
+        self.num_generations, self.num_iterations = num_generations, num_iterations
+        self.num_minibatches, self.gradient_accumulation_steps = num_minibatches, gradient_accumulation_steps
+        self.epsilon, self.epsilon_high = epsilon, epsilon_high
+        self.loss_aggregation: LossAggregation = loss_aggregation or (
+            "token_mean" if importance_ratio == "token" else "sequence_mean")  # fmt: skip
+        self.mask_truncated_completions = mask_truncated_completions
+        sampling, rewards = as_group(SamplingOptions, sampling), as_group(RewardOptions, rewards)  # saved as groups
+        self.sampler = self.hold(Sampler(sampling))
+        self.rewards = self.hold(RewardSet(rewards))
+        super().__init__(precompute_reference=False, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
+                         scheduler=scheduler, **kwargs)  # fmt: skip
+        self.automatic_optimization = False
+        self._rollouts = 0
 
+    # -- hooks of the base ------------------------------------------------------------------------
     def needs_reference(self) -> bool:
-        return self.hparams.get("beta", 0.0) > 0  # asked by ReferenceMixin.__init__, before self.beta is set
+        return self.use_kl
+
+    def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
+        kl = ("kl",) if self.use_kl else ()
+        steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
+        times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
+        train = (*self.rewards.metric_names(), *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
+        return train, self.rewards.metric_names(with_std=False)
+
+    @classmethod
+    def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:
+        """The reward functions called on the first rows of the data (reward models are not loaded)."""
+        check_reward_options(datamodule, as_group(RewardOptions, options.get("rewards")))
+
+    def planned_optimizer_steps(self) -> int | float:
+        total = self.trainer.estimated_stepping_batches
+        if self.trainer.max_steps == -1:  # horizon given in rollouts (batches): count optimizer steps
+            total *= self.num_iterations * self.num_minibatches
+        return total
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def forward(self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor) -> Rollout:
@@ -226,45 +251,46 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
         self.show_key_metrics(values)
-        self.maybe_log_completions(self._rollouts, batch["prompt"], exp.rollout, exp.rewards_per_func)
+        self.rewards.log_completions(self, self._rollouts, batch["prompt"], exp.rollout, exp.rewards_per_func)
         self._rollouts += 1
         return loss
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         """Greedy completions of held-out prompts, scored by the reward functions."""
         rollout = self.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], greedy=True)
-        per_func = self.score(batch, rollout)
-        self.val_metrics.step(_to(self.reward_values(per_func, rollout, with_std=False), self.device))
+        per_func = self.rewards.score(batch, rollout, training=False)
+        values = self.rewards.values(per_func, self.combine_rewards(per_func), rollout, with_std=False)
+        self.val_metrics.step(_to(values, self.device))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        total = self.trainer.estimated_stepping_batches
-        if self.trainer.max_steps == -1:  # horizon given in rollouts (batches): count optimizer steps
-            total *= self.num_iterations * self.num_minibatches
-        optimizer, scheduler = self._optimizer_and_scheduler(total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def on_validation_epoch_start(self) -> None:
+        self.rewards.start_validation()
+
+    def on_validation_epoch_end(self) -> None:
+        self.rewards.end_validation()
 
     # -- the step --------------------------------------------------------------------------------
     def rl_step(self, batch: PromptBatch) -> tuple[Tensor, dict[str, Any], Experience]:
         """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience."""
         start = time.perf_counter()
         if "rewards" in batch:  # a rollout made outside: completions, rewards and sampling log-probs given
-            rollout, rewards_per_func, values = self.given_rollout(batch)
+            eos_ids = self.sampler.eos_ids(self.policy, self.tokenizer)
+            rollout, rewards_per_func = rollout_from_batch(batch, self.num_generations, self.tokenizer, eos_ids)
             t_generation = t_reward = 0.0
         else:
             # The sampling policy's log-probs are recorded with the samples when the updates need them.
             rollout = self.generate_samples(batch["prompt_input_ids"], batch["prompt_attention_mask"],
-                                            self.needs_old_logps)  # fmt: skip
+                                            self.needs_old_logps())  # fmt: skip
             t_generation = time.perf_counter() - start
             start = time.perf_counter()
-            rewards_per_func = self.score(batch, rollout)  # (B, F), NaN = not applicable
-            values = self.reward_values(rewards_per_func, rollout, with_std=True)
+            rewards_per_func = self.rewards.score(batch, rollout, training=self.training)  # (B, F), NaN: None
             t_reward = time.perf_counter() - start
 
         start = time.perf_counter()
+        rewards = self.combine_rewards(rewards_per_func)  # (B,), NaN: unscorable
+        values = self.rewards.values(rewards_per_func, rewards, rollout, with_std="rewards" not in batch)
         exp = self.make_experience(batch, rollout, rewards_per_func)
-        rewards = self.combine_rewards(rewards_per_func.to(self.device))  # (B,), NaN: unscorable
-        rewards = self.shape_rewards(rewards, exp)
+        rewards = self.shape_rewards(rewards.to(self.device), exp)
         t_logps = time.perf_counter() - start
         advantages = self.compute_advantages(rewards, exp)  # ReMax times its greedy decode itself
         start = time.perf_counter()
@@ -301,7 +327,7 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         if self.mask_truncated_completions:
             loss_mask[rollout.is_truncated] = 0
         old_logps = rollout.logps
-        if old_logps is None and self.needs_old_logps:
+        if old_logps is None and self.needs_old_logps():
             old_logps = self._no_grad_logps(rollout, self.policy)
         ref_logps = None
         if self.use_kl:
@@ -309,7 +335,68 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         unscorable = rewards_per_func.isnan().all(dim=1).to(self.device)
         return Experience(batch, rollout, rewards_per_func, unscorable, loss_mask, old_logps, ref_logps)
 
+    # -- the seed interface: rollouts made or consumed outside a Trainer --------------------------------
+    def sample(
+        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, num_generations: int = 1, greedy: bool = False
+    ) -> Rollout:
+        """Completions of the policy (G per prompt, prompt-major), or one greedy completion each, without grad.
+
+        Sampling is seeded by (``sampling.seed``, global step, rank) in a Trainer's fit, and by the number of
+        earlier sampling calls outside one.
+        """
+        if greedy:  # deterministic: consumes no key, so evaluating between updates leaves the samples alone
+            key = "greedy"
+        elif self.in_fit():  # a function of the checkpointed step
+            key = f"{self.global_step}/{self.global_rank}"
+        else:
+            key, self._samples_drawn = f"{self._samples_drawn}/0", self._samples_drawn + 1
+        return self.sampler.sample(self.policy, prompt_input_ids, prompt_attention_mask, self.tokenizer,
+                                   num_generations, key, greedy)  # fmt: skip
+
+    _samples_drawn = 0  # sampling calls outside a Trainer (the seed key there)
+
+    def generate_samples(
+        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, with_logps: bool = True
+    ) -> Rollout:
+        """``num_generations`` sampled completions per prompt (prompt-major), without grad.
+
+        ``samples, log_probs = module.generate_samples(prompt_ids, prompt_mask)`` unpacks the rollout into the
+        sequences (prompt + completion) and the completion tokens' log-probs under the sampling policy (at the
+        sampling temperature; one extra no-grad forward, skipped with ``with_logps=False``). Together with the
+        rewards they make the batch :meth:`update` takes.
+        """
+        rollout = self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations)
+        if with_logps:
+            rollout.logps = self._no_grad_logps(rollout, self.policy) * rollout.completion_mask
+        return rollout
+
+    def update(self, batch: PromptBatch | dict[str, Any], total_steps: int = 1000) -> dict[str, float]:
+        """One rollout and its ``num_iterations x num_minibatches`` optimizer steps outside a Trainer.
+
+        ``batch`` is a prompt batch (the module samples and scores), or a rollout made outside: ``{"input_ids",
+        "rewards", "old_log_probs"}`` (see :func:`~lit_align.rollout.rollout_from_batch`). The optimizer is the one
+        of :meth:`~lit_align.algorithms.base.AlignmentModule.standalone_optimizer`: the fit's, continued, after
+        ``Trainer.fit``.
+        """
+        self.standalone_optimizer(total_steps)
+        self.train()
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss, values, _ = self.rl_step(batch)
+        self._rollouts += 1
+        return {"loss": float(loss), **{name: weighted_mean(value) for name, value in values.items()}}
+
     # -- extension points ------------------------------------------------------------------------
+    def needs_old_logps(self) -> bool:
+        """Whether the updates need the sampling policy's log-probs as a separate pass: when they differ from the
+        live policy's (several passes over a rollout) or feed the reward's KL; on-policy they are the detached
+        live ones."""
+        return self.num_iterations > 1 or (self.use_kl and self.kl_penalty == "reward")
+
+    def combine_rewards(self, per_func: Tensor) -> Tensor:
+        """(B,) reward of each completion from the (B, F) per-function table, NaN where unscorable; what the
+        advantages and the ``reward`` metric see. Default: the weighted sum (RLVR normalizes reward models first)."""
+        return self.rewards.combine(per_func)
+
     def shape_rewards(self, rewards: Tensor, exp: Experience) -> Tensor:
         """(B,) sequence rewards (NaN: unscorable) -> what the advantage sees, NaN filled.
 
@@ -358,7 +445,7 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
                     token_kl = kl_k3(logps, exp.ref_logps[rows])
                 per_token = per_token + self.beta * token_kl
                 stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
-            loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.max_new_tokens, normalizer)
+            loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.sampler.max_new_tokens, normalizer)
             weights = mask.float()
         for name, flags in (("low", low), ("high", high), ("region", low | high)):
             stats[f"clip_ratio/{name}_mean"].append((flags.float().flatten(), weights.flatten()))
@@ -371,38 +458,39 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         """
         return torch.arange(num_rows, device=self.device)
 
+    # -- log-prob passes ---------------------------------------------------------------------------
     def policy_logps(self, exp: Experience, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Log-probs (with grad) and predictive entropies (detached) of micro-batch ``rows``' completion tokens
         under the live policy at the sampling temperature, each (b, L), in one chunked pass."""
         input_ids, attention_mask, labels = exp.rollout.model_inputs(rows)
         prompt_len = exp.rollout.prompt_input_ids.shape[1]
         out = token_logps(
-            self.policy, input_ids, attention_mask, labels, with_entropy=True, temperature=self.temperature
+            self.policy, input_ids, attention_mask, labels, with_entropy=True, temperature=self.sampler.temperature
         )
         return out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
 
-    # -- rollouts --------------------------------------------------------------------------------
+    def no_grad_passes(self, rollout: Rollout) -> list[Tensor]:
+        """The rollout's rows in the chunks that no-grad passes over it take (as many as the update's micro-batches:
+        the same peak memory)."""
+        rows_per_pass = math.ceil(len(rollout) / (self.num_minibatches * self.gradient_accumulation_steps))
+        return list(torch.arange(len(rollout), device=self.device).split(rows_per_pass))
+
+    @torch.no_grad()
+    def _no_grad_logps(self, rollout: Rollout, model: nn.Module) -> Tensor:
+        P = rollout.prompt_input_ids.shape[1]
+        temperature = self.sampler.temperature
+        return torch.cat([token_logps(model, *rollout.model_inputs(rows), temperature=temperature).logps[:, P:]
+                          for rows in self.no_grad_passes(rollout)])  # fmt: skip
+
     # -- optimization plumbing (Trainer or standalone) -------------------------------------------------
     def _normalizer(self, mask: Tensor) -> Tensor:
         """The minibatch's loss normalizer; token counts are global over ranks (DDP averages gradients)."""
         rows = torch.tensor(float(mask.shape[0]), device=mask.device)
         if self.loss_aggregation == "constant":
-            return rows * self.max_new_tokens
+            return rows * self.sampler.max_new_tokens
         if self.loss_aggregation == "sequence_mean":
             return rows
-        tokens = mask.sum().float()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum") / self.trainer.world_size
-        return tokens
-
-    @torch.no_grad()
-    def _no_grad_logps(self, rollout: Rollout, model: nn.Module) -> Tensor:
-        P = rollout.prompt_input_ids.shape[1]
-        parts = []
-        rows_per_pass = math.ceil(len(rollout) / (self.num_minibatches * self.gradient_accumulation_steps))
-        for rows in torch.arange(len(rollout), device=self.device).split(rows_per_pass):
-            parts.append(token_logps(model, *rollout.model_inputs(rows), temperature=self.temperature).logps[:, P:])
-        return torch.cat(parts)
+        return self.all_reduce(mask.sum().float(), "mean")
 
     def _zero_grad(self) -> None:
         optimizer = self.optimizers() if self.in_fit() else self._standalone[0]
@@ -424,7 +512,7 @@ class OnlinePolicyGradient(ExternalRolloutMixin, SamplingMixin, RewardMixin, Ref
         if clip and trainer:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         elif clip:
-            torch.nn.utils.clip_grad_norm_(self._trainable(), clip)
+            torch.nn.utils.clip_grad_norm_(self.trainable(), clip)
         optimizer.step()  # under a Trainer: counts one global_step (and marks the policy updated, in the hook)
         if not trainer:
             mark_updated(self.policy)

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.base import apply_lora
+from lit_align.algorithms.base import fix_options
 from lit_align.algorithms.critic import build_critic, disable_dropout, token_values
-from lit_align.algorithms.online import Experience, ImportanceRatio, KLPenalty, OnlinePolicyGradient
-from lit_align.batches import PromptBatch
-from lit_align.fused import log_fused
+from lit_align.algorithms.online import Experience, OnlinePolicyGradient
+from lit_align.hparams import as_group
 from lit_align.losses.policy_gradient import (
     adaptive_kl_coef,
     aggregate_loss,
@@ -44,11 +43,10 @@ from lit_align.losses.policy_gradient import (
     value_loss,
     whiten,
 )
-from lit_align.metrics import MetricGroup
 from lit_align.models import ModelRef
 from lit_align.rewards.model_scorer import RewardModelScorer
+from lit_align.rewards.reward_set import RewardOptions
 from lit_align.rollout import Rollout, seeded_rng
-from lit_align.sharding import fully_shard_model
 
 DEFAULT_REWARD_MODEL = "runs/reward_model/version_0/hf_model"  # what `python recipes/reward_model.py fit` exports
 UPDATE_METRICS = (  # per trained token, over every update of a rollout (TRL's names)
@@ -65,9 +63,10 @@ class PPO(OnlinePolicyGradient):
 
     Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts optimizer
     steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The options are the online
-    base's and its mixins' (``beta`` is the KL coefficient, ``num_iterations`` the PPO epochs, ``epsilon`` the
-    policy clip range), with PPO's defaults: β 0.05, 4 epochs, one completion per prompt, and a reward model
-    exported by the reward-model recipe. The checkpoint holds the critic and the current β.
+    base's, its parts' and the reference's (``beta`` is the KL coefficient, ``num_iterations`` the PPO epochs,
+    ``epsilon`` the policy clip range), with PPO's defaults: β 0.05, 4 epochs, one completion per prompt, and a
+    reward model exported by the reward-model recipe. The KL is a per-token penalty in the reward and the ratio is
+    per token (neither is an option). The checkpoint holds the critic and the current β.
 
     Args:
         value_model: the critic's initial weights: ``reward_model`` (a copy of the first ``model:`` reward function,
@@ -86,9 +85,6 @@ class PPO(OnlinePolicyGradient):
             within 1 ± 0.2 x rollout size / horizon.
     """
 
-    KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("reward",)
-    IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token",)
-
     def __init__(
         self,
         *,
@@ -101,61 +97,47 @@ class PPO(OnlinePolicyGradient):
         missing_eos_penalty: float | None = None,
         kl_target: float | None = None,
         kl_horizon: float = 10000.0,
-        reward_funcs: Sequence[str | Callable] = (f"model:{DEFAULT_REWARD_MODEL}",),
+        rewards: RewardOptions = RewardOptions(reward_funcs=(f"model:{DEFAULT_REWARD_MODEL}",)),
         beta: float = 0.05,
-        kl_penalty: KLPenalty = "reward",
         num_generations: int = 1,
         num_iterations: int = 4,
         **kwargs: Any,
     ) -> None:
-        _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta, kwargs)
-        _check_reward_models(reward_funcs, value_model)
-        super().__init__(
-            reward_funcs=reward_funcs, beta=beta, kl_penalty=kl_penalty, num_generations=num_generations,
-            num_iterations=num_iterations, **kwargs,
-        )  # fmt: skip
+        fix_options(kwargs, "PPO", "the KL is a per-token penalty in the reward, the ratio per token",
+                    kl_penalty="reward", importance_ratio="token", kl_importance_correction=True)  # fmt: skip
+        _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta,
+                       "lora_dropout" in kwargs and kwargs["lora_dropout"])  # fmt: skip
+        rewards = as_group(RewardOptions, rewards)
+        _check_reward_models(rewards.reward_funcs, value_model)
         self.vf_coef, self.cliprange_value, self.gamma, self.lam = vf_coef, cliprange_value, gamma, lam
         self.whiten_rewards, self.missing_eos_penalty = whiten_rewards, missing_eos_penalty
         self.kl_target, self.kl_horizon = kl_target, kl_horizon
-        self.critic = build_critic(value_model, self.policy, self._reward_models())
-        hp = self.hparams
-        if hp.gradient_checkpointing:  # before LoRA, as the base does for the policy
-            self.critic.gradient_checkpointing_enable()
-        if hp.fused_layers:
-            log_fused(self.critic, "critic")
-        if hp.lora_r > 0:  # the critic adapts like the policy: LoRA on its backbone, its score head trained in full
-            self.critic = apply_lora(self.critic, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules)
+        super().__init__(rewards=rewards, beta=beta, num_generations=num_generations, num_iterations=num_iterations,
+                         kl_penalty="reward", importance_ratio="token", kl_importance_correction=True,
+                         **kwargs)  # fmt: skip
+        self.critic = self.prepare(build_critic(value_model, self.policy, self.rewards.models), "critic")
         disable_dropout(self.policy)
         disable_dropout(self.critic)
-        # The KL penalty, objective/entropy and every pass after the first need the sampling policy's log-probs.
-        self.needs_old_logps = True
+
+    # -- hooks of the online step: PPO's rewards, advantages and loss --------------------------------------
+    def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         kl = KL_METRICS if self.use_kl else ()
-        times = ("time/generation", "time/reward", "time/update")
         steps = ("learning_rate", "grad_norm")  # per optimizer step, as the base logs them
-        names = (*self.reward_metric_names(), *ROLLOUT_METRICS, *kl, *UPDATE_METRICS, *steps, *times)
-        self.train_metrics = MetricGroup(names, "train/")
+        times = ("time/generation", "time/reward", "time/update")
+        train = (*self.rewards.metric_names(), *ROLLOUT_METRICS, *kl, *UPDATE_METRICS, *steps, *times)
+        return train, self.rewards.metric_names(with_std=False)
 
-    # -- the step: the online base's rl_step with PPO's hooks, then the KL controller -------------------
-    def rl_step(self, batch: PromptBatch) -> tuple[Tensor, dict[str, Any], Experience]:
-        loss, values, exp = super().rl_step(batch)
-        if self.kl_target is not None:  # β for the next rollout, from this one's KL over all ranks
-            per_row, rows = exp.metrics["objective/kl"]
-            kl_sum, count = self._sum_over_ranks(torch.stack([(per_row * rows).sum(), rows.sum()])).tolist()
-            if count > 0:
-                self.beta = adaptive_kl_coef(self.beta, kl_sum / count, self.kl_target, self.kl_horizon, int(count))
-        return loss, values, exp
-
-    def make_experience(self, batch: PromptBatch, rollout: Rollout, rewards_per_func: Tensor) -> Experience:
-        """The base's (loss mask, old and reference log-probs) plus the critic's values; an unscorable completion
-        (every reward function returned None) takes no part in the update."""
-        exp = super().make_experience(batch, rollout, rewards_per_func)
-        exp.loss_mask[exp.unscorable] = 0
-        exp.extra["values"] = self._no_grad_values(rollout)  # (B, L)
-        return exp
+    def needs_old_logps(self) -> bool:
+        return True  # the KL penalty, objective/entropy and every pass after the first need them
 
     def shape_rewards(self, rewards: Tensor, exp: Experience) -> Tensor:
         """(B,) scores -> (B, L) per-token rewards: −β·k1 per token, the score (minus the missing-EOS penalty) added
-        at the last completion token (:func:`~lit_align.losses.policy_gradient.token_level_rewards`)."""
+        at the last completion token (:func:`~lit_align.losses.policy_gradient.token_level_rewards`). An unscorable
+        completion (every reward function returned None) takes no part in the update. The critic's values of the
+        rollout are recorded here (``exp.extra["values"]``); with ``kl_target``, β for the next rollout follows this
+        one's KL over all ranks."""
+        exp.loss_mask[exp.unscorable] = 0
+        exp.extra["values"] = self._no_grad_values(exp.rollout)  # (B, L)
         mask = exp.loss_mask
         rows = mask.any(dim=1).float()  # the sequences that take part
         scores = rewards.nan_to_num(0.0)  # NaN only on unscorable rows, whose mask is empty
@@ -166,21 +148,26 @@ class PPO(OnlinePolicyGradient):
         exp.metrics["objective/scores"] = (scores, rows)
         exp.metrics["objective/rlhf_reward"] = (scores - self.beta * kl, rows)
         exp.metrics["objective/entropy"] = (-(exp.old_logps * mask).sum(dim=1), rows)  # sampled tokens' NLL
+        token_rewards = token_level_rewards(scores, token_kl, mask, self.beta)
         if self.use_kl:
             exp.metrics["objective/kl"] = (kl, rows)
             exp.metrics["objective/non_score_reward"] = (-self.beta * kl, rows)
             exp.metrics["objective/kl_coef"] = torch.tensor([self.beta])
-        return token_level_rewards(scores, token_kl, mask, self.beta)
+        if self.kl_target is not None:  # adaptive KL control: β for the next rollout
+            kl_sum, count = self.all_reduce(torch.stack([(kl * rows).sum(), rows.sum()])).tolist()
+            if count > 0:
+                self.beta = adaptive_kl_coef(self.beta, kl_sum / count, self.kl_target, self.kl_horizon, int(count))
+        return token_rewards
 
     def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
         """GAE over the per-token rewards and the rollout's values, then advantages whitened over the rollout (all
         ranks); the returns (unwhitened advantages + values) are the critic's targets (``exp.extra["returns"]``)."""
         mask = exp.loss_mask
         if self.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False, all_reduce=self._sum_over_ranks)
+            rewards = whiten(rewards, mask, shift_mean=False, all_reduce=self.all_reduce)
         advantages, returns = gae_advantages(rewards, exp.extra["values"], mask, self.gamma, self.lam)
         exp.extra["returns"] = returns
-        return whiten(advantages, mask, all_reduce=self._sum_over_ranks)
+        return whiten(advantages, mask, all_reduce=self.all_reduce)
 
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
         """Clipped surrogate + ``vf_coef`` x clipped value loss of micro-batch ``rows``, per token, aggregated under
@@ -195,7 +182,7 @@ class PPO(OnlinePolicyGradient):
         old_values, returns = exp.extra["values"][rows], exp.extra["returns"][rows]
         value_losses, value_clipped = value_loss(values, old_values, returns, mask, self.cliprange_value)
         per_token = policy_losses + self.vf_coef * value_losses
-        loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.max_new_tokens, normalizer)
+        loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.sampler.max_new_tokens, normalizer)
         log_ratio = (logps - old_logps).detach()
         tokens = mask.sum().reshape(1).float()
         for name, value in (
@@ -213,17 +200,10 @@ class PPO(OnlinePolicyGradient):
         if self.num_minibatches == 1:
             return super().minibatch_order(num_rows, iteration)
         key = f"{self.global_step}/{self.global_rank}" if self._trainer is not None else f"{self._rollouts}/{iteration}"
-        with seeded_rng(f"{self.sampling_seed}/minibatches/{key}", torch.device("cpu")):
+        with seeded_rng(f"{self.sampler.options.seed}/minibatches/{key}", torch.device("cpu")):
             return torch.randperm(num_rows).to(self.device)
 
-    # -- models, sharding, checkpoint --------------------------------------------------------------------
-    def configure_model(self) -> None:
-        """FSDP2: the policy, reference and reward models (the mixins), then the critic, sharded like the policy."""
-        super().configure_model()
-        mesh = self.data_parallel_mesh()
-        if mesh is not None:
-            fully_shard_model(self.critic, mesh)
-
+    # -- checkpoint and helpers --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["kl_coef"] = self.beta  # the adaptive controller's state
@@ -232,23 +212,14 @@ class PPO(OnlinePolicyGradient):
         super().on_load_checkpoint(checkpoint)
         self.beta = float(checkpoint.get("kl_coef", self.beta))
 
-    # -- helpers ---------------------------------------------------------------------------------------
-    def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
-        if self._trainer is not None and self.trainer.world_size > 1:
-            return self.trainer.strategy.reduce(tensor, reduce_op="sum")
-        return tensor
-
     @torch.no_grad()
     def _no_grad_values(self, rollout: Rollout) -> Tensor:
-        prompt_len, parts = rollout.prompt_input_ids.shape[1], []
-        rows_per_pass = -(-len(rollout) // (self.num_minibatches * self.gradient_accumulation_steps))
-        for rows in torch.arange(len(rollout), device=self.device).split(rows_per_pass):
-            input_ids, attention_mask, _ = rollout.model_inputs(rows)
-            parts.append(token_values(self.critic, input_ids, attention_mask, prompt_len))
-        return torch.cat(parts)
+        prompt_len = rollout.prompt_input_ids.shape[1]
+        return torch.cat([token_values(self.critic, *rollout.model_inputs(rows)[:2], prompt_len)
+                          for rows in self.no_grad_passes(rollout)])  # fmt: skip
 
 
-def _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta, kwargs) -> None:
+def _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta, lora_dropout) -> None:
     if vf_coef < 0 or cliprange_value <= 0:
         raise ValueError(f"--model.vf_coef must be >= 0, --model.cliprange_value > 0; got {vf_coef}, {cliprange_value}")
     if not (0 <= gamma <= 1 and 0 <= lam <= 1):
@@ -258,7 +229,7 @@ def _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, 
             f"--model.kl_target {kl_target} (adaptive KL) needs kl_target > 0, an initial --model.beta > 0 and "
             f"--model.kl_horizon > 0 (got beta {beta}, kl_horizon {kl_horizon})"
         )
-    if kwargs.get("lora_dropout", 0.0):
+    if lora_dropout:
         raise ValueError("PPO turns dropout off in policy and critic (on-policy ratio 1): set --model.lora_dropout 0")
 
 
@@ -268,15 +239,15 @@ def _check_reward_models(reward_funcs: Sequence[str | Callable], value_model: Mo
     has_model = bool(specs) or any(isinstance(f, RewardModelScorer) for f in reward_funcs)
     if value_model == "reward_model" and not has_model:
         raise ValueError(
-            "--model.value_model reward_model initializes the critic from a reward model, and --model.reward_funcs "
-            "names none ('model:<dir>'); add one, or use --model.value_model policy"
+            "--model.value_model reward_model initializes the critic from a reward model, and "
+            "--model.rewards.reward_funcs names none ('model:<dir>'); add one, or use --model.value_model policy"
         )
     for spec in specs:
         if _is_local_path(spec) and not Path(spec).expanduser().is_dir():
             raise FileNotFoundError(
-                f"reward model {spec!r} not found (from --model.reward_funcs). Train one first with "
+                f"reward model {spec!r} not found (from --model.rewards.reward_funcs). Train one first with "
                 f"`python recipes/reward_model.py fit` (it exports {DEFAULT_REWARD_MODEL}), or point "
-                "--model.reward_funcs at another reward model: '[model:<dir>]'"
+                "--model.rewards.reward_funcs at another reward model: '[model:<dir>]'"
             )
 
 

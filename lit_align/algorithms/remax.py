@@ -18,13 +18,13 @@ sequence-level ratio are as in :mod:`~lit_align.algorithms.rloo`.
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.online import Experience, ImportanceRatio, KLPenalty, OnlinePolicyGradient
-from lit_align.rewards.scoring import weighted_rewards
+from lit_align.algorithms.base import fix_options
+from lit_align.algorithms.online import Experience, ImportanceRatio, OnlinePolicyGradient
 
 
 class ReMax(OnlinePolicyGradient):
@@ -33,24 +33,24 @@ class ReMax(OnlinePolicyGradient):
     Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them.
     Logs ``greedy_reward`` (the baseline's mean reward) besides the shared metrics. The options are the
-    online base's and its mixins'; ReMax changes the defaults of ``kl_penalty``, ``importance_ratio``
-    and ``num_generations`` (each sample is compared with the greedy completion).
+    online base's, its parts' and the reference's; the KL is a penalty on the sequence reward (``kl_penalty`` is
+    not offered), and ReMax changes the defaults of ``importance_ratio`` and ``num_generations`` (each sample is
+    compared with the greedy completion).
     """
 
-    KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("reward",)
-    IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("sequence", "token")
     EXTRA_METRICS = ("greedy_reward", "time/greedy_generation")
 
     def __init__(
         self,
         *,
-        kl_penalty: KLPenalty = "reward",
         importance_ratio: ImportanceRatio = "sequence",
         num_generations: int = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(kl_penalty=kl_penalty, importance_ratio=importance_ratio, num_generations=num_generations,
-                         **kwargs)  # fmt: skip
+        fix_options(kwargs, "ReMax", "the KL is a penalty on the sequence reward", kl_penalty="reward",
+                    kl_importance_correction=True)  # fmt: skip
+        super().__init__(kl_penalty="reward", kl_importance_correction=True, importance_ratio=importance_ratio,
+                         num_generations=num_generations, **kwargs)  # fmt: skip
 
     def baseline(self, rewards: Tensor, exp: Experience) -> Tensor:
         """The reward of each prompt's greedy completion, repeated over its G samples; NaN (then advantage 0)
@@ -58,8 +58,8 @@ class ReMax(OnlinePolicyGradient):
         start = time.perf_counter()
         batch = exp.batch
         greedy = self.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], greedy=True)
-        per_func = self.score(batch, greedy).to(rewards.device)  # (N, F)
-        greedy_rewards = weighted_rewards(per_func, self.reward_weights)  # (N,), NaN: unscorable
+        per_func = self.rewards.score(batch, greedy, training=self.training)  # (N, F)
+        greedy_rewards = self.rewards.combine(per_func).to(rewards.device)  # (N,), NaN: unscorable
         exp.metrics["greedy_reward"] = greedy_rewards[~greedy_rewards.isnan()]
         exp.metrics["time/greedy_generation"] = torch.tensor([time.perf_counter() - start])
         return greedy_rewards.repeat_interleave(self.num_generations)

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule, check_option
+from lit_align.algorithms.base import check_option
+from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import concatenate_pair
 from lit_align.losses import bradley_terry_loss
@@ -22,7 +23,7 @@ from lit_align.models import ModelKind
 from lit_align.rewards.model_scorer import last_token_rewards
 
 
-class RewardModel(AlignmentModule):
+class RewardModel(OfflineModule):
     """A Bradley-Terry reward model as a LightningModule (no reference).
 
     The policy is a ``...ForSequenceClassification`` with one output, built from a causal-LM preset,

@@ -15,11 +15,12 @@ instead (aggregated by ``loss_aggregation``). The shared loop is
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
-from lit_align.algorithms.online import Experience, ImportanceRatio, KLPenalty, OnlinePolicyGradient
+from lit_align.algorithms.base import fix_options
+from lit_align.algorithms.online import Experience, ImportanceRatio, OnlinePolicyGradient
 from lit_align.losses.policy_gradient import leave_one_out_advantages
 
 
@@ -28,16 +29,14 @@ class RLOO(OnlinePolicyGradient):
 
     Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The other
-    options are the online base's and its mixins'; RLOO changes the defaults of ``beta`` (TRL's 0.05),
-    ``kl_penalty``, ``importance_ratio`` and ``num_generations`` (G ≥ 2: G = 1 has no leave-one-out
-    baseline, A = 0).
+    options are the online base's, its parts' and the reference's; the KL is a penalty on the sequence reward
+    (``kl_penalty`` is not offered), and RLOO changes the defaults of ``beta`` (TRL's 0.05), ``importance_ratio``
+    and ``num_generations`` (G ≥ 2: G = 1 has no leave-one-out baseline, A = 0).
 
     Args:
         normalize_advantages: whiten the advantages over the batch (TRL's ``normalize_advantages``).
     """
 
-    KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("reward",)
-    IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("sequence", "token")
     MIN_GENERATIONS = (2, ": each completion's baseline is the mean reward of the OTHER completions of its prompt")
 
     def __init__(
@@ -45,16 +44,17 @@ class RLOO(OnlinePolicyGradient):
         *,
         normalize_advantages: bool = False,
         beta: float = 0.05,
-        kl_penalty: KLPenalty = "reward",
         importance_ratio: ImportanceRatio = "sequence",
         num_generations: int = 2,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            beta=beta, kl_penalty=kl_penalty, importance_ratio=importance_ratio, num_generations=num_generations,
-            **kwargs,
-        )  # fmt: skip
+        fix_options(kwargs, "RLOO", "the KL is a penalty on the sequence reward", kl_penalty="reward",
+                    kl_importance_correction=True)  # fmt: skip
         self.normalize_advantages = normalize_advantages
+        super().__init__(
+            beta=beta, kl_penalty="reward", kl_importance_correction=True, importance_ratio=importance_ratio,
+            num_generations=num_generations, **kwargs,
+        )  # fmt: skip
 
     def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
         return leave_one_out_advantages(rewards, self.num_generations, self.normalize_advantages)

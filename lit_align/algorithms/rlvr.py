@@ -36,7 +36,8 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
-from lit_align.algorithms.online import Experience, ImportanceRatio, KLPenalty, OnlinePolicyGradient
+from lit_align.algorithms.base import fix_options
+from lit_align.algorithms.online import Experience, OnlinePolicyGradient
 from lit_align.losses.policy_gradient import group_normalized_advantages, leave_one_out_advantages
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.scoring import batch_zscore
@@ -49,8 +50,9 @@ class RLVR(OnlinePolicyGradient):
 
     Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The other
-    options are the online base's and its mixins' (see ``--help``); ``reward_funcs`` takes the verifiers and
-    the reward models (``model:<dir>``) alike, ``reward_weights`` their weights.
+    options are the online base's, its parts' and the reference's (see ``--help``); ``rewards.reward_funcs``
+    takes the verifiers and the reward models (``model:<dir>``) alike, ``rewards.reward_weights`` their weights;
+    the ratio is per token.
 
     Args:
         advantage_estimator: ``group_normalized`` (GRPO: (r − group mean) / (group std + 1e-4)) or
@@ -60,8 +62,7 @@ class RLVR(OnlinePolicyGradient):
             standardizes none.
     """
 
-    KL_PENALTIES: ClassVar[tuple[KLPenalty, ...]] = ("loss", "reward")
-    IMPORTANCE_RATIOS: ClassVar[tuple[ImportanceRatio, ...]] = ("token",)
+    MIN_GENERATIONS = (2, ": each completion is compared with the others of its prompt")
     ESTIMATORS: ClassVar[dict[str, Callable[[Tensor, int], Tensor]]] = {
         "group_normalized": group_normalized_advantages,
         "leave_one_out": leave_one_out_advantages,
@@ -75,30 +76,27 @@ class RLVR(OnlinePolicyGradient):
         **kwargs: Any,
     ) -> None:
         if advantage_estimator not in self.ESTIMATORS:
-            choices = tuple(self.ESTIMATORS)
-            raise ValueError(f"advantage_estimator must be one of {choices}, got {advantage_estimator!r}")
-        if kwargs.get("num_generations", 2) < 2:  # absent: the base's default (8)
-            raise ValueError(
-                "RLVR compares each completion with the others of its prompt: num_generations must be >= 2, "
-                f"got {kwargs['num_generations']}"
-            )
-        super().__init__(**kwargs)
+            choices = ", ".join(self.ESTIMATORS)
+            raise ValueError(f"--model.advantage_estimator={advantage_estimator!r}: one of {choices}")
+        fix_options(kwargs, "RLVR", "its ratio and clip are per token", importance_ratio="token")
+        super().__init__(importance_ratio="token", **kwargs)
         self.advantage_estimator = advantage_estimator
         self._advantages = self.ESTIMATORS[advantage_estimator]  # the variant, selected once
+        rewards = self.rewards
         if normalized_rewards is None:
-            models = zip(self.reward_names, self.reward_funcs, strict=True)
+            models = zip(rewards.names, rewards.funcs, strict=True)
             normalized_rewards = [name for name, func in models if isinstance(func, RewardModelScorer)]
-        unknown = sorted(set(normalized_rewards) - set(self.reward_names))
+        unknown = sorted(set(normalized_rewards) - set(rewards.names))
         if unknown:
             raise ValueError(
-                f"normalized_rewards names {unknown}, which are not reward functions; their names are "
-                f"{self.reward_names} (as in rewards/<name>/mean)"
+                f"--model.normalized_rewards names {unknown}, which are not reward functions; their names are "
+                f"{rewards.names} (as in rewards/<name>/mean)"
             )
-        self.normalized_columns = [i for i, name in enumerate(self.reward_names) if name in normalized_rewards]
+        self.normalized_columns = [i for i, name in enumerate(rewards.names) if name in normalized_rewards]
 
     def combine_rewards(self, per_func: Tensor) -> Tensor:
         """(B,) combined reward: the ``normalized_rewards`` columns z-scored over the batch, then the weighted sum."""
-        if self.normalized_columns and per_func.shape[1] == len(self.reward_names):  # not rewards given from outside
+        if self.normalized_columns and per_func.shape[1] == len(self.rewards.names):  # not rewards given from outside
             per_func = per_func.clone()
             for i in self.normalized_columns:
                 per_func[:, i] = batch_zscore(per_func[:, i])

@@ -1,25 +1,19 @@
 """SPIN's generation phase, as plain functions: the opponent answers every prompt and scores every pair, the work
-spread over ranks in fixed global batches, the results gathered to every rank and kept in one JSON-lines file.
+spread over ranks in fixed global batches, the results gathered to every rank (:meth:`lit_align.algorithms.SPIN.answer`
+and :meth:`~lit_align.algorithms.SPIN.opponent_logps`; :class:`~lit_align.datamodules.SPINDataModule` keeps them in one
+JSON-lines file per iteration).
 
 Layout independence: rows are cut into global batches of ``batch_size`` in a fixed order and batch j goes to rank
 j mod N, seeded by its own key. A batch's content, padding and seed are then the same on 1 process or N, so a run
 generates and scores the same pairs in every layout. Under FSDP2 each forward is a collective, so every rank makes
 the same number of calls: a rank with fewer real batches repeats its last one and discards the result.
 
-The file (``<run dir>/spin/iteration_<k>.jsonl``) has one line per prompt: ``id``, ``prompt``, ``chosen`` (the
-ground truth), ``rejected`` (the opponent's response, decoded), ``truncated`` (no EOS within ``max_new_tokens``),
-``tokens`` (the response's generated tokens), ``ref_chosen_logps``, ``ref_rejected_logps`` (the opponent's summed
-log-probs of the tokenized pair), ``chosen_tokens``, ``rejected_tokens``. Written by rank 0 to a temporary name and
-renamed, so a kill never leaves half a file.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +22,7 @@ from torch import nn
 
 from lit_align.datamodules.tokenize import left_pad
 from lit_align.logprobs import preference_logps
-from lit_align.rollout import Sampler
+from lit_align.sampling import Sampler
 
 
 def rank_batches(
@@ -53,6 +47,7 @@ def rank_batches(
 def generate_responses(
     sampler: Sampler,
     model: nn.Module,
+    tokenizer: Any,
     prompts: list[list[int]],
     batch_size: int,
     pad_id: int,
@@ -71,7 +66,7 @@ def generate_responses(
         ids = [prompts[i] for i in rows]
         input_ids = left_pad(ids, pad_id).to(device)
         attention_mask = left_pad([[1] * len(p) for p in ids], 0).to(device)
-        rollout = sampler(model, input_ids, attention_mask, 1, key=f"{key}/{j}")
+        rollout = sampler.sample(model, input_ids, attention_mask, tokenizer, 1, key=f"{key}/{j}")
         if real:
             for i, text, truncated, tokens in zip(
                 rows, rollout.texts, rollout.is_truncated.tolist(), rollout.lengths.tolist(), strict=True
@@ -121,26 +116,6 @@ def gather(local: dict[int, Any], world: int) -> dict[int, Any]:
     parts: list[dict[int, Any]] = [{} for _ in range(world)]
     dist.all_gather_object(parts, local)
     return {k: v for part in parts for k, v in part.items()}
-
-
-def write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    os.replace(tmp, path)  # atomic: a kill leaves the old state or the whole file
-
-
-def read_lines(path: Path, ids: list[str]) -> list[dict[str, Any]]:
-    """The file's lines in ``ids`` order; an error naming the file when it holds other prompts."""
-    lines = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
-    found = [line.get("id") for line in lines]
-    if found != ids:
-        raise ValueError(
-            f"{path} holds the pairs of other prompts ({len(found)} lines, expected {len(ids)} with ids "
-            f"{ids[:2]}...): it was written by a run on other data or settings; move it away or use another run dir"
-        )
-    return lines
 
 
 def pairs_table(lines: list[dict[str, Any]], rows: int) -> str:

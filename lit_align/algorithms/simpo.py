@@ -13,14 +13,15 @@ from typing import Any
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule, check_beta, check_label_smoothing, check_option
+from lit_align.algorithms.base import check_beta, check_label_smoothing, check_option
+from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.logprobs import SequenceLogps, preference_logps
 from lit_align.losses import simpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values
 
 
-class SimPO(AlignmentModule):
+class SimPO(OfflineModule):
     """SimPO as a LightningModule (reference-free).
 
     Defaults follow the SimPO paper: β = 2.0 and γ = 1.0 (γ/β = 0.5), the authors' recommended starting

@@ -1,0 +1,240 @@
+"""The reward set: a part that an online module holds — its reward functions, resolved once, their weights, the
+scoring of a rollout, TRL's rollout metrics and the TensorBoard table of sample completions.
+
+:class:`RewardOptions` declares the options once (the ``rewards`` group: ``--model.rewards.reward_funcs``);
+:class:`RewardSet` resolves them (import paths, ``model:<dir>`` reward models, configured classes or callables) and
+scores. The pure pieces (the (B, F) reward table, the weighted sum, unscorable rows) are in
+:mod:`lit_align.rewards.scoring`. Reward models are frozen models of the part: the module moves them to its device
+and shards them under FSDP2 with its other frozen models (:meth:`RewardSet.frozen_models`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lit_align.hparams import is_plain
+from lit_align.rewards.model_scorer import RewardModelScorer
+from lit_align.rewards.resolve import resolve_reward_funcs
+from lit_align.rewards.scoring import check_reward_funcs, nanstd, reward_columns, score_completions, weighted_rewards
+from lit_align.rollout import Rollout
+
+ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
+TABLE_ROWS = 8
+BINDING_ROWS = 4  # rows of the data each reward function is called on at setup
+
+
+@dataclass(frozen=True)
+class RewardOptions:
+    """The reward of an online module (the ``rewards`` group).
+
+    Args:
+        reward_funcs: reward functions by import path (``package.module:function``), ``model:<dir>`` for a
+            trained reward model, a configured class (``class_path`` + ``init_args``), or callables; TRL's
+            signature ``f(prompts, completions, **columns)``.
+        reward_weights: one weight per reward function (default 1.0 each); the reward is the weighted sum.
+        log_completions_every_n_steps: every N rollouts a table of prompts, completions and rewards goes to
+            TensorBoard (0 = never).
+    """
+
+    reward_funcs: Sequence[str | Callable] = (ARITHMETIC_REWARD,)
+    reward_weights: Sequence[float] | None = None
+    log_completions_every_n_steps: int = 10
+
+    def plain(self) -> dict[str, Any]:
+        """As plain data for the hyperparameters (weights-only checkpoints): functions by import path, configured
+        instances by ``class_path`` + ``init_args``, which :func:`~lit_align.rewards.resolve.resolve_reward_funcs`
+        rebuilds."""
+        weights = None if self.reward_weights is None else [float(w) for w in self.reward_weights]
+        return {"reward_funcs": [recorded_reward_func(spec) for spec in self.reward_funcs], "reward_weights": weights,
+                "log_completions_every_n_steps": self.log_completions_every_n_steps}  # fmt: skip
+
+    def model_specs(self) -> list[str]:
+        """The reward models named as ``model:<dir>`` (their directories)."""
+        return [f.removeprefix("model:") for f in self.reward_funcs if isinstance(f, str) and f.startswith("model:")]
+
+
+class RewardSet:
+    """Resolved reward functions with their names (``rewards/<name>/mean``) and weights.
+
+    Args:
+        options: the ``rewards`` group.
+    """
+
+    DEAD_REWARD_ROLLOUTS: ClassVar[int] = 5  # training rollouts after which an always None/0 function is reported
+
+    def __init__(self, options: RewardOptions) -> None:
+        self.options = options
+        self.funcs, self.names, weights = resolve_reward_funcs(options.reward_funcs, options.reward_weights)
+        self.weights = torch.tensor(weights)
+        self._watch: dict[str, Any] = {"train": [0, torch.zeros(len(self.funcs), dtype=torch.bool)], "val": None}
+
+    # -- as a part of a module ------------------------------------------------------------------
+    @property
+    def models(self) -> list[RewardModelScorer]:
+        """The reward models among the functions."""
+        return [f for f in self.funcs if isinstance(f, RewardModelScorer)]
+
+    def frozen_models(self) -> list[nn.Module]:
+        return [scorer.model for scorer in self.models]
+
+    def setup(self, module: Any, stage: str) -> None:
+        """Reward models score on the module's device (the module moves them there)."""
+        for scorer in self.models:
+            scorer.device = module.trainer.strategy.root_device
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def score(self, batch: dict[str, Any], rollout: Rollout, training: bool) -> Tensor:
+        """(B, F) rewards of a rollout of ``batch``'s prompts, NaN where a function returned None; every
+        non-tensor column of the batch reaches the functions."""
+        ids = [r[:n] for r, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)]
+        per_func = score_completions(self.funcs, batch["prompt"], rollout.texts, reward_columns(batch), ids,
+                                     rollout.num_generations)  # fmt: skip
+        self._track(per_func, training)
+        return per_func
+
+    def combine(self, per_func: Tensor) -> Tensor:
+        """(B,) weighted sum of the (B, F) table, NaN where unscorable. A table that is not these functions' (a
+        rollout made outside brings its (B, 1) rewards) is summed unweighted."""
+        return weighted_rewards(per_func, self.weights if per_func.shape[1] == len(self.names) else None)
+
+    def metric_names(self, with_std: bool = True) -> tuple[str, ...]:
+        """The names :meth:`values` returns values for."""
+        per_func = tuple(f"rewards/{n}/mean" for n in self.names)
+        spread = ("reward_std", "frac_reward_zero_std") if with_std else ()
+        return ("reward", *spread, *per_func, "completions/mean_length", "completions/clipped_ratio")
+
+    def values(self, per_func: Tensor, rewards: Tensor, rollout: Rollout, with_std: bool) -> dict[str, Any]:
+        """TRL's rollout metrics: ``reward`` (the combined ``rewards``, unscorable excluded), per-function means,
+        the spread within groups, completion lengths."""
+        scorable = ~rewards.isnan()
+        values: dict[str, Any] = {"reward": (rewards.nan_to_num(0.0), scorable.float())}
+        for i, name in enumerate(self.names):
+            if per_func.shape[1] == len(self.names):
+                values[f"rewards/{name}/mean"] = (per_func[:, i].nan_to_num(0.0), (~per_func[:, i].isnan()).float())
+        values["completions/mean_length"] = rollout.lengths.float()
+        values["completions/clipped_ratio"] = rollout.is_truncated.float()
+        if with_std:
+            kept = rewards[scorable]
+            values["reward_std"] = (kept.std() if kept.numel() > 1 else torch.zeros(())).reshape(1)
+            std = nanstd(rewards.view(-1, rollout.num_generations)).nan_to_num(0.0)  # < 2 scorable: zero std
+            values["frac_reward_zero_std"] = torch.isclose(std, torch.zeros_like(std)).float()
+        return values
+
+    # -- functions that never reward -------------------------------------------------------------
+    def _track(self, per_func: Tensor, training: bool) -> None:
+        """Track which functions gave a usable reward (not None, not 0); after the first ``DEAD_REWARD_ROLLOUTS``
+        training rollouts, warn once about each that never did (a validation pass: at its end)."""
+        if per_func.shape[1] != len(self.names):
+            return
+        usable = (per_func.nan_to_num(0.0) != 0).any(dim=0).cpu()
+        if not training:
+            watch = self._watch["val"]
+            if watch is not None:
+                watch[0] += per_func.shape[0]
+                watch[1] |= usable
+            return
+        watch = self._watch["train"]
+        if watch[0] >= self.DEAD_REWARD_ROLLOUTS:
+            return
+        watch[0] += 1
+        watch[1] |= usable
+        if watch[0] == self.DEAD_REWARD_ROLLOUTS:
+            self._warn_dead(watch[1], f"the first {watch[0]} training rollouts")
+
+    def start_validation(self) -> None:
+        self._watch["val"] = [0, torch.zeros(len(self.funcs), dtype=torch.bool)]
+
+    def end_validation(self) -> None:
+        watch, self._watch["val"] = self._watch["val"], None
+        if watch is not None and watch[0] > 0:
+            self._warn_dead(watch[1], f"a whole validation pass ({watch[0]} completions)")
+
+    def _warn_dead(self, usable: Tensor, when: str) -> None:
+        for name, ok in zip(self.names, usable.tolist(), strict=True):
+            if not ok:
+                rank_zero_warn(
+                    f"reward function {name!r} gave no usable reward on {when}: every value was None (unscorable) or "
+                    "0, so it teaches nothing. Check that the data's columns hold what it expects (e.g. answers in "
+                    "the form it parses) and that the prompts ask for that form."
+                )
+
+    # -- the table of sample completions -----------------------------------------------------------
+    def log_completions(self, module: Any, rollout_index: int, prompts: list[Any], rollout: Rollout,
+                        per_func: Tensor) -> None:  # fmt: skip
+        """Every ``log_completions_every_n_steps`` rollouts: a table of prompts, completions and rewards."""
+        every, logger = self.options.log_completions_every_n_steps, module.logger
+        if not every or rollout_index % every or logger is None or not module.trainer.is_global_zero:
+            return
+        if type(logger).__name__ != "TensorBoardLogger":
+            return
+        header = "| prompt | completion | " + " | ".join(self.names) + " |"
+        lines = [header, "|" + " --- |" * (2 + len(self.names))]
+        for i in range(min(TABLE_ROWS, len(rollout))):
+            prompt = prompts[i // rollout.num_generations]
+            text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+            scores = " | ".join(f"{v:.3g}" for v in per_func[i].tolist())
+            lines.append(f"| {_cell(text)} | {_cell(rollout.texts[i])} | {scores} |")
+        logger.experiment.add_text("completions", "\n".join(lines), module.global_step)
+
+
+def check_reward_options(datamodule: Any, options: RewardOptions) -> None:
+    """Bind the reward functions of ``options`` to ``datamodule``'s data before any model exists (the command line's
+    check, :class:`lit_align.cli.AlignCLI`); reward models are not loaded."""
+    specs = [s for s in options.reward_funcs if not (isinstance(s, str) and s.startswith("model:"))]
+    if specs:  # strings, configured instances ({class_path, init_args}) or callables, built as the module will
+        funcs, names, _ = resolve_reward_funcs(specs)
+        bind_reward_funcs(funcs, names, datamodule)
+
+
+def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], datamodule: Any) -> None:
+    """:func:`~lit_align.rewards.scoring.check_reward_funcs` on the first rows of ``datamodule``'s training data
+    (set up if it was not), with the columns its batches carry."""
+    if getattr(datamodule, "train_dataset", None) is None:
+        datamodule.setup("fit")
+    dataset = datamodule.train_dataset
+    batch = datamodule.collate([dataset[i] for i in range(min(BINDING_ROWS, len(dataset)))])
+    if "prompt" not in batch:  # not prompt data: nothing the reward functions would see
+        return
+    source = f"{getattr(datamodule, 'data_path', type(datamodule).__name__)}"
+    check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source)
+
+
+def recorded_reward_func(spec: str | dict[str, Any] | Callable) -> str | dict[str, Any]:
+    """A reward function as plain data for the hyperparameters: strings and mappings as given; an instance of a
+    module-level class whose every ``__init__`` argument is kept as a plain attribute of the same name (the
+    verifier classes) as ``{"class_path", "init_args"}``; anything else by import path (a function's)."""
+    if isinstance(spec, str) or (isinstance(spec, dict) and is_plain(spec)):
+        return spec
+    cls = type(spec)
+    if inspect.isroutine(spec) or isinstance(spec, type) or "." in cls.__qualname__:
+        return _import_path(spec)
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return _import_path(spec)
+    init_args = {}
+    for param in parameters:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        value = getattr(spec, param.name, inspect.Parameter.empty)
+        if not is_plain(value):  # not kept (or not plain data): the instance cannot be rebuilt from its config
+            return _import_path(spec)
+        init_args[param.name] = value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def _import_path(func: Callable) -> str:
+    module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    return f"{module}:{name}" if module and name else repr(func)
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|").replace("\n", "<br>")
