@@ -37,6 +37,7 @@ def spec(algo: str, side: str, model_dir: str, rows: dict, tmp_path) -> dict:
     return out
 
 
+@pytest.mark.slow  # a TRL trainer
 @pytest.mark.parametrize("algo", ["dpo", "kto", "sft", "grpo"])
 def test_both_sides_train_on_the_same_batches(algo, tiny_model, tmp_path):
     from lit_align.models import load_tokenizer

@@ -47,6 +47,7 @@ def truncating_rows() -> list[dict]:
     ],
     ids=["chat-z_clamped", "text-z_positive", "apo_zero_unpaired", "text-truncated"],
 )
+@pytest.mark.slow  # a TRL trainer
 def test_parity_with_trl_kto_trainer(tmp_path, rows, policy_seed, ref_seed, loss_type, max_length):
     """Same tiny policy and reference, the same first batch (token-identical, with TRL's KL pairs): TRL's loss,
     KL, rewards/logps metrics and every parameter gradient match ours within 1e-5 in fp32. At max_length=64 the

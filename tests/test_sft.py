@@ -54,6 +54,7 @@ def _trl_trainer(tmp_path, rows, model, tokenizer, max_length):
     return trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
+@pytest.mark.slow  # a TRL trainer
 @pytest.mark.parametrize("kind", ["conversational", "text"])
 def test_tokenization_and_loss_match_trl(tmp_path, kind):
     """Same rows, same tiny-llama weights: identical tokens/masks, and TRL's loss to 1e-5 (fp32).

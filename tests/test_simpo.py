@@ -54,6 +54,7 @@ def setup():
     return policy, tokenizer, rows, ours
 
 
+@pytest.mark.slow  # a TRL trainer
 @pytest.mark.parametrize(("sft_weight", "label_smoothing"), [(0.0, 0.0), (0.5, 0.1)], ids=str)
 def test_simpo_matches_trl_cpo(setup, tmp_path, sft_weight, label_smoothing):
     pytest.importorskip("trl")
