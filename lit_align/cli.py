@@ -169,8 +169,7 @@ class AlignCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file() and not self.subclass_mode_model:
-            from lit_align.algorithms.base import accepted_options
-            from lit_align.hparams import upgrade_hyperparameters
+            from lit_align.hparams import accepted_options, upgrade_hyperparameters
 
             checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
             hparams = dict(checkpoint.get("hyper_parameters") or {})

@@ -31,6 +31,13 @@ def short_name(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
+def table_cell(value: Any, limit: int = 300) -> str:
+    """``value`` (text, or the last message's content) as a cell of a markdown table (TensorBoard's text tab)."""
+    text = value[-1]["content"] if isinstance(value, list) and value else str(value)
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
 def _fmt(value: Any) -> str:
     value = float(value.item() if torch.is_tensor(value) else value)
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"

@@ -14,8 +14,8 @@ each model), and the judge — a reward model, or reward functions such as a ver
                   share of held-out pairs where log π/π_0 (trained over starting model) ranks chosen over
                   rejected, DPO's implicit reward with any β (pairs given)
 
-Everything runs through Lightning's ``predict`` loop, so ``devices`` > 1 splits the prompts (Lightning's
-prediction sampler does not repeat rows) and the records are gathered before the summary. Outputs: a console
+Lightning Fabric launches ``devices`` processes; batch j goes to process j mod N and the records are gathered before
+the summary (no row is repeated). Outputs: a console
 table, ``eval.json``, ``samples.jsonl``, and TensorBoard scalars (``eval/*``) with a text table of sample
 pairs, all in ``out_dir``.
 
@@ -35,8 +35,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lit_align.console import table_cell
 from lit_align.hparams import group_as_plain
 from lit_align.logprobs import preference_logps
+from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import score_completions
 from lit_align.runs import load_trained
@@ -45,52 +47,33 @@ from lit_align.sampling import Sampler, SamplingOptions
 TIE = 1e-6  # judge scores closer than this count as a tie
 
 
-class Evaluation(L.LightningModule):
-    """Completes prompt batches with both models and scores them; scores pair batches under both (``predict``: the
-    loop splits the prompts over devices). Both models sample through one :class:`~lit_align.sampling.Sampler`.
+class Evaluation:
+    """Completes prompt batches with both models and scores them; scores pair batches under both. Both models sample
+    through one :class:`~lit_align.sampling.Sampler`, each prompt batch from the RNG of its own key (its index): the
+    two models draw from the same stream, and the records do not depend on how many processes share the batches.
 
     Args:
         policy: the trained policy.
         baseline: the model it is compared with.
         judges: reward functions (reward models included) that score both models' completions.
-        judge_names: their names.
         sampler: samples the completions of both models.
         tokenizer: the policy's tokenizer (both models share it).
         greedy: decode greedily instead of sampling (both models).
-        table_rows: prompts shown in the text table of sample pairs.
     """
 
-    def __init__(
-        self,
-        *,
-        policy: nn.Module,
-        baseline: nn.Module,
-        judges: list[Any],
-        judge_names: list[str],
-        sampler: Sampler,
-        tokenizer: Any,
-        greedy: bool = False,
-        table_rows: int = 8,
-    ) -> None:
-        super().__init__()
-        self.policy, self.baseline = policy.eval(), baseline.eval()
-        self.baseline.requires_grad_(False)
-        self.policy.requires_grad_(False)
-        self.judges, self.judge_names = judges, judge_names
-        self.sampler, self.tokenizer = sampler, tokenizer
-        self.greedy, self.table_rows = greedy, table_rows
-        self.records: list[dict[str, Any]] = []
+    def __init__(self, policy: nn.Module, baseline: nn.Module, judges: list[Any], sampler: Sampler, tokenizer: Any,
+                 greedy: bool = False) -> None:  # fmt: skip
+        self.policy, self.baseline = policy.eval().requires_grad_(False), baseline.eval().requires_grad_(False)
+        self.judges, self.sampler, self.tokenizer, self.greedy = judges, sampler, tokenizer, greedy
 
     @torch.no_grad()
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if "chosen_input_ids" in batch:
-            self.records.extend(self._pair_records(batch))
-        else:
-            self.records.extend(self._prompt_records(batch, batch_idx))
+    def records(self, batch: dict[str, Any], index: int) -> list[dict[str, Any]]:
+        """The records of batch ``index`` of a prompt or pair loader."""
+        return self._pair_records(batch) if "chosen_input_ids" in batch else self._prompt_records(batch, index)
 
-    def _prompt_records(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def _prompt_records(self, batch: dict[str, Any], index: int) -> list[dict[str, Any]]:
         ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        key = f"eval/{batch_idx}/{self.global_rank}"  # the same stream for both models
+        key = f"eval/{index}"  # the same stream for both models
         rollouts = {name: self.sampler.sample(model, ids, mask, self.tokenizer, 1, key, greedy=self.greedy)
                     for name, model in (("trained", self.policy), ("start", self.baseline))}  # fmt: skip
         scores = {name: self._judge(batch, rollout) for name, rollout in rollouts.items()}
@@ -243,9 +226,9 @@ def evaluate(
         max_prompt_length: longest prompt in tokens (the end is kept).
         max_length: longest prompt + response of a pair, in tokens.
         out_dir: where the report goes (default: ``<run directory>/eval``, else ``eval``).
-        accelerator: Lightning accelerator.
-        devices: devices (processes) to split the prompts over.
-        strategy: Lightning strategy (``ddp`` with several devices).
+        accelerator: Lightning (Fabric) accelerator.
+        devices: devices (processes) to split the batches over.
+        strategy: Lightning (Fabric) strategy (``ddp`` with several devices).
         sampling: how both models sample (a group: ``--sampling.<option>``).
         greedy: decode greedily instead of sampling (both models).
         table_rows: prompts shown in the text table of sample pairs.
@@ -262,9 +245,6 @@ def evaluate(
     specs = ([f"model:{_reward_model_folder(reward_model)}"] if reward_model else []) + list(reward_funcs or [])
     judges, names, _ = resolve_reward_funcs(specs) if specs else ([], [], [])
     weights = [1.0 if reward_model is None or i == 0 else 0.0 for i in range(len(judges))]
-    module = Evaluation(policy=trained.model, baseline=start.model, judges=judges, judge_names=names,
-                        sampler=Sampler(sampling), tokenizer=trained.tokenizer, greedy=greedy,
-                        table_rows=table_rows)  # fmt: skip
     tokenizer = trained.tokenizer
     loaders = []
     if prompts or pairs:  # the prompts of the pairs when no prompt file is given
@@ -279,18 +259,28 @@ def evaluate(
         )  # fmt: skip
         pm.setup("predict")
         loaders.append(DataLoader(pm.train_dataset, batch_size=batch_size, collate_fn=pm.collate))
-    trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)  # fmt: skip
+    fabric = L.Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
+    fabric.launch()
+    trained.model.to(fabric.device), start.model.to(fabric.device)
+    for judge in judges:
+        if isinstance(judge, RewardModelScorer):  # reward models score on this process's device too
+            judge.device = fabric.device
+            judge.model.to(fabric.device)
+    evaluation = Evaluation(trained.model, start.model, judges, Sampler(sampling), tokenizer, greedy)
+    records = []
     for loader in loaders:
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
-    records = _gather(module.records)
-    if not trainer.is_global_zero:
+        for index, batch in enumerate(loader):
+            if index % fabric.world_size == fabric.global_rank:
+                batch = {k: v.to(fabric.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                records.extend(evaluation.records(batch, index))
+    records = _gather(records)
+    if fabric.global_rank != 0:
         return None
     report = summarize(records, names, weights)
     report["settings"] = {"policy": trained.source, "baseline": start.source, "judges": specs, "greedy": greedy,
-                          **group_as_plain(module.sampler.options)}  # fmt: skip
+                          **group_as_plain(sampling)}  # fmt: skip
     folder = Path(out_dir) if out_dir else _default_out_dir(policy)
-    write_report(folder, report, [r for r in records if not r.get("pair")], module.table_rows)
+    write_report(folder, report, [r for r in records if not r.get("pair")], table_rows)
     print(format_report(report), flush=True)
     print(f"report: {folder / 'eval.json'}   samples: {folder / 'samples.jsonl'}   tensorboard --logdir {folder}")
     return report
@@ -315,8 +305,7 @@ def write_report(folder: Path, report: dict[str, Any], samples: list[dict[str, A
                     writer.add_scalar(f"eval/{key}/{name}", number, 0)
     rows = ["| prompt | trained | start |", "| --- | --- | --- |"]
     for record in samples[:table_rows]:
-        prompt = record["prompt"][-1]["content"] if isinstance(record["prompt"], list) else record["prompt"]
-        rows.append(f"| {_cell(prompt)} | {_cell(record['trained'])} | {_cell(record['start'])} |")
+        rows.append("| " + " | ".join(table_cell(record[key]) for key in ("prompt", "trained", "start")) + " |")
     writer.add_text("eval/samples", "\n".join(rows), 0)
     writer.close()
 
@@ -343,8 +332,3 @@ def _gather(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, records)
     return [r for part in parts for r in part]
-
-
-def _cell(text: str, limit: int = 300) -> str:
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return text.replace("|", "\\|").replace("\n", "<br>")

@@ -22,7 +22,7 @@ from lit_align.sampling import Sampler, SamplingOptions
 
 class Completer:
     """A policy, its tokenizer and a seeded :class:`~lit_align.sampling.Sampler`, nothing else (no optimizer, no
-    reward): the ``n``-th call of :meth:`complete` draws from the RNG of key ``n``, so a session repeats itself.
+    reward): the ``n``-th sampled call of :meth:`complete` draws from the RNG of key ``n``, so a session repeats.
 
     Args:
         policy: the model to sample from.
@@ -36,7 +36,6 @@ class Completer:
                  num_generations: int = 1) -> None:  # fmt: skip
         self.policy, self.tokenizer = policy.eval(), tokenizer
         self.sampler, self.greedy, self.num_generations = Sampler(sampling), greedy, num_generations
-        self.calls = 0
 
     @torch.no_grad()
     def complete(self, prompt_ids: list[list[int]]) -> list[list[str]]:
@@ -47,9 +46,7 @@ class Completer:
         ids = left_pad(prompt_ids, self.tokenizer.pad_token_id).to(device)
         mask = left_pad([[1] * len(p) for p in prompt_ids], 0).to(device)
         n = 1 if self.greedy else self.num_generations
-        key = "greedy" if self.greedy else f"{self.calls}/0"
-        self.calls += not self.greedy
-        texts = self.sampler.sample(self.policy, ids, mask, self.tokenizer, n, key, greedy=self.greedy).texts
+        texts = self.sampler.sample(self.policy, ids, mask, self.tokenizer, n, greedy=self.greedy).texts
         return [texts[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
 

@@ -20,6 +20,41 @@ from lightning.pytorch.utilities.parsing import collect_init_args
 G = TypeVar("G")
 
 
+def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
+    """Raise ``ValueError`` naming the module option by its command-line name (``--model.<name>``) unless ``ok``.
+
+    Called before the ``super().__init__`` that loads weights, so a bad option fails before any model loads.
+    """
+    if not ok:
+        raise ValueError(f"--model.{name}={value!r}: {expected}")
+
+
+def check_options(*checks: tuple[bool, str, Any, str]) -> None:
+    """:func:`check_option` for each ``(ok, name, value, expected)``."""
+    for check in checks:
+        check_option(*check)
+
+
+def fix_options(options: dict[str, Any], owner: str, why: str, **fixed: Any) -> None:
+    """Options that ``owner`` fixes (it passes them to its base itself, so they are not among its options): a value
+    given anyway is refused unless it is the fixed one, which is then taken out of ``options``."""
+    for name, value in fixed.items():
+        if name in options:
+            given = options.pop(name)
+            check_option(given == value, name, given, f"{owner} fixes it to {value!r} ({why}); not an option there")
+
+
+def check_beta(beta: float, what: str = "β") -> None:
+    """β > 0 for the losses that scale a log-ratio by it: 0 makes the loss constant (no gradient), < 0 learns to
+    prefer the rejected completion."""
+    check_option(beta > 0, "beta", beta, f"{what} must be > 0 (0: a constant loss, no gradient; < 0: learns backwards)")
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
+    expected = "ε must be in [0, 0.5): at 0.5 the loss ignores the preference, above it learns backwards"
+    check_option(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, expected)
+
+
 def is_plain(value: Any) -> bool:
     """Whether ``value`` is plain config data (what a checkpoint's hyperparameters may hold)."""
     if value is None or isinstance(value, str | int | float | bool):
@@ -86,6 +121,15 @@ LEGACY_GROUPS = {  # option (flat before the groups) -> (group, its name there)
     "reward_weights": ("rewards", "reward_weights"),
     "log_completions_every_n_steps": ("rewards", "log_completions_every_n_steps"),
 }
+
+
+def accepted_options(cls: type) -> set[str]:
+    """The options ``cls`` offers, as LightningCLI resolves its ``__init__`` chain (without ``--model.``)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "module", fail_untyped=False)
+    return {action.dest.split(".")[1] for action in parser._actions if action.dest.startswith("module.")}
 
 
 def is_legacy(hparams: dict[str, Any], accepted: set[str]) -> bool:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import os
 import shutil
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import torch
@@ -34,6 +35,9 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from lit_align.fused import log_fused
+from lit_align.packing import set_padding_free
 
 ModelKind = Literal["causal_lm", "sequence_classification"]
 
@@ -326,3 +330,50 @@ def load_model(
     if torch_dtype is not None:
         model = model.to(torch_dtype)
     return model, tokenizer
+
+
+def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError("LoRA needs peft: pip install 'lit-align[lora]' (or pip install peft)") from err
+    task = "SEQ_CLS" if model.__class__.__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task)
+    return get_peft_model(model, config)
+
+
+def prepare_trainable(model: nn.Module, role: str, options: dict[str, Any]) -> nn.Module:
+    """A model made ready to train (the policy, PPO's critic), in train mode, by a module's ``options`` (its
+    hyperparameters: ``gradient_checkpointing``, ``fused_layers``, ``lora_*``, ``padding_free``): checkpointing, fused
+    layers, then LoRA (the adapters wrap the same projections inside the fused MLPs), then the padding-free mark.
+    ``role`` names it in the log. Returns the model (a PEFT wrapper with LoRA)."""
+    lora_r = options.get("lora_r", 0)
+    model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode through fit
+    if options.get("gradient_checkpointing", False):
+        model.gradient_checkpointing_enable()
+    if options.get("fused_layers", True):
+        log_fused(model, role)
+    if lora_r > 0:
+        model = apply_lora(model, lora_r, options.get("lora_alpha", 16), options.get("lora_dropout", 0.0),
+                           options.get("lora_target_modules", "all-linear"))  # fmt: skip
+    return set_padding_free(model, options.get("padding_free", True))
+
+
+def check_model_interface(model: nn.Module, option: str) -> nn.Module:
+    """``model`` if it can be called the Hugging Face way, ``model(input_ids=..., attention_mask=...)``, returning an
+    output with ``.logits`` (or the reward model's scalar head); otherwise a ValueError that says what is needed."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return model
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    missing = [name for name in ("input_ids", "attention_mask") if name not in parameters and not takes_kwargs]
+    if missing:
+        raise ValueError(
+            f"--model.{option}: a {type(model).__name__} cannot be trained here: its "
+            f"forward{inspect.signature(model.forward)} takes no {' or '.join(missing)}. An nn.Module policy must "
+            "follow the Hugging Face causal-LM call, model(input_ids=..., attention_mask=..., **kwargs) -> an output "
+            "with .logits (B, T, vocab); wrap it in a module that does (it needs no .config; save_pretrained is used "
+            "for the Hugging Face export if present)."
+        )
+    return model

@@ -12,14 +12,10 @@ The mixin is the face every algorithm with a reference shares (its options, :met
     ``none``     the module needs none (:meth:`ReferenceMixin.needs_reference`: GRPO with beta=0): asking is an
                  error, so a reference pass can never run by accident. Reference-free algorithms (SFT, the reward
                  model, SimPO, ORPO) do not mix this class in at all.
-    ``cached``   ``precompute_reference=True``: nothing is loaded when the module is built; in ``setup`` (before a
-                 checkpoint is restored) the values are found on disk or computed once and the reference freed
-                 (:class:`~lit_align.reference_cache.ReferenceCache`). Each batch carries its rows' ``row_index``
-                 (KTO: also ``kl_row_index``) and :meth:`ReferenceMixin.reference_logps` finds the values by it.
-                 Only modules whose reference values are a function of their data rows can cache them: they declare
-                 ``REFERENCE_VALUES`` and implement :meth:`ReferenceMixin.reference_values`; the online modules do
-                 not offer the option. LoRA: the pass runs the policy with its adapters disabled. FSDP2: the pass
-                 runs in ``setup``, before sharding, with a whole reference on each device.
+    ``cached``   ``precompute_reference=True``: nothing is loaded when the module is built; in ``setup`` the
+                 values are found on disk or computed once (:class:`~lit_align.reference_cache.ReferenceCache`) and
+                 found again by each batch's ``row_index``. Only modules whose reference values are a function of
+                 their data rows (``REFERENCE_VALUES``, :meth:`ReferenceMixin.reference_values`) offer the option.
 
 Reference syncing (TR-DPO) is :meth:`ReferenceMixin.sync_reference` (not with a cached reference). SPIN needs no
 reference model: its opponent's log-probs of each iteration's pairs are computed when the iteration begins.

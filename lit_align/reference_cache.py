@@ -1,8 +1,9 @@
 """Reference log-probs computed once before training and cached on disk (``--model.precompute_reference``).
 
-:class:`~lit_align.reference.ReferenceMixin` runs the pass in ``setup`` (before a checkpoint is restored, so a
-copy of the policy is still the pretrained one) and frees the reference afterwards; this file holds the parts
-that need no module: the fingerprint, the table of values, the file, the batches to compute and the gather.
+:class:`ReferenceCache` (the ``cached`` source of :class:`~lit_align.reference.Reference`) runs the pass in
+``setup`` (before a checkpoint is restored, so a copy of the policy is still the pretrained one) and frees the
+reference afterwards; the rest needs no module: the fingerprint, the table of values, the file, the batches to
+compute and the gather.
 
 What is cached: the per-sequence values a module's ``reference_values(model, batch)`` returns, each keyed by
 the batch's index columns that ``reference_value_keys()`` names for it. A value of one row (DPO's

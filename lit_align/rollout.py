@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from lit_align.batches import IGNORE_INDEX
+from lit_align.batches import IGNORE_INDEX, PromptBatch
+from lit_align.logprobs import token_logps
 
 
 @dataclass
@@ -50,6 +51,15 @@ class Rollout:
         if self.logps is None:
             raise ValueError("this rollout carries no log-probs: generate_samples(..., with_logps=True) records them")
         return iter((torch.cat([self.prompt_input_ids, self.completion_ids], dim=1), self.logps))
+
+    def completion_logps(
+        self, model: nn.Module, rows: Tensor | slice = slice(None), temperature: float = 1.0, with_entropy: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """``rows``' completion tokens' log-probs under ``model`` at ``temperature`` (with grad when grad is on) and
+        their predictive entropies (detached; ``with_entropy``), each (b, L), in one chunked pass."""
+        out = token_logps(model, *self.model_inputs(rows), with_entropy=with_entropy, temperature=temperature)
+        P = self.prompt_input_ids.shape[1]
+        return out.logps[:, P:], None if out.entropy is None else out.entropy[:, P:]
 
     def model_inputs(self, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
         """``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding) of prompt + completion rows."""
@@ -261,3 +271,19 @@ def rollout_from_batch(
     batch.setdefault("prompt_input_ids", prompt_ids[::num_generations])
     batch.setdefault("prompt_attention_mask", prompt_mask[::num_generations])
     return rollout, rewards.unsqueeze(1)
+
+
+@dataclass
+class Experience:
+    """One rollout and everything its updates need; rows prompt-major (B = N x G)."""
+
+    batch: PromptBatch  # the prompts and their columns
+    rollout: Rollout
+    rewards_per_func: Tensor  # (B, F), NaN where a function returned None
+    unscorable: Tensor  # (B,) bool: every function returned None
+    loss_mask: Tensor  # (B, L) trained completion tokens
+    old_logps: Tensor | None  # (B, L) under the sampling policy, when needed
+    ref_logps: Tensor | None  # (B, L) under the reference, when beta > 0
+    advantages: Tensor | None = None  # (B,) or (B, L), set after compute_advantages
+    extra: dict[str, Tensor] = field(default_factory=dict)  # per-row tensors an algorithm adds (e.g. values)
+    metrics: dict[str, Any] = field(default_factory=dict)  # metric values the hooks add (logged as train/<name>)

@@ -86,7 +86,7 @@ def _from_checkpoint(path: Path) -> Trained:
         raise ValueError(f"{path}: the checkpoint does not name its starting policy (hyper_parameters.policy)")
     model, tokenizer = load_model(starting)
     if hparams.get("lora_r", 0) > 0:
-        from lit_align.algorithms.base import apply_lora
+        from lit_align.models import apply_lora
 
         model = apply_lora(model, hparams["lora_r"], hparams.get("lora_alpha", 16), 0.0,
                            hparams.get("lora_target_modules", "all-linear"))  # fmt: skip

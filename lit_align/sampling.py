@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lit_align.hparams import as_group
+from lit_align.hparams import as_group, check_option
 from lit_align.rollout import GenerationBackend, HFGenerate, Rollout, seeded_rng
 
 GenerationBackendName = Literal["hf", "vllm"]
@@ -52,19 +52,16 @@ class SamplingOptions:
     kv_cache: KVCache = "auto"
 
     def __post_init__(self) -> None:
-        option = "--model.sampling."
-        if self.temperature <= 0:
-            raise ValueError(f"{option}temperature={self.temperature!r}: must be > 0 (greedy decoding: its own switch)")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"{option}max_new_tokens={self.max_new_tokens!r}: at least 1 token")
-        if not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"{option}top_p={self.top_p!r} / top_k={self.top_k!r}: top_p in (0, 1], top_k >= 0")
-        if self.generation_backend not in ("hf", "vllm"):
-            raise ValueError(f"{option}generation_backend={self.generation_backend!r}: hf or vllm")
-        if not 0 < self.vllm_gpu_memory_utilization < 1:
-            raise ValueError(f"{option}vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization!r}: in (0, 1)")
-        if self.kv_cache not in ("auto", "static", "dynamic"):
-            raise ValueError(f"{option}kv_cache={self.kv_cache!r}: auto, static or dynamic")
+        for ok, name, expected in (
+            (self.temperature > 0, "temperature", "must be > 0 (greedy decoding is its own switch)"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "at least 1 token"),
+            (0 < self.top_p <= 1, "top_p", "in (0, 1] (1: off)"),
+            (self.top_k >= 0, "top_k", ">= 0 (0: off)"),
+            (self.generation_backend in ("hf", "vllm"), "generation_backend", "hf or vllm"),
+            (0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "a fraction in (0, 1)"),
+            (self.kv_cache in ("auto", "static", "dynamic"), "kv_cache", "auto, static or dynamic"),
+        ):
+            check_option(ok, f"sampling.{name}", getattr(self, name), expected)
         if self.generation_backend == "vllm":
             from lit_align.vllm_backend import import_vllm
 
@@ -82,14 +79,7 @@ class Sampler:
     def __init__(self, options: SamplingOptions | dict | None = None, backend: GenerationBackend | None = None) -> None:
         self.options = as_group(SamplingOptions, options)
         self.backend: GenerationBackend | None = backend
-
-    @property
-    def temperature(self) -> float:
-        return self.options.temperature
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.options.max_new_tokens
+        self.draws = 0  # calls without a key so far (their key: the count)
 
     def backend_for(self, tokenizer: Any) -> GenerationBackend:
         """The generation backend, built on first use (it needs the tokenizer, which a DataModule may provide)."""
@@ -115,13 +105,18 @@ class Sampler:
         prompt_attention_mask: Tensor,
         tokenizer: Any,
         num_generations: int = 1,
-        key: str = "",
+        key: str | None = None,
         greedy: bool = False,
     ) -> Rollout:
         """``num_generations`` completions per prompt (prompt-major), or one greedy completion, without grad.
 
-        ``key`` names the call (e.g. ``"<step>/<rank>"``): the same (seed, key) draws the same completions.
+        ``key`` names the call (e.g. ``"<step>/<rank>"``): the same (seed, key) draws the same completions. Without
+        one, a greedy call needs none and a sampled call takes the number of keyless calls before it.
         """
+        if key is None and greedy:
+            key = "greedy"
+        elif key is None:
+            key, self.draws = f"{self.draws}/0", self.draws + 1
         backend = self.backend_for(tokenizer)
         with seeded_rng(f"{self.options.seed}/{key}", prompt_input_ids.device):
             return backend(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy=greedy)

@@ -33,9 +33,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.online import Experience, OnlinePolicyGradient
+from lit_align.algorithms.online import OnlinePolicyGradient
 from lit_align.models import load_model
-from lit_align.rollout import Rollout
+from lit_align.rollout import Experience, Rollout
 from tests.conftest import write_jsonl
 from tests.online_helpers import fixed_rollout, length_reward
 
@@ -116,7 +116,7 @@ def run_lit_align(module: OnlinePolicyGradient, fx: Fixture) -> Run:
     """One ``update`` on the fixed rollout, recording every optimizer step before it is taken."""
     module.generate_samples = lambda *args: fx.rollout
     steps, micro, seen = [], [], {}
-    policy_loss, optimizer_step = module.policy_loss, module._optimizer_step
+    policy_loss, optimizer_step = module.policy_loss, module.step_manual
 
     def recording_loss(exp, rows, normalizer, stats):
         loss = policy_loss(exp, rows, normalizer, stats)
@@ -131,7 +131,7 @@ def run_lit_align(module: OnlinePolicyGradient, fx: Fixture) -> Run:
         micro.clear()
         return optimizer_step()
 
-    module.policy_loss, module._optimizer_step = recording_loss, recording_step
+    module.policy_loss, module.step_manual = recording_loss, recording_step
     metrics = module.update(fx.batch)
     return Run(steps, metrics, seen["exp"])
 

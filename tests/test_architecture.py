@@ -14,7 +14,7 @@ import pytest
 import lit_align
 from lit_align import reference
 from lit_align.algorithms import base, offline, online
-from lit_align.algorithms.base import accepted_options
+from lit_align.hparams import accepted_options
 
 ALGORITHMS = [getattr(lit_align, name) for name in lit_align.__all__ if inspect.isclass(getattr(lit_align, name))]
 HOOKS = {*base.EXTENSION_HOOKS, *offline.EXTENSION_HOOKS, *online.EXTENSION_HOOKS, *reference.EXTENSION_HOOKS}

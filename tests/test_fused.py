@@ -76,7 +76,7 @@ def test_every_norm_and_mlp_is_swapped_keeping_the_parameters_and_their_names():
 def test_fused_outputs_and_gradients_equal_the_eager_ones(padding_free, lora):
     eager, fused, _ = _tiny_pair()
     if lora:
-        from lit_align.algorithms.base import apply_lora
+        from lit_align.models import apply_lora
 
         def adapted(model: nn.Module) -> nn.Module:
             torch.manual_seed(0)  # the same adapter initialization on both

@@ -91,7 +91,7 @@ def test_gradient_accumulation_invariance(tmp_path, aggregation, mask_truncated)
                            max_grad_norm=None)  # fmt: skip
         rollout = fixed_rollout(batch, module.tokenizer, 4, [1, 3, 7, 7, 2, 5, 7, 4])
         module.generate_samples = lambda *args, rollout=rollout: rollout
-        module._optimizer_step = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module)) or {}
+        module.step_manual = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module)) or {}
         if accumulation == "local":
             module._normalizer = lambda mask: None  # aggregate_loss's local default per micro-batch
         module.update(batch)
@@ -233,7 +233,7 @@ def test_kl_importance_correction_changes_the_gradient_not_the_value(tmp_path):
                            max_grad_norm=None, sampling={"temperature": 0.7})  # fmt: skip
         rollout = fixed_rollout(batch, module.tokenizer, 4, [2, 3, 4, 6, 1, 6, 5, 8])
         module.generate_samples = lambda *args, rollout=rollout: rollout
-        module._optimizer_step = lambda module=module, key=correction: recorded.__setitem__(key, grads(module)) or {}
+        module.step_manual = lambda module=module, key=correction: recorded.__setitem__(key, grads(module)) or {}
         losses[correction] = module.update(batch)["loss"]
     assert losses[True] == pytest.approx(losses[False], abs=1e-6)
 

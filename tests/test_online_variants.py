@@ -10,11 +10,11 @@ import itertools
 import pytest
 import torch
 
-from lit_align.algorithms.base import accepted_options
 from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.rloo import RLOO
 from lit_align.algorithms.rlvr import RLVR
+from lit_align.hparams import accepted_options
 from lit_align.logprobs import token_logps
 from lit_align.models import load_model
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch
@@ -97,7 +97,7 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
         return advantages
 
     module.compute_advantages = probe
-    module._optimizer_step = lambda: recorded.update(grads(module)) or {}
+    module.step_manual = lambda: recorded.update(grads(module)) or {}
     out = module.update(batch)
 
     input_ids, attention_mask, labels = rollout.model_inputs()

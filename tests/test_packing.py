@@ -217,7 +217,7 @@ def test_grpo_update_is_the_same_packed(tmp_path, varlen_calls):
                       padding_free=padding_free)  # fmt: skip
         module.generate_samples = lambda *args, m=module: _with_logps(m, rollout)
         recorded = {}
-        module._optimizer_step = lambda m=module, r=recorded: r.update(grads(m)) or {}
+        module.step_manual = lambda m=module, r=recorded: r.update(grads(m)) or {}
         out = module.update(batch)
         results[padding_free] = out, recorded
         assert bool(varlen_calls) == padding_free

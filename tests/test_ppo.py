@@ -105,7 +105,7 @@ def test_one_update_by_hand(tmp_path):
         return original(rewards, exp)
 
     module.compute_advantages = probe
-    module._optimizer_step = lambda: recorded.update(grads(module)) or {}
+    module.step_manual = lambda: recorded.update(grads(module)) or {}
     module.update(batch)
 
     input_ids, attention_mask, labels = rollout.model_inputs()
@@ -220,8 +220,8 @@ def test_minibatches_are_reshuffled_every_epoch_and_global_step_counts_updates(t
         seen, steps = [], []
         original = module.minibatch_order
         module.minibatch_order = lambda n, it: seen.append(original(n, it).tolist()) or torch.tensor(seen[-1])
-        step = module._optimizer_step
-        module._optimizer_step = lambda: steps.append(1) or step()
+        step = module.step_manual
+        module.step_manual = lambda: steps.append(1) or step()
         module.update(prompt_batch(tmp_path, module.tokenizer, n=4))
         assert len(steps) == 6
         return seen

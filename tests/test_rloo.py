@@ -36,7 +36,7 @@ def test_on_policy_gradient_is_reinforce_with_leave_one_out_baseline(tmp_path):
     rollout = fixed_rollout(batch, module.tokenizer, 4, [2, 3, 4, 6, 1, 6, 5, 2])
     module.generate_samples = lambda *args: rollout
     recorded = {}
-    module._optimizer_step = lambda: recorded.update(grads(module)) or {}
+    module.step_manual = lambda: recorded.update(grads(module)) or {}
     module.update(batch)
 
     rewards = torch.tensor(length_reward(None, rollout.texts))

@@ -57,7 +57,7 @@ def test_update_with_a_rollout_batch_equals_update_with_its_prompts(tmp_path, cl
     recorded = {}
     for name in ("own", "given"):
         module = tiny(cls, **kwargs)
-        module._optimizer_step = lambda module=module, name=name: recorded.setdefault(name, []).append(
+        module.step_manual = lambda module=module, name=name: recorded.setdefault(name, []).append(
             grads(module)) or {}  # fmt: skip
         if name == "own":
             module.generate_samples = lambda *args: rollout

@@ -1,28 +1,19 @@
-"""AlignmentModule: what every algorithm module shares — the policy (prepared by :func:`prepare_trainable`: LoRA,
-fused layers, checkpointing), optimizer and schedule, gradient clipping and statistics, non-finite losses, the parts a
-module holds, FSDP2 sharding, cross-rank reductions and metric groups.
+"""AlignmentModule: what every algorithm module shares — the policy, optimizer and schedule, clipping and gradient
+statistics, non-finite losses, the parts a module holds, FSDP2 sharding, cross-rank reductions, metric groups. Two
+loops build on it: :class:`~lit_align.algorithms.offline.OfflineModule` and
+:class:`~lit_align.algorithms.online.OnlinePolicyGradient`.
 
-Two loops build on it: :class:`~lit_align.algorithms.offline.OfflineModule` (a loss over dataset batches, automatic
-optimization) and :class:`~lit_align.algorithms.online.OnlinePolicyGradient` (rollout -> reward -> updates, manual
-optimization). Options are declared ONCE: the shared ones are this class's keyword-only ``__init__`` arguments,
-documented in its ``Args:``; those of the reference are :class:`~lit_align.reference.ReferenceMixin`'s; those of a
-part (the sampler, the reward set) are the part's options group. An algorithm's ``__init__`` names only its own
-options and the shared defaults it changes, and forwards the rest with ``**kwargs`` (LightningCLI follows the
-forwarding, so ``--help`` and YAML show every option with the description written where it is declared).
-
-Parts are plain objects (not ``nn.Module``\\ s) that a module builds and registers with :meth:`hold`. A part may
-define ``setup(module, stage)`` and ``frozen_models()``; this class's Lightning hooks reach every part held, so no
-algorithm or mixin overrides ``setup`` or ``configure_model`` to wire one in.
-
-Extension hooks (:data:`EXTENSION_HOOKS`), each with its default here: :meth:`metric_names`, :meth:`check_data`,
-:meth:`planned_optimizer_steps`, ``on_save_checkpoint`` / ``on_load_checkpoint`` (cooperative: call ``super()``).
+Options are declared ONCE: the shared ones here; a part's (the sampler, the reward set) in its options group; an
+algorithm's ``__init__`` names only its own options and the shared defaults it changes, and forwards the rest with
+``**kwargs`` (LightningCLI follows the forwarding). Parts are plain objects a module registers with :meth:`hold`; a
+part may define ``setup(module, stage)`` and ``frozen_models()``, and this class's Lightning hooks reach every part
+held, so no algorithm or mixin overrides ``setup`` or ``configure_model`` to wire one in. Subclasses extend only the
+:data:`EXTENSION_HOOKS`.
 """
 
 from __future__ import annotations
 
-import inspect
 import io
-import math
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -32,113 +23,24 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_align.console import short_name
-from lit_align.fused import log_fused
 from lit_align.host_memory import release_host_memory
-from lit_align.hparams import is_legacy, save_plain_hyperparameters, upgrade_hyperparameters
+from lit_align.hparams import (
+    accepted_options,
+    check_options,
+    is_legacy,
+    save_plain_hyperparameters,
+    upgrade_hyperparameters,
+)
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
-from lit_align.models import ModelKind, ModelRef, resolve_model
-from lit_align.packing import set_padding_free
+from lit_align.models import ModelKind, ModelRef, check_model_interface, prepare_trainable, resolve_model
+from lit_align.optim import Scheduler, optimizer_and_schedule
 from lit_align.rollout import mark_updated
 from lit_align.sharding import fully_shard_model
 
-Scheduler = Literal["constant", "linear", "cosine"]
 NonFinite = Literal["stop", "skip"]
 ReduceOp = Literal["sum", "mean"]
 # The methods a subclass may define again along its chain (each has its default in the class that declares it).
 EXTENSION_HOOKS = ("metric_names", "check_data", "planned_optimizer_steps", "on_save_checkpoint", "on_load_checkpoint")
-
-
-def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | str) -> nn.Module:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as err:
-        raise ImportError("LoRA needs peft: pip install 'lit-align[lora]' (or pip install peft)") from err
-    task = "SEQ_CLS" if model.__class__.__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task)
-    return get_peft_model(model, config)
-
-
-def prepare_trainable(
-    model: nn.Module,
-    role: str,
-    *,
-    lora_r: int = 0,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.0,
-    lora_target_modules: list[str] | str = "all-linear",
-    gradient_checkpointing: bool = False,
-    fused_layers: bool = True,
-    padding_free: bool = True,
-) -> nn.Module:
-    """A model made ready to train (the policy, PPO's critic), in train mode: gradient checkpointing, fused
-    layers, then LoRA (the adapters wrap the same projections inside the fused MLPs), then the padding-free mark.
-    ``role`` names it in the log. Returns the model (a PEFT wrapper with LoRA)."""
-    model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode through fit
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if fused_layers:
-        log_fused(model, role)
-    if lora_r > 0:
-        model = apply_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-    return set_padding_free(model, padding_free)
-
-
-def check_model_interface(model: nn.Module, option: str) -> nn.Module:
-    """``model`` if it can be called the Hugging Face way, ``model(input_ids=..., attention_mask=...)``, returning an
-    output with ``.logits`` (or the reward model's scalar head); otherwise a ValueError that says what is needed."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return model
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    missing = [name for name in ("input_ids", "attention_mask") if name not in parameters and not takes_kwargs]
-    if missing:
-        raise ValueError(
-            f"--model.{option}: a {type(model).__name__} cannot be trained here: its "
-            f"forward{inspect.signature(model.forward)} takes no {' or '.join(missing)}. An nn.Module policy must "
-            "follow the Hugging Face causal-LM call, model(input_ids=..., attention_mask=..., **kwargs) -> an output "
-            "with .logits (B, T, vocab); wrap it in a module that does (it needs no .config; save_pretrained is used "
-            "for the Hugging Face export if present)."
-        )
-    return model
-
-
-def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
-    """Raise ``ValueError`` naming the module option by its command-line name (``--model.<name>``) unless ``ok``.
-
-    Called before the ``super().__init__`` that loads weights, so a bad option fails before any model loads.
-    """
-    if not ok:
-        raise ValueError(f"--model.{name}={value!r}: {expected}")
-
-
-def fix_options(options: dict[str, Any], owner: str, why: str, **fixed: Any) -> None:
-    """Options that ``owner`` fixes (it passes them to its base itself, so they are not among its options): a value
-    given anyway is refused unless it is the fixed one, which is then taken out of ``options``."""
-    for name, value in fixed.items():
-        if name in options:
-            given = options.pop(name)
-            check_option(given == value, name, given, f"{owner} fixes it to {value!r} ({why}); not an option there")
-
-
-def check_beta(beta: float, what: str = "β") -> None:
-    """β > 0 for the losses that scale a log-ratio by it: 0 makes the loss constant (no gradient), < 0 learns to
-    prefer the rejected completion."""
-    check_option(beta > 0, "beta", beta, f"{what} must be > 0 (0: a constant loss, no gradient; < 0: learns backwards)")
-
-
-def check_label_smoothing(label_smoothing: float) -> None:
-    expected = "ε must be in [0, 0.5): at 0.5 the loss ignores the preference, above it learns backwards"
-    check_option(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, expected)
-
-
-def adamw(groups: list[dict[str, Any]], lr: float, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW, with torch's fused kernel (``fused``) where every parameter has one (floating point on CPU or CUDA): on
-    CPU the default per-parameter loop took ~7 s against ~0.8 s fused for SmolLM2-135M's update on the loaded 2-core
-    machine (``bench/README.md``). Same update rule; rounding differs from the loop in the last bits."""
-    params = [p for group in groups for p in group["params"]]
-    fused = fused and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, lr=lr, fused=True if fused else None)
 
 
 class AlignmentModule(L.LightningModule):
@@ -200,18 +102,16 @@ class AlignmentModule(L.LightningModule):
         release_host_memory: bool = True,
         nonfinite_loss: NonFinite = "stop",
     ) -> None:
-        check_option(learning_rate > 0, "learning_rate", learning_rate, "must be > 0 (0 trains nothing)")
-        check_option(weight_decay >= 0, "weight_decay", weight_decay, "must be >= 0")
-        check_option(0 <= warmup_ratio <= 1, "warmup_ratio", warmup_ratio, "a fraction of the steps, in [0, 1]")
-        check_option(
-            scheduler in ("constant", "linear", "cosine"), "scheduler", scheduler, "constant, linear or cosine"
+        check_options(
+            (learning_rate > 0, "learning_rate", learning_rate, "must be > 0 (0 trains nothing)"),
+            (weight_decay >= 0, "weight_decay", weight_decay, "must be >= 0"),
+            (0 <= warmup_ratio <= 1, "warmup_ratio", warmup_ratio, "a fraction of the steps, in [0, 1]"),
+            (scheduler in ("constant", "linear", "cosine"), "scheduler", scheduler, "constant, linear or cosine"),
+            (max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0, or null (no clip)"),
+            (lora_r >= 0, "lora_r", lora_r, "a LoRA rank >= 0 (0: train every weight)"),
+            (0 <= lora_dropout < 1, "lora_dropout", lora_dropout, "a probability in [0, 1)"),
+            (nonfinite_loss in ("stop", "skip"), "nonfinite_loss", nonfinite_loss, "stop or skip"),
         )
-        check_option(
-            max_grad_norm is None or max_grad_norm > 0, "max_grad_norm", max_grad_norm, "> 0, or null (no clip)"
-        )
-        check_option(lora_r >= 0, "lora_r", lora_r, "a LoRA rank >= 0 (0: train every weight)")
-        check_option(0 <= lora_dropout < 1, "lora_dropout", lora_dropout, "a probability in [0, 1)")
-        check_option(nonfinite_loss in ("stop", "skip"), "nonfinite_loss", nonfinite_loss, "stop or skip")
         super().__init__()
         self.__dict__["_options"] = save_plain_hyperparameters(self)  # as given: objects (callables) included
         self.__dict__["_parts"] = self.__dict__.get("_parts", [])  # parts a subclass held before this ran stay
@@ -257,10 +157,8 @@ class AlignmentModule(L.LightningModule):
         return [model for part in self._parts for model in getattr(part, "frozen_models", list)()]
 
     def prepare(self, model: nn.Module, role: str) -> nn.Module:
-        """:func:`prepare_trainable` with this module's options (LoRA, fused layers, checkpointing, padding-free)."""
-        options = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "gradient_checkpointing",
-                   "fused_layers", "padding_free")  # fmt: skip
-        return prepare_trainable(model, role, **{name: self.hparams[name] for name in options})
+        """:func:`~lit_align.models.prepare_trainable` with this module's options (LoRA, fused layers, ...)."""
+        return prepare_trainable(model, role, self.hparams)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -442,26 +340,38 @@ class AlignmentModule(L.LightningModule):
 
     def _optimizer_and_scheduler(self, total_steps: int | float | None) -> tuple[torch.optim.Optimizer, Any]:
         hp = self.hparams
-        decay = [p for p in self.trainable() if p.ndim >= 2]
-        no_decay = [p for p in self.trainable() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # Lightning's mixed-precision plugins refuse to clip a fused optimizer's gradients (it unscales internally)
         mixed = self._trainer is not None and not str(self.trainer.precision).endswith("-true")
-        optimizer = adamw([g for g in groups if g["params"]], hp.learning_rate, fused=not mixed)
-        total = int(total_steps) if total_steps and math.isfinite(total_steps) else 1000
-        warmup = int(hp.warmup_ratio * total)
+        return optimizer_and_schedule(self.trainable(), hp.learning_rate, hp.weight_decay, hp.warmup_ratio,
+                                      hp.scheduler, total_steps, fused=not mixed)  # fmt: skip
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if hp.scheduler == "linear":
-                return 1.0 - progress
-            if hp.scheduler == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return 1.0
+    # -- manual optimization (the online loop), in a Trainer or standalone --------------------------
+    def zero_grad_manual(self) -> None:
+        optimizer = self.optimizers() if self.in_fit() else self._standalone[0]
+        optimizer.zero_grad(set_to_none=True)
 
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def backward_manual(self, loss: torch.Tensor) -> None:
+        if self.in_fit():
+            self.manual_backward(loss)  # under DDP this re-arms the reducer: gradients are all-reduced
+        else:
+            loss.backward()
+
+    def step_manual(self) -> dict[str, float]:
+        """Clip, step the optimizer and the scheduler; returns the step's learning rate and gradient norm."""
+        trainer = self.in_fit()
+        optimizer, scheduler = (self.optimizers(), self.lr_schedulers()) if trainer else self._standalone
+        self.close_window(optimizer)  # a step whose micro-batches were all non-finite moves nothing
+        statistics = self.step_statistics(optimizer)
+        clip = self.hparams.max_grad_norm
+        if clip and trainer:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        elif clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable(), clip)
+        optimizer.step()  # under a Trainer: counts one global_step (and marks the policy updated, in the hook)
+        if not trainer:
+            mark_updated(self.policy)
+        scheduler.step()
+        return statistics
 
     # -- non-finite losses and the optimizer step's window ----------------------------------------
     def loss_is_finite(self, loss: torch.Tensor, batch_idx: int | None) -> bool:
@@ -526,15 +436,6 @@ class AlignmentModule(L.LightningModule):
     def _release_host_memory(self) -> None:
         if self.release_host_memory and self.device.type == "cpu":
             release_host_memory()
-
-
-def accepted_options(cls: type) -> set[str]:
-    """The options ``cls`` offers, as LightningCLI resolves its ``__init__`` chain (without ``--model.``)."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(cls, "module", fail_untyped=False)
-    return {action.dest.split(".")[1] for action in parser._actions if action.dest.startswith("module.")}
 
 
 class _NoSchedule:

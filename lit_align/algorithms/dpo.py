@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.algorithms.base import check_beta, check_label_smoothing, check_option
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
+from lit_align.hparams import check_beta, check_label_smoothing, check_option
 from lit_align.logprobs import preference_logps
 from lit_align.losses import dpo_loss, hinge_loss, robust_dpo_loss
 from lit_align.metrics import Value, preference_values

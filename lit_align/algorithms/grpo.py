@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lit_align.algorithms.base import check_option, fix_options
-from lit_align.algorithms.online import Experience, OnlinePolicyGradient
+from lit_align.algorithms.online import OnlinePolicyGradient
+from lit_align.hparams import check_option, fix_options
 from lit_align.losses.policy_gradient import group_normalized_advantages
+from lit_align.rollout import Experience
 
 
 class GRPO(OnlinePolicyGradient):

@@ -26,9 +26,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.algorithms.base import check_beta, check_option
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import BinaryBatch
+from lit_align.hparams import check_beta, check_option
 from lit_align.logprobs import SequenceLogps, sequence_logps
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.metrics import Value

@@ -1,8 +1,8 @@
 """What the online policy-gradient algorithms (GRPO, RLOO, ReMax, RLVR, PPO) share: one RL step, written out.
 
-The module holds two parts besides the policy and the reference: ``self.sampler`` (:class:`~lit_align.sampling.
-Sampler`, the ``sampling`` options) and ``self.rewards`` (:class:`~lit_align.rewards.reward_set.RewardSet`, the
-``rewards`` options). Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
+Besides the policy and the reference, the module holds two parts: ``self.sampler`` (:class:`~lit_align.sampling.
+Sampler`) and ``self.rewards`` (:class:`~lit_align.rewards.reward_set.RewardSet`). Per batch of N prompts
+(:meth:`OnlinePolicyGradient.rl_step`):
 
     1. rollout     G = ``num_generations`` completions per prompt from the current policy (``self.sampler``, seeded)
     2. rewards     ``self.rewards.score`` -> the (B, F) table -> :meth:`combine_rewards` (the weighted sum); a
@@ -19,34 +19,23 @@ Sampler`, the ``sampling`` options) and ``self.rewards`` (:class:`~lit_align.rew
 
 The hooks of steps 2-6 (:data:`EXTENSION_HOOKS`) are the extension points; each default is the common case, and a
 subclass overrides only what makes it that algorithm (ReMax: :meth:`baseline`; GRPO and RLOO:
-:meth:`compute_advantages`). Two options choose among the built-in variants; an algorithm with a single legal value
-fixes it (passes it to this class itself), so the option is not offered there:
-
-    kl_penalty="loss"          + β·ρ_t·k3 per token in the loss (GRPO, DeepSeekMath eq. 3-4; ρ_t = π/π_old, the
-                               importance correction of DeepSeek-V3.2 and TRL 1.16, ``kl_importance_correction``)
-    kl_penalty="reward"        − β·Σ_t k1 from each sequence's reward (RLOO, ReMax; REINFORCE-style)
-    importance_ratio="token"   per-token ratio, clipped per token, aggregated by ``loss_aggregation``
-    importance_ratio="sequence"  one ratio per sequence, exp(Σ_t log π − Σ_t log π_old) (TRL's RLOO)
-
-``kl_penalty="loss"`` with a sequence ratio is refused: a per-token KL term has no per-token loss to
-join. ``beta > 0`` is decided once, before the base builds anything: it loads the reference and adds the ``kl``
-metric.
+:meth:`compute_advantages`). ``kl_penalty`` (the KL in the loss or in the reward) and ``importance_ratio`` (per
+token or per sequence) choose among the built-in variants; an algorithm with a single legal value fixes it (passes
+it to this class itself), so the option is not offered there, and ``kl_penalty="loss"`` with a sequence ratio is
+refused (a per-token KL term has no per-token loss to join). ``beta > 0`` is decided once, before the base builds
+anything: it loads the reference and adds the ``kl`` metric.
 
 Shapes: B = N x G rows, prompt-major; L completion length; ``loss_mask`` (B, L) is the completion
 mask, zeroed for truncated completions when ``mask_truncated_completions``.
 
 Temperature: every training pass (policy, sampling policy, reference) scores the completions under
 softmax(logits / τ), τ = the sampling ``temperature``, as TRL 1.16 and verl do: the ratio, the KL and the
-entropy are then taken under the distribution the completions were drawn from (at τ ≠ 1 the plain
-softmax(logits) is a different policy). ``top_p`` / ``top_k`` truncation is NOT reflected in these
-log-probs (nor in TRL's or verl's): with either on, the sampling distribution is the truncated one.
-
-``entropy`` is the token-mean predictive entropy of softmax(logits / τ) over the trained completion tokens,
-computed in the same chunked pass as the log-probs (no extra forward).
+entropy (``entropy``: token mean over the trained completion tokens, from the same chunked pass) are taken under
+the distribution the completions were drawn from. ``top_p`` / ``top_k`` truncation is NOT reflected in these
+log-probs (nor in TRL's or verl's).
 
 The seed interface: ``samples, log_probs = module.generate_samples(prompt_ids, prompt_mask)``, and
 ``module.update(batch)`` with a prompt batch or a rollout made outside (:func:`~lit_align.rollout.rollout_from_batch`).
-
 Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration (the
 :meth:`minibatch_order` default; PPO reshuffles);
 under DDP each rank normalizes its own groups (all G completions of a prompt live on one rank, so group
@@ -61,16 +50,14 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler, check_option, fix_options
+from lit_align.algorithms.base import AlignmentModule, Scheduler
 from lit_align.batches import PromptBatch
-from lit_align.hparams import as_group
-from lit_align.logprobs import token_logps
+from lit_align.hparams import as_group, check_options, fix_options
 from lit_align.losses.policy_gradient import (
     aggregate_loss,
     clipped_surrogate,
@@ -83,7 +70,7 @@ from lit_align.metrics import weighted_mean
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
 from lit_align.rewards.scoring import fill_unscorable
-from lit_align.rollout import Rollout, mark_updated, rollout_from_batch
+from lit_align.rollout import Experience, Rollout, rollout_from_batch
 from lit_align.sampling import Sampler, SamplingOptions
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
@@ -93,29 +80,8 @@ EXTENSION_HOOKS = ("needs_old_logps", "combine_rewards", "shape_rewards", "basel
                    "policy_loss", "minibatch_order")  # fmt: skip
 
 
-@dataclass
-class Experience:
-    """One rollout and everything its updates need; rows prompt-major (B = N x G)."""
-
-    batch: PromptBatch  # the prompts and their columns
-    rollout: Rollout
-    rewards_per_func: Tensor  # (B, F), NaN where a function returned None
-    unscorable: Tensor  # (B,) bool: every function returned None
-    loss_mask: Tensor  # (B, L) trained completion tokens
-    old_logps: Tensor | None  # (B, L) under the sampling policy, when needed
-    ref_logps: Tensor | None  # (B, L) under the reference, when beta > 0
-    advantages: Tensor | None = None  # (B,) or (B, L), set after compute_advantages
-    extra: dict[str, Tensor] = field(default_factory=dict)  # per-row tensors an algorithm adds (e.g. values)
-    metrics: dict[str, Any] = field(default_factory=dict)  # metric values the hooks add (logged as train/<name>)
-
-
 class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     """Base of the online policy-gradient algorithms (manual optimization). Subclasses override the hooks.
-
-    Options are declared once: here the RL step's, in :class:`~lit_align.sampling.SamplingOptions` those of
-    sampling (``sampling``), in :class:`~lit_align.rewards.reward_set.RewardOptions` those of the reward
-    (``rewards``), in :class:`~lit_align.reference.ReferenceMixin` the reference's and in
-    :class:`~lit_align.algorithms.base.AlignmentModule` the policy's and the optimizer's.
 
     Args:
         beta: β, weight of the KL to the reference (``kl_penalty`` says where it goes); 0 means no reference
@@ -175,30 +141,26 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         fix_options(kwargs, type(self).__name__, "the completions it compares against the reference are sampled "
                     "during training, so there is nothing to precompute", precompute_reference=False)  # fmt: skip
         fewest, why = self.MIN_GENERATIONS
-        check_option(num_generations >= fewest, "num_generations", num_generations, f"at least {fewest}{why}")
-        for name, value in (("num_iterations", num_iterations), ("num_minibatches", num_minibatches),
-                            ("gradient_accumulation_steps", gradient_accumulation_steps)):  # fmt: skip
-            check_option(value >= 1, name, value, "at least 1")
-        check_option(beta >= 0, "beta", beta, "β >= 0 (0: no KL and no reference; < 0 rewards drifting away)")
-        check_option(kl_penalty in ("loss", "reward"), "kl_penalty", kl_penalty, "loss or reward")
-        check_option(importance_ratio in ("token", "sequence"), "importance_ratio", importance_ratio,
-                     "token or sequence")  # fmt: skip
-        if kl_penalty == "loss" and importance_ratio == "sequence":
-            raise ValueError(
-                "--model.kl_penalty=loss adds β·k3 to each token's loss, and --model.importance_ratio=sequence has one "
-                "loss term per sequence: use kl_penalty=reward (β·Σ k1 subtracted from the sequence reward) or "
-                "importance_ratio=token"
-            )
-        check_option(kl_importance_correction or kl_penalty == "loss", "kl_importance_correction",
-                     kl_importance_correction, "applies to kl_penalty=loss only")  # fmt: skip
-        check_option(epsilon > 0, "epsilon", epsilon, "a clip range > 0")
-        check_option(
-            epsilon_high is None or epsilon_high > 0, "epsilon_high", epsilon_high, "a clip range > 0, or null"
-        )
-        check_option(loss_aggregation in (None, "sequence_mean", "token_mean", "constant"), "loss_aggregation",
-                     loss_aggregation, "sequence_mean, token_mean or constant")  # fmt: skip
-        check_option(importance_ratio == "token" or loss_aggregation in (None, "sequence_mean"), "loss_aggregation",
-                     loss_aggregation, "a sequence ratio has one loss term per sequence, averaged: leave it null")
+        check_options(
+            (num_generations >= fewest, "num_generations", num_generations, f"at least {fewest}{why}"),
+            (num_iterations >= 1, "num_iterations", num_iterations, "at least 1"),
+            (num_minibatches >= 1, "num_minibatches", num_minibatches, "at least 1"),
+            (gradient_accumulation_steps >= 1, "gradient_accumulation_steps", gradient_accumulation_steps, ">= 1"),
+            (beta >= 0, "beta", beta, "β >= 0 (0: no KL and no reference; < 0 rewards drifting away)"),
+            (kl_penalty in ("loss", "reward"), "kl_penalty", kl_penalty, "loss or reward"),
+            (importance_ratio in ("token", "sequence"), "importance_ratio", importance_ratio, "token or sequence"),
+            (kl_penalty == "reward" or importance_ratio == "token", "kl_penalty", kl_penalty, "loss adds β·k3 to each "
+             "token's loss, and importance_ratio=sequence has one term per sequence: use reward (β·Σ k1 subtracted "
+             "from the sequence reward) or importance_ratio=token"),
+            (kl_importance_correction or kl_penalty == "loss", "kl_importance_correction", kl_importance_correction,
+             "applies to kl_penalty=loss only"),
+            (epsilon > 0, "epsilon", epsilon, "a clip range > 0"),
+            (epsilon_high is None or epsilon_high > 0, "epsilon_high", epsilon_high, "a clip range > 0, or null"),
+            (loss_aggregation in (None, "sequence_mean", "token_mean", "constant"), "loss_aggregation",
+             loss_aggregation, "sequence_mean, token_mean or constant"),
+            (importance_ratio == "token" or loss_aggregation in (None, "sequence_mean"), "loss_aggregation",
+             loss_aggregation, "a sequence ratio has one loss term per sequence, averaged: leave it null"),
+        )  # fmt: skip
         # Decided before the base builds anything: what the run needs (a reference only when β > 0; the metric
         # groups from the reward functions' names) and the parts it holds.
         self.beta, self.use_kl = beta, beta > 0
@@ -303,15 +265,15 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             row_ids = self.minibatch_order(len(rollout), iteration)
             for minibatch in row_ids.tensor_split(min(self.num_minibatches, len(rollout))):
                 normalizer = self._normalizer(exp.loss_mask[minibatch])
-                self._zero_grad()
+                self.zero_grad_manual()
                 total = 0.0
                 for rows in minibatch.tensor_split(min(self.gradient_accumulation_steps, len(minibatch))):
                     loss = self.policy_loss(exp, rows, normalizer, stats)
                     if not self.loss_is_finite(loss, None):
                         loss = self.skipped_loss()
-                    self._backward(loss)
+                    self.backward_manual(loss)
                     total += float(loss.detach())
-                for name, value in self._optimizer_step().items():
+                for name, value in self.step_manual().items():
                     stats[name].append((torch.tensor([value]), torch.ones(1)))
                 losses.append(total)
         values["time/generation"] = torch.tensor([t_generation])
@@ -341,19 +303,13 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     ) -> Rollout:
         """Completions of the policy (G per prompt, prompt-major), or one greedy completion each, without grad.
 
-        Sampling is seeded by (``sampling.seed``, global step, rank) in a Trainer's fit, and by the number of
-        earlier sampling calls outside one.
+        Sampling is seeded by (``sampling.seed``, global step, rank) in a Trainer's fit (a function of the
+        checkpointed step), and by the number of earlier sampling calls outside one; greedy calls take no key, so
+        evaluating between updates leaves the samples alone.
         """
-        if greedy:  # deterministic: consumes no key, so evaluating between updates leaves the samples alone
-            key = "greedy"
-        elif self.in_fit():  # a function of the checkpointed step
-            key = f"{self.global_step}/{self.global_rank}"
-        else:
-            key, self._samples_drawn = f"{self._samples_drawn}/0", self._samples_drawn + 1
+        key = f"{self.global_step}/{self.global_rank}" if self.in_fit() and not greedy else None
         return self.sampler.sample(self.policy, prompt_input_ids, prompt_attention_mask, self.tokenizer,
                                    num_generations, key, greedy)  # fmt: skip
-
-    _samples_drawn = 0  # sampling calls outside a Trainer (the seed key there)
 
     def generate_samples(
         self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, with_logps: bool = True
@@ -445,7 +401,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
                     token_kl = kl_k3(logps, exp.ref_logps[rows])
                 per_token = per_token + self.beta * token_kl
                 stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
-            loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.sampler.max_new_tokens, normalizer)
+            max_tokens = self.sampler.options.max_new_tokens
+            loss = aggregate_loss(per_token, mask, self.loss_aggregation, max_tokens, normalizer)
             weights = mask.float()
         for name, flags in (("low", low), ("high", high), ("region", low | high)):
             stats[f"clip_ratio/{name}_mean"].append((flags.float().flatten(), weights.flatten()))
@@ -462,12 +419,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     def policy_logps(self, exp: Experience, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Log-probs (with grad) and predictive entropies (detached) of micro-batch ``rows``' completion tokens
         under the live policy at the sampling temperature, each (b, L), in one chunked pass."""
-        input_ids, attention_mask, labels = exp.rollout.model_inputs(rows)
-        prompt_len = exp.rollout.prompt_input_ids.shape[1]
-        out = token_logps(
-            self.policy, input_ids, attention_mask, labels, with_entropy=True, temperature=self.sampler.temperature
-        )
-        return out.logps[:, prompt_len:], out.entropy[:, prompt_len:]
+        return exp.rollout.completion_logps(self.policy, rows, self.sampler.options.temperature, with_entropy=True)
 
     def no_grad_passes(self, rollout: Rollout) -> list[Tensor]:
         """The rollout's rows in the chunks that no-grad passes over it take (as many as the update's micro-batches:
@@ -477,47 +429,19 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
 
     @torch.no_grad()
     def _no_grad_logps(self, rollout: Rollout, model: nn.Module) -> Tensor:
-        P = rollout.prompt_input_ids.shape[1]
-        temperature = self.sampler.temperature
-        return torch.cat([token_logps(model, *rollout.model_inputs(rows), temperature=temperature).logps[:, P:]
-                          for rows in self.no_grad_passes(rollout)])  # fmt: skip
+        passes = [rollout.completion_logps(model, rows, self.sampler.options.temperature)[0]
+                  for rows in self.no_grad_passes(rollout)]  # fmt: skip
+        return torch.cat(passes)
 
     # -- optimization plumbing (Trainer or standalone) -------------------------------------------------
     def _normalizer(self, mask: Tensor) -> Tensor:
         """The minibatch's loss normalizer; token counts are global over ranks (DDP averages gradients)."""
         rows = torch.tensor(float(mask.shape[0]), device=mask.device)
         if self.loss_aggregation == "constant":
-            return rows * self.sampler.max_new_tokens
+            return rows * self.sampler.options.max_new_tokens
         if self.loss_aggregation == "sequence_mean":
             return rows
         return self.all_reduce(mask.sum().float(), "mean")
-
-    def _zero_grad(self) -> None:
-        optimizer = self.optimizers() if self.in_fit() else self._standalone[0]
-        optimizer.zero_grad(set_to_none=True)
-
-    def _backward(self, loss: Tensor) -> None:
-        if self.in_fit():
-            self.manual_backward(loss)  # under DDP this re-arms the reducer: gradients are all-reduced
-        else:
-            loss.backward()
-
-    def _optimizer_step(self) -> dict[str, float]:
-        """Clip, step the optimizer and the scheduler; returns the step's learning rate and gradient norm."""
-        trainer = self.in_fit()
-        optimizer, scheduler = (self.optimizers(), self.lr_schedulers()) if trainer else self._standalone
-        self.close_window(optimizer)  # a minibatch whose micro-batches were all non-finite moves nothing
-        statistics = self.step_statistics(optimizer)
-        clip = self.hparams.max_grad_norm
-        if clip and trainer:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-        elif clip:
-            torch.nn.utils.clip_grad_norm_(self.trainable(), clip)
-        optimizer.step()  # under a Trainer: counts one global_step (and marks the policy updated, in the hook)
-        if not trainer:
-            mark_updated(self.policy)
-        scheduler.step()
-        return statistics
 
 
 def _to(values: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -28,10 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.base import fix_options
 from lit_align.algorithms.critic import build_critic, disable_dropout, token_values
-from lit_align.algorithms.online import Experience, OnlinePolicyGradient
-from lit_align.hparams import as_group
+from lit_align.algorithms.online import OnlinePolicyGradient
+from lit_align.hparams import as_group, fix_options
 from lit_align.losses.policy_gradient import (
     adaptive_kl_coef,
     aggregate_loss,
@@ -46,7 +45,7 @@ from lit_align.losses.policy_gradient import (
 from lit_align.models import ModelRef
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.reward_set import RewardOptions
-from lit_align.rollout import Rollout, seeded_rng
+from lit_align.rollout import Experience, Rollout, seeded_rng
 
 DEFAULT_REWARD_MODEL = "runs/reward_model/version_0/hf_model"  # what `python recipes/reward_model.py fit` exports
 UPDATE_METRICS = (  # per trained token, over every update of a rollout (TRL's names)
@@ -182,7 +181,7 @@ class PPO(OnlinePolicyGradient):
         old_values, returns = exp.extra["values"][rows], exp.extra["returns"][rows]
         value_losses, value_clipped = value_loss(values, old_values, returns, mask, self.cliprange_value)
         per_token = policy_losses + self.vf_coef * value_losses
-        loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.sampler.max_new_tokens, normalizer)
+        loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.sampler.options.max_new_tokens, normalizer)
         log_ratio = (logps - old_logps).detach()
         tokens = mask.sum().reshape(1).float()
         for name, value in (

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.base import fix_options
-from lit_align.algorithms.online import Experience, ImportanceRatio, OnlinePolicyGradient
+from lit_align.algorithms.online import ImportanceRatio, OnlinePolicyGradient
+from lit_align.hparams import fix_options
+from lit_align.rollout import Experience
 
 
 class ReMax(OnlinePolicyGradient):

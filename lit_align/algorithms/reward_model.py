@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from lit_align.algorithms.base import check_option
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
+from lit_align.hparams import check_option
 from lit_align.logprobs import concatenate_pair
 from lit_align.losses import bradley_terry_loss
 from lit_align.metrics import Value

@@ -19,9 +19,10 @@ from typing import Any
 
 from torch import Tensor
 
-from lit_align.algorithms.base import fix_options
-from lit_align.algorithms.online import Experience, ImportanceRatio, OnlinePolicyGradient
+from lit_align.algorithms.online import ImportanceRatio, OnlinePolicyGradient
+from lit_align.hparams import fix_options
 from lit_align.losses.policy_gradient import leave_one_out_advantages
+from lit_align.rollout import Experience
 
 
 class RLOO(OnlinePolicyGradient):

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lit_align.console import table_cell
 from lit_align.datamodules.tokenize import left_pad
 from lit_align.logprobs import preference_logps
 from lit_align.sampling import Sampler
@@ -122,11 +123,6 @@ def pairs_table(lines: list[dict[str, Any]], rows: int) -> str:
     """A markdown table of (prompt, ground truth, generated) for TensorBoard's text tab."""
     table = ["| prompt | ground truth (chosen) | generated (rejected) |", "| --- | --- | --- |"]
     for line in lines[:rows]:
-        table.append(f"| {_cell(line['prompt'])} | {_cell(line['chosen'])} | {_cell(line['rejected'])} |")
+        cells = (table_cell(line[key]) for key in ("prompt", "chosen", "rejected"))
+        table.append("| " + " | ".join(cells) + " |")
     return "\n".join(table)
-
-
-def _cell(value: Any, limit: int = 300) -> str:
-    text = value[-1]["content"] if isinstance(value, list) and value else str(value)
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return text.replace("|", "\\|").replace("\n", "<br>")

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from lit_align.algorithms.base import check_beta, check_label_smoothing, check_option
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
+from lit_align.hparams import check_beta, check_label_smoothing, check_option
 from lit_align.logprobs import SequenceLogps, preference_logps
 from lit_align.losses import simpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values

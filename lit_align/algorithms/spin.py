@@ -38,11 +38,10 @@ from typing import Any
 
 import torch
 
-from lit_align.algorithms.base import check_option
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.algorithms.self_play import gather, generate_responses, pair_logps, pairs_table
 from lit_align.batches import SelfPlayBatch
-from lit_align.hparams import as_group
+from lit_align.hparams import as_group, check_option
 from lit_align.logprobs import preference_logps
 from lit_align.losses import spin_loss
 from lit_align.metrics import Value, preference_values

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lit_align.console import table_cell
 from lit_align.hparams import is_plain
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
@@ -54,10 +55,6 @@ class RewardOptions:
         weights = None if self.reward_weights is None else [float(w) for w in self.reward_weights]
         return {"reward_funcs": [recorded_reward_func(spec) for spec in self.reward_funcs], "reward_weights": weights,
                 "log_completions_every_n_steps": self.log_completions_every_n_steps}  # fmt: skip
-
-    def model_specs(self) -> list[str]:
-        """The reward models named as ``model:<dir>`` (their directories)."""
-        return [f.removeprefix("model:") for f in self.reward_funcs if isinstance(f, str) and f.startswith("model:")]
 
 
 class RewardSet:
@@ -177,10 +174,9 @@ class RewardSet:
         header = "| prompt | completion | " + " | ".join(self.names) + " |"
         lines = [header, "|" + " --- |" * (2 + len(self.names))]
         for i in range(min(TABLE_ROWS, len(rollout))):
-            prompt = prompts[i // rollout.num_generations]
-            text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
             scores = " | ".join(f"{v:.3g}" for v in per_func[i].tolist())
-            lines.append(f"| {_cell(text)} | {_cell(rollout.texts[i])} | {scores} |")
+            prompt = table_cell(prompts[i // rollout.num_generations])
+            lines.append(f"| {prompt} | {table_cell(rollout.texts[i])} | {scores} |")
         logger.experiment.add_text("completions", "\n".join(lines), module.global_step)
 
 
@@ -233,8 +229,3 @@ def recorded_reward_func(spec: str | dict[str, Any] | Callable) -> str | dict[st
 def _import_path(func: Callable) -> str:
     module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
     return f"{module}:{name}" if module and name else repr(func)
-
-
-def _cell(text: str, limit: int = 300) -> str:
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return text.replace("|", "\\|").replace("\n", "<br>")
