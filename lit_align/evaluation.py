@@ -264,7 +264,6 @@ def evaluate(
     trained.model.to(fabric.device), start.model.to(fabric.device)
     for judge in judges:
         if isinstance(judge, RewardModelScorer):  # reward models score on this process's device too
-            judge.device = fabric.device
             judge.model.to(fabric.device)
     evaluation = Evaluation(trained.model, start.model, judges, Sampler(sampling), tokenizer, greedy)
     records = []

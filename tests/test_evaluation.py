@@ -81,6 +81,26 @@ def test_evaluate_recipe_reports_win_rate_reward_length_perplexity(tiny_run):
     assert list(out.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow  # two processes
+def test_two_processes_give_the_records_of_one(tiny_run):
+    """Batch j goes to process j mod N, seeded by its own key: 2 DDP processes (Lightning Fabric) report the records,
+    and so the report, of 1."""
+    reports = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        out = tiny_run / f"layout{devices}"
+        cmd = [sys.executable, str(REPO / "recipes/evaluate.py"), "runs/dpo/version_0", "--reward_model", "rm",
+               "--pairs", "pairs.jsonl", "--sampling.max_new_tokens", "6", "--batch_size", "2", "--accelerator",
+               "cpu", "--devices", str(devices), "--strategy", strategy, "--out_dir", str(out)]  # fmt: skip
+        result = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        reports[devices] = (json.loads((out / "eval.json").read_text()), sorted(samples, key=lambda r: r["prompt"]))
+    (one, one_samples), (two, two_samples) = reports[1], reports[2]
+    assert one_samples == two_samples and one["pairs"] == two["pairs"] == 6
+    for key in ("win_rate", "reward", "length", "perplexity", "implicit_reward_accuracy"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
 def test_evaluating_a_model_against_itself_is_all_ties(tiny_run):
     """Same model, same seeded stream: identical completions, identical scores, win rate exactly 0.5."""
     from lit_align.evaluation import evaluate

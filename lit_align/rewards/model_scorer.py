@@ -72,7 +72,8 @@ class RewardModelScorer:
         tokenizer: tokenizer to use instead of the one in ``path``.
         batch_size: completions scored per forward pass.
         max_length: longest prompt + completion in tokens; a longer one is an error (``None``: no limit).
-        device: where to run the model (default: CUDA when available, else CPU).
+        device: where to load the model (default: CUDA when available, else CPU); it scores where its model is,
+            so a module that moves it (to its own device) moves the scoring too.
     """
 
     __name__ = "reward_model"  # the metric name: rewards/reward_model/mean
@@ -94,8 +95,7 @@ class RewardModelScorer:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.max_length = max_length
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.requires_grad_(False).eval().to(self.device)
+        self.model.requires_grad_(False).eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def texts(self, prompts: list[Any], completions: list[Completion]) -> list[str]:
         out = []
@@ -123,6 +123,7 @@ class RewardModelScorer:
                 raise ValueError(
                     f"reward model input of {encoded['input_ids'].shape[1]} tokens exceeds max_length={self.max_length}"
                 )
-            ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+            device = next(self.model.parameters()).device
+            ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
             rewards.extend(last_token_rewards(self.model, ids, mask).tolist())
         return rewards

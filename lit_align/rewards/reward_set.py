@@ -79,12 +79,8 @@ class RewardSet:
         return [f for f in self.funcs if isinstance(f, RewardModelScorer)]
 
     def frozen_models(self) -> list[nn.Module]:
+        """The reward models, which the module moves to its device (they score where they are) and shards."""
         return [scorer.model for scorer in self.models]
-
-    def setup(self, module: Any, stage: str) -> None:
-        """Reward models score on the module's device (the module moves them there)."""
-        for scorer in self.models:
-            scorer.device = module.trainer.strategy.root_device
 
     # -- scoring ---------------------------------------------------------------------------------
     def score(self, batch: dict[str, Any], rollout: Rollout, training: bool) -> Tensor:
