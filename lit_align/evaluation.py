@@ -43,6 +43,7 @@ from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import score_completions
 from lit_align.runs import load_trained
 from lit_align.sampling import Sampler, SamplingOptions
+from lit_align.sharding import gather_objects
 
 TIE = 1e-6  # judge scores closer than this count as a tie
 
@@ -272,7 +273,7 @@ def evaluate(
             if index % fabric.world_size == fabric.global_rank:
                 batch = {k: v.to(fabric.device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 records.extend(evaluation.records(batch, index))
-    records = _gather(records)
+    records = [record for part in gather_objects(records) for record in part]
     if fabric.global_rank != 0:
         return None
     report = summarize(records, names, weights)
@@ -321,13 +322,3 @@ def _default_out_dir(policy: str) -> Path:
     if path.is_dir() and (path / "config.json").is_file() and (path.parent / "config.yaml").is_file():
         return path.parent / "eval"
     return Path("eval")
-
-
-def _gather(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return records
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, records)
-    return [r for part in parts for r in part]

@@ -1,4 +1,4 @@
-"""FSDP2 sharding for ``ModelParallelStrategy``: each transformer block, then the root.
+"""FSDP2 sharding for ``ModelParallelStrategy`` (each transformer block, then the root), and gathering objects.
 
 The block classes come from the loaded model itself (Hugging Face's ``_no_split_modules``, the
 classes it keeps whole when splitting a model across devices), so any architecture works, not just
@@ -11,6 +11,9 @@ no-grad forward no rank keeps the gathered root group (embeddings, LM head) resi
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch.distributed as dist
 from torch import nn
 
 
@@ -48,3 +51,12 @@ def fully_shard_model(model: nn.Module, mesh, frozen: bool = False) -> nn.Module
             fully_shard(module, mesh=mesh, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, reshard_after_forward=frozen)
     return model
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts

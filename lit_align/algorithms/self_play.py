@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from lit_align.console import table_cell
@@ -108,15 +107,6 @@ def pair_logps(
     finally:
         model.train(was_training)
     return out
-
-
-def gather(local: dict[int, Any], world: int) -> dict[int, Any]:
-    """Every rank's ``{row: value}`` merged, on every rank."""
-    if world == 1:
-        return local
-    parts: list[dict[int, Any]] = [{} for _ in range(world)]
-    dist.all_gather_object(parts, local)
-    return {k: v for part in parts for k, v in part.items()}
 
 
 def pairs_table(lines: list[dict[str, Any]], rows: int) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from lit_align.algorithms.offline import OfflineModule
-from lit_align.algorithms.self_play import gather, generate_responses, pair_logps, pairs_table
+from lit_align.algorithms.self_play import generate_responses, pair_logps, pairs_table
 from lit_align.batches import SelfPlayBatch
 from lit_align.hparams import as_group, check_option
 from lit_align.logprobs import preference_logps
@@ -47,6 +47,7 @@ from lit_align.losses import spin_loss
 from lit_align.metrics import Value, preference_values
 from lit_align.rollout import is_fsdp2_sharded
 from lit_align.sampling import Sampler, SamplingOptions
+from lit_align.sharding import gather_objects
 
 
 class SPIN(OfflineModule):
@@ -169,13 +170,14 @@ class SPIN(OfflineModule):
         work spread over the ranks in fixed global batches (:mod:`lit_align.algorithms.self_play`), a collective."""
         layout = self._layout(pad_id)
         local = generate_responses(self.sampler, self.policy, self.tokenizer, prompts, key=key, **layout)
-        return gather(local, layout["world"])
+        return {row: value for part in gather_objects(local) for row, value in part.items()}
 
     def opponent_logps(self, rows: list[dict[str, Any]], collate: Any, pad_id: int) -> dict[int, dict[str, float]]:
         """The policy's summed log-probs of each tokenized pair (``ref_chosen_logps``, ``ref_rejected_logps`` and the
         token counts) on every rank: no grad, eval mode, spread over the ranks like :meth:`answer`."""
         layout = self._layout(pad_id)
-        return gather(pair_logps(self.policy, rows, collate, **layout), layout["world"])
+        local = pair_logps(self.policy, rows, collate, **layout)
+        return {row: value for part in gather_objects(local) for row, value in part.items()}
 
     def log_iteration(self, iteration: int, lines: list[dict[str, Any]], seconds: float | None) -> None:
         """The iteration's statistics to the logger (``spin/*``) and its table of pairs to TensorBoard."""
