@@ -57,3 +57,18 @@ def test_forwarded_options_carry_their_one_declaration():
     ]:
         line = next(line for line in text.splitlines() if line.startswith(f"  {option} "))
         assert words in line, line
+
+
+def test_the_lit_align_command_names_its_recipe_and_does_not_warn_about_args():
+    """``lit-align dpo fit ...`` reads its arguments as typed: no LightningCLI warning about ``args`` beside
+    ``sys.argv``, and the usage tip names the recipe (``lit-align dpo fit --help``, not ``lit-align fit --help``)."""
+    import os
+    import subprocess
+    import sys
+
+    command = os.path.join(os.path.dirname(sys.executable), "lit-align")
+    out = subprocess.run([command, "dpo", "fit", "--model.bta", "3"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "tip: For details of accepted options run: lit-align dpo fit --help" in out.stderr, out.stderr[-2000:]
+    assert "--model.bta: did you mean --model.beta?" in out.stderr
+    assert "args parameter is intended" not in out.stderr
