@@ -10,8 +10,8 @@ counters, not assumed), the live weights are copied in (``load_weights``: FSDP2 
 
 Sampling: the prompts' real tokens (padding stripped), ``n = num_generations`` per prompt (prompt-major, as
 :class:`~lit_align.rollout.HFGenerate`), the module's temperature / top-p / top-k, the completion ending at the
-first EOS of ``eos_ids``; the seed is drawn from torch's RNG, which :class:`~lit_align.rollout.Sampler` seeds per
-call, so a (sampling_seed, step, rank) key draws the same completions again on the same engine. The training
+first EOS of ``eos_ids``; the seed is drawn from torch's RNG, which :class:`~lit_align.sampling.Sampler` seeds per
+call, so a (sampling.seed, step, rank) key draws the same completions again on the same engine. The training
 log-probs are recomputed by the policy as with ``generate`` (vLLM's own log-probs are not used).
 
 Status: written against vLLM's ``LLM`` API as TRL 1.16 uses it (``llm_engine.model_executor.driver_worker.

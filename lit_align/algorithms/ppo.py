@@ -194,7 +194,7 @@ class PPO(OnlinePolicyGradient):
         return loss
 
     def minibatch_order(self, num_rows: int, iteration: int) -> Tensor:
-        """A fresh permutation of the rollout's rows for every pass (TRL), seeded by (``sampling_seed``, global step,
+        """A fresh permutation of the rollout's rows for every pass (TRL), seeded by (``sampling.seed``, global step,
         rank) so that a resumed run reshuffles as the uninterrupted one; one minibatch needs no shuffle."""
         if self.num_minibatches == 1:
             return super().minibatch_order(num_rows, iteration)
