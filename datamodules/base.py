@@ -18,10 +18,12 @@ weights load; messages name the option by its command-line name (``--data.batch_
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import datasets
 import lightning as L
@@ -36,13 +38,31 @@ from lit_align.datamodules.resumable import (
     ResumableDataLoader,
 )
 from lit_align.datamodules.sources import PROGRESS_BAR_ROWS, load_rows, progress_bars
-from lit_align.datamodules.tokenize import DataError, TruncationMode, where
+from lit_align.datamodules.tokenize import DataError, TruncationMode, repeats_prompt, visible_text, where
 from lit_align.hparams import save_plain_hyperparameters
 
 log = logging.getLogger(__name__)
 
 SAMPLES = Path(__file__).parent / "samples"
-DROPPED = ("dropped", "chosen_equals_rejected")  # row statuses that leave the data (counted)
+DROPPED = ("dropped", "chosen_equals_rejected", "completion_repeats_prompt")  # statuses that leave the data
+FIRST_ROWS = 5  # row numbers a report names per status or remark
+PromptEchoes = Literal["keep", "drop", "error"]
+
+
+def code_fingerprint(*classes: type) -> str:
+    """A hash of the DataModules' code (this package's modules and the files that define ``classes``): part of
+    the tokenization cache's fingerprint, so that a lit-align upgrade (or an edited DataModule) that tokenizes
+    differently never reads rows the old code cached."""
+    files = {*Path(__file__).parent.glob("*.py")}
+    for cls in classes:
+        for klass in cls.__mro__:
+            source = inspect.getsourcefile(klass) if klass.__module__ != "builtins" else None
+            if source is not None and source.endswith(".py"):
+                files.add(Path(source))
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
@@ -99,6 +119,9 @@ class TokenizedDataModule(L.LightningDataModule):
     # Whether batches carry each row's ``row_index`` (training rows 0..N-1, validation rows N..N+M-1), by which values
     # computed per row before training (cached reference log-probs) are found again.
     INDEX_ROWS: ClassVar[bool] = False
+    # Whether the tokenized rows keep ``_row``, their row number in the data (what messages name): the prompt
+    # DataModule's do, so that checks of the reward functions' columns can name the row.
+    KEEP_ROW_NUMBERS: ClassVar[bool] = False
     # Attributes that change the tokenized rows (they key the datasets cache with data + tokenizer).
     TOKENIZATION_SETTINGS: ClassVar[tuple[str, ...]] = ("max_prompt_length", "truncation_mode", "prompt_bos")
 
@@ -314,12 +337,13 @@ class TokenizedDataModule(L.LightningDataModule):
 
         def fn(row: dict[str, Any], index: int) -> dict[str, Any]:
             loc = where(source, index)
-            return {"_notes": "", **self.tokenize_row(self._canonical(row, loc), loc, tokenizer)}
+            return {"_notes": "", "_row": index, **self.tokenize_row(self._canonical(row, loc), loc, tokenizer)}
 
-        # An explicit fingerprint (data, tokenizer, tokenization settings) keeps the datasets cache
+        # An explicit fingerprint (data, tokenizer, tokenization settings, the code) keeps the datasets cache
         # valid across runs and ranks; hashing the closure would drag the whole DataModule in.
         settings = [(k, getattr(self, k)) for k in ("columns", *self.TOKENIZATION_SETTINGS)]
-        fingerprint = Hasher.hash([raw._fingerprint, type(self).__name__, settings, tokenizer])
+        fingerprint = Hasher.hash([raw._fingerprint, type(self).__name__, settings, tokenizer,
+                                   code_fingerprint(type(self))])  # fmt: skip
         with progress_bars(len(raw) >= PROGRESS_BAR_ROWS):  # a bar for a few hundred rows is noise
             tokenized = raw.map(
                 fn,
@@ -328,17 +352,42 @@ class TokenizedDataModule(L.LightningDataModule):
                 new_fingerprint=fingerprint,
                 desc=f"Tokenizing {split}",
             )
-            statuses = Counter(tokenized["_status"])
-            notes = Counter(note for notes in tokenized["_notes"] for note in notes.split(",") if note)
+            counts, rows = count_remarks(tokenized["_status"], tokenized["_notes"], tokenized["_row"])
             kept = tokenized.filter(lambda status: status not in DROPPED, input_columns="_status")
         if report:
-            counts = {**statuses, **notes}
-            self.stats.update({f"{split}/{k}": v for k, v in counts.items()})
-            changed = {k: v for k, v in counts.items() if k != "ok"}
-            if changed:
-                said = ", ".join(f"{v} {k}" + (" (dropped)" if k in DROPPED else "") for k, v in changed.items())
+            self.stats.update({f"{split}/{k.removesuffix(' (dropped)')}": v for k, v in counts.items()})
+            if said := remarks_text(counts, rows):
                 log.warning("%s: %d rows; %s", source, len(raw), said)
-        return kept.remove_columns("_notes")
+        return kept.remove_columns(["_notes"] if self.KEEP_ROW_NUMBERS else ["_notes", "_row"])
+
+
+def count_remarks(statuses: list[str], notes: list[str], rows: list[int]) -> tuple[Counter, dict[str, list[int]]]:
+    """Rows per status and remarks per kind (``notes``: comma-separated per row), and the first
+    :data:`FIRST_ROWS` row numbers of each but ``ok``. A status that drops its row is counted under its name with
+    `` (dropped)``, so a remark of the same name on kept rows stays apart."""
+    counts: Counter[str] = Counter()
+    first: dict[str, list[int]] = {}
+    for status, remarks, row in zip(statuses, notes, rows, strict=True):
+        for key in [f"{status} (dropped)" if status in DROPPED else status, *(r for r in remarks.split(",") if r)]:
+            counts[key] += 1
+            if key != "ok" and len(named := first.setdefault(key, [])) < FIRST_ROWS and row not in named:
+                named.append(row)
+    return counts, first
+
+
+def remarks_text(counts: Counter, rows: dict[str, list[int]]) -> str:
+    """``4 empty_completions (rows 3, 9, 12, 40), 2 chosen_equals_rejected (dropped; rows 5, 7)``: every count
+    but ``ok``, with its first rows (``...`` when there are more)."""
+    parts = []
+    for key, count in counts.items():
+        if key == "ok":
+            continue
+        named = rows.get(key, [])
+        listed = ", ".join(map(str, named)) + (", ..." if count > len(named) else "")
+        which = f"row{'s' if len(named) > 1 or count > 1 else ''} {listed}"
+        name, dropped = key.removesuffix(" (dropped)"), key.endswith(" (dropped)")
+        parts.append(f"{count} {name} ({'dropped; ' if dropped else ''}{which})")
+    return ", ".join(parts)
 
 
 def validation_size(value: int | float) -> int | float:
@@ -359,12 +408,21 @@ class PromptCompletionDataModule(TokenizedDataModule):
         max_length: longest prompt + completion, in tokens: the prompt is cut to ``max_prompt_length``
             first, then each completion at its end so that prompt + completion fits.
         drop_overlong: drop (and count) rows left with no room for a completion instead of failing.
+        prompt_echoes: a completion trained TOWARD (preference: chosen; binary: a desirable one; SFT: every one)
+            whose text is the prompt's again (:func:`~lit_align.datamodules.tokenize.repeats_prompt`) teaches the
+            model to echo the user: ``keep`` trains on it and counts it as ``completion_repeats_prompt`` (warned,
+            with the first rows), ``drop`` leaves the row out (counted), ``error`` stops at the row.
     """
 
-    TOKENIZATION_SETTINGS = (*TokenizedDataModule.TOKENIZATION_SETTINGS, "max_length", "drop_overlong")
+    TOKENIZATION_SETTINGS = (*TokenizedDataModule.TOKENIZATION_SETTINGS, "max_length", "drop_overlong",
+                             "prompt_echoes")  # fmt: skip
 
-    def __init__(self, *, max_length: int = 512, drop_overlong: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *, max_length: int = 512, drop_overlong: bool = False, prompt_echoes: PromptEchoes = "keep",
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
         check_option(max_length >= 2, "max_length", max_length, "prompt + completion needs at least 2 tokens")
+        check_option(prompt_echoes in ("keep", "drop", "error"), "prompt_echoes", prompt_echoes, "keep, drop or error")
         super().__init__(**kwargs)
         if self.max_prompt_length is not None and self.max_prompt_length >= max_length:
             raise ValueError(
@@ -373,6 +431,24 @@ class PromptCompletionDataModule(TokenizedDataModule):
             )
         self.max_length = max_length
         self.drop_overlong = drop_overlong
+        self.prompt_echoes: PromptEchoes = prompt_echoes
+
+    def check_prompt_echo(self, prompt: Any, completion: Any, loc: str, status: str, notes: list[str]) -> str:
+        """The row's status once its completion trained toward is checked for repeating the prompt: with
+        ``prompt_echoes: keep`` the remark ``completion_repeats_prompt`` is added to ``notes``, with ``drop`` it
+        becomes the status (unless the row is dropped already), with ``error`` the row is refused."""
+        if status in DROPPED or not repeats_prompt(prompt, completion):
+            return status
+        if self.prompt_echoes == "error":
+            raise DataError(
+                f"{loc}: the completion trained toward repeats the prompt ({visible_text(completion)[:60]!r}): the "
+                "model would learn to echo the user; fix the row, or keep such rows with --data.prompt_echoes keep "
+                "(counted) or drop them with --data.prompt_echoes drop"
+            )
+        if self.prompt_echoes == "keep":
+            notes.append("completion_repeats_prompt")
+            return status
+        return status if status in DROPPED else "completion_repeats_prompt"
 
 
 def row_lengths(dataset: datasets.Dataset) -> list[int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import datasets
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.batches import BinaryBatch
@@ -35,7 +35,7 @@ from lit_align.datamodules.base import (
     check_option,
     progress_bars,
 )
-from lit_align.datamodules.preference import PairOptions
+from lit_align.datamodules.preference import AS_TOKENS, PairOptions
 from lit_align.datamodules.tokenize import (
     DataError,
     check_text_or_messages,
@@ -97,6 +97,9 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
     Args:
         unpair: read paired preference rows (chosen -> desirable, rejected -> undesirable); ``max_samples``
             then counts pairs.
+        allow_single_class: train on data whose training split holds only desirable or only undesirable
+            examples. Refused by default: KTO has no contrast to learn from (its reference point comes from
+            mismatched pairs, and every example pulls one way), usually a label column read wrong.
     """
 
     INDEX_ROWS = True  # cached reference values are found by row
@@ -106,8 +109,10 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
         *PromptCompletionDataModule.TOKENIZATION_SETTINGS, *PairOptions.TOKENIZATION_SETTINGS, "unpair"
     )  # fmt: skip
 
-    def __init__(self, *, data_path: str = DEMO_BINARY, unpair: bool = False, **kwargs: Any) -> None:
-        self.unpair = unpair
+    def __init__(
+        self, *, data_path: str = DEMO_BINARY, unpair: bool = False, allow_single_class: bool = False, **kwargs: Any
+    ) -> None:
+        self.unpair, self.allow_single_class = unpair, allow_single_class
         if unpair:  # set before the base checks the column mapping against them
             self.FIELDS, self.OPTIONAL_FIELDS = ("chosen", "rejected"), ("prompt",)
         super().__init__(data_path=data_path, **kwargs)
@@ -146,6 +151,21 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
             self.stats[f"{name}/undesirable"] = count[False]
         summary = "; ".join(f"{name}: {c[True]} desirable, {c[False]} undesirable" for name, c in counts.items())
         rank_zero_info(f"{self.data_path}: {summary}")
+        train = counts["train"]
+        if min(train[True], train[False]) == 0:
+            only = "desirable" if train[True] else "undesirable"
+            what = (
+                f"{self.data_path}: the training split holds only {only} examples ({summary}): binary feedback "
+                "needs both labels, or every example pulls the same way and KTO has no contrast to learn from"
+            )
+            if not self.allow_single_class:
+                column = self.columns.get("label", "label")
+                raise DataError(
+                    f"{what}. Check that the {column!r} column holds the labels (true/false, 1/0, good/bad; map "
+                    "another column with --data.columns); to train on one class anyway, set "
+                    "--data.allow_single_class true"
+                )
+            rank_zero_warn(f"{what}; trained anyway (--data.allow_single_class true)")
 
     # -- tokenization ---------------------------------------------------------------------------
     def tokenize_row(self, row: dict[str, Any], loc: str, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
@@ -174,9 +194,14 @@ class BinaryFeedbackDataModule(PairOptions, PromptCompletionDataModule):
             cut.append(kept)
             statuses.append(status)
         status = "dropped" if "dropped" in statuses else next((s for s in statuses if s != "ok"), "ok")
-        if self.unpair and status != "dropped" and (completions[0] == completions[1] or cut[0] == cut[1]):
-            when = "" if completions[0] == completions[1] else f" once truncated to --data.max_length={self.max_length}"
+        if self.unpair and status != "dropped" and (completions[0] == completions[1] or full[0] == full[1]):
+            when = "" if completions[0] == completions[1] else AS_TOKENS
             status = self.identical_pair(loc, when)
+        elif self.unpair and status != "dropped" and cut[0] == cut[1]:
+            status = self.identical_pair(loc, f" once truncated to --data.max_length={self.max_length}")
+        for completion, label in zip(completions, labels, strict=True):
+            if label:  # a desirable completion is trained toward
+                status = self.check_prompt_echo(prompt, completion, loc, status, notes)
         return {"prompt_ids": prompts, "completion_ids": full, "label": labels, "_status": status,
                 "_notes": ",".join(notes)}  # fmt: skip
 

@@ -23,6 +23,7 @@ from lit_align.datamodules.tokenize import (
 
 DEMO_PREFERENCES = str(SAMPLES / "preference_demo.jsonl")
 IdenticalPairs = Literal["drop", "error"]
+AS_TOKENS = " as tokens (the texts differ only in what tokenizes alike, e.g. a written EOS)"
 
 
 class PairOptions:
@@ -117,8 +118,11 @@ class PreferenceDataModule(PairOptions, PromptCompletionDataModule):
         )  # fmt: skip
         if chosen == rejected:
             status = self.identical_pair(loc)
+        elif completions[0] == completions[1]:
+            status = self.identical_pair(loc, AS_TOKENS)
         elif status != "dropped" and chosen_ids == rejected_ids:
             status = self.identical_pair(loc, f" once truncated to --data.max_length={self.max_length} tokens")
+        status = self.check_prompt_echo(prompt, chosen, loc, status, notes)
         return {**out, "prompt_ids": kept_prompt, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids,
                 "_status": status, "_notes": ",".join(notes)}  # fmt: skip
 

@@ -23,7 +23,7 @@ from lit_align.datamodules.tokenize import DataError, _ids, check_text_or_messag
 from lit_align.datamodules.tokenize import truncate_prompt as cut_prompt
 
 DEMO_PROMPTS = str(SAMPLES / "arithmetic_prompts.jsonl")
-TOKENIZED_KEYS = ("prompt_ids", "_status")
+TOKENIZED_KEYS = ("prompt_ids", "_status", "_row")  # not columns of the batches (``_row``: the row's number)
 RESERVED = (*TOKENIZED_KEYS, "prompt_input_ids", "prompt_attention_mask")
 
 
@@ -52,6 +52,7 @@ class PromptDataModule(TokenizedDataModule):
     """
 
     FIELDS = ("prompt",)
+    KEEP_ROW_NUMBERS = True  # the reward functions' columns are checked before training, naming rows
     TOKENIZATION_SETTINGS = (*TokenizedDataModule.TOKENIZATION_SETTINGS, "user_template", "system_prompt")
 
     def __init__(

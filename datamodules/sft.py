@@ -167,6 +167,7 @@ class SFTDataModule(PromptCompletionDataModule):
                     f"max_length={self.max_length}; raise max_length or set drop_overlong=True"
                 )
             status = "dropped"
+        status = self.check_prompt_echo(prompt, completion, loc, status, notes)
         notes_text = ",".join(notes)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "_status": status, "_notes": notes_text}
 

@@ -14,9 +14,12 @@ tried, and without a network the lookup is refused at once instead of retrying f
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +46,10 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-KINDS = ".jsonl (one JSON object per line), .json (an array of objects), .csv or .parquet"
+# Whole-file compression of the text formats, as ``datasets`` reads it (Parquet compresses inside the file).
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+KINDS = (".jsonl (one JSON object per line), .json (an array of objects), .csv (each may be compressed: .gz, .bz2, "
+         ".xz) or .parquet")  # fmt: skip
 GENERIC_ERRORS = ("DatasetGenerationError",)  # wrappers whose message hides the cause
 
 
@@ -82,10 +88,29 @@ def parse_json(text: str) -> object:
         raise _Bad("nested deeper than a JSON reader allows (Python's recursion limit): flatten the row") from None
 
 
+def data_suffixes(path: Path) -> tuple[str, str | None]:
+    """The data format and the compression a file's name gives: ``(".jsonl", ".gz")`` for ``rows.jsonl.gz``,
+    ``(".jsonl", None)`` for ``rows.jsonl``."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        return (suffixes[0] if len(suffixes) == 2 else ""), suffixes[-1]
+    return (suffixes[-1] if suffixes else ""), None
+
+
+def open_data(path: Path) -> io.BufferedIOBase:
+    """``path`` opened for reading bytes, decompressed when its name ends with a compression suffix."""
+    return COMPRESSIONS.get(data_suffixes(path)[1] or "", open)(path, "rb")
+
+
+def read_data(path: Path) -> bytes:
+    with open_data(path) as f:
+        return f.read()
+
+
 def first_bad_json_line(path: Path) -> str | None:
     """What is wrong with a JSON-lines file, naming its first bad line (``None`` when every line is fine)."""
     rows = 0
-    with path.open("rb") as f:
+    with open_data(path) as f:
         for number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -112,10 +137,10 @@ def first_bad_json_line(path: Path) -> str | None:
 
 def first_bad_json_element(path: Path) -> str | None:
     """What is wrong with a ``.json`` file: an array of objects, else (as ``datasets`` allows) JSON lines."""
+    data = read_data(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        data = path.read_bytes()
         line = data[: err.start].count(b"\n") + 1
         return f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x})"
     if not text.strip():
@@ -136,7 +161,7 @@ def first_bad_json_element(path: Path) -> str | None:
 
 def first_bad_csv_line(path: Path) -> str | None:
     """What is wrong with a CSV file (encoding, a header, rows with another number of fields than the header)."""
-    data = path.read_bytes()
+    data = read_data(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -166,7 +191,38 @@ def first_bad_csv_line(path: Path) -> str | None:
     return None if rows else f"{path}: the file has a header but no rows"
 
 
-CHECKS = {".jsonl": first_bad_json_line, ".json": first_bad_json_element, ".csv": first_bad_csv_line}
+def first_bad_parquet(path: Path) -> str | None:
+    """What is wrong with a Parquet file: not Parquet (its footer does not parse), or no rows. Reads the footer only;
+    the columns, whatever their compression (snappy, gzip, zstd, brotli, lz4), are ``datasets``' to read."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError or others for a file that is not Parquet
+        return f"{path}: not a Parquet file ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    return None if rows else f"{path}: the file has no rows"
+
+
+CHECKS = {".jsonl": first_bad_json_line, ".json": first_bad_json_element, ".csv": first_bad_csv_line,
+          ".parquet": first_bad_parquet}  # fmt: skip
+COMPRESSION_NAMES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
+
+
+def first_bad_data_file(path: Path) -> str | None:
+    """What is wrong with a local data file (its format told by its name), or ``None``; a compressed file is read
+    through its decompressor, so its errors name the same lines and rows as the uncompressed file's would."""
+    kind, compression = data_suffixes(path)
+    if compression is not None and kind == ".parquet":
+        return f"{path}: a compressed Parquet file; Parquet compresses inside the file: give the .parquet file itself"
+    try:
+        return CHECKS[kind](path)
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        if compression is None:
+            raise
+        return (
+            f"{path}: not readable as {COMPRESSION_NAMES[compression]}-compressed {kind} data "
+            f"({type(err).__name__}: {err}); compress the file again, or give it uncompressed"
+        )
 
 
 def root_cause(err: BaseException) -> BaseException:
@@ -192,12 +248,11 @@ def load_rows(path: str, split: str, config_name: str | None = None) -> datasets
     local = Path(path).expanduser()
     if local.is_dir():
         return _load_folder(local, split)
-    builder = LOCAL_BUILDERS.get(local.suffix.lower())
+    builder = LOCAL_BUILDERS.get(data_suffixes(local)[0])
     if builder is not None:
         if not local.is_file():
             raise FileNotFoundError(f"Data file not found: {local.resolve()}")
-        check = CHECKS.get(local.suffix.lower())
-        if check is not None and (bad := check(local)):
+        if bad := first_bad_data_file(local):
             raise DataError(bad)
         try:
             with progress_bars(local.stat().st_size >= PROGRESS_BAR_BYTES):
@@ -229,13 +284,12 @@ def _load_folder(folder: Path, split: str) -> datasets.Dataset:
                 raise DataError(f"{folder}: no split {split!r} in the saved dataset; it has: {', '.join(saved)}")
             return saved[split]
         return saved
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_BUILDERS)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and data_suffixes(p)[0] in LOCAL_BUILDERS)
     if not files:
         present = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
         raise DataError(f"{folder}: a folder without data files ({KINDS}); it holds: {present}")
     for file in files:
-        check = CHECKS.get(file.suffix.lower())
-        if check is not None and (bad := check(file)):
+        if bad := first_bad_data_file(file):
             raise DataError(bad)
     try:
         return datasets.load_dataset(str(folder), split=split)

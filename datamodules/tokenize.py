@@ -53,6 +53,26 @@ def is_blank(value: Any) -> bool:
     return is_conversational(value) and all(not str(m.get("content", "")).strip() for m in value)
 
 
+def visible_text(value: Any) -> str:
+    """A text, or a message list's contents joined, with every run of whitespace one space and the ends stripped."""
+    text = value if isinstance(value, str) else " ".join(str(m.get("content", "")) for m in value)
+    return " ".join(text.split())
+
+
+def repeats_prompt(prompt: Any, completion: Any) -> bool:
+    """Whether a completion says the prompt again, whitespace aside: a text completion equal to the whole text
+    prompt, or a chat completion whose contents equal the prompt's last user message (or the whole text prompt).
+    An empty completion repeats nothing (it is counted as an empty completion). Decided on the text, before
+    tokenization: a completion that merely starts with the prompt's words is not an echo."""
+    said = visible_text(completion)
+    if not said:
+        return False
+    if is_conversational(prompt):
+        users = [m for m in prompt if m.get("role") == "user"]
+        return bool(users) and said == visible_text(str(users[-1].get("content", "")))
+    return said == visible_text(prompt)
+
+
 def check_text_or_messages(value: Any, loc: str, allow_empty: bool = False) -> None:
     """Raise :class:`DataError` unless ``value`` is a string or a well-formed message list.
 

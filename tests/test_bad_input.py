@@ -88,6 +88,8 @@ def test_misnamed_field_mapping(tmp_path, tiny_tokenizer, cls):
 def test_empty_none_or_non_string_field(tmp_path, tiny_tokenizer, cls, value, got):
     field = TEXT_FIELD[cls]
     rows = [GOOD[cls], {**GOOD[cls], field: value}]
+    if cls is BinaryFeedbackDataModule:  # both labels: data of one class is refused (test_single_class_...)
+        rows.append({**GOOD[cls], "label": False})
     if value == "" and cls is not PromptDataModule:  # an empty completion is valid data (EOS only), counted
         assert setup(cls, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer).stats["train/empty_completions"] == 1
         return

@@ -71,7 +71,7 @@ def test_identical_pairs_are_dropped_counted_and_warned(tmp_path, tiny_tokenizer
     rows = [{"prompt": "p", "chosen": " a", "rejected": " b"}, {"prompt": "q", "chosen": " same", "rejected": " same"}]
     dm = prepared(PreferenceDataModule, tiny_tokenizer, rows, tmp_path)
     assert len(dm.train_dataset) == 1 and dm.stats["train/chosen_equals_rejected"] == 1
-    assert "1 chosen_equals_rejected (dropped)" in caplog.text and "d.jsonl [train]" in caplog.text
+    assert "1 chosen_equals_rejected (dropped; row 1)" in caplog.text and "d.jsonl [train]" in caplog.text
 
 
 def test_identical_pairs_error_when_asked(tmp_path, built_models, monkeypatch):
@@ -312,9 +312,14 @@ def test_malformed_files_name_the_file_line_and_cause(tmp_path, tiny_tokenizer, 
     assert built_models == []
 
 
-def test_datasets_errors_keep_their_root_cause(tmp_path):
+def test_datasets_errors_keep_their_root_cause(tmp_path, monkeypatch):
+    from lit_align.datamodules import sources
+
     path = tmp_path / "d.parquet"
     path.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataError, match=r"d\.parquet: not a Parquet file \(ArrowInvalid: "):
+        load_rows(str(path), "train")  # our own check, from the file's footer
+    monkeypatch.setitem(sources.CHECKS, ".parquet", lambda path: None)  # what datasets says, without it
     with pytest.raises(DataError) as info:
         load_rows(str(path), "train")
     first_line = str(info.value).splitlines()[0]
