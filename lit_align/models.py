@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from lit_align.fused import log_fused
+from lit_align.model_files import check_gguf, check_model_folder
 from lit_align.packing import set_padding_free
 
 ModelKind = Literal["causal_lm", "sequence_classification"]
@@ -61,7 +62,6 @@ CHATML_TEMPLATE = (
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = ("tiny-llama", "smollm2-135m-instruct")
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-GGUF_MAGIC = b"GGUF"
 
 
 def hub_offline_flag() -> str | None:
@@ -101,13 +101,7 @@ def _local_kind(name: str) -> str:
     if name.endswith(".gguf"):
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path.resolve()}")
-        with path.open("rb") as f:
-            magic = f.read(4)
-        if magic != GGUF_MAGIC:
-            raise ValueError(
-                f"{path}: not a GGUF file (it starts with {magic!r}, a GGUF file with {GGUF_MAGIC!r}); "
-                "download or convert the model again"
-            )
+        check_gguf(path)  # header and tensor table: a cut or foreign file is named here, not by the loader
         return "gguf"
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -115,6 +109,7 @@ def _local_kind(name: str) -> str:
             raise FileNotFoundError(
                 f"{path}: a folder without config.json, so not a model saved with save_pretrained (it holds: {held})"
             )
+        check_model_folder(path)
         return "directory"
     if path.is_file():
         raise ValueError(f"{path}: a file; a model is a preset ({presets}), a save_pretrained folder or a .gguf file")
