@@ -106,7 +106,8 @@ def test_normalize_text_options():
 def test_normalized_match_reward():
     completions = ["The Eiffel Tower.", _msg("eiffel  TOWER"), "Tower", "x", "Paris!", ""]
     answers = ["Eiffel Tower", "the eiffel tower", "Eiffel Tower", None, ["Paris", "City of Light"], "..."]
-    assert normalized_match_reward([None] * 6, completions, answer=answers) == [1.0, 1.0, 0.0, None, 1.0, 0.0]
+    # "..." normalizes to nothing: no completion could match it, so no opinion (None), not a wrong answer (0.0)
+    assert normalized_match_reward([None] * 6, completions, answer=answers) == [1.0, 1.0, 0.0, None, 1.0, None]
     assert normalized_match_reward.__name__ == "normalized_match_reward"
 
 

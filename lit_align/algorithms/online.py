@@ -53,6 +53,7 @@ from collections import defaultdict
 from typing import Any, ClassVar, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_align.algorithms.base import AlignmentModule, Scheduler
@@ -70,6 +71,7 @@ from lit_align.metrics import weighted_mean
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
 from lit_align.rewards.scoring import fill_unscorable
+from lit_align.rewards.signal import SpreadWatch, UnscorableRollout, unscorable_message
 from lit_align.rollout import Experience, Rollout, rollout_from_batch
 from lit_align.sampling import Sampler, SamplingOptions
 
@@ -179,6 +181,9 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
                          scheduler=scheduler, **kwargs)  # fmt: skip
         self.automatic_optimization = False
         self._rollouts = 0
+        self.unscorable_skipped = 0  # rollouts left out for having no scorable completion (checkpointed)
+        group_relative = self.MIN_GENERATIONS[0] >= 2  # GRPO, RLOO, RLVR: zero spread means zero advantages
+        self._spread = SpreadWatch(rewards.zero_spread_patience, self.rewards.names, group_relative)
 
     # -- hooks of the base ------------------------------------------------------------------------
     def needs_reference(self) -> bool:
@@ -207,8 +212,11 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     def forward(self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor) -> Rollout:
         return self.generate_samples(prompt_input_ids, prompt_attention_mask)
 
-    def training_step(self, batch: PromptBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> Tensor | None:
         loss, values, exp = self.rl_step(batch)
+        if loss is None:  # no completion could be scored: skipped (rewards.unscorable_rollouts="skip"), counted
+            self._rollouts += 1
+            return None
         self.train_metrics.step(_to(values, self.device))
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
@@ -225,6 +233,14 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         self.val_metrics.step(_to(values, self.device))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["unscorable_skipped"] = self.unscorable_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.unscorable_skipped = int(checkpoint.get("unscorable_skipped", 0))
+
     def on_validation_epoch_start(self) -> None:
         self.rewards.start_validation()
 
@@ -232,8 +248,9 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         self.rewards.end_validation()
 
     # -- the step --------------------------------------------------------------------------------
-    def rl_step(self, batch: PromptBatch) -> tuple[Tensor, dict[str, Any], Experience]:
-        """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience."""
+    def rl_step(self, batch: PromptBatch) -> tuple[Tensor | None, dict[str, Any], Experience | None]:
+        """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience;
+        ``(None, {}, None)`` for a rollout skipped for having no scorable completion (:meth:`has_reward`)."""
         start = time.perf_counter()
         if "rewards" in batch:  # a rollout made outside: completions, rewards and sampling log-probs given
             eos_ids = self.sampler.eos_ids(self.policy, self.tokenizer)
@@ -250,6 +267,10 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
 
         start = time.perf_counter()
         rewards = self.combine_rewards(rewards_per_func)  # (B,), NaN: unscorable
+        if not self.has_reward(rewards, batch):
+            return None, {}, None
+        self._spread.observe(rewards, rewards_per_func, self.num_generations,
+                             lambda stats: self.all_reduce(stats.to(self.device)))  # fmt: skip
         values = self.rewards.values(rewards_per_func, rewards, rollout, with_std="rewards" not in batch)
         exp = self.make_experience(batch, rollout, rewards_per_func)
         rewards = self.shape_rewards(rewards.to(self.device), exp)
@@ -282,6 +303,23 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         for name, parts in stats.items():
             values[name] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
         return torch.tensor(sum(losses) / len(losses), device=self.device), values, exp
+
+    def has_reward(self, rewards: Tensor, batch: PromptBatch) -> bool:
+        """Whether any completion of the rollout (on any rank) has a reward. If none has:
+        ``rewards.unscorable_rollouts="stop"`` raises :class:`~lit_align.rewards.signal.UnscorableRollout` naming the
+        reward functions and the columns they received; ``"skip"`` counts it, warns and returns False."""
+        if float(self.all_reduce((~rewards.isnan()).sum().float().to(self.device))) > 0:
+            return True
+        message = unscorable_message(self.rewards.names, batch, given="rewards" in batch)
+        if self.rewards.options.unscorable_rollouts == "stop":
+            raise UnscorableRollout(message)
+        self.unscorable_skipped += 1
+        where = f"global step {self.global_step}" if self.in_fit() else "a standalone update()"
+        rank_zero_warn(f"skipped the rollout at {where}: no completion could be scored ({self.unscorable_skipped} "
+                       "skipped so far)")  # fmt: skip
+        if self.in_fit():
+            self.log("train/unscorable_skipped", float(self.unscorable_skipped), on_step=True, on_epoch=False)
+        return False
 
     def make_experience(self, batch: PromptBatch, rollout: Rollout, rewards_per_func: Tensor) -> Experience:
         """The loss mask and the no-grad log-prob passes the updates need (sampling policy, reference)."""
@@ -339,6 +377,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, values, _ = self.rl_step(batch)
         self._rollouts += 1
+        if loss is None:  # no scorable completion, skipped (rewards.unscorable_rollouts="skip"): no update
+            return {"unscorable_skipped": float(self.unscorable_skipped)}
         return {"loss": float(loss), **{name: weighted_mean(value) for name, value in values.items()}}
 
     # -- extension points ------------------------------------------------------------------------

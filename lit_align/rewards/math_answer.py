@@ -68,7 +68,7 @@ from fractions import Fraction
 from itertools import islice
 from typing import Any
 
-from lit_align.rewards.verifiers import Completion, completion_text
+from lit_align.rewards.verifiers import Completion, checks_reference, completion_text
 
 _MAX_NUMBER_CHARS = 64
 _MAX_BOX_CHARS = 1000
@@ -315,6 +315,16 @@ class MathAnswerReward:
             f"require_marker={self.require_marker}, name={self.__name__!r})"
         )
 
+    @property
+    def reference_column(self) -> str:
+        return self.column
+
+    def reference_problem(self, reference: Any) -> str | None:
+        """Why a reference is not usable (``None``: it is): not exactly one number (:func:`parse_reference`)."""
+        if parse_reference(reference) is None:
+            return "not a single number; expected e.g. 72, 1,200, 3/4, \\frac{3}{4} or a solution ending in #### 72"
+        return None
+
     def __call__(self, prompts: list[Any], completions: list[Completion], **kwargs: Any) -> list[float | None]:
         if self.column not in kwargs:
             raise ValueError(f"{self.__name__}: no {self.column!r} column among {sorted(kwargs)}")
@@ -332,6 +342,7 @@ class MathAnswerReward:
 _DEFAULT = MathAnswerReward()
 
 
+@checks_reference("answer", _DEFAULT.reference_problem)
 def math_answer_reward(prompts: list[Any], completions: list[Completion], **kwargs: Any) -> list[float | None]:
     """:class:`MathAnswerReward` with its defaults (reference in ``answer``), for configs that name a function."""
     return _DEFAULT(prompts, completions, **kwargs)

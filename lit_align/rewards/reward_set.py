@@ -13,17 +13,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_align.console import table_cell
-from lit_align.hparams import is_plain
+from lit_align.hparams import check_options, is_plain
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import check_reward_funcs, nanstd, reward_columns, score_completions, weighted_rewards
+from lit_align.rewards.signal import check_references
 from lit_align.rollout import Rollout
 
 ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
@@ -42,11 +43,30 @@ class RewardOptions:
         reward_weights: one weight per reward function (default 1.0 each); the reward is the weighted sum.
         log_completions_every_n_steps: every N rollouts a table of prompts, completions and rewards goes to
             TensorBoard (0 = never).
+        unscorable_rollouts: a training rollout none of whose completions could be scored (every function
+            returned None for every completion, on every rank) teaches nothing: ``stop`` raises, naming the
+            functions and the columns they received; ``skip`` leaves it out of the updates, warns and counts it
+            (``train/unscorable_skipped``).
+        zero_spread_patience: warn once when, for this many consecutive training rollouts, every prompt's
+            completions got the same reward (``frac_reward_zero_std`` = 1: the group-relative advantages of GRPO,
+            RLOO and RLVR are then all 0), with each function's mean reward over them; 0 never warns.
     """
 
     reward_funcs: Sequence[str | Callable] = (ARITHMETIC_REWARD,)
     reward_weights: Sequence[float] | None = None
     log_completions_every_n_steps: int = 10
+    unscorable_rollouts: Literal["stop", "skip"] = "stop"
+    zero_spread_patience: int = 10
+
+    def __post_init__(self) -> None:
+        check_options(
+            (self.unscorable_rollouts in ("stop", "skip"), "rewards.unscorable_rollouts", self.unscorable_rollouts,
+             "stop or skip"),
+            (self.zero_spread_patience >= 0, "rewards.zero_spread_patience", self.zero_spread_patience,
+             "consecutive rollouts, 0 or more (0: never warn)"),
+            (self.log_completions_every_n_steps >= 0, "rewards.log_completions_every_n_steps",
+             self.log_completions_every_n_steps, "0 or more (0: never)"),
+        )  # fmt: skip
 
     def plain(self) -> dict[str, Any]:
         """As plain data for the hyperparameters (weights-only checkpoints): functions by import path, configured
@@ -54,7 +74,9 @@ class RewardOptions:
         rebuilds."""
         weights = None if self.reward_weights is None else [float(w) for w in self.reward_weights]
         return {"reward_funcs": [recorded_reward_func(spec) for spec in self.reward_funcs], "reward_weights": weights,
-                "log_completions_every_n_steps": self.log_completions_every_n_steps}  # fmt: skip
+                "log_completions_every_n_steps": self.log_completions_every_n_steps,
+                "unscorable_rollouts": self.unscorable_rollouts,
+                "zero_spread_patience": self.zero_spread_patience}  # fmt: skip
 
 
 class RewardSet:
@@ -196,6 +218,7 @@ def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], da
         return
     source = f"{getattr(datamodule, 'data_path', type(datamodule).__name__)}"
     check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source)
+    check_references(reward_funcs, names, datamodule)
 
 
 def recorded_reward_func(spec: str | dict[str, Any] | Callable) -> str | dict[str, Any]:

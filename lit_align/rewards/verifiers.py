@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 # A sign counts only when no digit precedes it, so "10-5" yields 10 and 5, not 10 and -5.
 # Commas are thousands separators only in groups of three: "1,234" is one number, "3,4" two.
@@ -38,6 +38,7 @@ _NUMBER = re.compile(r"(?<!\d)-?\d+(?:,\d{3})*(?:\.\d+)?")
 _JUST_A_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)\.?")
 
 Completion = str | Sequence[dict[str, Any]]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def completion_text(completion: Completion) -> str:
@@ -74,18 +75,39 @@ def extract_final_number(text: str) -> Fraction | None:
     return _parse_number(matches[-1]) if matches else None
 
 
+def checks_reference(column: str, problem: Callable[[Any], str | None]) -> Callable[[F], F]:
+    """Mark a reward function as reading its reference answer from ``column``, with ``problem(value)`` saying why it
+    cannot use a value (``None``: it can). Checked on the whole data before training
+    (:func:`lit_align.rewards.signal.check_references`), which names the rows. A verifier class gives the two
+    attributes itself (``reference_column``, ``reference_problem``)."""
+
+    def mark(func: F) -> F:
+        func.reference_column, func.reference_problem = column, problem  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+def _integer_reference_problem(reference: Any) -> str | None:
+    if isinstance(reference, bool) or _parse_number(str(reference)) is None:
+        return "not a number; expected one number such as 42, -3 or 1,234"
+    return None
+
+
+@checks_reference("answer", _integer_reference_problem)
 def arithmetic_answer_reward(
     prompts: list, completions: list[Completion], answer: list[str | int | None], **kwargs: Any
 ) -> list[float | None]:
-    """1.0 where the completion's final number equals ``answer``, 0.0 otherwise, None without an answer."""
+    """1.0 where the completion's final number equals ``answer``, 0.0 otherwise; None (no opinion) where the row has
+    no answer, or one that is not a number (reported once, with the rows, before training)."""
     rewards: list[float | None] = []
     for completion, target in zip(completions, answer, strict=True):
-        if target is None:
+        expected = None if target is None or isinstance(target, bool) else _parse_number(str(target))
+        if expected is None:
             rewards.append(None)
             continue
-        expected = _parse_number(str(target))
         got = extract_final_number(completion_text(completion))
-        rewards.append(float(expected is not None and got == expected))
+        rewards.append(float(got == expected))
     return rewards
 
 
@@ -219,7 +241,8 @@ class NormalizedMatchReward:
     reference. A reference may be a list of acceptable answers (aliases); any one matching counts.
 
     With ``tag`` set, only the content of the completion's last ``<tag>...</tag>`` block is compared
-    (none: 0.0). A reference that normalizes to the empty string matches nothing.
+    (none: 0.0). A reference with nothing left once normalized (``"..."``) or not text gets None (no opinion):
+    it would score every completion wrong (:meth:`reference_problem`; reported with its rows before training).
 
     Args:
         column: the dataset column holding the reference answer (a string or a list of strings).
@@ -248,6 +271,19 @@ class NormalizedMatchReward:
             f"punctuation={self.punctuation}, name={self.__name__!r})"
         )
 
+    @property
+    def reference_column(self) -> str:
+        return self.column
+
+    def reference_problem(self, reference: Any) -> str | None:
+        """Why a reference cannot be matched (``None``: it can): not text, or nothing left once normalized."""
+        aliases = [reference] if isinstance(reference, str | int | float) else reference
+        if isinstance(reference, bool) or not isinstance(aliases, list | tuple):
+            return f"a {type(reference).__name__}; expected a string or a list of acceptable strings"
+        if not {normalize_text(str(a), self.articles, self.punctuation) for a in aliases} - {""}:
+            return "nothing is left of it once normalized, so no completion can match it"
+        return None
+
     def _answer_text(self, text: str) -> str | None:
         if self.tag is None:
             return text
@@ -263,6 +299,9 @@ class NormalizedMatchReward:
             if reference is None:
                 rewards.append(None)
                 continue
+            if self.reference_problem(reference) is not None:  # reported once, with the rows, before training
+                rewards.append(None)
+                continue
             aliases = [reference] if isinstance(reference, str | int | float) else list(reference)
             targets = {normalize_text(str(a), self.articles, self.punctuation) for a in aliases} - {""}
             answer = self._answer_text(completion_text(completion))
@@ -274,6 +313,7 @@ class NormalizedMatchReward:
 _NORMALIZED_MATCH = NormalizedMatchReward()
 
 
+@checks_reference("answer", _NORMALIZED_MATCH.reference_problem)
 def normalized_match_reward(prompts: list[Any], completions: list[Completion], **kwargs: Any) -> list[float | None]:
     """:class:`NormalizedMatchReward` with its defaults: the whole completion against ``answer``."""
     return _NORMALIZED_MATCH(prompts, completions, **kwargs)
