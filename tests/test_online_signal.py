@@ -57,14 +57,14 @@ def test_skipped_rollouts_are_counted_logged_and_leave_the_weights_alone(tmp_pat
     with pytest.warns(UserWarning, match=r"skipped the rollout at global step 0: no completion could be scored "
                                          r"\(3 skipped so far\)"):  # fmt: skip
         trainer.fit(module, prompt_datamodule(tmp_path, module.tokenizer))
-    assert module.unscorable_skipped == 3 and trainer.global_step == 0 and not changed(before, module.policy)
+    assert module.signal.unscorable_skipped == 3 and trainer.global_step == 0 and not changed(before, module.policy)
     assert "train/unscorable_skipped" in event_tags(trainer.logger.log_dir)
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     assert checkpoint["unscorable_skipped"] == 3
-    module.unscorable_skipped = 0
-    module.on_load_checkpoint(checkpoint)
-    assert module.unscorable_skipped == 3
+    module.signal.unscorable_skipped = 0
+    module.on_load_checkpoint(checkpoint)  # the core reaches its parts' counters
+    assert module.signal.unscorable_skipped == 3
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
@@ -93,7 +93,7 @@ def test_some_unscorable_completions_still_train(tmp_path):
     module = tiny_grpo(rewards={"reward_funcs": [half_reward]})
     before = snapshot(module.policy)
     tiny_trainer(tmp_path, max_steps=1).fit(module, prompt_datamodule(tmp_path, module.tokenizer))
-    assert changed(before, module.policy) and module.unscorable_skipped == 0
+    assert changed(before, module.policy) and module.signal.unscorable_skipped == 0
 
 
 def test_unscorable_options_are_checked():
@@ -143,23 +143,25 @@ def test_spread_watch_by_hand():
     watch = SpreadWatch(2, ["a", "b"], group_relative=False)
     same = torch.tensor([1.0, 1.0, 2.0, 2.0])
     table = torch.tensor([[1.0, math.nan], [1.0, math.nan], [2.0, 0.0], [2.0, 0.0]])
-    watch.observe(torch.tensor([1.0, 3.0, 2.0, 2.0]), table, 2, lambda t: t)  # spread in group 0
+    assert watch.local_stats(same, table, 2).tolist() == [2.0, 2.0, 6.0, 0.0, 4.0, 2.0]
+    watch.update(watch.local_stats(torch.tensor([1.0, 3.0, 2.0, 2.0]), table, 2))  # spread in group 0
     assert watch.streak == 0
-    watch.observe(same, table, 2, lambda t: t)
-    watch.observe(same, torch.zeros(4, 2), 1, lambda t: t)  # G = 1: nothing to compare, not counted
+    watch.update(watch.local_stats(same, table, 2))
+    assert watch.local_stats(same, table, 1).numel() == 0  # G = 1: nothing to compare, not counted
+    watch.update(torch.zeros(0))
     assert watch.streak == 1
     with pytest.warns(UserWarning, match=r"for 2 consecutive rollouts .*so the reward did not tell any prompt's "
                                          r"completions apart\. Mean reward per function over those rollouts: a 1\.500, "
                                          r"b 0\.000\."):  # fmt: skip
-        watch.observe(same, table, 2, lambda t: t)
-    assert not watch.active
+        watch.update(watch.local_stats(same, table, 2) * 2)  # two ranks' sums: the means stay
+    assert watch.warned and watch.local_stats(same, table, 2).numel() == 0
 
 
 def test_ppo_says_the_reward_cannot_rank_rather_than_zero_advantages():
     policy, tokenizer = load_model("tiny-llama")
     module = PPO(policy=policy, value_model="policy", **tiny_options(tokenizer, num_generations=2))
-    assert module._spread.group_relative is False
-    assert tiny_grpo()._spread.group_relative is True
+    assert module.signal.spread.group_relative is False
+    assert tiny_grpo().signal.spread.group_relative is True
 
 
 # -- references a verifier cannot use -------------------------------------------------------------------------------
@@ -192,9 +194,10 @@ def test_unparsable_references_are_named_once_with_their_file_rows(tmp_path, tin
 def test_a_verifier_that_can_score_no_row_says_so(tmp_path, tiny_tokenizer):
     from lit_align.datamodules.prompt import PromptDataModule
 
-    dm = PromptDataModule(tokenizer=tiny_tokenizer, data_path=str(prompt_file(tmp_path, ["x", "y", "z"])), val_size=0)
-    with pytest.warns(UserWarning, match=r"'math_answer_reward' cannot use the reference answer of 3 of 3 rows.*It "
-                                         r"can score NO row: every completion gets None from it"):  # fmt: skip
+    dm = PromptDataModule(tokenizer=tiny_tokenizer, data_path=str(prompt_file(tmp_path, list("uvwxyz!"))), val_size=0)
+    said = (r"'math_answer_reward' cannot use the reference answer of 7 of 7 rows.*row 0 \('u'\), row 1 \('v'\), .* "
+            r"row 4 \('y'\): not a single number; .*; and 2 more rows\. It can score NO row")
+    with pytest.warns(UserWarning, match=said):
         check_reward_options(dm, RewardOptions(reward_funcs=["lit_align.rewards.math_answer:math_answer_reward"]))
 
 

@@ -148,7 +148,8 @@ class AlignmentModule(L.LightningModule):
 
     # -- parts ------------------------------------------------------------------------------------
     def hold(self, part: Any) -> Any:
-        """Register ``part`` (returned): the Lightning hooks here reach it (``setup``, its frozen models)."""
+        """Register ``part`` (returned): the Lightning hooks here reach it (``setup``, its frozen models, its
+        ``on_save_checkpoint`` / ``on_load_checkpoint``)."""
         self.__dict__.setdefault("_parts", []).append(part)
         return part
 
@@ -244,9 +245,15 @@ class AlignmentModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+        for part in self._parts:  # a part's own counters (the online modules' skipped rollouts)
+            if hasattr(part, "on_save_checkpoint"):
+                part.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+        for part in self._parts:
+            if hasattr(part, "on_load_checkpoint"):
+                part.on_load_checkpoint(checkpoint)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:

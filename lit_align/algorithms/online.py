@@ -53,7 +53,6 @@ from collections import defaultdict
 from typing import Any, ClassVar, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_align.algorithms.base import AlignmentModule, Scheduler
@@ -71,7 +70,7 @@ from lit_align.metrics import weighted_mean
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
 from lit_align.rewards.scoring import fill_unscorable
-from lit_align.rewards.signal import SpreadWatch, UnscorableRollout, unscorable_message
+from lit_align.rewards.signal import RewardSignal
 from lit_align.rollout import Experience, Rollout, rollout_from_batch
 from lit_align.sampling import Sampler, SamplingOptions
 
@@ -177,13 +176,12 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         sampling, rewards = as_group(SamplingOptions, sampling), as_group(RewardOptions, rewards)  # saved as groups
         self.sampler = self.hold(Sampler(sampling))
         self.rewards = self.hold(RewardSet(rewards))
+        group_relative = self.MIN_GENERATIONS[0] >= 2  # GRPO, RLOO, RLVR: zero spread means zero advantages
+        self.signal = self.hold(RewardSignal(rewards, self.rewards.names, group_relative))
         super().__init__(precompute_reference=False, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
                          scheduler=scheduler, **kwargs)  # fmt: skip
         self.automatic_optimization = False
         self._rollouts = 0
-        self.unscorable_skipped = 0  # rollouts left out for having no scorable completion (checkpointed)
-        group_relative = self.MIN_GENERATIONS[0] >= 2  # GRPO, RLOO, RLVR: zero spread means zero advantages
-        self._spread = SpreadWatch(rewards.zero_spread_patience, self.rewards.names, group_relative)
 
     # -- hooks of the base ------------------------------------------------------------------------
     def needs_reference(self) -> bool:
@@ -233,14 +231,6 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         self.val_metrics.step(_to(values, self.device))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["unscorable_skipped"] = self.unscorable_skipped
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.unscorable_skipped = int(checkpoint.get("unscorable_skipped", 0))
-
     def on_validation_epoch_start(self) -> None:
         self.rewards.start_validation()
 
@@ -250,7 +240,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     # -- the step --------------------------------------------------------------------------------
     def rl_step(self, batch: PromptBatch) -> tuple[Tensor | None, dict[str, Any], Experience | None]:
         """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience;
-        ``(None, {}, None)`` for a rollout skipped for having no scorable completion (:meth:`has_reward`)."""
+        ``(None, {}, None)`` for a rollout skipped for having no scorable completion (``self.signal``)."""
         start = time.perf_counter()
         if "rewards" in batch:  # a rollout made outside: completions, rewards and sampling log-probs given
             eos_ids = self.sampler.eos_ids(self.policy, self.tokenizer)
@@ -267,10 +257,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
 
         start = time.perf_counter()
         rewards = self.combine_rewards(rewards_per_func)  # (B,), NaN: unscorable
-        if not self.has_reward(rewards, batch):
-            return None, {}, None
-        self._spread.observe(rewards, rewards_per_func, self.num_generations,
-                             lambda stats: self.all_reduce(stats.to(self.device)))  # fmt: skip
+        if not self.signal.check(self, rewards, rewards_per_func, batch, self.num_generations):
+            return None, {}, None  # no completion on any rank has a reward: skipped (or raised), counted
         values = self.rewards.values(rewards_per_func, rewards, rollout, with_std="rewards" not in batch)
         exp = self.make_experience(batch, rollout, rewards_per_func)
         rewards = self.shape_rewards(rewards.to(self.device), exp)
@@ -303,23 +291,6 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         for name, parts in stats.items():
             values[name] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
         return torch.tensor(sum(losses) / len(losses), device=self.device), values, exp
-
-    def has_reward(self, rewards: Tensor, batch: PromptBatch) -> bool:
-        """Whether any completion of the rollout (on any rank) has a reward. If none has:
-        ``rewards.unscorable_rollouts="stop"`` raises :class:`~lit_align.rewards.signal.UnscorableRollout` naming the
-        reward functions and the columns they received; ``"skip"`` counts it, warns and returns False."""
-        if float(self.all_reduce((~rewards.isnan()).sum().float().to(self.device))) > 0:
-            return True
-        message = unscorable_message(self.rewards.names, batch, given="rewards" in batch)
-        if self.rewards.options.unscorable_rollouts == "stop":
-            raise UnscorableRollout(message)
-        self.unscorable_skipped += 1
-        where = f"global step {self.global_step}" if self.in_fit() else "a standalone update()"
-        rank_zero_warn(f"skipped the rollout at {where}: no completion could be scored ({self.unscorable_skipped} "
-                       "skipped so far)")  # fmt: skip
-        if self.in_fit():
-            self.log("train/unscorable_skipped", float(self.unscorable_skipped), on_step=True, on_epoch=False)
-        return False
 
     def make_experience(self, batch: PromptBatch, rollout: Rollout, rewards_per_func: Tensor) -> Experience:
         """The loss mask and the no-grad log-prob passes the updates need (sampling policy, reference)."""
@@ -378,7 +349,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         loss, values, _ = self.rl_step(batch)
         self._rollouts += 1
         if loss is None:  # no scorable completion, skipped (rewards.unscorable_rollouts="skip"): no update
-            return {"unscorable_skipped": float(self.unscorable_skipped)}
+            return {"unscorable_skipped": float(self.signal.unscorable_skipped)}
         return {"loss": float(loss), **{name: weighted_mean(value) for name, value in values.items()}}
 
     # -- extension points ------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def check_references(reward_funcs: Sequence[Callable], names: Sequence[str], dat
         for row, value, why in bad[:FIRST_ROWS]:
             reasons.setdefault(why, []).append(f"row {row} ({value!r:.40})")
         shown = "; ".join(f"{', '.join(rows)}: {why}" for why, rows in reasons.items())
-        more = "; ..." if len(bad) > FIRST_ROWS else ""
+        more = f"; and {len(bad) - FIRST_ROWS} more rows" if len(bad) > FIRST_ROWS else ""
         none = " It can score NO row: every completion gets None from it." if len(bad) == total else ""
         rank_zero_warn(
             f"reward function {name!r} cannot use the reference answer of {len(bad)} of {total} rows of {source} "
@@ -101,27 +101,25 @@ class SpreadWatch:
     def __init__(self, patience: int, names: Sequence[str], group_relative: bool) -> None:
         self.patience, self.names, self.group_relative = patience, list(names), group_relative
         self.streak, self.warned = 0, False
-        self.sums = torch.zeros(len(self.names), dtype=torch.float32)
-        self.counts = torch.zeros(len(self.names), dtype=torch.float32)
+        self.sums = torch.zeros(len(self.names))
+        self.counts = torch.zeros(len(self.names))
 
-    @property
-    def active(self) -> bool:
-        return self.patience > 0 and not self.warned
-
-    def observe(self, rewards: Tensor, per_func: Tensor, num_generations: int, reduce: Callable[[Tensor], Tensor]
-                ) -> None:  # fmt: skip
-        """One rollout's (B,) combined rewards (NaN: unscorable) and (B, F) per-function table, over all ranks
-        (``reduce``: a sum over ranks that moves the tensor where the collective needs it; called on every rank while
-        :attr:`active`, which changes on every rank at once)."""
-        if not self.active or num_generations < 2:
-            return
+    def local_stats(self, rewards: Tensor, per_func: Tensor, num_generations: int) -> Tensor:
+        """This rank's share of one rollout's statistics: [zero-spread groups, groups, per-function sums, per-function
+        counts] from its (B,) combined rewards (NaN: unscorable) and (B, F) table; empty when nothing is watched
+        (warned already, patience 0, or groups of one), which is the same on every rank."""
+        if self.patience == 0 or self.warned or num_generations < 2:
+            return torch.zeros(0)
         std = nanstd(rewards.detach().float().cpu().view(-1, num_generations)).nan_to_num(0.0)
-        zero = torch.isclose(std, torch.zeros_like(std)).sum()
+        zero = torch.isclose(std, torch.zeros_like(std)).sum().float()
         table = per_func.detach().float().cpu()
-        scored = ~table.isnan()
-        stats = torch.cat([torch.stack([zero.float(), torch.tensor(float(std.numel()))]),
-                           table.nan_to_num(0.0).sum(0), scored.float().sum(0)])  # fmt: skip
-        stats = reduce(stats).cpu()
+        return torch.cat([torch.stack([zero, torch.tensor(float(std.numel()))]), table.nan_to_num(0.0).sum(0),
+                          (~table.isnan()).float().sum(0)])  # fmt: skip
+
+    def update(self, stats: Tensor) -> None:
+        """Take one rollout's :meth:`local_stats`, summed over the ranks; warn when the streak reaches ``patience``."""
+        if stats.numel() < 2:
+            return
         zero_groups, groups, rest = stats[0], stats[1], stats[2:]
         if groups == 0 or zero_groups < groups:
             self.streak = 0
@@ -129,7 +127,7 @@ class SpreadWatch:
             self.counts.zero_()
             return
         self.streak += 1
-        if rest.numel() == 2 * len(self.names):
+        if rest.numel() == 2 * len(self.names):  # a rollout given with its own (B, 1) rewards has no functions
             self.sums += rest[: len(self.names)]
             self.counts += rest[len(self.names) :]
         if self.streak >= self.patience:
@@ -154,3 +152,47 @@ class SpreadWatch:
             "form the verifier parses (say it in the prompt, e.g. --data.user_template); all 1: it is too easy. "
             "--model.rewards.zero_spread_patience sets how many rollouts (0: never warn)."
         )
+
+
+class RewardSignal:
+    """A part of the online modules: the training checks of :mod:`this module <lit_align.rewards.signal>`, decided
+    over all ranks with ONE all-reduce of a few numbers per rollout (so no rank stops or skips alone).
+
+    Args:
+        options: the ``rewards`` group (``unscorable_rollouts``, ``zero_spread_patience``).
+        names: the reward functions' names.
+        group_relative: whether the module's advantages are relative to the group (see :class:`SpreadWatch`).
+    """
+
+    def __init__(self, options: Any, names: Sequence[str], group_relative: bool) -> None:
+        self.unscorable_rollouts, self.names = options.unscorable_rollouts, list(names)
+        self.spread = SpreadWatch(options.zero_spread_patience, names, group_relative)
+        self.unscorable_skipped = 0  # rollouts left out for having no scorable completion (checkpointed)
+
+    def check(self, module: Any, rewards: Tensor, per_func: Tensor, batch: dict[str, Any], num_generations: int
+              ) -> bool:  # fmt: skip
+        """Whether the rollout trains: some completion, on some rank, has a reward. If none has, ``stop`` raises
+        :class:`UnscorableRollout` naming the functions and the columns they received; ``skip`` counts it, warns and
+        logs ``train/unscorable_skipped``. The zero-spread streak is updated with the same reduction."""
+        scorable = (~rewards.isnan()).sum().float().reshape(1)
+        local = torch.cat([scorable, self.spread.local_stats(rewards, per_func, num_generations)])
+        stats = module.all_reduce(local.to(module.device)).cpu()
+        if stats[0] > 0:
+            self.spread.update(stats[1:])
+            return True
+        message = unscorable_message(self.names, batch, given="rewards" in batch)
+        if self.unscorable_rollouts == "stop":
+            raise UnscorableRollout(message)
+        self.unscorable_skipped += 1
+        where = f"global step {module.global_step}" if module.in_fit() else "a standalone update()"
+        rank_zero_warn(f"skipped the rollout at {where}: no completion could be scored ({self.unscorable_skipped} "
+                       "skipped so far)")  # fmt: skip
+        if module.in_fit():
+            module.log("train/unscorable_skipped", float(self.unscorable_skipped), on_step=True, on_epoch=False)
+        return False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["unscorable_skipped"] = self.unscorable_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.unscorable_skipped = int(checkpoint.get("unscorable_skipped", 0))
