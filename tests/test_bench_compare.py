@@ -20,14 +20,8 @@ STEPS, BATCH, MAX_LENGTH = 2, 2, 128
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    from lit_align.models import load_model
-
-    folder = tmp_path_factory.mktemp("model") / "tiny-llama"
-    model, tokenizer = load_model("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+def tiny_model(saved_tiny_llama) -> str:
+    return str(saved_tiny_llama)
 
 
 def spec(algo: str, side: str, model_dir: str, rows: dict, tmp_path) -> dict:

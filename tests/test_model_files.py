@@ -13,13 +13,9 @@ import pytest
 from lit_align.models import load_model, load_tokenizer
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    model, tokenizer = load_model("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def saved(saved_tiny_llama) -> Path:
+    return saved_tiny_llama
 
 
 def broken_copy(saved: Path, tmp_path: Path, name: str, content: bytes) -> Path:
