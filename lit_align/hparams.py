@@ -41,6 +41,8 @@ def fix_options(options: dict[str, Any], owner: str, why: str, **fixed: Any) -> 
     for name, value in fixed.items():
         if name in options:
             given = options.pop(name)
+            if dataclasses.is_dataclass(value) and isinstance(given, dict):  # an options group given as a mapping
+                given = as_group(type(value), given)
             check_option(given == value, name, given, f"{owner} fixes it to {value!r} ({why}); not an option there")
 
 

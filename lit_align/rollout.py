@@ -285,5 +285,6 @@ class Experience:
     old_logps: Tensor | None  # (B, L) under the sampling policy, when needed
     ref_logps: Tensor | None  # (B, L) under the reference, when beta > 0
     advantages: Tensor | None = None  # (B,) or (B, L), set after compute_advantages
+    rollout_weights: Tensor | None = None  # (B, L) or (B, 1): π_old / π_sampler corrected, when an engine sampled
     extra: dict[str, Tensor] = field(default_factory=dict)  # per-row tensors an algorithm adds (e.g. values)
     metrics: dict[str, Any] = field(default_factory=dict)  # metric values the hooks add (logged as train/<name>)

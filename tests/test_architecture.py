@@ -72,4 +72,6 @@ def test_options_appear_only_where_they_apply():
         assert ("precompute_reference" in offered) == (name in ("DPO", "IPO", "KTO")), name
         assert ("reference_policy" in offered) == (name in ("DPO", "IPO", "KTO", *ONLINE)), name
     assert {name for name, offered in options.items() if "kl_penalty" in offered} == {"GRPO", "RLVR"}
-    assert {name for name, offered in options.items() if "importance_ratio" in offered} == {"RLOO", "ReMax"}
+    assert {name for name, offered in options.items() if "importance_ratio" in offered} == {"GRPO", "RLVR", "RLOO",
+                                                                                              "ReMax"}  # fmt: skip
+    assert {name for name, offered in options.items() if "objective" in offered} == {"GRPO", "RLVR", "RLOO", "ReMax"}

@@ -20,28 +20,27 @@ from lit_align.models import load_model
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch
 
 MODULES = (GRPO, RLOO, ReMax, RLVR)
-VARIANTS = list(itertools.product(("loss", "reward"), ("token", "sequence")))
+LEVELS = ("token", "sequence", "sequence_mean", "sequence_mean_token")
+VARIANTS = list(itertools.product(("loss", "reward"), LEVELS))
 BETA = 0.3
 
 
 OFFERED = {  # the values of (kl_penalty, importance_ratio) each module allows
-    GRPO: (("loss", "reward"), ("token",)),
-    RLVR: (("loss", "reward"), ("token",)),
-    RLOO: (("reward",), ("sequence", "token")),
-    ReMax: (("reward",), ("sequence", "token")),
+    GRPO: (("loss", "reward"), LEVELS),
+    RLVR: (("loss", "reward"), LEVELS),
+    RLOO: (("reward",), LEVELS),
+    ReMax: (("reward",), LEVELS),
 }
 
 
 def allowed(cls, kl_penalty: str, ratio: str) -> bool:
-    never = (kl_penalty, ratio) == ("loss", "sequence")  # a per-token KL term needs a per-token loss
     kl_penalties, ratios = OFFERED[cls]
-    return kl_penalty in kl_penalties and ratio in ratios and not never
+    return kl_penalty in kl_penalties and ratio in ratios
 
 
 def test_each_module_allows_at_least_two_combinations_and_offers_only_options_with_a_choice():
     for cls in MODULES:
         assert sum(allowed(cls, *v) for v in VARIANTS) >= 2, cls
-        assert not allowed(cls, "loss", "sequence")
         options = accepted_options(cls)
         kl_penalties, ratios = OFFERED[cls]
         assert ("kl_penalty" in options) == (len(kl_penalties) > 1), cls
@@ -73,8 +72,9 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
     advantages of the rewards it saw, m the completion mask, N its token count (token_mean):
         kl_penalty=reward: rewards = R - β Σ_t (log π − log π_ref)          loss has no KL term
         kl_penalty=loss:   rewards = R                                       loss gains + β ρ k3 per token
-        ratio=token:     ∇ [ Σ_it m (−A_i ρ_it + [β ρ_it k3_it]) / N ],      ρ = π/π.detach() (1 in value)
-        ratio=sequence:  ∇ [ Σ_i −A_i Σ_t m log π_it / B ]"""
+        loss = agg_it m (−A_i w_it + [β w_it k3_it]),  w the importance weight at the level, 1 in value:
+        token w_it = exp(log π_it − sg),  sequence w_i = exp(Σ_t m (log π_it − sg)),  sequence_mean the same / |y_i|,
+        sequence_mean_token w_it = exp(sg[sequence_mean's] + log π_it − sg);  agg the module's aggregation"""
     if not allowed(cls, kl_penalty, ratio):
         pytest.skip("refused: see test_refused_combinations_fail_before_any_model_loads")
     policy, tokenizer = load_model("tiny-llama")
@@ -115,15 +115,20 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
         expected_rewards = task
     torch.testing.assert_close(seen["rewards"], expected_rewards, atol=1e-4, rtol=1e-4)
     advantages = seen["advantages"]
-    if ratio == "token":
-        ratio_t = torch.exp(logps - logps.detach())
-        per_token = -advantages.unsqueeze(1) * ratio_t
-        if kl_penalty == "loss":  # the default kl_importance_correction: k3 times the (differentiable) ratio
-            delta = ref_logps - logps
-            per_token = per_token + BETA * ratio_t * (torch.exp(delta) - delta - 1)
+    log_ratio = logps - logps.detach()
+    summed = (log_ratio * mask).sum(1, keepdim=True)
+    log_w = {"token": log_ratio, "sequence": summed, "sequence_mean": summed / mask.sum(1, keepdim=True),
+             "sequence_mean_token": log_ratio}[ratio]  # fmt: skip
+    w = torch.exp(log_w)
+    per_token = (-advantages.unsqueeze(1) * w).expand_as(mask)
+    if kl_penalty == "loss":  # the default kl_importance_correction: k3 times the (differentiable) weight
+        delta = ref_logps - logps
+        per_token = per_token + BETA * w * (torch.exp(delta) - delta - 1)
+    if module.loss_aggregation == "token_mean":
         loss = (per_token * mask).sum() / mask.sum()
     else:
-        loss = -(advantages * (logps * mask).sum(1)).sum() / len(rollout)
+        assert module.loss_aggregation == "sequence_mean"
+        loss = ((per_token * mask).sum(1) / mask.sum(1)).mean()
     loss.backward()
     expected = {n: p.grad for n, p in fresh.named_parameters() if p.grad is not None}
     assert recorded.keys() == {f"policy.{n}" for n in expected}
@@ -133,14 +138,16 @@ def test_allowed_variant_puts_the_kl_where_it_says(tmp_path, cls, kl_penalty, ra
 
 
 def test_a_value_that_cannot_apply_is_refused_not_replaced(monkeypatch):
-    """A sequence ratio has one loss term per sequence: a token-level aggregation cannot apply and is refused (it
-    was silently replaced by the mean over sequences once); a fixed option given its own value is accepted."""
+    """A sequence-level weight aggregated per token weighs each sequence by its length: warned (TRL warns too) and
+    kept; a value that cannot apply is refused before any model loads; a fixed option given its own value is
+    accepted."""
     import lit_align.models
 
     monkeypatch.setattr(lit_align.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     rewards = {"reward_funcs": [length_reward]}
-    with pytest.raises(ValueError, match="loss_aggregation='token_mean': a sequence ratio"):
-        RLOO(policy="tiny-llama", loss_aggregation="token_mean", rewards=rewards)
+    with pytest.warns(UserWarning, match="importance_ratio=sequence with loss_aggregation=token_mean sums per-token"):
+        with pytest.raises(pytest.fail.Exception, match="a model was loaded"):  # checked, then on to loading
+            RLOO(policy="tiny-llama", loss_aggregation="token_mean", rewards=rewards)
     with pytest.raises(ValueError, match="kl_importance_correction=False: applies to kl_penalty=loss only"):
         GRPO(policy="tiny-llama", kl_penalty="reward", kl_importance_correction=False, rewards=rewards)
     with pytest.raises(ValueError, match="precompute_reference=True: GRPO fixes it to False"):

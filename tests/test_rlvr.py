@@ -129,7 +129,7 @@ def test_advantage_estimator_switch(estimator, expected):
     [
         ({"advantage_estimator": "greedy"}, "advantage_estimator='greedy': one of"),
         ({"num_generations": 1}, "num_generations=1: at least 2"),
-        ({"importance_ratio": "sequence"}, "importance_ratio"),
+        ({"importance_ratio": "sequence_max"}, "importance_ratio"),
     ],
 )
 def test_options_refused_before_any_model_loads(monkeypatch, options, message):

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from lit_align.algorithms.online import OnlinePolicyGradient
-from lit_align.hparams import check_option, fix_options
+from lit_align.hparams import check_option
 from lit_align.losses.policy_gradient import group_normalized_advantages
 from lit_align.rollout import Experience
 
@@ -28,7 +28,9 @@ class GRPO(OnlinePolicyGradient):
 
     Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The
-    other options are the online base's, its parts' and the reference's (see ``--help``); the ratio is per token.
+    other options are the online base's, its parts' and the reference's (see ``--help``): the surrogate
+    (``objective``: clip, CISPO, SAPO, VESPO) and the importance level (``importance_ratio``: per token, or GSPO's
+    ``sequence_mean``) make TRL's GRPO loss family, ``docs/algorithms/grpo.md``.
 
     Args:
         scale_rewards: ``group`` (GRPO), ``batch`` (std over the batch), ``none`` (Dr. GRPO).
@@ -40,9 +42,8 @@ class GRPO(OnlinePolicyGradient):
         check_option(
             scale_rewards in ("group", "batch", "none"), "scale_rewards", scale_rewards, "group, batch or none"
         )
-        fix_options(kwargs, "GRPO", "its ratio and clip are per token", importance_ratio="token")
         self.scale_rewards = scale_rewards
-        super().__init__(importance_ratio="token", **kwargs)
+        super().__init__(**kwargs)
 
     def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
         return group_normalized_advantages(rewards, self.num_generations, self.scale_rewards)

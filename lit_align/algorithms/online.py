@@ -53,20 +53,16 @@ from collections import defaultdict
 from typing import Any, ClassVar, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_align.algorithms.base import AlignmentModule, Scheduler
 from lit_align.batches import PromptBatch
 from lit_align.hparams import as_group, check_options, fix_options
-from lit_align.losses.policy_gradient import (
-    aggregate_loss,
-    clipped_surrogate,
-    kl_k1,
-    kl_k3,
-    kl_k3_importance_weighted,
-    masked_mean,
-)
+from lit_align.losses.objectives import ImportanceLevel
+from lit_align.losses.policy_gradient import aggregate_loss, kl_k1, kl_k3, masked_mean
 from lit_align.metrics import weighted_mean
+from lit_align.objective import Objective, ObjectiveOptions
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
 from lit_align.rewards.scoring import fill_unscorable
@@ -74,9 +70,9 @@ from lit_align.rewards.signal import RewardSignal
 from lit_align.rollout import Experience, Rollout, rollout_from_batch
 from lit_align.sampling import Sampler, SamplingOptions
 
-LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
+LossAggregation = Literal["sequence_mean", "token_mean", "constant", "sequence_sum"]
 KLPenalty = Literal["loss", "reward"]
-ImportanceRatio = Literal["token", "sequence"]
+ImportanceRatio = ImportanceLevel
 EXTENSION_HOOKS = ("needs_old_logps", "combine_rewards", "shape_rewards", "baseline", "compute_advantages",
                    "policy_loss", "minibatch_order")  # fmt: skip
 
@@ -94,8 +90,10 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             and it differs from plain k3's even on-policy, where ρ_t = 1 in value. ``False``: plain k3, whose
             gradient follows the forward KL(π_ref‖π); refused with ``kl_penalty="reward"``, where it has no term
             to change.
-        importance_ratio: ``token`` (a ratio and clip per token) or ``sequence`` (one ratio per sequence of
-            the summed log-probs).
+        importance_ratio: where the importance weight is taken (:func:`~lit_align.losses.objectives.
+            importance_log_weights`): ``token`` (per token), ``sequence`` (the sequences' probability ratio, TRL's
+            RLOO), ``sequence_mean`` (its geometric mean per token: GSPO, TRL's ``importance_sampling_level=
+            "sequence"``) or ``sequence_mean_token`` (GSPO-token).
         num_generations: G, completions sampled per prompt.
         num_iterations: μ, passes over each rollout; > 1 records the sampling policy's log-probs and
             makes the clip active.
@@ -103,11 +101,14 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         gradient_accumulation_steps: micro-batches per optimizer step (memory only: same gradient).
         epsilon: lower clip range ε.
         epsilon_high: upper clip range (default ``epsilon``; DAPO: 0.28).
-        loss_aggregation: with a token ratio: ``sequence_mean`` (token mean per sequence, then mean),
-            ``token_mean`` (DAPO / TRL's ``dapo``: mean over all tokens of the minibatch; the default),
-            ``constant`` (Dr. GRPO: sum over tokens / (sequences x max_new_tokens)). A sequence ratio has one term
-            per sequence, averaged (leave it null, or ``sequence_mean``).
+        loss_aggregation: ``sequence_mean`` (token mean per sequence, then mean; TRL's ``grpo``), ``token_mean``
+            (DAPO / TRL's ``dapo``: mean over all tokens of the minibatch), ``constant`` (Dr. GRPO: sum over tokens /
+            (sequences x max_new_tokens)) or ``sequence_sum`` (token sum per sequence, then mean; LUSPO). Null:
+            ``token_mean`` with a token-level weight, else ``sequence_mean`` (also for ``objective.name=sapo``).
+            A sequence-level weight aggregated per token weighs each sequence by its length (warned, as TRL does).
         mask_truncated_completions: completions without EOS take no part in the loss (DAPO).
+        objective: the per-token surrogate (a group: ``--model.objective.name clip|cispo|sapo|vespo`` and its
+            knobs; :mod:`lit_align.objective`).
         sampling: how completions are sampled (a group: ``--model.sampling.<option>``).
         rewards: the reward functions and their weights (a group: ``--model.rewards.<option>``).
     """
@@ -132,6 +133,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         epsilon_high: float | None = None,
         loss_aggregation: LossAggregation | None = None,
         mask_truncated_completions: bool = False,
+        objective: ObjectiveOptions = ObjectiveOptions(),
         sampling: SamplingOptions = SamplingOptions(),
         rewards: RewardOptions = RewardOptions(),
         learning_rate: float = 1e-6,
@@ -149,19 +151,21 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             (gradient_accumulation_steps >= 1, "gradient_accumulation_steps", gradient_accumulation_steps, ">= 1"),
             (beta >= 0, "beta", beta, "β >= 0 (0: no KL and no reference; < 0 rewards drifting away)"),
             (kl_penalty in ("loss", "reward"), "kl_penalty", kl_penalty, "loss or reward"),
-            (importance_ratio in ("token", "sequence"), "importance_ratio", importance_ratio, "token or sequence"),
-            (kl_penalty == "reward" or importance_ratio == "token", "kl_penalty", kl_penalty, "loss adds β·k3 to each "
-             "token's loss, and importance_ratio=sequence has one term per sequence: use reward (β·Σ k1 subtracted "
-             "from the sequence reward) or importance_ratio=token"),
+            (importance_ratio in ("token", "sequence", "sequence_mean", "sequence_mean_token"), "importance_ratio",
+             importance_ratio, "token, sequence, sequence_mean or sequence_mean_token"),
             (kl_importance_correction or kl_penalty == "loss", "kl_importance_correction", kl_importance_correction,
              "applies to kl_penalty=loss only"),
             (epsilon > 0, "epsilon", epsilon, "a clip range > 0"),
             (epsilon_high is None or epsilon_high > 0, "epsilon_high", epsilon_high, "a clip range > 0, or null"),
-            (loss_aggregation in (None, "sequence_mean", "token_mean", "constant"), "loss_aggregation",
-             loss_aggregation, "sequence_mean, token_mean or constant"),
-            (importance_ratio == "token" or loss_aggregation in (None, "sequence_mean"), "loss_aggregation",
-             loss_aggregation, "a sequence ratio has one loss term per sequence, averaged: leave it null"),
+            (loss_aggregation in (None, "sequence_mean", "token_mean", "constant", "sequence_sum"), "loss_aggregation",
+             loss_aggregation, "sequence_mean, token_mean, constant or sequence_sum"),
         )  # fmt: skip
+        objective = as_group(ObjectiveOptions, objective)
+        per_sequence = importance_ratio in ("sequence", "sequence_mean")
+        if per_sequence and loss_aggregation in ("token_mean", "constant"):
+            rank_zero_warn(f"importance_ratio={importance_ratio} with loss_aggregation={loss_aggregation} sums "
+                           "per-token copies of each sequence's loss, which weighs it by its length rather than "
+                           "optimizing the per-sequence objective (GSPO uses sequence_mean)")  # fmt: skip
         # Decided before the base builds anything: what the run needs (a reference only when β > 0; the metric
         # groups from the reward functions' names) and the parts it holds.
         self.beta, self.use_kl = beta, beta > 0
@@ -170,10 +174,11 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         self.num_generations, self.num_iterations = num_generations, num_iterations
         self.num_minibatches, self.gradient_accumulation_steps = num_minibatches, gradient_accumulation_steps
         self.epsilon, self.epsilon_high = epsilon, epsilon_high
-        self.loss_aggregation: LossAggregation = loss_aggregation or (
-            "token_mean" if importance_ratio == "token" else "sequence_mean")  # fmt: skip
+        token_level = importance_ratio in ("token", "sequence_mean_token") and objective.name != "sapo"
+        self.loss_aggregation: LossAggregation = loss_aggregation or ("token_mean" if token_level else "sequence_mean")
         self.mask_truncated_completions = mask_truncated_completions
         sampling, rewards = as_group(SamplingOptions, sampling), as_group(RewardOptions, rewards)  # saved as groups
+        self.objective = self.hold(Objective(objective, epsilon, epsilon_high, importance_ratio))
         self.sampler = self.hold(Sampler(sampling))
         self.rewards = self.hold(RewardSet(rewards))
         group_relative = self.MIN_GENERATIONS[0] >= 2  # GRPO, RLOO, RLVR: zero spread means zero advantages
@@ -188,7 +193,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         return self.use_kl
 
     def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        clip = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
+        clip = (*self.objective.options.metric_names(), "entropy")
         kl = ("kl",) if self.use_kl else ()
         steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
@@ -390,34 +395,24 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         return rewards if baseline is None else rewards - baseline
 
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
-        """The clipped-surrogate loss of micro-batch ``rows`` (+ β·ρ·k3 or β·k3 per token with
-        ``kl_penalty="loss"``), divided by the minibatch ``normalizer``; log-probs at the sampling temperature."""
+        """The objective's per-token loss of micro-batch ``rows`` (:class:`~lit_align.objective.Objective`; times the
+        rollout's importance correction), + β·w·k3 or β·k3 per token with ``kl_penalty="loss"``, aggregated and
+        divided by the minibatch ``normalizer``; log-probs at the sampling temperature."""
         logps, entropy = self.policy_logps(exp, rows)
         mask, advantages = exp.loss_mask[rows], exp.advantages[rows]
         stats["entropy"].append((masked_mean(entropy.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
         # On-policy the sampling policy IS the live one: ratio 1, same gradient, no extra pass.
         old_logps = logps.detach() if exp.old_logps is None else exp.old_logps[rows]
-        clip = self.epsilon, self.epsilon_high
-        if self.importance_ratio == "sequence":  # one ratio per sequence: exp(sum_t logp - sum_t old_logp)
-            seq, old_seq = (logps * mask).sum(-1), (old_logps * mask).sum(-1)
-            per_seq, low, high = clipped_surrogate(seq, old_seq, advantages, None, *clip)
-            loss = aggregate_loss(per_seq.unsqueeze(1), mask.any(-1, keepdim=True), "sequence_mean", None, normalizer)
-            weights = torch.ones_like(per_seq)
-        else:
-            per_token, low, high = clipped_surrogate(logps, old_logps, advantages, mask, *clip)
-            if self.use_kl and self.kl_penalty == "loss":  # k3 KL to the reference, per token in the loss
-                if self.kl_importance_correction:  # ρ·k3: the ratio's gradient counts even where ρ = 1
-                    token_kl = kl_k3_importance_weighted(logps, exp.ref_logps[rows], old_logps)
-                else:
-                    token_kl = kl_k3(logps, exp.ref_logps[rows])
-                per_token = per_token + self.beta * token_kl
-                stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
-            max_tokens = self.sampler.options.max_new_tokens
-            loss = aggregate_loss(per_token, mask, self.loss_aggregation, max_tokens, normalizer)
-            weights = mask.float()
-        for name, flags in (("low", low), ("high", high), ("region", low | high)):
-            stats[f"clip_ratio/{name}_mean"].append((flags.float().flatten(), weights.flatten()))
-        return loss
+        correction = None if exp.rollout_weights is None else exp.rollout_weights[rows]
+        per_token, log_weights = self.objective.loss(logps, old_logps, mask, advantages, stats, correction)
+        if self.use_kl and self.kl_penalty == "loss":  # k3 KL to the reference, per token in the loss
+            token_kl = kl_k3(logps, exp.ref_logps[rows])
+            if self.kl_importance_correction:  # w·k3: the weight's gradient counts even where it is 1
+                token_kl = token_kl * torch.exp(log_weights)
+            per_token = per_token + self.beta * token_kl
+            stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
+        max_tokens = self.sampler.options.max_new_tokens
+        return aggregate_loss(per_token.expand_as(mask), mask, self.loss_aggregation, max_tokens, normalizer)
 
     def minibatch_order(self, num_rows: int, iteration: int) -> Tensor:
         """The rollout's row indices in pass ``iteration``, split in order into ``num_minibatches`` minibatches.
@@ -450,7 +445,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         rows = torch.tensor(float(mask.shape[0]), device=mask.device)
         if self.loss_aggregation == "constant":
             return rows * self.sampler.options.max_new_tokens
-        if self.loss_aggregation == "sequence_mean":
+        if self.loss_aggregation in ("sequence_mean", "sequence_sum"):
             return rows
         return self.all_reduce(mask.sum().float(), "mean")
 

@@ -43,6 +43,7 @@ from lit_align.losses.policy_gradient import (
     whiten,
 )
 from lit_align.models import ModelRef
+from lit_align.objective import ObjectiveOptions
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.reward_set import RewardOptions
 from lit_align.rollout import Experience, Rollout, seeded_rng
@@ -54,6 +55,8 @@ UPDATE_METRICS = (  # per trained token, over every update of a rollout (TRL's n
 )  # fmt: skip
 ROLLOUT_METRICS = ("objective/scores", "objective/rlhf_reward", "objective/entropy")  # per sequence, at rollout time
 KL_METRICS = ("objective/kl", "objective/non_score_reward", "objective/kl_coef")
+
+PPO_OBJECTIVE = ObjectiveOptions()  # the clip: PPO's own loss adds the value function
 
 
 class PPO(OnlinePolicyGradient):
@@ -102,8 +105,9 @@ class PPO(OnlinePolicyGradient):
         num_iterations: int = 4,
         **kwargs: Any,
     ) -> None:
-        fix_options(kwargs, "PPO", "the KL is a per-token penalty in the reward, the ratio per token",
-                    kl_penalty="reward", importance_ratio="token", kl_importance_correction=True)  # fmt: skip
+        fix_options(kwargs, "PPO", "the KL is a per-token penalty in the reward, the ratio per token, the surrogate "
+                    "PPO's clip", kl_penalty="reward", importance_ratio="token", kl_importance_correction=True,
+                    objective=PPO_OBJECTIVE)  # fmt: skip
         _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta,
                        "lora_dropout" in kwargs and kwargs["lora_dropout"])  # fmt: skip
         rewards = as_group(RewardOptions, rewards)
@@ -113,7 +117,7 @@ class PPO(OnlinePolicyGradient):
         self.kl_target, self.kl_horizon = kl_target, kl_horizon
         super().__init__(rewards=rewards, beta=beta, num_generations=num_generations, num_iterations=num_iterations,
                          kl_penalty="reward", importance_ratio="token", kl_importance_correction=True,
-                         **kwargs)  # fmt: skip
+                         objective=PPO_OBJECTIVE, **kwargs)  # fmt: skip
         self.critic = self.prepare(build_critic(value_model, self.policy, self.rewards.models), "critic")
         disable_dropout(self.policy)
         disable_dropout(self.critic)

@@ -37,7 +37,6 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor
 
 from lit_align.algorithms.online import OnlinePolicyGradient
-from lit_align.hparams import fix_options
 from lit_align.losses.policy_gradient import group_normalized_advantages, leave_one_out_advantages
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.scoring import batch_zscore
@@ -53,7 +52,7 @@ class RLVR(OnlinePolicyGradient):
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them. The other
     options are the online base's, its parts' and the reference's (see ``--help``); ``rewards.reward_funcs``
     takes the verifiers and the reward models (``model:<dir>``) alike, ``rewards.reward_weights`` their weights;
-    the ratio is per token.
+    the surrogate (``objective``) and the importance level (``importance_ratio``) are GRPO's family.
 
     Args:
         advantage_estimator: ``group_normalized`` (GRPO: (r − group mean) / (group std + 1e-4)) or
@@ -79,8 +78,7 @@ class RLVR(OnlinePolicyGradient):
         if advantage_estimator not in self.ESTIMATORS:
             choices = ", ".join(self.ESTIMATORS)
             raise ValueError(f"--model.advantage_estimator={advantage_estimator!r}: one of {choices}")
-        fix_options(kwargs, "RLVR", "its ratio and clip are per token", importance_ratio="token")
-        super().__init__(importance_ratio="token", **kwargs)
+        super().__init__(**kwargs)
         self.advantage_estimator = advantage_estimator
         self._advantages = self.ESTIMATORS[advantage_estimator]  # the variant, selected once
         rewards = self.rewards

@@ -10,8 +10,8 @@ contiguous, as TRL orders them), G = ``num_generations``, T = completion length 
 ``mask`` (B, T) is 1 on completion tokens and 0 on padding.
 
 Left out on purpose: NaN rewards (TRL's "unscorable" completions, handled there with nanmean and
-nan_to_num) are the caller's to fill; sequence-level importance sampling (GSPO) and the CISPO,
-SAPO, VESPO variants are not here.
+nan_to_num) are the caller's to fill. The importance weights at other levels (GSPO) and the CISPO, SAPO and VESPO
+surrogates are in :mod:`lit_align.losses.objectives`.
 """
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ def kl_k3_importance_weighted(logps: Tensor, ref_logps: Tensor, old_logps: Tenso
 def aggregate_loss(
     per_token_loss: Tensor,
     mask: Tensor,
-    mode: Literal["sequence_mean", "token_mean", "constant"],
+    mode: Literal["sequence_mean", "token_mean", "constant", "sequence_sum"],
     max_completion_length: int | None = None,
     normalizer: float | Tensor | None = None,
 ) -> Tensor:
@@ -367,6 +367,8 @@ def aggregate_loss(
     token_mean:    sum_it m_it l_it / N,                       N = sum m_it  (DAPO; TRL "dapo")
     constant:      sum_it m_it l_it / N,                       N = B * L     (Dr. GRPO; TRL "dr_grpo"),
                    L = ``max_completion_length``
+    sequence_sum:  sum_i [sum_t m_it l_it] / N,                N = B         (LUSPO; TRL "luspo": a sequence-level
+                   loss broadcast over its tokens, so times its length)
 
     ``normalizer`` replaces the default N. Under gradient accumulation pass the count over the
     whole accumulation window (sequences, tokens, or window sequences x L); the micro-batch losses
@@ -383,6 +385,8 @@ def aggregate_loss(
     if mode == "sequence_mean":
         numerator = (masked.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)).sum()
         default = per_token_loss.shape[0]
+    elif mode == "sequence_sum":
+        numerator, default = masked.sum(), per_token_loss.shape[0]
     elif mode == "token_mean":
         numerator, default = masked.sum(), mask.sum()
     elif mode == "constant":
@@ -391,6 +395,6 @@ def aggregate_loss(
         numerator = masked.sum()
         default = per_token_loss.shape[0] * (max_completion_length or 0)
     else:
-        raise ValueError(f"mode must be 'sequence_mean', 'token_mean' or 'constant', got {mode!r}")
+        raise ValueError(f"mode must be 'sequence_mean', 'token_mean', 'constant' or 'sequence_sum', got {mode!r}")
     n = default if normalizer is None else normalizer
     return numerator / torch.as_tensor(n, dtype=masked.dtype, device=masked.device).clamp(min=1.0)
