@@ -73,7 +73,7 @@ def rows(algo: str) -> list[dict]:
         return [{"prompt": f"Repeat {i}:", "completion": f" {str(i) * (1 + i % 5)}"} for i in range(16)]
     if algo == "spin":  # 8 rows: 2 steps per iteration, so step 3 trains on pairs generated at a boundary
         return [{"prompt": f"Say {i} twice:", "completion": f" {i} {i}."} for i in range(8)]
-    return prompt_rows(8)  # grpo, grpo_rm, ppo
+    return prompt_rows(8)  # grpo, grpo_rm, ppo, reinforce_pp
 
 
 def reward_model(out: Path) -> Path:
@@ -138,8 +138,12 @@ def build(algo: str, out: Path, per_rank: int):
     else:  # GRPO (grpo_rm: scored by a reward model, sharded too under FSDP2): per_rank // 2 prompts x 4
         # completions per rank, one optimizer step per rollout in 2 micro-batches (num_minibatches > 1 splits
         # each RANK's rollout, so which rows share a step would depend on the layout)
-        rewards = [length_reward] if algo == "grpo" else [f"model:{reward_model(out)}"]
-        module = GRPO(policy=policy, reference_policy=reference, beta=0.04, num_generations=4,
+        # reinforce_pp: REINFORCE++-baseline, its per-token advantages normalized over every rank's tokens.
+        from lit_align.algorithms import ReinforcePP
+
+        rewards = [f"model:{reward_model(out)}"] if algo == "grpo_rm" else [length_reward]
+        cls = ReinforcePP if algo == "reinforce_pp" else GRPO
+        module = cls(policy=policy, reference_policy=reference, beta=0.04, num_generations=4,
                       rewards={"reward_funcs": rewards, "log_completions_every_n_steps": 0},
                       sampling={"max_new_tokens": 8}, gradient_accumulation_steps=2, loss_aggregation="token_mean",
                       learning_rate=1e-3, tokenizer=tokenizer)  # fmt: skip
@@ -151,7 +155,7 @@ def build(algo: str, out: Path, per_rank: int):
 
 def main() -> None:
     out, layout = Path(sys.argv[1]), sys.argv[2]
-    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo"]
+    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo", "reinforce_pp"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     plain_path = PlainPathWarnings()

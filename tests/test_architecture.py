@@ -18,7 +18,7 @@ from lit_align.hparams import accepted_options
 
 ALGORITHMS = [getattr(lit_align, name) for name in lit_align.__all__ if inspect.isclass(getattr(lit_align, name))]
 HOOKS = {*base.EXTENSION_HOOKS, *offline.EXTENSION_HOOKS, *online.EXTENSION_HOOKS, *reference.EXTENSION_HOOKS}
-ONLINE = {"GRPO", "RLOO", "ReMax", "RLVR", "PPO"}
+ONLINE = {"GRPO", "RLOO", "ReMax", "RLVR", "PPO", "ReinforcePP"}
 
 
 def chain(cls: type) -> list[type]:
@@ -71,7 +71,7 @@ def test_options_appear_only_where_they_apply():
         assert ("rewards" in offered) == (name in ONLINE), name
         assert ("precompute_reference" in offered) == (name in ("DPO", "IPO", "KTO")), name
         assert ("reference_policy" in offered) == (name in ("DPO", "IPO", "KTO", *ONLINE)), name
-    assert {name for name, offered in options.items() if "kl_penalty" in offered} == {"GRPO", "RLVR"}
-    assert {name for name, offered in options.items() if "importance_ratio" in offered} == {"GRPO", "RLVR", "RLOO",
-                                                                                              "ReMax"}  # fmt: skip
-    assert {name for name, offered in options.items() if "objective" in offered} == {"GRPO", "RLVR", "RLOO", "ReMax"}
+    assert {name for name, offered in options.items() if "kl_penalty" in offered} == {"GRPO", "RLVR", "ReinforcePP"}
+    family = {"GRPO", "RLVR", "RLOO", "ReMax", "ReinforcePP"}  # the GRPO loss family's options
+    assert {name for name, offered in options.items() if "importance_ratio" in offered} == family
+    assert {name for name, offered in options.items() if "objective" in offered} == family

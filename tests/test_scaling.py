@@ -1,6 +1,7 @@
 """DDP and FSDP2 on 2 CPU processes (gloo) give the single-process run over the same global batches.
 
-``tests/scaling_run.py`` trains DPO, KTO, SFT, GRPO, SPIN for 3 steps (PPO: 3 rollouts) per layout; here every
+``tests/scaling_run.py`` trains DPO, KTO, SFT, GRPO, SPIN, REINFORCE++-baseline for 3 steps (PPO: 3 rollouts) per
+layout; here every
 step's synced train metrics (loss included) and the final weights are compared. Per-rank by design,
 and so excluded: ``train/reward_std`` (each rank's std) and the ``time/*`` metrics. GRPO's rollouts are
 scripted (``ScriptedBackend``): sampling is per-rank random, everything after it must match.
@@ -22,7 +23,7 @@ import torch
 
 from tests.conftest import REPO
 
-ALGOS = ("dpo", "kto", "sft", "grpo", "grpo_rm", "spin")
+ALGOS = ("dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "reinforce_pp")
 PER_RANK_BY_DESIGN = ("train/reward_std", "train/time/")
 TIE = 1e-5  # a |rewards/margins| below this is a tie
 
@@ -58,8 +59,12 @@ def test_two_processes_match_one(runs, algo, layout):
     initial = dict(load_model("tiny-llama", seed=1 if algo == "kto" else 0)[0].named_parameters())
     assert any(not torch.equal(initial[k], v) for k, v in single["weights"].items())  # training moved the weights
     assert single["weights"].keys() == other["weights"].keys()
+    # REINFORCE++ divides every advantage by the std of all the rollout's tokens, gathered over the ranks in another
+    # summation order: its gradients agree to 2e-7 relative (grad_norm above), and AdamW's per-entry normalization
+    # turns that into up to 2e-5 on entries whose gradient is near 0 (measured 1.9e-5 after 3 steps at lr 1e-3).
+    atol = 5e-5 if algo == "reinforce_pp" else 1e-5
     for name, value in single["weights"].items():
-        torch.testing.assert_close(other["weights"][name], value, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(other["weights"][name], value, rtol=0, atol=atol, msg=name)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from lit_align.algorithms.ipo import IPO
 from lit_align.algorithms.kto import KTO
 from lit_align.algorithms.orpo import ORPO
 from lit_align.algorithms.ppo import PPO
+from lit_align.algorithms.reinforce_pp import ReinforcePP
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.reward_model import RewardModel
 from lit_align.algorithms.rloo import RLOO
@@ -14,4 +15,5 @@ from lit_align.algorithms.sft import SFT
 from lit_align.algorithms.simpo import SimPO
 from lit_align.algorithms.spin import SPIN
 
-__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT", "SPIN", "ReMax", "RewardModel", "SimPO"]
+__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT", "SPIN", "ReMax", "ReinforcePP",
+           "RewardModel", "SimPO"]
