@@ -21,8 +21,10 @@ TRL 1.16's ``loss_type`` names a surrogate and an aggregation at once; here they
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -33,12 +35,16 @@ from lit_align.losses.objectives import (
     cispo_objective,
     clip_objective,
     importance_log_weights,
+    rollout_correction_weights,
     sapo_objective,
     vespo_objective,
     vespo_weights,
 )
 
 ObjectiveName = Literal["clip", "cispo", "sapo", "vespo"]
+ROLLOUT_CORRECTION_METRICS = ("sampling/sampling_logp_difference/mean", "sampling/sampling_logp_difference/max",
+                              "sampling/importance_sampling_ratio/min", "sampling/importance_sampling_ratio/mean",
+                              "sampling/importance_sampling_ratio/max")  # fmt: skip
 Stats = dict[str, list[tuple[Tensor, Tensor]]]
 
 
@@ -153,3 +159,27 @@ class Objective:
 def _append(stats: Stats, name: str, values: Tensor, weights: Tensor) -> None:
     values, weights = torch.broadcast_tensors(values.float(), weights.float())
     stats.setdefault(name, []).append((values.detach().flatten(), weights.flatten()))
+
+
+def rollout_correction(exp: Any, options: Any, reduce: Callable[[Tensor, str], Tensor], device: torch.device) -> Tensor:
+    """π_old / π_sampler of a rollout engine's completions (``exp.rollout.sampler_logps``), truncated or masked as the
+    ``sampling`` options say (:func:`~lit_align.losses.objectives.rollout_correction_weights`), and TRL's
+    ``sampling/*`` metrics of it into ``exp.metrics``: the mean and max |log π_old − log π_sampler| over the
+    completion tokens the engine scored, and the min, mean and max weight (per token, or per sequence). Min and max
+    are over all ranks (``reduce(tensor, op)``); the means are weighted over all ranks when logged."""
+    mask = exp.rollout.completion_mask.bool()
+    sampler = exp.rollout.sampler_logps.to(exp.old_logps.device)
+    weights = rollout_correction_weights(exp.old_logps, sampler, mask, options.rollout_correction,
+                                         options.rollout_correction_min, options.rollout_correction_max)  # fmt: skip
+    delta = (exp.old_logps - sampler).abs()
+    scored = mask & ~delta.isnan()
+    flat = weights.flatten() if weights.shape[1] == 1 else weights[mask]
+    metrics = exp.metrics
+    metrics["sampling/sampling_logp_difference/mean"] = delta[scored]
+    metrics["sampling/importance_sampling_ratio/mean"] = flat
+    for name, values, op, empty in (("sampling/sampling_logp_difference/max", delta[scored], "max", 0.0),
+                                    ("sampling/importance_sampling_ratio/min", flat, "min", math.inf),
+                                    ("sampling/importance_sampling_ratio/max", flat, "max", 0.0)):  # fmt: skip
+        local = getattr(values, op)() if values.numel() else torch.tensor(empty)
+        metrics[name] = reduce(local.float().to(device), op).reshape(1)
+    return weights

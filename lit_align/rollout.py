@@ -41,6 +41,7 @@ class Rollout:
     is_truncated: Tensor  # (B,) bool: no EOS within max_new_tokens
     num_generations: int
     logps: Tensor | None = None  # (B, L) per-token log-probs under the sampling policy, 0 on padding (when asked)
+    sampler_logps: Tensor | None = None  # (B, L) the rollout engine's own log-probs (vLLM), NaN where it gave none
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -239,21 +240,31 @@ def rollout_from_batch(
         ``input_ids``      (B, P + L) sequences: prompt (left-padded) then completion (right-padded),
                            B = prompts x ``num_generations``, prompt-major; what ``generate_samples`` returns
         ``rewards``        (B,) the task reward of each completion (NaN: unscorable)
-        ``old_log_probs``  (B, L) the completion tokens' log-probs under the sampling policy
+        ``old_log_probs``  (B, L) the completion tokens' log-probs under the sampling policy, as the trainer
+                           computes them (used as they are), or
+        ``sampling_log_probs``  (B, L) the rollout ENGINE's log-probs (vLLM's): the module computes the sampling
+                           policy's own with its weights and corrects for the difference
+                           (``sampling.rollout_correction``); NaN where the engine gave none
         ``attention_mask`` optional (B, P + L); by default the prompt starts at its first non-pad token and the
                            completion ends at its first EOS (``eos_ids``)
 
     The batch gains ``prompt_input_ids`` / ``prompt_attention_mask`` (one row per prompt) unless it has them.
     """
-    input_ids, logps = batch["input_ids"], batch["old_log_probs"].float()
+    input_ids = batch["input_ids"]
+    given = [k for k in ("old_log_probs", "sampling_log_probs") if k in batch]
+    if len(given) != 1:
+        raise ValueError("update() with a rollout batch needs old_log_probs (the trainer's log-probs of the "
+                         "completions) or sampling_log_probs (the rollout engine's), one of them; got "
+                         f"{', '.join(given) or 'neither'}")  # fmt: skip
+    logps = batch[given[0]].float()
     L = logps.shape[1]
     P = input_ids.shape[1] - L
     rewards = torch.as_tensor(batch["rewards"], dtype=torch.float, device=input_ids.device)
     if P < 1 or rewards.shape != (input_ids.shape[0],) or input_ids.shape[0] % num_generations:
         raise ValueError(
-            f"update() with a rollout batch expects input_ids (B, P + L), old_log_probs (B, L) and rewards (B,) "
+            f"update() with a rollout batch expects input_ids (B, P + L), {given[0]} (B, L) and rewards (B,) "
             f"with B a multiple of num_generations={num_generations}; got input_ids {tuple(input_ids.shape)}, "
-            f"old_log_probs {tuple(logps.shape)}, rewards {tuple(rewards.shape)}"
+            f"{given[0]} {tuple(logps.shape)}, rewards {tuple(rewards.shape)}"
         )
     prompt_ids, completion_ids = input_ids[:, :P], input_ids[:, P:]
     if "attention_mask" in batch:
@@ -266,8 +277,10 @@ def rollout_from_batch(
     lengths = completion_mask.sum(1)
     rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
     texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    engine = given[0] == "sampling_log_probs"
     rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, is_truncated,
-                      num_generations, logps * completion_mask)  # fmt: skip
+                      num_generations, None if engine else logps * completion_mask,
+                      logps if engine else None)  # fmt: skip
     batch.setdefault("prompt_input_ids", prompt_ids[::num_generations])
     batch.setdefault("prompt_attention_mask", prompt_mask[::num_generations])
     return rollout, rewards.unsqueeze(1)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from lit_align.hparams import as_group, check_option
+from lit_align.losses.objectives import RolloutCorrection
 from lit_align.rollout import GenerationBackend, HFGenerate, Rollout, seeded_rng
 
 GenerationBackendName = Literal["hf", "vllm"]
@@ -40,6 +41,14 @@ class SamplingOptions:
         vllm_gpu_memory_utilization: with ``vllm``: the share of each GPU's memory the engine may take.
         kv_cache: with ``hf``: ``static`` (preallocated), ``dynamic`` (grown per token) or ``auto`` (static on CPU,
             where it measured 1.31x faster, dynamic elsewhere); see :class:`~lit_align.rollout.HFGenerate`.
+        rollout_correction: when the completions come with the rollout ENGINE's log-probs (``vllm``, or a rollout
+            given to ``update`` with ``sampling_log_probs``), the loss is weighted by π_old / π_sampler at the
+            ``token`` or ``sequence`` level, ``truncate``-d to the bounds or ``mask``-ed outside them
+            (:func:`~lit_align.losses.objectives.rollout_correction_weights`; TRL's ``vllm_importance_sampling_mode``,
+            whose default this is); ``none`` trains on the mismatched ratio. With ``hf`` generation the trainer's own
+            pass gives the sampling log-probs: nothing to correct, and nothing is.
+        rollout_correction_max: C_max, the upper bound (TRL's ``vllm_importance_sampling_clip_max``); null: none.
+        rollout_correction_min: C_min, the lower bound; null: none.
     """
 
     max_new_tokens: int = 64
@@ -50,6 +59,9 @@ class SamplingOptions:
     generation_backend: GenerationBackendName = "hf"
     vllm_gpu_memory_utilization: float = 0.3
     kv_cache: KVCache = "auto"
+    rollout_correction: RolloutCorrection = "sequence_mask"
+    rollout_correction_max: float | None = 3.0
+    rollout_correction_min: float | None = None
 
     def __post_init__(self) -> None:
         for ok, name, expected in (
@@ -60,6 +72,15 @@ class SamplingOptions:
             (self.generation_backend in ("hf", "vllm"), "generation_backend", "hf or vllm"),
             (0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "a fraction in (0, 1)"),
             (self.kv_cache in ("auto", "static", "dynamic"), "kv_cache", "auto, static or dynamic"),
+            (self.rollout_correction in ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+             "rollout_correction", "none, token_truncate, token_mask, sequence_truncate or sequence_mask"),
+            (self.rollout_correction_max is None or self.rollout_correction_max > 0, "rollout_correction_max",
+             "a bound > 0, or null"),
+            (self.rollout_correction_min is None or self.rollout_correction_min >= 0, "rollout_correction_min",
+             "a bound >= 0, or null"),
+            (None in (self.rollout_correction_min, self.rollout_correction_max)
+             or self.rollout_correction_min < self.rollout_correction_max, "rollout_correction_min",
+             f"below rollout_correction_max={self.rollout_correction_max}"),
         ):
             check_option(ok, f"sampling.{name}", getattr(self, name), expected)
         if self.generation_backend == "vllm":

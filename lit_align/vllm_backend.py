@@ -12,7 +12,10 @@ Sampling: the prompts' real tokens (padding stripped), ``n = num_generations`` p
 :class:`~lit_align.rollout.HFGenerate`), the module's temperature / top-p / top-k, the completion ending at the
 first EOS of ``eos_ids``; the seed is drawn from torch's RNG, which :class:`~lit_align.sampling.Sampler` seeds per
 call, so a (sampling.seed, step, rank) key draws the same completions again on the same engine. The training
-log-probs are recomputed by the policy as with ``generate`` (vLLM's own log-probs are not used).
+log-probs are recomputed by the policy as with ``generate``; vLLM's own log-probs of the sampled tokens (after its
+temperature: ``logprobs_mode="processed_logprobs"``, as TRL asks) come with the rollout (``sampler_logps``; NaN for
+an EOS vLLM left out of its tokens), and the online modules correct for their difference with the trainer's
+(``sampling.rollout_correction``).
 
 Status: written against vLLM's ``LLM`` API as TRL 1.16 uses it (``llm_engine.model_executor.driver_worker.
 model_runner.model.load_weights``); **unverified on a GPU** in this project (no GPU was lent while it was built).
@@ -124,7 +127,7 @@ class VLLMGenerate:
             self.llm = vllm.LLM(
                 model=path, gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_length,
                 distributed_executor_backend="external_launcher", seed=rank, dtype=str(_dtype(model)).removeprefix(
-                    "torch."), enable_prefix_caching=True,
+                    "torch."), enable_prefix_caching=True, logprobs_mode="processed_logprobs",
             )  # fmt: skip
         return self.llm
 
@@ -161,7 +164,7 @@ class VLLMGenerate:
             else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k if self.top_k > 0 else -1}
         )
         params = vllm.SamplingParams(n=num_generations, max_tokens=self.max_new_tokens, stop_token_ids=eos_ids,
-                                     seed=seed, skip_special_tokens=True, **sampling)  # fmt: skip
+                                     seed=seed, skip_special_tokens=True, logprobs=0, **sampling)  # fmt: skip
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         samples = [sample for request in outputs for sample in request.outputs]  # prompt-major
         # A completion that stopped at an EOS ends with it (vLLM may leave a special stop token out of token_ids).
@@ -173,7 +176,25 @@ class VLLMGenerate:
         completion_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=prompt_input_ids.device)
         input_ids = prompt_input_ids.repeat_interleave(num_generations, dim=0)
         attention_mask = prompt_attention_mask.repeat_interleave(num_generations, dim=0)
-        return completion_rollout(self.tokenizer, completion_ids, eos_ids, input_ids, attention_mask, num_generations)
+        rollout = completion_rollout(self.tokenizer, completion_ids, eos_ids, input_ids, attention_mask,
+                                     num_generations)  # fmt: skip
+        if not greedy:  # the engine's log-probs of the sampled tokens, for the rollout correction
+            logps = [sampled_logps(s) for s in samples]
+            logps = [lp + [float("nan")] * (len(r) - len(lp)) for lp, r in zip(logps, rows, strict=True)]
+            rollout.sampler_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps],
+                                                 device=prompt_input_ids.device)  # fmt: skip
+        return rollout
+
+
+def sampled_logps(sample: Any) -> list[float]:
+    """vLLM's log-prob of each sampled token (``logprobs=0``: each position's dict holds the sampled token; NaN where
+    it holds none)."""
+    out = []
+    for token, position in zip(sample.token_ids, sample.logprobs or [], strict=False):
+        entry = position.get(token) if position else None
+        value = getattr(entry, "logprob", None)
+        out.append(float("nan") if value is None else float(value))
+    return out + [float("nan")] * (len(sample.token_ids) - len(out))
 
 
 def _dtype(model: nn.Module) -> torch.dtype:

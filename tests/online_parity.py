@@ -164,15 +164,19 @@ def trl_trainer(kind: str, fx: Fixture, tmp_path: Path, monkeypatch, accumulatio
 
 
 def trl_generation_batch(trainer, fx: Fixture) -> dict:
-    """TRL's own ``_generate_and_score_completions`` on the fixed completions (its generation backend replaced)."""
+    """TRL's own ``_generate_and_score_completions`` on the fixed completions (its generation backend replaced); with
+    ``fx.rollout.sampler_logps``, they are the engine's log-probs its vLLM backend would return."""
     rollout = fx.rollout
     completions = [ids[:n].tolist() for ids, n in zip(rollout.completion_ids, rollout.lengths, strict=True)]
+    engine = None
+    if rollout.sampler_logps is not None:
+        engine = [lp[:n].tolist() for lp, n in zip(rollout.sampler_logps, rollout.lengths, strict=True)]
     our_prompts = [ids[m.bool()].tolist() for ids, m in zip(rollout.prompt_input_ids, rollout.prompt_attention_mask,
                                                             strict=True)]  # fmt: skip
 
     def generate(prompt_ids, *args, **kwargs):
         assert [list(p) for p in prompt_ids] == our_prompts  # TRL's chat-templated prompt ids are ours
-        return (completions, None) if isinstance(trainer, trl.GRPOTrainer) else completions
+        return (completions, engine) if isinstance(trainer, trl.GRPOTrainer) else completions
 
     trainer._generate_single_turn = generate
     with torch.no_grad():

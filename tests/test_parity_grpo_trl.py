@@ -147,3 +147,40 @@ def test_grpo_family_matches_trl(fx, tmp_path, monkeypatch, variant, beta, corre
     assert max_gradient(ours) > 1e-2
     if iterations == 2 and metric is not None and not metric.startswith("vespo"):
         assert theirs.metrics[metric] > 0 or variant.startswith(("gspo", "luspo"))  # the caps are active somewhere
+
+
+@pytest.mark.parametrize("iterations", [1, 2], ids=["on-policy", "off-policy"])
+@pytest.mark.parametrize("objective", ["clip", "vespo"])
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+def test_rollout_correction_matches_trl(fx, tmp_path, monkeypatch, mode, objective, iterations):
+    """The engine's log-probs are the trainer's own perturbed by up to ±0.1 per token (vLLM's numerics), given to
+    both sides as their vLLM backend would return them; TRL corrects with ``use_vllm`` and
+    ``vllm_importance_sampling_correction`` on, its bounds tightened to [0.9, 1.1] so that some weights are clipped
+    or masked. Loss, gradients and TRL's ``sampling/*`` metrics agree. VESPO takes token modes only (TRL refuses
+    the sequence ones) and folds the correction into its sequence weight."""
+    if objective == "vespo" and mode.startswith("sequence"):
+        pytest.skip("TRL 1.16 refuses VESPO with a sequence-level rollout correction")
+    import dataclasses
+
+    module = lit_align_module(GRPO, fx, num_iterations=iterations, loss_aggregation="token_mean",
+                              objective={"name": objective}, sampling={"max_new_tokens": 8, "rollout_correction": mode,
+                              "rollout_correction_min": 0.9, "rollout_correction_max": 1.1})  # fmt: skip
+    trainer_logps = module._no_grad_logps(fx.rollout, module.policy)
+    noise = (torch.rand(trainer_logps.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.2
+    engine = dataclasses.replace(fx, rollout=dataclasses.replace(fx.rollout, sampler_logps=trainer_logps + noise))
+    ours = run_lit_align(module, engine)
+    trainer = trl_trainer("grpo", fx, tmp_path, monkeypatch, 1, num_iterations=iterations, loss_type=(
+        "dapo" if objective == "clip" else "vespo"))  # fmt: skip
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, True
+    trainer.vllm_importance_sampling_mode = mode
+    trainer.vllm_importance_sampling_clip_min, trainer.vllm_importance_sampling_clip_max = 0.9, 1.1
+    batch = trl_generation_batch(trainer, engine)
+    torch.testing.assert_close(ours.exp.rollout_weights, batch["importance_sampling_ratio"], atol=1e-6, rtol=0)
+    weights = ours.exp.rollout_weights
+    assert ((weights != 1.0) & (weights > 0.9) & (weights < 1.1)).any()  # some corrected inside the bounds
+    assert ((weights == 0.0) | (weights == 0.9) | (weights == 1.1)).any()  # and some clipped or masked
+    theirs = run_trl(trainer, batch, [step.state for step in ours.steps], 1)
+    names = ("sampling/sampling_logp_difference/mean", "sampling/sampling_logp_difference/max",
+             "sampling/importance_sampling_ratio/min", "sampling/importance_sampling_ratio/mean",
+             "sampling/importance_sampling_ratio/max")  # fmt: skip
+    assert_parity(ours, theirs, metrics=names)

@@ -60,11 +60,15 @@ class FakeLLM:
             for g in range(params.n):
                 kind = (i + g) % 3
                 if kind == 0:  # stopped at EOS, which token_ids keeps
-                    samples.append(SimpleNamespace(token_ids=[40 + g, 41, eos], finish_reason="stop"))
+                    tokens, reason = [40 + g, 41, eos], "stop"
                 elif kind == 1:  # stopped at EOS, left out of token_ids
-                    samples.append(SimpleNamespace(token_ids=[50 + g], finish_reason="stop"))
+                    tokens, reason = [50 + g], "stop"
                 else:  # cut at max_tokens
-                    samples.append(SimpleNamespace(token_ids=[60 + g] * params.max_tokens, finish_reason="length"))
+                    tokens, reason = [60 + g] * params.max_tokens, "length"
+                # logprobs=0: one dict per position holding the sampled token's Logprob (-0.1, -0.2, ...)
+                logprobs = [{t: SimpleNamespace(logprob=-0.1 * (j + 1))} for j, t in enumerate(tokens)]
+                samples.append(SimpleNamespace(token_ids=tokens, finish_reason=reason,
+                                               logprobs=logprobs if params.logprobs == 0 else None))  # fmt: skip
             out.append(SimpleNamespace(outputs=samples))
         return out
 
@@ -102,8 +106,14 @@ def test_rollout_layout_prompts_sampling_and_truncation(tmp_path, fake_vllm):
     assert rollout.completion_ids[1, :2].tolist() == [51, eos]  # the left-out EOS put back
     assert rollout.completion_ids[1, 2:].eq(tokenizer.pad_token_id).all()
     assert torch.equal(rollout.prompt_input_ids, batch["prompt_input_ids"].repeat_interleave(3, 0))
+    # vLLM's log-probs of the sampled tokens come along (processed: after its temperature), NaN for the EOS it left
+    # out, 0 on padding; greedy decoding needs none
+    assert llm.kwargs["logprobs_mode"] == "processed_logprobs" and params.logprobs == 0
+    torch.testing.assert_close(rollout.sampler_logps[0, :3], torch.tensor([-0.1, -0.2, -0.3]))
+    assert rollout.sampler_logps[1, 0].item() == pytest.approx(-0.1) and rollout.sampler_logps[1, 1].isnan()
+    assert rollout.sampler_logps[1, 2:].eq(0).all()
     greedy = backend(model, batch["prompt_input_ids"], batch["prompt_attention_mask"], greedy=True)
-    assert llm.requests[1][1].temperature == 0.0 and len(greedy) == 2
+    assert llm.requests[1][1].temperature == 0.0 and len(greedy) == 2 and greedy.sampler_logps is None
 
 
 def test_weights_are_copied_once_per_update(tmp_path, fake_vllm):
@@ -151,3 +161,38 @@ def test_missing_vllm_fails_before_any_weights_load(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'lit-align\[vllm\]'"):
         GRPO(policy="no-such-model-would-be-loaded", rewards={"reward_funcs": [length_reward]},
              sampling={"generation_backend": "vllm"})
+
+
+@pytest.mark.parametrize("mode", ["sequence_mask", "token_truncate", "none"])
+def test_the_engines_log_probs_are_corrected_for(tmp_path, fake_vllm, mode):
+    """A vLLM rollout: the trainer's own pass gives the sampling log-probs (old), the loss is weighted by
+    π_old / π_vllm as rollout_correction says, and TRL's sampling/* metrics are logged; ``none`` leaves the loss
+    uncorrected. The stand-in's log-probs (-0.1, -0.2, ...) are far above the tiny model's (about -5.5 per token), so
+    every ratio is below C_min = 0.5: sequence_mask zeroes every sequence, token_truncate lifts every token to 0.5."""
+    tokenizer = build_byte_tokenizer()
+    batch = prompt_batch(tmp_path, tokenizer, n=2)
+    module = GRPO(policy="tiny-llama", tokenizer=tokenizer, num_generations=3,
+                  sampling={"max_new_tokens": 4, "generation_backend": "vllm", "rollout_correction": mode,
+                            "rollout_correction_min": 0.5},
+                  rewards={"reward_funcs": [length_reward]}, learning_rate=1e-2)  # fmt: skip
+    module.policy.config._name_or_path = "/weights/tiny"
+    seen = {}
+    original = module.policy_loss
+    module.policy_loss = lambda exp, *a: seen.setdefault("exp", exp) and original(exp, *a)
+    out = module.update(batch)
+    exp = seen["exp"]
+    if mode == "none":
+        assert exp.rollout_weights is None and "sampling/importance_sampling_ratio/mean" not in out
+        return
+    assert exp.old_logps is not None  # the trainer's pass, not the engine's log-probs
+    weights = exp.rollout_weights
+    if mode == "sequence_mask":
+        assert weights.shape == (6, 1) and weights.eq(0).all() and out["loss"] == 0.0
+        assert out["sampling/importance_sampling_ratio/max"] == 0.0
+    else:
+        scored = exp.loss_mask.bool() & ~exp.rollout.sampler_logps.isnan()
+        assert weights.shape == exp.loss_mask.shape and weights[scored].eq(0.5).all()
+        assert weights[exp.rollout.sampler_logps.isnan()].eq(1.0).all()  # an EOS vLLM left out: no correction
+        assert 0.5 < out["sampling/importance_sampling_ratio/mean"] < 0.6
+    assert out["sampling/sampling_logp_difference/mean"] > 3.0
+    assert out["sampling/sampling_logp_difference/max"] >= out["sampling/sampling_logp_difference/mean"]

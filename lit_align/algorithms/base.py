@@ -38,7 +38,7 @@ from lit_align.rollout import mark_updated
 from lit_align.sharding import fully_shard_model
 
 NonFinite = Literal["stop", "skip"]
-ReduceOp = Literal["sum", "mean"]
+ReduceOp = Literal["sum", "mean", "max", "min"]
 # The methods a subclass may define again along its chain (each has its default in the class that declares it).
 EXTENSION_HOOKS = ("metric_names", "check_data", "planned_optimizer_steps", "on_save_checkpoint", "on_load_checkpoint")
 

@@ -62,7 +62,7 @@ from lit_align.hparams import as_group, check_options, fix_options
 from lit_align.losses.objectives import ImportanceLevel
 from lit_align.losses.policy_gradient import aggregate_loss, kl_k1, kl_k3, masked_mean
 from lit_align.metrics import weighted_mean
-from lit_align.objective import Objective, ObjectiveOptions
+from lit_align.objective import ROLLOUT_CORRECTION_METRICS, Objective, ObjectiveOptions, rollout_correction
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
 from lit_align.rewards.scoring import fill_unscorable
@@ -195,6 +195,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         clip = (*self.objective.options.metric_names(), "entropy")
         kl = ("kl",) if self.use_kl else ()
+        if self.sampler.options.generation_backend == "vllm" and self.sampler.options.rollout_correction != "none":
+            kl = (*kl, *ROLLOUT_CORRECTION_METRICS)
         steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
         train = (*self.rewards.metric_names(), *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
@@ -302,14 +304,18 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         loss_mask = rollout.completion_mask.clone()  # (B, L)
         if self.mask_truncated_completions:
             loss_mask[rollout.is_truncated] = 0
+        correct = rollout.sampler_logps is not None and self.sampler.options.rollout_correction != "none"
         old_logps = rollout.logps
-        if old_logps is None and self.needs_old_logps():
+        if old_logps is None and (self.needs_old_logps() or correct):  # the engine's are not the trainer's
             old_logps = self._no_grad_logps(rollout, self.policy)
         ref_logps = None
         if self.use_kl:
             ref_logps = self.reference_forward(lambda ref: self._no_grad_logps(rollout, ref))
         unscorable = rewards_per_func.isnan().all(dim=1).to(self.device)
-        return Experience(batch, rollout, rewards_per_func, unscorable, loss_mask, old_logps, ref_logps)
+        exp = Experience(batch, rollout, rewards_per_func, unscorable, loss_mask, old_logps, ref_logps)
+        if correct:
+            exp.rollout_weights = rollout_correction(exp, self.sampler.options, self.all_reduce, self.device)
+        return exp
 
     # -- the seed interface: rollouts made or consumed outside a Trainer --------------------------------
     def sample(

@@ -129,3 +129,38 @@ def vespo_weights(
 def vespo_objective(phi: Tensor, logps: Tensor, advantages: Tensor) -> Tensor:
     """VESPO's per-token loss: −sg[φ(W)]·A·log π_t (:func:`vespo_weights`)."""
     return -phi * advantages * logps
+
+
+RolloutCorrection = Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+
+
+def rollout_correction_weights(
+    old_logps: Tensor, sampler_logps: Tensor, mask: Tensor, mode: RolloutCorrection = "sequence_mask",
+    clip_min: float | None = None, clip_max: float | None = 3.0,
+) -> Tensor:  # fmt: skip
+    """The importance weight π_old / π_sampler that corrects for a rollout engine (vLLM) whose log-probs of the
+    sampled tokens differ from the trainer's (TRL 1.16's ``vllm_importance_sampling_correction``; truncated IS:
+    Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"; masked IS: OpenRLHF's
+    icepop / seq-mask-tis, verl's ``rollout_correction``):
+
+        d_t = (log π_old,t − log π_sampler,t)·m_t   (a NaN engine log-prob: d_t = 0, no correction)
+        token_*:     w_t = exp(d_t)                  (B, T)
+        sequence_*:  w   = exp(Σ_t d_t)              (B, 1)
+        *_truncate:  w ← clip(w, C_min, C_max)
+        *_mask:      w ← 0 where w < C_min or w > C_max      (a missing bound is no bound)
+
+    The per-token loss is multiplied by w (VESPO folds it into its sequence weight instead).
+    """
+    if mode == "none":
+        raise ValueError("rollout_correction_weights: mode 'none' computes no weights")
+    diff = ((old_logps - sampler_logps) * mask.to(old_logps.dtype)).nan_to_num(0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(-1, keepdim=True)
+    weights = torch.exp(diff)
+    if mode.endswith("truncate"):
+        if clip_min is not None or clip_max is not None:
+            weights = torch.clamp(weights, min=clip_min, max=clip_max)
+        return weights
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return weights.masked_fill((weights < low) | (weights > high), 0.0)
