@@ -59,6 +59,7 @@ class Reference:
 
     def __init__(self, source: ReferenceSource, model: nn.Module | None = None, cache: ReferenceCache | None = None):
         self.source, self.model, self.cache = source, model, cache
+        self.synced_at = 0  # the optimizer step of the last sync (checkpointed; 0: never)
 
     @classmethod
     def build(
@@ -111,13 +112,28 @@ class Reference:
         return compute(reference)
 
     @torch.no_grad()
-    def sync(self, policy: nn.Module, alpha: float) -> None:
-        """``reference <- alpha * policy + (1 - alpha) * reference`` (TR-DPO soft update; 1.0 = hard copy)."""
+    def sync(self, policy: nn.Module, alpha: float, step: int = 0) -> None:
+        """``reference <- alpha * policy + (1 - alpha) * reference`` (TR-DPO soft update; 1.0 = hard copy), at
+        optimizer step ``step``. Entry by entry of the state dicts (under FSDP2 shard by shard: both models are
+        sharded alike); a reference whose entries are not the policy's is refused by name."""
         if self.source not in ("copy", "model"):
             raise RuntimeError(f"cannot sync a reference of source {self.source!r}")
         policy_state = policy.state_dict()
-        for name, ref_param in self.model.state_dict().items():
-            ref_param.lerp_(policy_state[name].to(ref_param.dtype), alpha)
+        reference_state = self.model.state_dict()
+        if missing := sorted(set(reference_state) - set(policy_state))[:3]:
+            raise ValueError(f"sync_ref_model: the reference has weights the policy has not ({', '.join(missing)}): "
+                             "syncing needs a reference of the policy's architecture")  # fmt: skip
+        for name, ref_param in reference_state.items():
+            if ref_param.is_floating_point():
+                ref_param.lerp_(policy_state[name].to(ref_param.dtype), alpha)
+        self.synced_at = step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.synced_at:
+            checkpoint["reference_synced_at"] = self.synced_at
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.synced_at = int(checkpoint.get("reference_synced_at", 0))
 
 
 class ReferenceMixin:
@@ -185,7 +201,7 @@ class ReferenceMixin:
 
     def sync_reference(self, alpha: float = 1.0) -> None:
         """``reference <- alpha * policy + (1 - alpha) * reference`` (TR-DPO soft update; 1.0 = hard copy)."""
-        self._reference.sync(self.policy, alpha)
+        self._reference.sync(self.policy, alpha, getattr(self, "global_step", 0))
 
     @property
     def reference(self) -> nn.Module | None:

@@ -1,6 +1,9 @@
 """Train DPO or GRPO on tiny models, optionally SIGKILL the process mid-epoch, or resume from the last checkpoint.
 
-    python tests/resume_run.py OUT_DIR dpo|grpo full|kill|resume
+    python tests/resume_run.py OUT_DIR dpo|trdpo|grpo full|kill|resume
+
+``trdpo`` is DPO with TR-DPO's reference syncing every 2 steps (α = 0.5): the newest checkpoint (step 4) falls on a
+sync, which the resumed run must make before its step 5, and the reference's weights are compared too.
 
 ``full`` trains 8 steps uninterrupted. ``kill`` trains the same run and SIGKILLs its own process right
 after step 5 (checkpoints are written every 2 steps, so the newest is step 4, mid-epoch). ``resume``
@@ -50,15 +53,17 @@ class StepLog(L.Callback):
 
 def build(algo: str, out: Path):
     policy, tokenizer = load_model("tiny-llama", seed=0)
-    if algo == "dpo":
+    if algo in ("dpo", "trdpo"):
         from lit_align.algorithms import DPO
         from lit_align.datamodules import PreferenceDataModule
 
         rows = [{"prompt": f"What is {i} + {i}?", "chosen": f" {2 * i}.", "rejected": f" {2 * i + 1}, I think."}
                 for i in range(12)]  # fmt: skip  # 6 batches of 2: step 4 is mid-epoch, step 8 is in epoch 2
-        module = DPO(policy=policy, learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine")
-        dm = PreferenceDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "dpo.jsonl", rows)), val_size=0,
-                                  batch_size=2, max_length=64, max_prompt_length=32)  # fmt: skip
+        sync = {"sync_ref_model": algo == "trdpo", "ref_model_sync_steps": 2, "ref_model_mixup_alpha": 0.5}
+        module = DPO(policy=policy, learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", **sync)
+        path = write_jsonl(out / f"{algo}.jsonl", rows)
+        dm = PreferenceDataModule(tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=2, max_length=64,
+                                  max_prompt_length=32)  # fmt: skip
     else:  # real sampling (temperature 1): the resumed run must draw the same completions
         from lit_align.algorithms import GRPO
         from lit_align.datamodules.prompt import PromptDataModule
@@ -89,6 +94,8 @@ def main() -> None:
     else:
         trainer.fit(module, dm)
     weights = {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
+    if module.reference is not None and getattr(module, "sync_ref_model", False):
+        weights.update({f"reference.{k}": v.detach().clone() for k, v in module.reference.state_dict().items()})
     torch.save(weights, out / f"{algo}_{mode}.pt")
 
 

@@ -100,7 +100,8 @@ def build(algo: str, out: Path, per_rank: int):
     from lit_align.datamodules.prompt import PromptDataModule
 
     cached = algo.endswith("_cached")  # dpo_cached, kto_cached: precompute_reference=True
-    algo = algo.removesuffix("_cached")
+    sync = algo == "dpo_trdpo"  # TR-DPO: the reference mixed toward the policy after every step (sharded alike)
+    algo = algo.removesuffix("_cached").removesuffix("_trdpo")
     seeds = (1, 0) if algo == "kto" else (0, 1)  # KTO: a pair whose mismatched-pair KL is > 0, so z is not clamped
     policy, tokenizer = load_model("tiny-llama", seed=seeds[0])
     reference, _ = load_model("tiny-llama", seed=seeds[1])
@@ -108,7 +109,8 @@ def build(algo: str, out: Path, per_rank: int):
     common = {"data_path": data, "val_size": 0, "batch_size": per_rank}
     if algo == "dpo":
         module = DPO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0,
-                     precompute_reference=cached)
+                     precompute_reference=cached, sync_ref_model=sync, ref_model_sync_steps=1,
+                     ref_model_mixup_alpha=0.5)  # fmt: skip
         dm = PreferenceDataModule(tokenizer=tokenizer, max_length=64, max_prompt_length=32, **common)
     elif algo == "kto":
         module = KTO(policy=policy, reference_policy=reference, learning_rate=1e-3, warmup_ratio=0.0,
@@ -155,7 +157,7 @@ def build(algo: str, out: Path, per_rank: int):
 
 def main() -> None:
     out, layout = Path(sys.argv[1]), sys.argv[2]
-    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo", "reinforce_pp"]
+    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo", "reinforce_pp", "dpo_trdpo"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     plain_path = PlainPathWarnings()
@@ -174,7 +176,8 @@ def main() -> None:
         )  # fmt: skip
         trainer.fit(module, dm)
         weights = {}
-        trained = {"policy": module.policy, "critic": getattr(module, "critic", None)}  # PPO trains a critic too
+        trained = {"policy": module.policy, "critic": getattr(module, "critic", None),  # PPO trains a critic too
+                   "reference": module.reference if getattr(module, "sync_ref_model", False) else None}  # TR-DPO
         for prefix, model in trained.items():
             for name, param in model.named_parameters() if model is not None else ():  # full_tensor(): a collective
                 full = param.full_tensor() if hasattr(param, "full_tensor") else param

@@ -35,7 +35,7 @@ def steps(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["dpo", "grpo"])
+@pytest.mark.parametrize("algo", ["dpo", "trdpo", "grpo"])
 def test_sigkill_and_resume_matches_uninterrupted(tmp_path, algo):
     full = run(tmp_path, algo, "full")
     assert full.returncode == 0, full.stderr[-3000:]
@@ -57,6 +57,12 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, algo):
         if not math.isnan(expected["reward"]):
             assert s["reward"] == pytest.approx(expected["reward"], abs=1e-7), s["step"]
     final, resumed_weights = (torch.load(tmp_path / f"{algo}_{m}.pt", weights_only=True) for m in ("full", "resume"))
+    assert (algo == "trdpo") == any(k.startswith("reference.") for k in final)  # TR-DPO: the synced reference too
+    if algo == "trdpo":  # and it did move: 4 syncs toward the trained policy
+        from lit_align.models import load_model
+
+        initial = load_model("tiny-llama", seed=0)[0].state_dict()
+        assert any(not torch.equal(final[f"reference.{k}"], v) for k, v in initial.items())
     for name, value in final.items():
         torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=1e-6, msg=name)
 
