@@ -305,15 +305,44 @@ class ScoringHead(nn.Module):
         return None
 
 
+class GatherScoringHead(ScoringHead):
+    """A :class:`ScoringHead` for a packed row whose positions may each score several targets (a shared prefix's
+    last token predicts every completion's first): given the (1, N, H) hidden states, scores ``index`` (M,) rows of
+    them against ``targets`` (M,) and returns (1, M, 4)."""
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        self.calls += 1
+        index, weight = self.scored, self.head.weight
+        if self.calls > 1:
+            self.problem = "the model calls its output embedding more than once per forward"
+        elif hidden.dim() != 3 or hidden.shape[0] != 1 or (len(index) and int(index.max()) >= hidden.shape[1]):
+            self.problem = f"its head receives hidden states of shape {tuple(hidden.shape)}, not the packed row's"
+        elif type(weight) is not nn.Parameter and type(weight) is not Tensor:
+            self.problem = f"its head weight is a {type(weight).__name__} inside the forward (tensor parallel?)"
+        if self.problem is not None:
+            return self.head(hidden)
+        scores = head_scores(hidden[0, index], weight, self.head.bias, self.targets, **self.options)
+        zeros = torch.zeros_like(scores.mean_logits)
+        entropy = zeros if scores.entropy is None else scores.entropy
+        hits = zeros if scores.hits is None else scores.hits
+        out = torch.stack([scores.logps, scores.mean_logits, entropy, hits], -1)[None]  # (1, M, 4)
+        self.output, self.output_version = out, None if out.is_inference() else out._version
+        return out
+
+
 @contextmanager
-def scoring_head(model: nn.Module, scored: Tensor, targets: Tensor, **options) -> Iterator[ScoringHead]:
+def scoring_head(
+    model: nn.Module, scored: Tensor, targets: Tensor, index: bool = False, **options
+) -> Iterator[ScoringHead]:
     """Swap ``model``'s output embedding for a :class:`ScoringHead` for the duration of the block.
 
-    Check :func:`unsupported_reason` first. ``options``: ``temperature``, ``with_entropy``, ``with_hits``.
+    Check :func:`unsupported_reason` first. ``options``: ``temperature``, ``with_entropy``, ``with_hits``. With
+    ``index``, ``scored`` is a (M,) index into a packed row's positions and ``targets`` (M,) (a
+    :class:`GatherScoringHead`).
     """
     head = model.get_output_embeddings()
     parent, name = _locate(model, head)
-    scoring = ScoringHead(head, scored, targets, **options)
+    scoring = (GatherScoringHead if index else ScoringHead)(head, scored, targets, **options)
     parent._modules[name] = scoring
     try:
         yield scoring

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_align import lm_head, packing
+from lit_align import lm_head, packing, shared_prefix
 from lit_align.batches import IGNORE_INDEX
 
 CHUNK_ROWS = 1024
@@ -136,16 +137,16 @@ def token_logps(
     with_entropy: bool = False,
     temperature: float = 1.0,
     chunked: bool | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> TokenLogps:
     """Per-token completion log-probs in ONE forward pass.
 
     ``with_entropy`` also returns each scored position's predictive entropy ``H = lse − Σ p·logit``,
     computed in the same chunks as the log-probs (no extra forward, no full softmax). ``chunked`` picks
-    the path (None: :data:`CHUNKED_HEAD`; see the module docstring).
+    the path (None: :data:`CHUNKED_HEAD`; see the module docstring). ``groups``: see :func:`completion_scores`.
     """
-    scores = completion_scores(
-        model, input_ids, attention_mask, labels, with_entropy=with_entropy, temperature=temperature, chunked=chunked
-    )
+    scores = completion_scores(model, input_ids, attention_mask, labels, with_entropy=with_entropy,
+                               temperature=temperature, chunked=chunked, groups=groups)  # fmt: skip
     return TokenLogps(scores.logps, scores.mask, scores.mean_logits, scores.entropy)
 
 
@@ -160,17 +161,23 @@ def completion_scores(
     temperature: float = 1.0,
     chunked: bool | None = None,
     padding_free: bool | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> CompletionScores:
     """Log-probs, vocab-mean logits and optionally entropies and top-1 hits of the completion tokens, one forward.
 
     ``padding_free`` (None: whether ``model`` is marked so, :func:`lit_align.packing.set_padding_free`) runs the
     forward over the batch's real tokens only, packed into one row (:mod:`lit_align.packing`); the outputs are the
-    same (B, T) tensors either way."""
+    same (B, T) tensors either way. ``groups`` (row indices of a pair or a group) let a padding-free pass of a
+    model marked :func:`lit_align.shared_prefix.set_shared_prefix` compute each group's common prefix once."""
     if packing.is_enabled(model) if padding_free is None else padding_free:
         reason = packing.unsupported_reason(model)
         if reason is None:
+            if groups is not None and shared_prefix.is_enabled(model):
+                row = shared_prefix.share(input_ids, attention_mask, groups)
+            else:
+                row = packing.pack(input_ids, attention_mask)
             return _packed_scores(
-                model, input_ids, attention_mask, labels, with_entropy, with_accuracy, temperature, chunked
+                model, row, input_ids, attention_mask, labels, with_entropy, with_accuracy, temperature, chunked
             )
         packing.log_fallback(model, reason)
     if CHUNKED_HEAD if chunked is None else chunked:
@@ -230,6 +237,7 @@ def _chunked_scores(
 
 def _packed_scores(
     model: nn.Module,
+    row: packing.Packed | shared_prefix.SharedRow,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
@@ -238,37 +246,40 @@ def _packed_scores(
     temperature: float,
     chunked: bool | None,
 ) -> CompletionScores:
-    """:func:`completion_scores` over the packed row of the batch's real tokens, scattered back to (B, T)."""
+    """:func:`completion_scores` over a packed row of the batch's real tokens (each group's prefix once in a
+    :class:`~lit_align.shared_prefix.SharedRow`), scattered back to (B, T): every scored position reads the
+    packed position its hidden state comes from (``source``)."""
     completion_mask = _completion_mask(labels) & attention_mask.bool()
     scored = nn.functional.pad(completion_mask[:, 1:], (0, 1))  # (B, T): position t scores token t + 1
     targets = nn.functional.pad(labels[:, 1:].clamp(min=0), (0, 1))
-    row = packing.pack(input_ids, attention_mask)
-    scored_row, targets_row = row.select(scored), row.select(targets)  # (1, N)
-    per_position = None  # (1, N, 4): logp, mean logit, entropy, hit
+    index, targets_sel = row.source[scored], targets[scored]  # (M,): packed position and target of each score
+    shared = isinstance(row, shared_prefix.SharedRow)
+    attention = shared_prefix.prefix_attention(model) if shared else packing.boundary_attention(model)
+    per_score = None  # (M, 4): logp, mean logit, entropy, hit
     use_chunked = CHUNKED_HEAD if chunked is None else chunked
     reason = lm_head.unsupported_reason(model) if use_chunked else None
     if use_chunked and reason is None:
         options = {"temperature": temperature, "with_entropy": with_entropy, "with_hits": with_accuracy}
-        with lm_head.scoring_head(model, scored_row, targets_row, **options) as head, packing.boundary_attention(model):
+        with lm_head.scoring_head(model, index, targets_sel, index=True, **options) as head, attention:
             out = model(**row.forward_kwargs())
-        per_position = head.result(out.logits)
-        reason = None if per_position is not None else lm_head.unsupported_reason(model)
+        result = head.result(out.logits)
+        per_score = None if result is None else result[0]
+        reason = None if per_score is not None else lm_head.unsupported_reason(model)
     if reason is not None:
         _log_fallback(model, reason)
-    if per_position is None:
-        with packing.boundary_attention(model):
-            logits = model(**row.forward_kwargs()).logits  # (1, N, V)
-        logps = selective_log_softmax(logits, targets_row, temperature=temperature) * scored_row
+    if per_score is None:
+        attention = shared_prefix.prefix_attention(model) if shared else packing.boundary_attention(model)
+        with attention:
+            logits = model(**row.forward_kwargs()).logits[0, index]  # (M, V)
+        logps = selective_log_softmax(logits[None], targets_sel[None], temperature=temperature)[0]
         with torch.no_grad():
-            flat = logits.detach().reshape(-1, logits.shape[-1])
+            flat = logits.detach()
             chunks = [_chunk_stats(rows.float(), with_entropy, temperature) for rows in flat.split(CHUNK_ROWS)]
-            mean_logits = torch.cat([c[0] for c in chunks])[None] * scored_row
-            entropy = torch.cat([c[1] for c in chunks])[None] * scored_row if with_entropy else torch.zeros_like(logps)
-            hits = (
-                ((logits.argmax(-1) == targets_row) & scored_row).float() if with_accuracy else torch.zeros_like(logps)
-            )
-        per_position = torch.stack([logps, mean_logits, entropy, hits], -1)
-    padded = row.unpack(per_position)  # (B, T, 4)
+            mean_logits = torch.cat([c[0] for c in chunks]) if chunks else logps.new_zeros(0)
+            entropy = torch.cat([c[1] for c in chunks]) if with_entropy and chunks else torch.zeros_like(logps)
+            hits = (logits.argmax(-1) == targets_sel).float() if with_accuracy else torch.zeros_like(logps)
+        per_score = torch.stack([logps, mean_logits.to(logps.dtype), entropy.to(logps.dtype), hits], -1)
+    padded = per_score.new_zeros((*scored.shape, 4)).index_put((scored,), per_score.to(torch.float32))
     logps, mean_logits, entropy, hits = (_align(padded[:, :-1, i], labels.shape, 0) for i in range(4))
     return CompletionScores(
         logps,
@@ -351,15 +362,21 @@ def sequence_logps(
     labels: torch.Tensor,
     temperature: float = 1.0,
     chunked: bool | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> SequenceLogps:
     """Sum and mean of completion-token log-probs per sequence, and token counts."""
     logps, mask, mean_logits, _ = token_logps(
-        model, input_ids, attention_mask, labels, temperature=temperature, chunked=chunked
+        model, input_ids, attention_mask, labels, temperature=temperature, chunked=chunked, groups=groups
     )
     num_tokens = mask.sum(-1)
     total = logps.sum(-1)
     mean = total / num_tokens.clamp(min=1)
     return SequenceLogps(total, mean, num_tokens, mean_logits.sum(-1))
+
+
+def pair_groups(n: int) -> list[tuple[int, int]]:
+    """The rows of each pair in :func:`concatenate_pair`'s stack: chosen i and rejected i."""
+    return [(i, n + i) for i in range(n)]
 
 
 def concatenate_pair(batch: dict[str, torch.Tensor], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
@@ -383,9 +400,10 @@ def preference_logps(
     temperature: float = 1.0,
     chunked: bool | None = None,
 ) -> tuple[SequenceLogps, SequenceLogps]:
-    """Chosen and rejected completion log-probs from one forward pass over both."""
+    """Chosen and rejected completion log-probs from one forward pass over both (each pair's prompt once when the
+    model runs shared prefixes, :mod:`lit_align.shared_prefix`)."""
     joint = concatenate_pair(batch, pad_token_id)
-    stats = sequence_logps(
-        model, joint["input_ids"], joint["attention_mask"], joint["labels"], temperature=temperature, chunked=chunked
-    )
+    n = batch["chosen_input_ids"].shape[0]
+    stats = sequence_logps(model, joint["input_ids"], joint["attention_mask"], joint["labels"],
+                           temperature=temperature, chunked=chunked, groups=pair_groups(n))  # fmt: skip
     return stats.split(batch["chosen_input_ids"].shape[0])

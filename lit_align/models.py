@@ -38,7 +38,8 @@ from transformers import (
 
 from lit_align.fused import log_fused
 from lit_align.model_files import check_gguf, check_model_folder
-from lit_align.packing import set_padding_free
+from lit_align.packing import recompute_context, set_padding_free
+from lit_align.shared_prefix import set_shared_prefix
 
 ModelKind = Literal["causal_lm", "sequence_classification"]
 
@@ -339,18 +340,21 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
 
 def prepare_trainable(model: nn.Module, role: str, options: dict[str, Any]) -> nn.Module:
     """A model made ready to train (the policy, PPO's critic), in train mode, by a module's ``options`` (its
-    hyperparameters: ``gradient_checkpointing``, ``fused_layers``, ``lora_*``, ``padding_free``): checkpointing, fused
-    layers, then LoRA (the adapters wrap the same projections inside the fused MLPs), then the padding-free mark.
-    ``role`` names it in the log. Returns the model (a PEFT wrapper with LoRA)."""
+    hyperparameters: ``gradient_checkpointing``, ``fused_layers``, ``lora_*``, ``padding_free``,
+    ``shared_prefix``): checkpointing, fused layers, then LoRA (the adapters wrap the same projections inside the
+    fused MLPs), then the padding-free and shared-prefix marks. ``role`` names it in the log. Returns the model (a
+    PEFT wrapper with LoRA)."""
     lora_r = options.get("lora_r", 0)
     model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode through fit
     if options.get("gradient_checkpointing", False):
-        model.gradient_checkpointing_enable()
+        kwargs = {"use_reentrant": False, "context_fn": recompute_context(model)}  # packed passes recompute alike
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if options.get("fused_layers", True):
         log_fused(model, role)
     if lora_r > 0:
         model = apply_lora(model, lora_r, options.get("lora_alpha", 16), options.get("lora_dropout", 0.0),
                            options.get("lora_target_modules", "all-linear"))  # fmt: skip
+    set_shared_prefix(model, options.get("shared_prefix", True))
     return set_padding_free(model, options.get("padding_free", True))
 
 

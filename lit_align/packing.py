@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -60,13 +60,15 @@ def is_enabled(model: nn.Module) -> bool:
 
 class Packed(NamedTuple):
     """A (B, T) batch as one row: ``input_ids`` and ``position_ids`` (1, N); ``keep`` (B, T) marks where each packed
-    token came from (row-major); ``cu_seqlens`` (S+1,) int32 the boundaries of the non-empty sequences."""
+    token came from (row-major); ``cu_seqlens`` (S+1,) int32 the boundaries of the non-empty sequences; ``source``
+    (B, T) the packed index of each real token (−1 at padding)."""
 
     input_ids: Tensor
     position_ids: Tensor
     keep: Tensor
     cu_seqlens: Tensor
     max_length: int
+    source: Tensor
 
     def forward_kwargs(self) -> dict:
         """Keyword arguments of the model's forward: no attention mask (the boundaries are in the positions and the
@@ -109,7 +111,9 @@ def pack(input_ids: Tensor, attention_mask: Tensor) -> Packed:
     nonempty = lengths[lengths > 0]
     cu_seqlens = F.pad(nonempty.cumsum(0), (1, 0)).to(torch.int32)
     max_length = int(nonempty.max()) if len(nonempty) else 0
-    return Packed(input_ids[keep][None], position_ids[keep][None], keep, cu_seqlens, max_length)
+    source = torch.full(keep.shape, -1, dtype=torch.long, device=keep.device)
+    source[keep] = torch.arange(int(lengths.sum()), device=keep.device)
+    return Packed(input_ids[keep][None], position_ids[keep][None], keep, cu_seqlens, max_length, source)
 
 
 # -- which models ----------------------------------------------------------------------------------------------
@@ -202,3 +206,32 @@ def boundary_attention(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = current
+
+
+@contextmanager
+def _attention_as(config, name: str) -> Iterator[None]:
+    current = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = current
+
+
+def recompute_context(model: nn.Module) -> Callable[[], tuple[AbstractContextManager, AbstractContextManager]]:
+    """A ``context_fn`` for activation checkpointing (``torch.utils.checkpoint``, non-reentrant) of ``model``: the
+    recomputation in backward runs with the attention implementation that the forward ran with.
+
+    The packed passes switch the model's attention for one forward (:func:`boundary_attention`,
+    :func:`lit_align.shared_prefix.prefix_attention`) and switch it back before backward; without this, a
+    checkpointed layer would be recomputed with the model's own attention over the packed row and fail (or,
+    with the same saved-tensor count, silently differ)."""
+    config = getattr(_base_model(model), "config", None)
+
+    def context_fn() -> tuple[AbstractContextManager, AbstractContextManager]:
+        if config is None:
+            return nullcontext(), nullcontext()
+        return nullcontext(), _attention_as(config, config._attn_implementation)
+
+    return context_fn
+

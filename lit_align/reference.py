@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import torch
 from torch import nn
 
+from lit_align import shared_prefix
 from lit_align.logprobs import preference_logps
 from lit_align.models import ModelKind, ModelRef, resolve_model
 from lit_align.packing import is_enabled, set_padding_free
@@ -214,9 +215,10 @@ class ReferenceMixin:
 
 
 def frozen(model: nn.Module, policy: nn.Module) -> nn.Module:
-    """``model`` as a reference: no grads, eval mode, padding-free like the policy."""
+    """``model`` as a reference: no grads, eval mode, padding-free and prefix-sharing like the policy."""
     model.requires_grad_(False)
     model.eval()
+    shared_prefix.set_shared_prefix(model, shared_prefix.is_enabled(policy))
     return set_padding_free(model, is_enabled(policy))
 
 

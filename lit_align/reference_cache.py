@@ -45,6 +45,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from lit_align import shared_prefix
 from lit_align.models import _cache_dir, resolve_model
 from lit_align.packing import is_enabled, set_padding_free
 
@@ -291,6 +292,7 @@ class ReferenceCache:
         if self.reference_policy is not None:
             model = set_padding_free(resolve_model(self.reference_policy, module.POLICY_KIND, seed=1),
                                      is_enabled(policy))  # fmt: skip
+            shared_prefix.set_shared_prefix(model, shared_prefix.is_enabled(policy))
         elif hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
             model = None  # the policy with its adapters disabled: nothing to load or free
         else:

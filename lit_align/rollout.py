@@ -57,10 +57,21 @@ class Rollout:
         self, model: nn.Module, rows: Tensor | slice = slice(None), temperature: float = 1.0, with_entropy: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """``rows``' completion tokens' log-probs under ``model`` at ``temperature`` (with grad when grad is on) and
-        their predictive entropies (detached; ``with_entropy``), each (b, L), in one chunked pass."""
-        out = token_logps(model, *self.model_inputs(rows), with_entropy=with_entropy, temperature=temperature)
+        their predictive entropies (detached; ``with_entropy``), each (b, L), in one chunked pass. The rows of one
+        prompt form a group whose prompt is computed once when ``model`` runs shared prefixes
+        (:mod:`lit_align.shared_prefix`)."""
+        out = token_logps(model, *self.model_inputs(rows), with_entropy=with_entropy, temperature=temperature,
+                          groups=self.prompt_groups(rows))  # fmt: skip
         P = self.prompt_input_ids.shape[1]
         return out.logps[:, P:], None if out.entropy is None else out.entropy[:, P:]
+
+    def prompt_groups(self, rows: Tensor | slice = slice(None)) -> list[list[int]]:
+        """Positions within ``rows`` of the completions of each prompt (rows ``i·G … i·G + G − 1``)."""
+        index = torch.arange(len(self))[rows.cpu() if isinstance(rows, Tensor) else rows]
+        groups: dict[int, list[int]] = {}
+        for position, row in enumerate(index.tolist()):
+            groups.setdefault(row // self.num_generations, []).append(position)
+        return list(groups.values())
 
     def model_inputs(self, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
         """``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding) of prompt + completion rows."""

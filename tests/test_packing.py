@@ -189,7 +189,7 @@ def test_module_losses_metrics_and_gradients_are_the_same_packed(cls, varlen_cal
     batch = first_batch(cls)
     results = {}
     for padding_free in (False, True):
-        module = cls(policy="tiny-llama", padding_free=padding_free)
+        module = cls(policy="tiny-llama", padding_free=padding_free, shared_prefix=False)  # shared: test_shared_prefix
         results[padding_free] = _loss_and_grads(module, batch)
         assert bool(varlen_calls) == padding_free
     (loss0, values0, grads0), (loss1, values1, grads1) = results[False], results[True]
@@ -214,7 +214,7 @@ def test_grpo_update_is_the_same_packed(tmp_path, varlen_calls):
         module = GRPO(policy=policy, reference_policy=reference, tokenizer=tokenizer, beta=0.1, num_generations=4,
                       sampling={"max_new_tokens": 8}, rewards={"reward_funcs": [length_reward]}, max_grad_norm=None,
                       learning_rate=1e-3,
-                      padding_free=padding_free)  # fmt: skip
+                      padding_free=padding_free, shared_prefix=False)  # fmt: skip
         module.generate_samples = lambda *args, m=module: _with_logps(m, rollout)
         recorded = {}
         module.step_manual = lambda m=module, r=recorded: r.update(grads(m)) or {}
@@ -238,3 +238,18 @@ def _with_logps(module, rollout):
     rollout = copy.copy(rollout)
     rollout.logps = module._no_grad_logps(rollout, module.policy) * rollout.completion_mask
     return rollout
+
+
+@pytest.mark.parametrize("cls", [DPO, SFT], ids=lambda c: c.__name__)
+def test_gradient_checkpointing_recomputes_packed_rows_with_their_own_attention(cls, varlen_calls):
+    """Found with the shared-prefix work: the packed pass switched the attention back before backward, so the
+    checkpointed layers were recomputed with sdpa over the packed row (a CheckpointError)."""
+    batch = first_batch(cls)
+    results = {}
+    for padding_free in (False, True):
+        module = cls(policy="tiny-llama", padding_free=padding_free, shared_prefix=False, gradient_checkpointing=True)
+        results[padding_free] = _loss_and_grads(module, batch)
+    (loss0, _, grads0), (loss1, _, grads1) = results[False], results[True]
+    torch.testing.assert_close(loss1, loss0, rtol=0, atol=ATOL)
+    for name, grad in grads0.items():
+        torch.testing.assert_close(grads1[name], grad, rtol=0, atol=ATOL, msg=name)

@@ -67,6 +67,10 @@ class AlignmentModule(L.LightningModule):
             the same losses and gradients as padding every row to the longest, without the padding's compute
             and activation memory. Models that cannot run packed (not an in-library transformers model, an
             unknown attention implementation) run padded, with a warning naming the reason.
+        shared_prefix: in padding-free passes over pairs (chosen and rejected of one prompt), compute the rows'
+            common prefix (the prompt) once, each completion attending to it and to itself only
+            (:mod:`lit_align.shared_prefix`): the same losses and gradients with the prompt's compute and
+            activations paid once per pair instead of twice. Needs ``padding_free``.
         fused_layers: run the trained models' RMSNorms and SwiGLU MLPs as fused layers that save only their
             inputs for backward and recompute the elementwise rest (:mod:`lit_align.fused`): the same outputs and
             gradients with about a third less activation memory on Llama-style models, no GEMM recomputed.
@@ -98,6 +102,7 @@ class AlignmentModule(L.LightningModule):
         lora_target_modules: list[str] | str = "all-linear",
         gradient_checkpointing: bool = False,
         padding_free: bool = True,
+        shared_prefix: bool = True,
         fused_layers: bool = True,
         release_host_memory: bool = True,
         nonfinite_loss: NonFinite = "stop",

@@ -16,7 +16,7 @@ from torch import nn
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import IGNORE_INDEX, PreferenceBatch
 from lit_align.hparams import check_beta
-from lit_align.logprobs import SequenceLogps, concatenate_pair, token_logps
+from lit_align.logprobs import SequenceLogps, concatenate_pair, pair_groups, token_logps
 from lit_align.losses import orpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values
 
@@ -103,7 +103,7 @@ def orpo_logps(
         chosen_mask = joint["attention_mask"][:n].bool()
         labels[:n] = torch.where(chosen_mask, joint["input_ids"][:n], IGNORE_INDEX)
     logps, scored, mean_logits, _ = token_logps(
-        model, joint["input_ids"], joint["attention_mask"], labels, chunked=chunked
+        model, joint["input_ids"], joint["attention_mask"], labels, chunked=chunked, groups=pair_groups(n)
     )
     num_tokens = completion.sum(-1)
     total = (logps * completion).sum(-1)
