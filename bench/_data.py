@@ -26,7 +26,7 @@ SOURCES = {
     "dpo": ("hh_rlhf_harmless_base_test/harmless_base_test_prompt_chosen_rejected.jsonl", "preference_demo.jsonl"),
     "kto": ("hh_rlhf_harmless_base_test/harmless_base_test_kto_unpaired.jsonl", "binary_demo.jsonl"),
     "sft": ("dolly_sample/dolly_sample.jsonl", "sft_demo.jsonl"),
-    "grpo": (None, "arithmetic_prompts.jsonl"),  # the project's arithmetic word problems, either way
+    "grpo": ("gsm8k/train_normalized.jsonl", "arithmetic_prompts.jsonl"),  # GSM8K questions as user turns
 }
 
 
@@ -56,6 +56,8 @@ def convert(algo: str, row: dict[str, Any]) -> dict[str, Any]:
                 "completion": [{"role": "assistant", "content": row["response"]}],
             }
         return {"prompt": row["prompt"], "completion": row["completion"]}
+    if "question" in row:  # GSM8K: the question as the user's turn, the final number as the answer
+        return {"prompt": [{"role": "user", "content": row["question"]}], "answer": row["final_answer"]}
     return {"prompt": row["prompt"], "answer": row["answer"]}
 
 

@@ -52,6 +52,7 @@ class Steps:
         self.updates: list[float] = []  # when the step's update starts (gradients ready, before clipping)
         self.ends: list[float] = []
         self.batches: list[dict[str, Any]] = []
+        self.losses: list[float] = []  # each step's training loss (one micro-batch per step)
         self.rss_at_start_mb: float | None = None
         self.profile = profile
         self._profiler = None
@@ -92,6 +93,7 @@ class Steps:
         self.batches.append(
             {
                 "trained_tokens": sum(len(ids) for ids, _ in trained) + int(generated),
+                "prompt_tokens": sum(len(ids) - sum(flags) for ids, flags in trained),  # not scored (prompts)
                 "forward_only_tokens": sum(len(ids) for ids, _ in forward_only),
                 "generated_tokens": int(generated),
                 "sequences": len(trained),
@@ -105,6 +107,7 @@ class Steps:
             "compute_s": [e - b for b, e in zip(self.begins[1:], self.ends[1:], strict=False)],
             "update_s": [e - u for u, e in zip(self.updates[1:], self.ends[1:], strict=False)],
             "batches": self.batches,
+            "losses": self.losses,
             "rss_at_start_mb": self.rss_at_start_mb,
             "profile": self.profile_report,
         }
@@ -256,11 +259,21 @@ def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, 
     wanted["padding_free"] = bool(spec["padding_free"])  # the modules' options (default on)
     wanted["fused_layers"] = bool(spec.get("fused_layers", True))
     wanted["release_host_memory"] = bool(spec.get("release_host_memory", True))
+    wanted["shared_prefix"] = bool(spec.get("shared_prefix", True))
     module = module_cls(
         policy=spec["model_dir"], **train, **module_kwargs, **supported(module_cls, wanted, notes, used)
     )
     if algo == "grpo":
         _record_rollouts(module, steps, spec)
+    else:
+        compute_loss = module.compute_loss
+
+        def recorded_loss(batch, *args, **kwargs):
+            out = compute_loss(batch, *args, **kwargs)
+            steps.losses.append(float(out[0].detach()))
+            return out
+
+        module.compute_loss = recorded_loss
 
     class Timing(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -371,7 +384,9 @@ def run_trl(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, A
     class Recording(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             steps.record(*_trl_sequences(algo, inputs))
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch=num_items_in_batch)
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch=num_items_in_batch)
+            steps.losses.append(float((out[0] if isinstance(out, tuple) else out).detach()))
+            return out
 
         def _clip_grad_norm(self, model):  # transformers clips here, then steps: the update starts, as on our side
             steps.mark_update()

@@ -80,6 +80,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run lit-align's modules with release_host_memory=False (no malloc_trim after each step, like TRL)",
     )
+    p.add_argument(
+        "--no-shared-prefix",
+        action="store_true",
+        help="run lit-align's modules with shared_prefix=False (each pair's prompt computed twice, like TRL)",
+    )
+    p.add_argument(
+        "--peer-check",
+        action="store_true",
+        help="also run bench/trl_plain.py (TRL's DPOTrainer as a plain script) on the DPO rows and compare its step "
+        "time with the harness's TRL side",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny defaults to check the harness: " + str(QUICK))
@@ -189,10 +200,34 @@ def spec_for(args: argparse.Namespace, algo: str, side: str, model_dir: str, row
         "beta": args.beta, "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "fixed_length": not args.grpo_stop_at_eos,
         "padding_free": not args.no_padding_free, "fused_layers": not args.no_fused_layers,
-        "release_host_memory": not args.no_release_host_memory,
+        "release_host_memory": not args.no_release_host_memory, "shared_prefix": not args.no_shared_prefix,
         "threads": args.threads, "seed": args.seed,
         "output_dir": str(workdir / f"trl_out_{algo}"), "profile": False,
     }  # fmt: skip
+
+
+def peer_check(args, model_dir: str, rows: dict[str, Any], workdir: Path, harness: list[dict[str, Any]]) -> str:
+    """TRL's DPOTrainer as a plain script (bench/trl_plain.py) on the harness's TRL rows: its step time against the
+    harness's TRL side, so the published ratio is against TRL as its users run it."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    command = [sys.executable, str(Path(__file__).resolve().parent / "trl_plain.py"), model_dir, rows["trl"],
+               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+               "--lr", str(args.lr), "--beta", str(args.beta),
+               "--output-dir", str(workdir / "trl_plain_out")]  # fmt: skip
+    log_path = workdir / "dpo_trl_plain.log"
+    with log_path.open("w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    lines = log_path.read_text(errors="replace").splitlines()
+    plain = next((json.loads(x[7:]) for x in reversed(lines) if x.startswith("RESULT ")), None)
+    ok = [r for r in harness if r.get("ok")]
+    if plain is None or not ok:
+        return f"peer check: no result (see {log_path})"
+    ours = statistics.median(statistics.median(r["step_s"]) for r in ok)
+    ratio = ours / plain["step_s"]
+    verdict = "the harness runs TRL as fast as a plain script" if ratio <= 1.15 else "WARNING: the harness is slower"
+    peak = plain["peak_rss_mb"] * MIB / 1e9
+    return (f"peer check (dpo): TRL as a plain script {plain['step_s']:.2f} s/step, {peak:.2f} GB ({plain['optim']}); "
+            f"the harness's TRL side {ours:.2f} s/step: {ratio:.2f}x, {verdict}")  # fmt: skip
 
 
 def run_child(spec: dict[str, Any], workdir: Path, label: str) -> dict[str, Any]:
@@ -263,6 +298,24 @@ def check_batches(algo: str, ours: dict[str, Any], trl: dict[str, Any]) -> tuple
         differ = [i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x["digest"] != y["digest"]]
         detail += f"; {what} differ at steps {differ}"
     return False, "MISMATCH: " + detail
+
+
+def prompt_share(run: dict[str, Any]) -> str:
+    """How much of the trained tokens are prompt tokens (each row's prompt counted once per sequence it is in)."""
+    prompt = sum(b.get("prompt_tokens", 0) for b in run["batches"])
+    total = sum(b["trained_tokens"] for b in run["batches"])
+    return f"prompt tokens are {prompt / max(total, 1):.1%} of the {total} trained tokens (every step)"
+
+
+def loss_agreement(ours: dict[str, Any], trl: dict[str, Any]) -> str:
+    """Each side's per-step loss over the same batches (same initial weights, rows and order) and the largest
+    relative difference."""
+    a, b = ours.get("losses", []), trl.get("losses", [])
+    if not a or len(a) != len(b):
+        return f"per-step losses not comparable (ours {len(a)} steps, TRL {len(b)})"
+    worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
+    shown = ", ".join(f"{x:.6f}/{y:.6f}" for x, y in zip(a, b, strict=True))
+    return f"loss per step ours/TRL {shown}; largest relative difference {worst:.2e}"
 
 
 def runs_of(summary: dict[str, Any]) -> list[str]:
@@ -434,6 +487,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for note in result.get("notes", []):
                     if note not in notes:
                         notes.append(note)
+    if args.peer_check and "dpo" in runs:
+        peer = peer_check(args, model_dir, summary["dpo"]["rows"], workdir, runs["dpo"]["trl"])
+        notes.append(peer)
+        print(peer, flush=True)
     peak_end = {name: gemm_peak(name, gemm_n) for name in ("fp32", "bf16")}
     peak = {name: max(peak_start[name], peak_end[name], key=lambda p: p["best_flops"]) for name in peak_start}
 
@@ -456,6 +513,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary[algo]["same_batches"] = all(same for same, _ in verdicts)
         failed = [detail for same, detail in verdicts if not same]
         checks.append(f"{algo}: " + (failed[0] if failed else verdicts[-1][1] + f" ({len(verdicts) + 1} runs)"))
+        checks.append(f"{algo}: " + prompt_share(ok["ours"][0]))
+        if algo in ("dpo", "dpo_cached"):
+            checks.append(f"{algo}: " + loss_agreement(ok["ours"][0], ok["trl"][0]))
         for side in ("ours", "trl"):
             r = ok[side][0]
             facts = {"param_dtype": r["param_dtype"], "attn": r["attn_implementation"], "params": r["params"]}

@@ -49,6 +49,12 @@ def test_both_sides_train_on_the_same_batches(algo, tiny_model, tmp_path):
         assert len(steps.batches) == STEPS and len(results[side]["step_s"]) == STEPS - 1  # warm-up not timed
     same, detail = compare.check_batches(algo, results["ours"], results["trl"])
     assert same, detail
+    assert "prompt tokens are" in compare.prompt_share(results["ours"])
+    if algo in ("dpo", "kto", "sft"):  # the same weights, rows and order: the same loss at every step
+        ours, trl = results["ours"]["losses"], results["trl"]["losses"]
+        assert len(ours) == len(trl) == STEPS
+        torch.testing.assert_close(torch.tensor(ours), torch.tensor(trl), rtol=1e-4, atol=1e-6)
+        assert "largest relative difference" in compare.loss_agreement(results["ours"], results["trl"])
     assert results["ours"]["attn_implementation"] == results["trl"]["attn_implementation"]
     for side in ("ours", "trl"):
         summary = compare.run_summary(algo, side, results[side], peak_flops=1e9)
