@@ -218,16 +218,19 @@ def test_gradient_checkpointing_recomputes_the_shared_layout(shared_calls):
         torch.testing.assert_close(grads1[name], grad, rtol=0, atol=ATOL, msg=name)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce_pp"])
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "reinforce_pp", "ppo"])
 def test_online_update_is_the_same_with_each_prompt_once(algo, tmp_path, shared_calls):
     """β > 0 (reference pass), two passes over the rollout (old log-probs) and two minibatches, so the policy,
-    old and reference passes all run grouped; rewards, advantages, metrics and the update's gradients."""
-    from lit_align.algorithms import GRPO, RLOO, ReinforcePP
+    old and reference passes (and PPO's critic, old values and values with grad) all run grouped; rewards,
+    advantages, metrics and the update's gradients."""
+    from lit_align.algorithms import GRPO, PPO, RLOO, ReinforcePP
     from lit_align.models import load_model
     from tests.online_helpers import fixed_rollout, length_reward, prompt_batch
     from tests.test_packing import _with_logps
+    from tests.test_ppo import tiny_reward_model
 
-    cls = {"grpo": GRPO, "rloo": RLOO, "reinforce_pp": ReinforcePP}[algo]
+    cls = {"grpo": GRPO, "rloo": RLOO, "reinforce_pp": ReinforcePP, "ppo": PPO}[algo]
+    reward_funcs = [tiny_reward_model(tmp_path / "rm")] if algo == "ppo" else [length_reward]
     tokenizer = build_byte_tokenizer()
     batch = prompt_batch(tmp_path, tokenizer, n=2)
     rollout = fixed_rollout(batch, tokenizer, 4, [2, 3, 4, 6, 1, 6, 5, 2])
@@ -236,7 +239,7 @@ def test_online_update_is_the_same_with_each_prompt_once(algo, tmp_path, shared_
         policy, _ = load_model("tiny-llama")
         reference, _ = load_model("tiny-llama", seed=1)
         module = cls(policy=policy, reference_policy=reference, tokenizer=tokenizer, beta=0.1, num_generations=4,
-                     sampling={"max_new_tokens": 8}, rewards={"reward_funcs": [length_reward]}, max_grad_norm=None,
+                     sampling={"max_new_tokens": 8}, rewards={"reward_funcs": reward_funcs}, max_grad_norm=None,
                      learning_rate=1e-3, num_iterations=2, num_minibatches=2, shared_prefix=shared)  # fmt: skip
         module.generate_samples = lambda *args, m=module: _with_logps(m, rollout)
         recorded = []

@@ -32,12 +32,15 @@ from lit_align.models import ModelRef, resolve_model
 from lit_align.rewards.model_scorer import RewardModelScorer, position_scores
 
 
-def token_values(critic: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
+def token_values(
+    critic: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_len: int, groups: list | None = None
+) -> Tensor:
     """V(s_t) for each completion token, (B, L) fp32, of prompt (left-padded to ``prompt_len``) + completion rows.
 
-    One ordinary forward of the critic; with grad when grad is enabled.
+    One forward of the critic (each prompt once over its ``groups`` of rows when the critic shares prefixes); with
+    grad when grad is enabled.
     """
-    scores = position_scores(critic, input_ids, attention_mask)  # (B, P + L)
+    scores = position_scores(critic, input_ids, attention_mask, groups)  # (B, P + L)
     return scores[:, prompt_len - 1 : -1].float()
 
 

@@ -177,7 +177,8 @@ class PPO(OnlinePolicyGradient):
         the minibatch ``normalizer``."""
         logps, entropy = self.policy_logps(exp, rows)  # (b, L)
         input_ids, attention_mask, _ = exp.rollout.model_inputs(rows)
-        values = token_values(self.critic, input_ids, attention_mask, exp.rollout.prompt_input_ids.shape[1])
+        values = token_values(self.critic, input_ids, attention_mask, exp.rollout.prompt_input_ids.shape[1],
+                              exp.rollout.prompt_groups(rows))  # fmt: skip
         mask, old_logps = exp.loss_mask[rows], exp.old_logps[rows]
         policy_losses, low, high = clipped_surrogate(
             logps, old_logps, exp.advantages[rows], mask, self.epsilon, self.epsilon_high
@@ -218,8 +219,9 @@ class PPO(OnlinePolicyGradient):
     @torch.no_grad()
     def _no_grad_values(self, rollout: Rollout) -> Tensor:
         prompt_len = rollout.prompt_input_ids.shape[1]
-        return torch.cat([token_values(self.critic, *rollout.model_inputs(rows)[:2], prompt_len)
-                          for rows in self.no_grad_passes(rollout)])  # fmt: skip
+        values = [token_values(self.critic, *rollout.model_inputs(rows)[:2], prompt_len, rollout.prompt_groups(rows))
+                  for rows in self.no_grad_passes(rollout)]  # fmt: skip
+        return torch.cat(values)
 
 
 def _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta, lora_dropout) -> None:

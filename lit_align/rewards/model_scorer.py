@@ -14,6 +14,7 @@ here, so any tokenizer works).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,27 @@ def _captured_output(module: nn.Module):
         handle.remove()
 
 
-def position_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The scalar head's output (B, T) at every position, from one ordinary forward of ``model`` (the head's output
-    is captured by a hook, so PEFT and FSDP2 wrappers see a normal call); with grad when grad is enabled."""
+def position_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    groups: Sequence[Sequence[int]] | None = None,
+) -> torch.Tensor:
+    """The scalar head's output (B, T) at every position, from one forward of ``model`` (the head's output is
+    captured by a hook, so PEFT and FSDP2 wrappers see a normal call); with grad when grad is enabled.
+
+    With ``groups`` (rows that start alike: a prompt's completions) and a model marked for shared prefixes that can
+    run packed (:mod:`lit_align.shared_prefix`, PPO's critic), each group's common prefix runs once; the scores
+    are read back per row (0 at padding, as the values there are never used)."""
+    from lit_align import packing, shared_prefix
+
+    shared = groups is not None and shared_prefix.is_enabled(model) and packing.is_enabled(model)
+    if shared and packing.unsupported_reason(model) is None:
+        row = shared_prefix.share(input_ids, attention_mask, groups)
+        with _captured_output(score_head(model)) as captured, shared_prefix.prefix_attention(model):
+            model(**row.forward_kwargs())
+        scores = captured["output"][0, :, 0]  # (N,)
+        return torch.where(row.source >= 0, scores[row.source.clamp(min=0)], scores.new_zeros(()))
     with _captured_output(score_head(model)) as captured:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return captured["output"][..., 0]
