@@ -14,6 +14,7 @@ outside (another sampler, a vLLM server, a replay). Left out here: tool use / mu
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -211,6 +212,40 @@ class HFGenerate:
         ids.update(configured if isinstance(configured, list) else [configured])
         return sorted(i for i in ids if i is not None)
 
+    @staticmethod
+    def shares_prompts(model: nn.Module, num_generations: int, prompt_length: int) -> bool:
+        """Whether a prompt's G samples start from one prefill (:meth:`prompt_cache`): G > 1, a policy marked for
+        shared prefixes (the modules' ``shared_prefix`` option) that is an in-library transformers model taking a
+        ``cache`` (transformers 5's cache API; older versions prefill each sample)."""
+        from lit_align import packing, shared_prefix
+
+        if num_generations < 2 or prompt_length < 2 or not shared_prefix.is_enabled(model):
+            return False
+        if packing.unsupported_reason(model) is not None:
+            return False
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return "cache" in inspect.signature(type(base).forward).parameters
+
+    def prompt_cache(self, model: nn.Module, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, repeats: int):
+        """The KV cache of every prompt but its last token, computed once per prompt and repeated for its ``repeats``
+        samples (static or dynamic, as ``kv_cache`` picks); ``generate`` then runs the last prompt token and
+        samples. Positions as ``generate`` makes them for left-padded rows."""
+        from transformers import DynamicCache, StaticCache
+
+        ids, mask = prompt_input_ids[:, :-1], prompt_attention_mask[:, :-1]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        config = model.config
+        prefill = DynamicCache(config=config)
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=prefill, use_cache=True,
+              logits_to_keep=1)  # fmt: skip
+        if self.cache_options(model):
+            cache = StaticCache(config=config, max_cache_len=prompt_input_ids.shape[1] + self.max_new_tokens)
+        else:
+            cache = DynamicCache(config=config)
+        for source, target in zip(prefill.layers, cache.layers, strict=True):
+            target.update(source.keys.repeat_interleave(repeats, 0), source.values.repeat_interleave(repeats, 0))
+        return cache
+
     def __call__(
         self,
         model: nn.Module,
@@ -233,8 +268,13 @@ class HFGenerate:
         model.eval()  # dropout off; HF also disables the KV cache under gradient checkpointing in train mode
         try:
             with torch.no_grad():
+                cache = None
+                if self.shares_prompts(model, num_generations, prompt_input_ids.shape[1]):
+                    cache = self.prompt_cache(model, prompt_input_ids, prompt_attention_mask, num_generations)
+                    config.cache_implementation = None  # the cache is given
                 sequences = model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                    **({} if cache is None else {"cache": cache}),
                     synced_gpus=is_fsdp2_sharded(model),  # FSDP2: ranks that finish early must keep all-gathering
                 )  # fmt: skip
         finally:

@@ -255,3 +255,50 @@ def test_online_update_is_the_same_with_each_prompt_once(algo, tmp_path, shared_
     for step0, step1 in zip(grads0, grads1, strict=True):
         for name, grad in step0.items():
             torch.testing.assert_close(step1[name], grad, rtol=0, atol=ATOL, msg=name)
+
+
+def test_reward_model_scores_each_pair_prompt_once(shared_calls):
+    """The reward model reads the last token of chosen and rejected; with its pairs shared, loss, metrics and
+    gradients equal the padded pass."""
+    from lit_align.algorithms import RewardModel
+
+    batch = first_batch()
+    results = {}
+    for shared in (False, True):
+        module = RewardModel(policy="tiny-llama", shared_prefix=shared, padding_free=shared)
+        results[shared] = _loss_values_grads(module, batch)
+        assert bool(shared_calls) == shared
+    (loss0, values0, grads0), (loss1, values1, grads1) = results[False], results[True]
+    torch.testing.assert_close(loss1, loss0, rtol=0, atol=ATOL)
+    for name, value in values0.items():
+        torch.testing.assert_close(values1[name].float(), value.float(), rtol=1e-5, atol=ATOL, msg=name)
+    for name, grad in grads0.items():
+        torch.testing.assert_close(grads1[name], grad, rtol=0, atol=ATOL, msg=name)
+
+
+# -- generation --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
+def test_generation_prefills_each_prompt_once_and_samples_the_same(kv_cache, monkeypatch):
+    """A prompt's G samples start from one prefill repeated G times: the same completions as G prefills, sampled
+    (same seed) and greedy, left-padded prompts of different lengths; a one-token prompt prefills nothing."""
+    from lit_align.rollout import HFGenerate
+
+    model, tokenizer = build_tiny_llama(build_byte_tokenizer(), seed=0), build_byte_tokenizer()
+    tokenizer.padding_side = "left"
+    enc = tokenizer(["hello there, how", "ab", "what is seven times six? answer"], return_tensors="pt", padding=True)
+    backend = HFGenerate(tokenizer, max_new_tokens=12, kv_cache=kv_cache)
+    prefills = []
+    original = HFGenerate.prompt_cache
+    monkeypatch.setattr(HFGenerate, "prompt_cache", lambda self, m, ids, *a: prefills.append(ids.shape) or
+                        original(self, m, ids, *a))  # fmt: skip
+    out = {}
+    for shared in (False, True):
+        shared_prefix.set_shared_prefix(model, shared)
+        torch.manual_seed(0)
+        sampled = backend(model, enc["input_ids"], enc["attention_mask"], num_generations=4)
+        greedy = backend(model, enc["input_ids"], enc["attention_mask"], num_generations=3, greedy=True)
+        out[shared] = sampled, greedy
+    assert prefills == [(3, enc["input_ids"].shape[1])] * 2  # the shared runs only, one row per prompt
+    for a, b in zip(out[False], out[True], strict=True):
+        assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
+    assert not HFGenerate.shares_prompts(model, 4, 1) and not HFGenerate.shares_prompts(model, 1, 10)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.hparams import check_option
-from lit_align.logprobs import concatenate_pair
+from lit_align.logprobs import concatenate_pair, pair_groups
 from lit_align.losses import bradley_terry_loss
 from lit_align.metrics import Value
 from lit_align.models import ModelKind
@@ -70,13 +71,14 @@ class RewardModel(OfflineModule):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.center_rewards_coefficient = center_rewards_coefficient
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards (B,) fp32 of prompt + completion sequences."""
-        return last_token_rewards(self.policy, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: list | None = None) -> Tensor:
+        """Rewards (B,) fp32 of prompt + completion sequences (``groups``: rows that share a prompt, computed once)."""
+        return last_token_rewards(self.policy, input_ids, attention_mask, groups)
 
     def compute_loss(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         joint = concatenate_pair(batch, self.pad_token_id)
-        rewards = self(joint["input_ids"], joint["attention_mask"])  # (2B,)
+        n = batch["chosen_input_ids"].shape[0]
+        rewards = self(joint["input_ids"], joint["attention_mask"], pair_groups(n))  # (2B,), each prompt once
         chosen_rewards, rejected_rewards = rewards.split(batch["chosen_input_ids"].shape[0])
         losses = bradley_terry_loss(
             chosen_rewards, rejected_rewards, batch.get("margin"), self.center_rewards_coefficient

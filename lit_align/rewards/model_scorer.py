@@ -74,9 +74,15 @@ def position_scores(
     return captured["output"][..., 0]
 
 
-def last_token_rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scalar rewards (B,) fp32 read at each row's last attention-mask position (right or left padding)."""
-    scores = position_scores(model, input_ids, attention_mask)  # (B, T)
+def last_token_rewards(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    groups: Sequence[Sequence[int]] | None = None,
+) -> torch.Tensor:
+    """Scalar rewards (B,) fp32 read at each row's last attention-mask position (right or left padding); ``groups``:
+    see :func:`position_scores`."""
+    scores = position_scores(model, input_ids, attention_mask, groups)  # (B, T)
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = (positions * attention_mask.bool()).argmax(-1)  # (B,)
     return scores.gather(1, last.unsqueeze(1)).squeeze(1).float()
