@@ -251,7 +251,8 @@ def run_ours(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, 
         module_kwargs = {
             "beta": 0.0, "num_generations": spec["num_generations"],
             "rewards": {"reward_funcs": (REWARD,), "log_completions_every_n_steps": 0},
-            "sampling": {"max_new_tokens": spec["max_new_tokens"], "temperature": spec["temperature"]},
+            "sampling": {"max_new_tokens": spec["max_new_tokens"], "temperature": spec["temperature"],
+                         "shared_prefill": bool(spec.get("shared_prefill", True))},
         }  # fmt: skip
     used: dict[str, Any] = {}
     dm = build_datamodule(spec, notes, used)

@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run lit-align's modules with shared_prefix=False (each pair's prompt computed twice, like TRL)",
     )
     p.add_argument(
+        "--no-shared-prefill",
+        action="store_true",
+        help="GRPO: prefill each sample's prompt in generation (sampling.shared_prefill=False), like TRL",
+    )
+    p.add_argument(
         "--peer-check",
         action="store_true",
         help="also run bench/trl_plain.py (TRL's DPOTrainer as a plain script) on the DPO rows and compare its step "
@@ -201,6 +206,7 @@ def spec_for(args: argparse.Namespace, algo: str, side: str, model_dir: str, row
         "temperature": args.temperature, "fixed_length": not args.grpo_stop_at_eos,
         "padding_free": not args.no_padding_free, "fused_layers": not args.no_fused_layers,
         "release_host_memory": not args.no_release_host_memory, "shared_prefix": not args.no_shared_prefix,
+        "shared_prefill": not args.no_shared_prefill,
         "threads": args.threads, "seed": args.seed,
         "output_dir": str(workdir / f"trl_out_{algo}"), "profile": False,
     }  # fmt: skip

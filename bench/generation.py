@@ -1,7 +1,9 @@
 """Online generation on CPU: Hugging Face ``generate`` with its dynamic KV cache, a static cache, and a static cache
-with ``torch.compile`` (what transformers compiles on GPU by itself; on CPU only when asked).
+with ``torch.compile`` (what transformers compiles on GPU by itself; on CPU only when asked); ``+shared`` modes
+prefill each prompt once and repeat its KV cache for the G samples (lit-align's default, ``HFGenerate.prompt_cache``).
 
     python bench/generation.py [--prompts 4] [--generations 4] [--max-new-tokens 64] [--repeats 3] [--threads 2]
+    python bench/generation.py --gsm8k --prompts 2 --generations 8 --modes static,static+shared
 
 The rollout of a GRPO step on the project's arithmetic prompts (chat template, left-padded) with SmolLM2-135M-Instruct
 in fp32: ``prompts x generations`` sequences sampled to exactly ``--max-new-tokens`` tokens (EOS suppressed, so every
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modes", default="dynamic,static,static+compile")
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--gsm8k", action="store_true", help="GSM8K questions (../shared/data/gsm8k) as chat user turns")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import GenerationConfig
@@ -44,7 +47,18 @@ def main(argv: list[str] | None = None) -> None:
 
     model, tokenizer = load_model(args.model)
     model.eval()
-    dm = PromptDataModule(tokenizer=tokenizer, val_size=0, batch_size=args.prompts, max_samples=args.prompts, seed=0)
+    data = {}
+    if args.gsm8k:
+        import tempfile
+
+        source = REPO.parent / "shared" / "data" / "gsm8k" / "train_normalized.jsonl"
+        rows = [json.loads(line) for line in source.read_text().splitlines()[: args.prompts]]
+        path = Path(tempfile.mkdtemp()) / "gsm8k.jsonl"
+        path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": r["question"]}],
+                                            "answer": r["final_answer"]}) + "\n" for r in rows))  # fmt: skip
+        data["data_path"] = str(path)
+    dm = PromptDataModule(tokenizer=tokenizer, val_size=0, batch_size=args.prompts, max_samples=args.prompts, seed=0,
+                          **data)  # fmt: skip
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     input_ids = batch["prompt_input_ids"].repeat_interleave(args.generations, 0)
@@ -60,12 +74,20 @@ def main(argv: list[str] | None = None) -> None:
         "static+compile": GenerationConfig(**common, cache_implementation="static", compile_config=compile_config),
     }
     modes = [m for m in args.modes.split(",") if m]
+    from lit_align.rollout import HFGenerate
 
     def run(mode: str) -> float:
         torch.manual_seed(0)
         start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=configs[mode])
+            extra, config = {}, configs[mode.removesuffix("+shared")]
+            if mode.endswith("+shared"):  # one prefill per prompt, its cache repeated for the G samples
+                kv = "static" if config.cache_implementation == "static" else "dynamic"
+                backend = HFGenerate(tokenizer, max_new_tokens=n, kv_cache=kv)
+                extra["cache"] = backend.prompt_cache(model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
+                                                      args.generations)  # fmt: skip
+                config = GenerationConfig(**{**config.to_dict(), "cache_implementation": None})
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
         assert out.shape[1] == input_ids.shape[1] + n, out.shape
         return time.perf_counter() - start
 

@@ -176,6 +176,7 @@ class HFGenerate:
             ``dynamic`` grows it token by token (transformers' default), ``auto`` is static on CPU and dynamic
             elsewhere (on GPU transformers would compile a static-cache forward, not measured here). Never
             compiled: ``torch.compile`` made CPU decoding slower here after a 4-minute compilation.
+        shared_prefill: prefill each prompt once for its samples where :meth:`shares_prompts` allows.
     """
 
     def __init__(
@@ -187,6 +188,7 @@ class HFGenerate:
         top_k: int = 0,
         eos_token_ids: Sequence[int] | None = None,
         kv_cache: Literal["auto", "static", "dynamic"] = "auto",
+        shared_prefill: bool = True,
     ) -> None:
         if kv_cache not in ("auto", "static", "dynamic"):
             raise ValueError(f"kv_cache must be auto, static or dynamic, got {kv_cache!r}")
@@ -197,6 +199,7 @@ class HFGenerate:
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else None
         self.kv_cache = kv_cache
+        self.shared_prefill = shared_prefill
 
     def cache_options(self, model: nn.Module) -> dict[str, Any]:
         """``generate``'s cache settings for ``model`` (``kv_cache``)."""
@@ -212,14 +215,13 @@ class HFGenerate:
         ids.update(configured if isinstance(configured, list) else [configured])
         return sorted(i for i in ids if i is not None)
 
-    @staticmethod
-    def shares_prompts(model: nn.Module, num_generations: int, prompt_length: int) -> bool:
-        """Whether a prompt's G samples start from one prefill (:meth:`prompt_cache`): G > 1, a policy marked for
-        shared prefixes (the modules' ``shared_prefix`` option) that is an in-library transformers model taking a
-        ``cache`` (transformers 5's cache API; older versions prefill each sample)."""
+    def shares_prompts(self, model: nn.Module, num_generations: int, prompt_length: int) -> bool:
+        """Whether a prompt's G samples start from one prefill (:meth:`prompt_cache`): ``shared_prefill``, G > 1, a
+        policy marked for shared prefixes (the modules' ``shared_prefix`` option) that is an in-library transformers
+        model taking a ``cache`` (transformers 5's cache API; older versions prefill each sample)."""
         from lit_align import packing, shared_prefix
 
-        if num_generations < 2 or prompt_length < 2 or not shared_prefix.is_enabled(model):
+        if not self.shared_prefill or num_generations < 2 or prompt_length < 2 or not shared_prefix.is_enabled(model):
             return False
         if packing.unsupported_reason(model) is not None:
             return False

@@ -41,6 +41,10 @@ class SamplingOptions:
         vllm_gpu_memory_utilization: with ``vllm``: the share of each GPU's memory the engine may take.
         kv_cache: with ``hf``: ``static`` (preallocated), ``dynamic`` (grown per token) or ``auto`` (static on CPU,
             where it measured 1.31x faster, dynamic elsewhere); see :class:`~lit_align.rollout.HFGenerate`.
+        shared_prefill: with ``hf``: prefill each prompt once and sample its G completions from copies of that KV
+            cache (when the module's ``shared_prefix`` is on too; the same completions as G prefills). Off: each
+            sample prefills its own prompt, as ``generate`` does by itself. vLLM shares prompt prefixes by itself
+            (automatic prefix caching).
         rollout_correction: when the completions come with the rollout ENGINE's log-probs (``vllm``, or a rollout
             given to ``update`` with ``sampling_log_probs``), the loss is weighted by π_old / π_sampler at the
             ``token`` or ``sequence`` level, ``truncate``-d to the bounds or ``mask``-ed outside them
@@ -59,6 +63,7 @@ class SamplingOptions:
     generation_backend: GenerationBackendName = "hf"
     vllm_gpu_memory_utilization: float = 0.3
     kv_cache: KVCache = "auto"
+    shared_prefill: bool = True
     rollout_correction: RolloutCorrection = "sequence_mask"
     rollout_correction_max: float | None = 3.0
     rollout_correction_min: float | None = None
@@ -113,7 +118,7 @@ class Sampler:
 
                 self.backend = VLLMGenerate(tokenizer, **common, gpu_memory_utilization=o.vllm_gpu_memory_utilization)
             else:
-                self.backend = HFGenerate(tokenizer, **common, kv_cache=o.kv_cache)
+                self.backend = HFGenerate(tokenizer, **common, kv_cache=o.kv_cache, shared_prefill=o.shared_prefill)
         return self.backend
 
     def eos_ids(self, model: nn.Module, tokenizer: Any) -> list[int]:

@@ -301,4 +301,15 @@ def test_generation_prefills_each_prompt_once_and_samples_the_same(kv_cache, mon
     assert prefills == [(3, enc["input_ids"].shape[1])] * 2  # the shared runs only, one row per prompt
     for a, b in zip(out[False], out[True], strict=True):
         assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
-    assert not HFGenerate.shares_prompts(model, 4, 1) and not HFGenerate.shares_prompts(model, 1, 10)
+    assert not backend.shares_prompts(model, 4, 1) and not backend.shares_prompts(model, 1, 10)
+    assert backend.shares_prompts(model, 4, 10)
+    assert not HFGenerate(tokenizer, kv_cache=kv_cache, shared_prefill=False).shares_prompts(model, 4, 10)
+
+
+def test_sampling_options_reach_the_generation_backend():
+    """``sampling.shared_prefill`` is the HF backend's switch (on by default)."""
+    from lit_align.sampling import Sampler
+
+    tokenizer = build_byte_tokenizer()
+    assert Sampler().backend_for(tokenizer).shared_prefill is True
+    assert Sampler({"shared_prefill": False}).backend_for(tokenizer).shared_prefill is False
