@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
 
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
@@ -71,7 +70,9 @@ class RewardModel(OfflineModule):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.center_rewards_coefficient = center_rewards_coefficient
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: list | None = None) -> Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: list | None = None
+    ) -> torch.Tensor:
         """Rewards (B,) fp32 of prompt + completion sequences (``groups``: rows that share a prompt, computed once)."""
         return last_token_rewards(self.policy, input_ids, attention_mask, groups)
 
@@ -79,7 +80,7 @@ class RewardModel(OfflineModule):
         joint = concatenate_pair(batch, self.pad_token_id)
         n = batch["chosen_input_ids"].shape[0]
         rewards = self(joint["input_ids"], joint["attention_mask"], pair_groups(n))  # (2B,), each prompt once
-        chosen_rewards, rejected_rewards = rewards.split(batch["chosen_input_ids"].shape[0])
+        chosen_rewards, rejected_rewards = rewards.split(n)
         losses = bradley_terry_loss(
             chosen_rewards, rejected_rewards, batch.get("margin"), self.center_rewards_coefficient
         )
