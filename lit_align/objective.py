@@ -167,7 +167,7 @@ def rollout_correction(exp: Any, options: Any, reduce: Callable[[Tensor, str], T
     ``sampling/*`` metrics of it into ``exp.metrics``: the mean and max |log π_old − log π_sampler| over the
     completion tokens the engine scored, and the min, mean and max weight (per token, or per sequence). Min and max
     are over all ranks (``reduce(tensor, op)``); the means are weighted over all ranks when logged."""
-    mask = exp.rollout.completion_mask.bool()
+    mask = exp.rollout.policy_mask.bool()  # the policy's own tokens (a multi-turn rollout's tool tokens are not)
     sampler = exp.rollout.sampler_logps.to(exp.old_logps.device)
     weights = rollout_correction_weights(exp.old_logps, sampler, mask, options.rollout_correction,
                                          options.rollout_correction_min, options.rollout_correction_max)  # fmt: skip

@@ -8,7 +8,8 @@ A backend is anything with the :class:`GenerationBackend` call signature; :class
 Hugging Face ``generate`` with the KV cache (:mod:`lit_align.vllm_backend` a vLLM engine).
 :class:`~lit_align.sampling.Sampler` is what modules hold: a backend plus a seed, so that the completions of a
 call are a function of (seed, key) alone (:func:`seeded_rng`). :func:`rollout_from_batch` takes a rollout made
-outside (another sampler, a vLLM server, a replay). Left out here: tool use / multi-turn rollouts.
+outside (another sampler, a vLLM server, a replay). Multi-turn rollouts with tools and environments are made by
+:class:`lit_align.tools.multi_turn.ToolRunner` over a backend and fill the ``tool_mask`` and conversation fields.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ class Rollout:
     num_generations: int
     logps: Tensor | None = None  # (B, L) per-token log-probs under the sampling policy, 0 on padding (when asked)
     sampler_logps: Tensor | None = None  # (B, L) the rollout engine's own log-probs (vLLM), NaN where it gave none
+    # Multi-turn rollouts (lit_align.tools): the completion is the whole conversation after the prompt.
+    tool_mask: Tensor | None = None  # (B, L) 1 on the policy's own tokens, 0 on tool/environment tokens
+    messages: list[list[dict[str, Any]]] | None = None  # each row's conversation (assistant and tool messages)
+    tool_calls: Tensor | None = None  # (B,) calls run per row
+    tool_failures: Tensor | None = None  # (B,) of which failed
+    turns: Tensor | None = None  # (B,) assistant turns per row
+    environments: list[Any] | None = None  # each row's environment instance, after its conversation
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -53,6 +61,11 @@ class Rollout:
         if self.logps is None:
             raise ValueError("this rollout carries no log-probs: generate_samples(..., with_logps=True) records them")
         return iter((torch.cat([self.prompt_input_ids, self.completion_ids], dim=1), self.logps))
+
+    @property
+    def policy_mask(self) -> Tensor:
+        """(B, L) the policy's own completion tokens: the completion mask, less tool tokens in a multi-turn rollout."""
+        return self.completion_mask if self.tool_mask is None else self.completion_mask * self.tool_mask
 
     def completion_logps(
         self, model: nn.Module, rows: Tensor | slice = slice(None), temperature: float = 1.0, with_entropy: bool = False
@@ -299,7 +312,9 @@ def rollout_from_batch(
                            policy's own with its weights and corrects for the difference
                            (``sampling.rollout_correction``); NaN where the engine gave none
         ``attention_mask`` optional (B, P + L); by default the prompt starts at its first non-pad token and the
-                           completion ends at its first EOS (``eos_ids``)
+                           completion ends at its first EOS (``eos_ids``); give it for multi-turn completions
+        ``tool_mask``      optional (B, L): 1 on the policy's own completion tokens, 0 on tool or environment
+                           tokens (TRL's ``env_mask``), which stay in the context but are not trained
 
     The batch gains ``prompt_input_ids`` / ``prompt_attention_mask`` (one row per prompt) unless it has them.
     """
@@ -334,6 +349,12 @@ def rollout_from_batch(
     rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, is_truncated,
                       num_generations, None if engine else logps * completion_mask,
                       logps if engine else None)  # fmt: skip
+    if "tool_mask" in batch:
+        tool_mask = torch.as_tensor(batch["tool_mask"], device=input_ids.device).long()
+        if tool_mask.shape != completion_mask.shape:
+            raise ValueError(f"update() with a rollout batch: tool_mask {tuple(tool_mask.shape)} must be (B, L) = "
+                             f"{tuple(completion_mask.shape)}, like {given[0]}")  # fmt: skip
+        rollout.tool_mask = tool_mask
     batch.setdefault("prompt_input_ids", prompt_ids[::num_generations])
     batch.setdefault("prompt_attention_mask", prompt_mask[::num_generations])
     return rollout, rewards.unsqueeze(1)

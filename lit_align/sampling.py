@@ -139,10 +139,17 @@ class Sampler:
         ``key`` names the call (e.g. ``"<step>/<rank>"``): the same (seed, key) draws the same completions. Without
         one, a greedy call needs none and a sampled call takes the number of keyless calls before it.
         """
-        if key is None and greedy:
-            key = "greedy"
-        elif key is None:
-            key, self.draws = f"{self.draws}/0", self.draws + 1
+        key = self.call_key(key, greedy)
         backend = self.backend_for(tokenizer)
         with seeded_rng(f"{self.options.seed}/{key}", prompt_input_ids.device):
             return backend(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy=greedy)
+
+    def call_key(self, key: str | None, greedy: bool) -> str:
+        """The key a call is seeded by: ``key`` itself; without one, ``greedy`` for a greedy call and the number of
+        keyless sampled calls before it for a sampled one."""
+        if key is not None:
+            return key
+        if greedy:
+            return "greedy"
+        key, self.draws = f"{self.draws}/0", self.draws + 1
+        return key

@@ -118,3 +118,33 @@ def crashing_reward(prompts, completions, **kwargs):
 def unscorable_reward(prompts, completions, **kwargs):
     """A verifier that can never score (dead-reward warning tests)."""
     return [None for _ in completions]
+
+
+class ScriptedTurns:
+    """A generation backend that writes what ``script(context_text, turn)`` says (then EOS), for multi-turn tests:
+    ``context_text`` is the decoded prompt and conversation so far, ``turn`` the number of assistant turns in it. A
+    reply longer than ``max_new_tokens`` is cut there (truncated, no EOS). Greedy or sampled alike."""
+
+    def __init__(self, tokenizer, script, max_new_tokens: int = 64) -> None:
+        self.tokenizer, self.script, self.max_new_tokens = tokenizer, script, max_new_tokens
+        self.calls: list[int] = []  # rows per call
+
+    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False) -> Rollout:
+        tok, rows = self.tokenizer, []
+        for ids, mask in zip(prompt_input_ids.tolist(), prompt_attention_mask.tolist(), strict=True):
+            context = tok.decode([t for t, m in zip(ids, mask, strict=True) if m])
+            turn = context.count("<|im_start|>assistant") - 1
+            for g in range(num_generations):
+                reply = tok(self.script(context, turn, g), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                rows.append(reply[: self.max_new_tokens])
+        self.calls.append(len(rows))
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+        mask, truncated = completion_mask_until_eos(ids, [tok.eos_token_id])
+        lengths = mask.sum(1)
+        texts = tok.batch_decode([r[:n] for r, n in zip(ids.tolist(), lengths.tolist(), strict=True)],
+                                 skip_special_tokens=True)  # fmt: skip
+        device = prompt_input_ids.device
+        return Rollout(prompt_input_ids.repeat_interleave(num_generations, 0),
+                       prompt_attention_mask.repeat_interleave(num_generations, 0), ids.to(device), mask.to(device),
+                       texts, lengths.to(device), truncated.to(device), num_generations)  # fmt: skip

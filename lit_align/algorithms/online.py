@@ -69,6 +69,8 @@ from lit_align.rewards.scoring import fill_unscorable
 from lit_align.rewards.signal import RewardSignal
 from lit_align.rollout import Experience, Rollout, rollout_from_batch
 from lit_align.sampling import Sampler, SamplingOptions
+from lit_align.tools.multi_turn import TOOL_METRICS, ToolRunner
+from lit_align.tools.options import ToolOptions
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant", "sequence_sum"]
 KLPenalty = Literal["loss", "reward"]
@@ -111,6 +113,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             knobs; :mod:`lit_align.objective`).
         sampling: how completions are sampled (a group: ``--model.sampling.<option>``).
         rewards: the reward functions and their weights (a group: ``--model.rewards.<option>``).
+        tools: tools and environments for multi-turn rollouts (a group: ``--model.tools.<option>``; none by default,
+            :mod:`lit_align.tools`).
     """
 
     EXTRA_METRICS: ClassVar[tuple[str, ...]] = ()  # metric names an algorithm's hooks add
@@ -136,6 +140,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         objective: ObjectiveOptions = ObjectiveOptions(),
         sampling: SamplingOptions = SamplingOptions(),
         rewards: RewardOptions = RewardOptions(),
+        tools: ToolOptions = ToolOptions(),
         learning_rate: float = 1e-6,
         warmup_ratio: float = 0.0,
         scheduler: Scheduler = "constant",
@@ -178,9 +183,11 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         self.loss_aggregation: LossAggregation = loss_aggregation or ("token_mean" if token_level else "sequence_mean")
         self.mask_truncated_completions = mask_truncated_completions
         sampling, rewards = as_group(SamplingOptions, sampling), as_group(RewardOptions, rewards)  # saved as groups
+        tools = as_group(ToolOptions, tools)
         self.objective = self.hold(Objective(objective, epsilon, epsilon_high, importance_ratio))
         self.sampler = self.hold(Sampler(sampling))
-        self.rewards = self.hold(RewardSet(rewards))
+        self.tool_runner = self.hold(ToolRunner(tools)) if tools.enabled else None
+        self.rewards = self.hold(RewardSet(rewards, self.tool_runner.environment_rewards if self.tool_runner else ()))
         group_relative = self.MIN_GENERATIONS[0] >= 2  # GRPO, RLOO, RLVR: zero spread means zero advantages
         self.signal = self.hold(RewardSignal(rewards, self.rewards.names, group_relative))
         super().__init__(precompute_reference=False, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
@@ -199,13 +206,15 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             kl = (*kl, *ROLLOUT_CORRECTION_METRICS)
         steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
-        train = (*self.rewards.metric_names(), *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
-        return train, self.rewards.metric_names(with_std=False)
+        tools = TOOL_METRICS if self.tool_runner else ()
+        train = (*self.rewards.metric_names(), *tools, *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
+        return train, (*self.rewards.metric_names(with_std=False), *tools)
 
     @classmethod
     def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:
         """The reward functions called on the first rows of the data (reward models are not loaded)."""
-        check_reward_options(datamodule, as_group(RewardOptions, options.get("rewards")))
+        check_reward_options(datamodule, as_group(RewardOptions, options.get("rewards")),
+                             as_group(ToolOptions, options.get("tools")))  # fmt: skip
 
     def planned_optimizer_steps(self) -> int | float:
         total = self.trainer.estimated_stepping_batches
@@ -232,9 +241,12 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         """Greedy completions of held-out prompts, scored by the reward functions."""
-        rollout = self.sample(batch["prompt_input_ids"], batch["prompt_attention_mask"], greedy=True)
+        rollout = self.sample(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"), greedy=True,
+                              batch=batch)  # fmt: skip
         per_func = self.rewards.score(batch, rollout, training=False)
         values = self.rewards.values(per_func, self.combine_rewards(per_func), rollout, with_std=False)
+        if self.tool_runner:
+            values.update(ToolRunner.values(rollout))
         self.val_metrics.step(_to(values, self.device))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
@@ -255,8 +267,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             t_generation = t_reward = 0.0
         else:
             # The sampling policy's log-probs are recorded with the samples when the updates need them.
-            rollout = self.generate_samples(batch["prompt_input_ids"], batch["prompt_attention_mask"],
-                                            self.needs_old_logps())  # fmt: skip
+            rollout = self.generate_samples(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"),
+                                            self.needs_old_logps(), batch)  # fmt: skip
             t_generation = time.perf_counter() - start
             start = time.perf_counter()
             rewards_per_func = self.rewards.score(batch, rollout, training=self.training)  # (B, F), NaN: None
@@ -267,6 +279,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         if not self.signal.check(self, rewards, rewards_per_func, batch, self.num_generations):
             return None, {}, None  # no completion on any rank has a reward: skipped (or raised), counted
         values = self.rewards.values(rewards_per_func, rewards, rollout, with_std="rewards" not in batch)
+        if self.tool_runner and rollout.tool_calls is not None:
+            values.update(ToolRunner.values(rollout))
         exp = self.make_experience(batch, rollout, rewards_per_func)
         rewards = self.shape_rewards(rewards.to(self.device), exp)
         t_logps = time.perf_counter() - start
@@ -301,7 +315,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
 
     def make_experience(self, batch: PromptBatch, rollout: Rollout, rewards_per_func: Tensor) -> Experience:
         """The loss mask and the no-grad log-prob passes the updates need (sampling policy, reference)."""
-        loss_mask = rollout.completion_mask.clone()  # (B, L)
+        loss_mask = rollout.policy_mask.clone()  # (B, L): tool tokens are context, never trained
         if self.mask_truncated_completions:
             loss_mask[rollout.is_truncated] = 0
         correct = rollout.sampler_logps is not None and self.sampler.options.rollout_correction != "none"
@@ -319,21 +333,30 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
 
     # -- the seed interface: rollouts made or consumed outside a Trainer --------------------------------
     def sample(
-        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, num_generations: int = 1, greedy: bool = False
-    ) -> Rollout:
+        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, num_generations: int = 1, greedy: bool = False,
+        batch: PromptBatch | None = None,
+    ) -> Rollout:  # fmt: skip
         """Completions of the policy (G per prompt, prompt-major), or one greedy completion each, without grad.
 
         Sampling is seeded by (``sampling.seed``, global step, rank) in a Trainer's fit (a function of the
         checkpointed step), and by the number of earlier sampling calls outside one; greedy calls take no key, so
-        evaluating between updates leaves the samples alone.
+        evaluating between updates leaves the samples alone. With ``tools`` the completions are conversations
+        (:class:`~lit_align.tools.multi_turn.ToolRunner`), which need the ``batch``'s chat prompts and columns.
         """
         key = f"{self.global_step}/{self.global_rank}" if self.in_fit() and not greedy else None
+        if self.tool_runner:
+            if batch is None or "prompt" not in batch:
+                raise ValueError("with --model.tools, sampling needs the prompt batch (its chat prompts and columns), "
+                                 "not token ids alone: pass batch=")  # fmt: skip
+            return self.tool_runner.rollout(self.sampler, self.policy, self.tokenizer, batch, num_generations, key,
+                                            greedy)  # fmt: skip
         return self.sampler.sample(self.policy, prompt_input_ids, prompt_attention_mask, self.tokenizer,
                                    num_generations, key, greedy)  # fmt: skip
 
     def generate_samples(
-        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, with_logps: bool = True
-    ) -> Rollout:
+        self, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, with_logps: bool = True,
+        batch: PromptBatch | None = None,
+    ) -> Rollout:  # fmt: skip
         """``num_generations`` sampled completions per prompt (prompt-major), without grad.
 
         ``samples, log_probs = module.generate_samples(prompt_ids, prompt_mask)`` unpacks the rollout into the
@@ -341,7 +364,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         sampling temperature; one extra no-grad forward, skipped with ``with_logps=False``). Together with the
         rewards they make the batch :meth:`update` takes.
         """
-        rollout = self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations)
+        rollout = self.sample(prompt_input_ids, prompt_attention_mask, self.num_generations, batch=batch)
         if with_logps:
             rollout.logps = self._no_grad_logps(rollout, self.policy) * rollout.completion_mask
         return rollout

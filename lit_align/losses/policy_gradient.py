@@ -126,8 +126,10 @@ def gae_advantages(
     delta_t = r_t + gamma V_{t+1} - V_t,   A_t = delta_t + gamma lam A_{t+1},   R_t = A_t + V_t
 
     Rewards and values are zeroed outside ``mask`` first, so the step after a completion's last
-    token is terminal (V = 0). This assumes a right-padded mask (no holes). Returns are computed
-    from the raw advantages; whiten the advantages afterwards with :func:`whiten` if wanted.
+    token is terminal (V = 0). A hole in the mask (a multi-turn rollout's tool tokens) is not a step:
+    V_{t+1} and A_{t+1} are those of the next masked token, the environment's tokens being part of
+    the transition. Returns are computed from the raw advantages; whiten the advantages afterwards
+    with :func:`whiten` if wanted.
 
     Args:
         rewards: (B, T) per-token rewards (e.g. -kl_coef * KL, plus the score on the last token).
@@ -146,8 +148,9 @@ def gae_advantages(
     reversed_advantages = []
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_advantage = delta + gamma * lam * next_advantage
-        next_value = values[:, t]
+        step = mask[:, t].bool()
+        next_advantage = torch.where(step, delta + gamma * lam * next_advantage, next_advantage)
+        next_value = torch.where(step, values[:, t], next_value)
         reversed_advantages.append(next_advantage)
     advantages = torch.stack(reversed_advantages[::-1], dim=1) * mask  # (B, T)
     return advantages, (advantages + values) * mask

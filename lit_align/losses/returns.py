@@ -26,12 +26,13 @@ KL_CLIP = 10.0  # OpenRLHF clips its per-token KL estimates to [-10, 10]
 
 
 def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
-    """G_t = Σ_{u ≥ t} γ^(u−t) r_u over each row's masked tokens; 0 outside ``mask``."""
+    """G_t = Σ_{u ≥ t} γ^(k(u)−k(t)) r_u over each row's masked tokens, k counting masked tokens only (a hole in the
+    mask, a multi-turn rollout's tool tokens, is no step); 0 outside ``mask``."""
     rewards = rewards * mask.to(rewards.dtype)
     returns = torch.zeros_like(rewards)
     running = rewards.new_zeros(rewards.shape[0])
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
+        running = torch.where(mask[:, t].bool(), rewards[:, t] + gamma * running, running)
         returns[:, t] = running
     return returns * mask.to(rewards.dtype)
 

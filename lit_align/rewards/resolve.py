@@ -81,7 +81,8 @@ def resolve_reward_funcs(
     ``reward_weights`` defaults to 1.0 for each function, as in TRL.
     """
     if not specs:
-        raise ValueError("at least one reward function is needed")
+        raise ValueError("at least one reward function is needed (--model.rewards.reward_funcs), or an environment "
+                         "with a get_reward method (--model.tools.environment)")
     funcs = [
         import_reward_func(s) if isinstance(s, str) else build_reward_func(s) if isinstance(s, dict) else s
         for s in specs

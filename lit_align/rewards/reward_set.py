@@ -84,13 +84,23 @@ class RewardSet:
 
     Args:
         options: the ``rewards`` group.
+        extra: reward columns besides the configured functions, each weight 1 (the environments' ``get_reward``,
+            :class:`~lit_align.tools.environments.EnvironmentReward`, as TRL adds them); with them the configured
+            functions may be none.
     """
 
     DEAD_REWARD_ROLLOUTS: ClassVar[int] = 5  # training rollouts after which an always None/0 function is reported
 
-    def __init__(self, options: RewardOptions) -> None:
+    def __init__(self, options: RewardOptions, extra: Sequence[Callable] = ()) -> None:
         self.options = options
-        self.funcs, self.names, weights = resolve_reward_funcs(options.reward_funcs, options.reward_weights)
+        if options.reward_funcs or not extra:
+            self.funcs, self.names, weights = resolve_reward_funcs(options.reward_funcs, options.reward_weights)
+        else:
+            self.funcs, self.names, weights = [], [], []
+        for func in extra:
+            self.funcs.append(func)
+            self.names.append(func.__name__ if func.__name__ not in self.names else f"{func.__name__}_env")
+            weights.append(1.0)
         self.weights = torch.tensor(weights)
         self._watch: dict[str, Any] = {"train": [0, torch.zeros(len(self.funcs), dtype=torch.bool)], "val": None}
 
@@ -110,7 +120,7 @@ class RewardSet:
         non-tensor column of the batch reaches the functions."""
         ids = [r[:n] for r, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)]
         per_func = score_completions(self.funcs, batch["prompt"], rollout.texts, reward_columns(batch), ids,
-                                     rollout.num_generations)  # fmt: skip
+                                     rollout.num_generations, rollout.messages, rollout.environments)  # fmt: skip
         self._track(per_func, training)
         return per_func
 
@@ -133,7 +143,7 @@ class RewardSet:
         for i, name in enumerate(self.names):
             if per_func.shape[1] == len(self.names):
                 values[f"rewards/{name}/mean"] = (per_func[:, i].nan_to_num(0.0), (~per_func[:, i].isnan()).float())
-        values["completions/mean_length"] = rollout.lengths.float()
+        values["completions/mean_length"] = rollout.policy_mask.sum(dim=1).float()  # the policy's tokens (TRL)
         values["completions/clipped_ratio"] = rollout.is_truncated.float()
         if with_std:
             kept = rewards[scorable]
@@ -198,18 +208,22 @@ class RewardSet:
         logger.experiment.add_text("completions", "\n".join(lines), module.global_step)
 
 
-def check_reward_options(datamodule: Any, options: RewardOptions) -> None:
-    """Bind the reward functions of ``options`` to ``datamodule``'s data before any model exists (the command line's
-    check, :class:`lit_align.cli.AlignCLI`); reward models are not loaded."""
+def check_reward_options(datamodule: Any, options: RewardOptions, tools: Any = None) -> None:
+    """Bind the reward functions of ``options`` (and the ``tools`` group's environments, when given) to
+    ``datamodule``'s data before any model exists (the command line's check, :class:`lit_align.cli.AlignCLI`);
+    reward models are not loaded."""
     specs = [s for s in options.reward_funcs if not (isinstance(s, str) and s.startswith("model:"))]
-    if specs:  # strings, configured instances ({class_path, init_args}) or callables, built as the module will
-        funcs, names, _ = resolve_reward_funcs(specs)
-        bind_reward_funcs(funcs, names, datamodule)
+    tools = tools if tools is not None and tools.enabled else None
+    if specs or tools:  # strings, configured instances ({class_path, init_args}) or callables, built as the module will
+        funcs, names, _ = resolve_reward_funcs(specs) if specs else ([], [], [])
+        bind_reward_funcs(funcs, names, datamodule, tools)
 
 
-def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], datamodule: Any) -> None:
+def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], datamodule: Any,
+                      tools: Any = None) -> None:  # fmt: skip
     """:func:`~lit_align.rewards.scoring.check_reward_funcs` on the first rows of ``datamodule``'s training data
-    (set up if it was not), with the columns its batches carry."""
+    (set up if it was not), with the columns its batches carry; with ``tools``, the rows' environments made and
+    reset as a rollout would (:func:`lit_align.tools.check_tool_data`)."""
     if getattr(datamodule, "train_dataset", None) is None:
         datamodule.setup("fit")
     dataset = datamodule.train_dataset
@@ -217,7 +231,12 @@ def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], da
     if "prompt" not in batch:  # not prompt data: nothing the reward functions would see
         return
     source = f"{getattr(datamodule, 'data_path', type(datamodule).__name__)}"
-    check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source)
+    environments = None
+    if tools is not None:
+        from lit_align.tools import check_tool_data
+
+        environments = check_tool_data(tools, batch, source)
+    check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source, environments)
     check_references(reward_funcs, names, datamodule)
 
 

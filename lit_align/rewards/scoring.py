@@ -31,6 +31,7 @@ def reward_columns(batch: dict[str, Any]) -> dict[str, list[Any]]:
 def check_reward_funcs(
     reward_funcs: Sequence[RewardFunc], names: Sequence[str], prompts: list[Any], columns: dict[str, list[Any]],
     source: str,
+    environments: list[Any] | None = None,
 ) -> None:  # fmt: skip
     """Call each reward function once on the first rows of the data (``prompts`` and their ``columns``) with empty
     completions, as training will call it; raise ``ValueError`` naming the function and the column when they do
@@ -49,11 +50,12 @@ def check_reward_funcs(
     given = {"prompts": prompts, "completions": completions, "completion_ids": [[] for _ in prompts], **columns}
     data_columns = ", ".join(columns) or "none besides the prompt"
     for func, name in zip(reward_funcs, names, strict=True):
-        _check_signature(func, name, given, data_columns)
+        extra = {"environments": environments} if environments is not None and takes(func, "environments") else {}
+        _check_signature(func, name, {**given, **extra}, data_columns)
         if hasattr(func, "model"):
             continue
         try:
-            values = func(**given)
+            values = func(**given, **extra)
         except Exception as err:
             raise ValueError(
                 f"reward function {name!r} failed when called at setup on the first {n} rows of {source} (empty "
@@ -98,6 +100,15 @@ def _check_signature(func: RewardFunc, name: str, given: dict[str, Any], data_co
         )
 
 
+def takes(func: Any, name: str) -> bool:
+    """Whether ``func`` accepts the keyword ``name`` (declared, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY) for p in parameters)
+
+
 def _is_number(value: Any) -> bool:
     try:
         float(value)
@@ -113,20 +124,25 @@ def score_completions(
     columns: dict[str, list[Any]],
     completion_ids: list[list[int]],
     num_generations: int,
+    conversations: list[list[dict[str, Any]]] | None = None,
+    environments: list[Any] | None = None,
 ) -> Tensor:
     """Rewards (B, F) of B completions under F functions, NaN where a function returned None.
 
     ``prompts`` and each list in ``columns`` hold one entry per PROMPT and are repeated G times, as
-    TRL repeats its inputs. A chat prompt gets its completion as ``[{"role": "assistant", ...}]``.
+    TRL repeats its inputs. A chat prompt gets its completion as ``[{"role": "assistant", ...}]``, or a multi-turn
+    rollout's whole conversation (``conversations``: assistant and tool messages); ``environments`` (one per
+    completion) reach the functions that take them (an ``environments`` argument or ``**kwargs``), as in TRL.
     """
     prompts = [p for p in prompts for _ in range(num_generations)]
     columns = {k: [v for v in values for _ in range(num_generations)] for k, values in columns.items()}
-    completions = [
+    completions = conversations or [
         [{"role": "assistant", "content": t}] if isinstance(p, list) else t for p, t in zip(prompts, texts, strict=True)
     ]
     out = torch.full((len(texts), len(reward_funcs)), math.nan)
     for i, func in enumerate(reward_funcs):
-        values = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+        extra = {"environments": environments} if environments is not None and takes(func, "environments") else {}
+        values = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns, **extra)
         if len(values) != len(texts):
             name = getattr(func, "__name__", type(func).__name__)
             raise ValueError(f"reward function {name!r} returned {len(values)} rewards for {len(texts)} completions")

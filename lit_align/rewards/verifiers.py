@@ -45,12 +45,15 @@ def completion_text(completion: Completion) -> str:
     """The text of a completion given as a string or as a list of chat messages.
 
     Message contents may be strings or lists of content parts (``{"type": "text", "text": ...}``);
-    the texts of all messages are joined with newlines.
+    the texts of all messages are joined with newlines. A multi-turn conversation counts only what the policy said:
+    tool messages are left out, so a number a tool returned is not taken for the policy's answer.
     """
     if isinstance(completion, str):
         return completion
     parts = []
     for message in completion:
+        if message.get("role", "assistant") != "assistant":
+            continue
         content = message.get("content") or ""
         if isinstance(content, str):
             parts.append(content)
