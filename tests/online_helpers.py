@@ -148,3 +148,25 @@ class ScriptedTurns:
         return Rollout(prompt_input_ids.repeat_interleave(num_generations, 0),
                        prompt_attention_mask.repeat_interleave(num_generations, 0), ids.to(device), mask.to(device),
                        texts, lengths.to(device), truncated.to(device), num_generations)  # fmt: skip
+
+
+def guessing_script(context: str, turn: int, g: int) -> str:
+    """A player of :class:`~lit_align.tools.games.GuessTheNumber` for :class:`ScriptedTurns`: a first guess that
+    depends on the sample, then bisection on the answers in the context; "Found it." once correct."""
+    import re
+
+    low, high = (int(x) for x in re.search(r"from (\d+) to (\d+)", context).groups())
+    guesses = [int(x) for x in re.findall(r'"number": (\d+)', context)]
+    answers = re.findall(r"<\|im_start\|>tool\n(\w+)", context)
+    for guess, answer in zip(guesses, answers, strict=False):
+        if answer == "correct":
+            return "Found it."
+        low, high = (guess + 1, high) if answer == "higher" else (low, guess - 1)
+    guess = min(high, low + 2 + 4 * g) if turn == 0 else (low + high) // 2
+    return f'<tool_call>{{"name": "guess", "arguments": {{"number": {guess}}}}}</tool_call>'
+
+
+def game_rows(n: int, secret: bool = False) -> list[dict]:
+    """Prompt rows of the guessing game (with a fixed ``secret`` per row when asked)."""
+    return [{"prompt": [{"role": "user", "content": f"Game {i}."}], "low": 1, "high": 16,
+             **({"secret": 1 + (5 * i) % 16} if secret else {})} for i in range(n)]  # fmt: skip

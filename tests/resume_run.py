@@ -1,9 +1,11 @@
 """Train DPO or GRPO on tiny models, optionally SIGKILL the process mid-epoch, or resume from the last checkpoint.
 
-    python tests/resume_run.py OUT_DIR dpo|trdpo|grpo full|kill|resume
+    python tests/resume_run.py OUT_DIR dpo|trdpo|grpo|grpo_env full|kill|resume
 
 ``trdpo`` is DPO with TR-DPO's reference syncing every 2 steps (α = 0.5): the newest checkpoint (step 4) falls on a
-sync, which the resumed run must make before its step 5, and the reference's weights are compared too.
+sync, which the resumed run must make before its step 5, and the reference's weights are compared too. ``grpo_env`` is
+GRPO playing the GuessTheNumber environment (numbers drawn by the environment: the resumed run must rebuild the same
+environments from the seed, step and rank), its turns written by a scripted bisecting player.
 
 ``full`` trains 8 steps uninterrupted. ``kill`` trains the same run and SIGKILLs its own process right
 after step 5 (checkpoints are written every 2 steps, so the newest is step 4, mid-epoch). ``resume``
@@ -28,7 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_align.models import load_model
 from tests.conftest import write_jsonl
-from tests.online_helpers import length_reward, prompt_rows
+from tests.online_helpers import ScriptedTurns, game_rows, guessing_script, length_reward, prompt_rows
 
 MAX_STEPS, KILL_AFTER, EVERY = 8, 5, 2
 
@@ -64,6 +66,17 @@ def build(algo: str, out: Path):
         path = write_jsonl(out / f"{algo}.jsonl", rows)
         dm = PreferenceDataModule(tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=2, max_length=64,
                                   max_prompt_length=32)  # fmt: skip
+    elif algo == "grpo_env":
+        from lit_align.algorithms import GRPO
+        from lit_align.datamodules.prompt import PromptDataModule
+
+        module = GRPO(policy=policy, beta=0.04, rewards={"reward_funcs": [length_reward],
+                      "log_completions_every_n_steps": 0}, num_generations=4, sampling={"max_new_tokens": 400},
+                      tools={"environment": "lit_align.tools.games:GuessTheNumber", "max_turns": 6},
+                      learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer)  # fmt: skip
+        module.sampler.backend = ScriptedTurns(tokenizer, guessing_script, 400)
+        dm = PromptDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "games.jsonl", game_rows(6))),
+                              val_size=0, batch_size=2)  # fmt: skip
     else:  # real sampling (temperature 1): the resumed run must draw the same completions
         from lit_align.algorithms import GRPO
         from lit_align.datamodules.prompt import PromptDataModule

@@ -31,7 +31,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_align.models import load_model
 from tests.conftest import write_jsonl
-from tests.online_helpers import ScriptedBackend, length_reward, prompt_rows
+from tests.online_helpers import ScriptedBackend, ScriptedTurns, game_rows, guessing_script, length_reward, prompt_rows
 
 GLOBAL_BATCH = 4  # rows per optimizer step (GRPO: prompts x 1, see below)
 STEPS = 3
@@ -73,6 +73,8 @@ def rows(algo: str) -> list[dict]:
         return [{"prompt": f"Repeat {i}:", "completion": f" {str(i) * (1 + i % 5)}"} for i in range(16)]
     if algo == "spin":  # 8 rows: 2 steps per iteration, so step 3 trains on pairs generated at a boundary
         return [{"prompt": f"Say {i} twice:", "completion": f" {i} {i}."} for i in range(8)]
+    if algo == "grpo_env":  # the guessing game, each row's number fixed: the same conversations in every layout
+        return game_rows(8, secret=True)
     return prompt_rows(8)  # grpo, grpo_rm, ppo, reinforce_pp
 
 
@@ -143,13 +145,19 @@ def build(algo: str, out: Path, per_rank: int):
         # reinforce_pp: REINFORCE++-baseline, its per-token advantages normalized over every rank's tokens.
         from lit_align.algorithms import ReinforcePP
 
+        # grpo_env: multi-turn conversations with the GuessTheNumber environment (its reward and a length reward),
+        # played by a scripted bisection: conversations of unequal lengths with tool tokens masked out.
         rewards = [f"model:{reward_model(out)}"] if algo == "grpo_rm" else [length_reward]
         cls = ReinforcePP if algo == "reinforce_pp" else GRPO
+        env = algo == "grpo_env"
+        tools = {"environment": "lit_align.tools.games:GuessTheNumber", "max_turns": 6} if env else {}
+        max_new_tokens = 400 if env else 8
         module = cls(policy=policy, reference_policy=reference, beta=0.04, num_generations=4,
-                      rewards={"reward_funcs": rewards, "log_completions_every_n_steps": 0},
-                      sampling={"max_new_tokens": 8}, gradient_accumulation_steps=2, loss_aggregation="token_mean",
-                      learning_rate=1e-3, tokenizer=tokenizer)  # fmt: skip
-        module.sampler.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
+                      rewards={"reward_funcs": rewards, "log_completions_every_n_steps": 0}, tools=tools,
+                      sampling={"max_new_tokens": max_new_tokens}, gradient_accumulation_steps=2,
+                      loss_aggregation="token_mean", learning_rate=1e-3, tokenizer=tokenizer)  # fmt: skip
+        module.sampler.backend = (ScriptedTurns(tokenizer, guessing_script, max_new_tokens) if env
+                                  else ScriptedBackend(tokenizer, max_new_tokens=8))  # fmt: skip
         common["batch_size"] = per_rank // 2
         dm = PromptDataModule(tokenizer=tokenizer, **common)
     return module, dm
@@ -157,7 +165,8 @@ def build(algo: str, out: Path, per_rank: int):
 
 def main() -> None:
     out, layout = Path(sys.argv[1]), sys.argv[2]
-    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo", "reinforce_pp", "dpo_trdpo"]
+    algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo", "reinforce_pp", "dpo_trdpo",
+                             "grpo_env"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     plain_path = PlainPathWarnings()

@@ -23,7 +23,7 @@ import torch
 
 from tests.conftest import REPO
 
-ALGOS = ("dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "reinforce_pp", "dpo_trdpo")
+ALGOS = ("dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "reinforce_pp", "dpo_trdpo", "grpo_env")
 PER_RANK_BY_DESIGN = ("train/reward_std", "train/time/")
 TIE = 1e-5  # a |rewards/margins| below this is a tie
 

@@ -9,7 +9,8 @@ from typing import Any
 
 class GuessTheNumber:
     """The environment thinks of a whole number in ``[low, high]`` (the row's ``low`` / ``high`` columns, else 1 and
-    16); the policy finds it with the ``guess`` tool, which answers higher, lower or correct.
+    16; a ``secret`` column fixes the number, else it is drawn with ``random``, seeded per rollout); the policy finds
+    it with the ``guess`` tool, which answers higher, lower or correct.
 
     Reward (:meth:`get_reward`): 1 for finding it, less 0.1 for each guess after the first (at least 0.5); without
     finding it, up to 0.4 for how close the last guess came; 0 without any guess.
@@ -22,7 +23,7 @@ class GuessTheNumber:
 
     def reset(self, **row: Any) -> str:
         self.low, self.high = int(row.get("low", 1)), int(row.get("high", 16))
-        self.secret = random.randint(self.low, self.high)
+        self.secret = int(row["secret"]) if row.get("secret") is not None else random.randint(self.low, self.high)
         self.guesses, self.solved = [], False
         return (f"\nI am thinking of a whole number from {self.low} to {self.high}. Find it with the guess tool: it "
                 "answers higher, lower or correct.")  # fmt: skip
