@@ -340,9 +340,9 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
 
 def prepare_trainable(model: nn.Module, role: str, options: dict[str, Any]) -> nn.Module:
     """A model made ready to train (the policy, PPO's critic), in train mode, by a module's ``options`` (its
-    hyperparameters: ``gradient_checkpointing``, ``fused_layers``, ``lora_*``, ``padding_free``,
-    ``shared_prefix``): checkpointing, fused layers, then LoRA (the adapters wrap the same projections inside the
-    fused MLPs), then the padding-free and shared-prefix marks. ``role`` names it in the log. Returns the model (a
+    hyperparameters: ``gradient_checkpointing``, ``fused_layers``, ``lora_*``, ``padding_free``, ``shared_prefix``,
+    ``shared_prefix_kernel``): checkpointing, fused layers, then LoRA (the adapters wrap the same projections inside
+    the fused MLPs), then the padding-free and shared-prefix marks. ``role`` names it in the log. Returns the model (a
     PEFT wrapper with LoRA)."""
     lora_r = options.get("lora_r", 0)
     model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode through fit
@@ -354,7 +354,7 @@ def prepare_trainable(model: nn.Module, role: str, options: dict[str, Any]) -> n
     if lora_r > 0:
         model = apply_lora(model, lora_r, options.get("lora_alpha", 16), options.get("lora_dropout", 0.0),
                            options.get("lora_target_modules", "all-linear"))  # fmt: skip
-    set_shared_prefix(model, options.get("shared_prefix", True))
+    set_shared_prefix(model, options.get("shared_prefix", True), options.get("shared_prefix_kernel", "auto"))
     return set_padding_free(model, options.get("padding_free", True))
 
 

@@ -43,3 +43,10 @@ def optimizer_and_schedule(
         return 1.0
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class NoSchedule:
+    """A fit without a scheduler: ``update`` steps nothing."""
+
+    def step(self) -> None:
+        pass

@@ -218,7 +218,7 @@ def frozen(model: nn.Module, policy: nn.Module) -> nn.Module:
     """``model`` as a reference: no grads, eval mode, padding-free and prefix-sharing like the policy."""
     model.requires_grad_(False)
     model.eval()
-    shared_prefix.set_shared_prefix(model, shared_prefix.is_enabled(policy))
+    shared_prefix.set_shared_prefix(model, shared_prefix.is_enabled(policy), shared_prefix.kernel_of(policy))
     return set_padding_free(model, is_enabled(policy))
 
 

@@ -292,7 +292,7 @@ class ReferenceCache:
         if self.reference_policy is not None:
             model = set_padding_free(resolve_model(self.reference_policy, module.POLICY_KIND, seed=1),
                                      is_enabled(policy))  # fmt: skip
-            shared_prefix.set_shared_prefix(model, shared_prefix.is_enabled(policy))
+            shared_prefix.set_shared_prefix(model, shared_prefix.is_enabled(policy), shared_prefix.kernel_of(policy))
         elif hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
             model = None  # the policy with its adapters disabled: nothing to load or free
         else:

@@ -33,9 +33,10 @@ from lit_align.hparams import (
 )
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
 from lit_align.models import ModelKind, ModelRef, check_model_interface, prepare_trainable, resolve_model
-from lit_align.optim import Scheduler, optimizer_and_schedule
+from lit_align.optim import NoSchedule, Scheduler, optimizer_and_schedule
 from lit_align.rollout import mark_updated
 from lit_align.sharding import fully_shard_model
+from lit_align.shared_prefix import Kernel as SharedPrefixKernel
 
 NonFinite = Literal["stop", "skip"]
 ReduceOp = Literal["sum", "mean", "max", "min"]
@@ -71,6 +72,8 @@ class AlignmentModule(L.LightningModule):
             common prefix (the prompt) once, each completion attending to it and to itself only
             (:mod:`lit_align.shared_prefix`): the same losses and gradients with the prompt's compute and
             activations paid once per pair instead of twice. Needs ``padding_free``.
+        shared_prefix_kernel: the shared-prefix attention: ``auto`` (flex attention, compiled, on CUDA with
+            triton; SDPA with a block mask elsewhere), ``sdpa`` or ``flex`` (no backward on CPU in torch 2.13).
         fused_layers: run the trained models' RMSNorms and SwiGLU MLPs as fused layers that save only their
             inputs for backward and recompute the elementwise rest (:mod:`lit_align.fused`): the same outputs and
             gradients with about a third less activation memory on Llama-style models, no GEMM recomputed.
@@ -103,6 +106,7 @@ class AlignmentModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         padding_free: bool = True,
         shared_prefix: bool = True,
+        shared_prefix_kernel: SharedPrefixKernel = "auto",
         fused_layers: bool = True,
         release_host_memory: bool = True,
         nonfinite_loss: NonFinite = "stop",
@@ -345,7 +349,7 @@ class AlignmentModule(L.LightningModule):
             trainer = self._trainer
             if trainer is not None and trainer.optimizers:
                 configs = trainer.lr_scheduler_configs
-                self._standalone = (trainer.optimizers[0], configs[0].scheduler if configs else _NoSchedule())
+                self._standalone = (trainer.optimizers[0], configs[0].scheduler if configs else NoSchedule())
             else:
                 self._standalone = self._optimizer_and_scheduler(total_steps)
         return self._standalone
@@ -448,10 +452,3 @@ class AlignmentModule(L.LightningModule):
     def _release_host_memory(self) -> None:
         if self.release_host_memory and self.device.type == "cpu":
             release_host_memory()
-
-
-class _NoSchedule:
-    """A fit without a scheduler: ``update`` steps nothing."""
-
-    def step(self) -> None:
-        pass
