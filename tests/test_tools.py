@@ -380,3 +380,30 @@ def test_every_online_algorithm_trains_from_conversations(algo, tiny_tokenizer):
     assert (exp.rollout.tool_mask == 0).logical_and(exp.rollout.completion_mask == 1).any()  # tool tokens exist
     assert out["tools/call_frequency"] > 0 and torch.isfinite(torch.tensor(out["loss"]))
     assert any(not torch.equal(p, before[n]) for n, p in module.policy.named_parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["grpo_calculator_tool", "grpo_guess_number", "rloo_guess_number"])
+def test_tool_examples_run_on_the_tiny_preset(example, tmp_path):
+    """The example configs train (2 steps and a validation) from the command line on the tiny preset, logging the
+    tools metrics; the tiny random model calls no tool, the scripted tests above cover the calls."""
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import REPO
+
+    recipe = example.split("_")[0]
+    cmd = [sys.executable, str(REPO / f"recipes/{recipe}.py"), "fit",
+           "--config", str(REPO / f"recipes/configs/examples/{example}.yaml"),
+           "--config", str(REPO / "recipes/configs/tiny.yaml"), "--trainer.max_steps", "2",
+           "--trainer.val_check_interval", "2", "--trainer.logger.init_args.save_dir", str(tmp_path),
+           "--trainer.limit_val_batches", "1", "--model.sampling.max_new_tokens", "48"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = EventAccumulator(str(tmp_path / example / "version_0")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/tools/call_frequency", "train/tools/failure_frequency", "val/tools/call_frequency"} <= tags
+    if "guess" in example:
+        assert "train/rewards/GuessTheNumber/mean" in tags

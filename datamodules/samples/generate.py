@@ -34,6 +34,10 @@ Files (JSON Lines, one object per line; messages are TRL's conversational format
     string. Each prompt ends with ``"Answer with just the number."``; ``lit_align.rewards`` scores
     correctness (``arithmetic_answer_reward``) and that format (``format_reward``).
 
+``guess_number_prompts.jsonl`` (200 rows): games for the GuessTheNumber environment (``lit_align.tools.games``).
+    ``{"prompt": [user message], "low": int, "high": int}``: the environment draws the number in [low, high] when a
+    rollout starts and appends the rules to the message; ranges of 8 to 32 numbers.
+
 Deliberately left out: a train/validation split (the DataModules carve one off with a seed) and any
 tokenization (the DataModules receive the tokenizer).
 """
@@ -332,12 +336,28 @@ def arithmetic_rows(seed: int = 3, n: int = 1000) -> list[dict]:
     return [{"prompt": _user(f"{q} {ARITHMETIC_INSTRUCTION}"), "answer": str(a)} for q, a in problems.items()]
 
 
+GAME_OPENINGS = ("Let's play a guessing game.", "I'd like to play a game with you.", "Can you find my number?",
+                 "Time for a number game.")  # fmt: skip
+
+
+def guess_number_rows(seed: int = 5, n: int = 200) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        size = rng.choice((8, 16, 32))
+        low = rng.choice((1, 1, 10, 50))
+        text = f"{rng.choice(GAME_OPENINGS)} Use the guess tool, and say the number when you have found it."
+        rows.append({"prompt": _user(text), "low": low, "high": low + size - 1})
+    return rows
+
+
 DATASETS: dict[str, Callable[[], list[dict]]] = {
     "preference_demo.jsonl": preference_rows,
     "preference_heldout.jsonl": preference_heldout_rows,
     "binary_demo.jsonl": binary_rows,
     "sft_demo.jsonl": sft_rows,
     "arithmetic_prompts.jsonl": arithmetic_rows,
+    "guess_number_prompts.jsonl": guess_number_rows,
 }
 
 
