@@ -68,7 +68,9 @@ def test_parse_tool_calls_reads_hermes_blocks_and_names_what_is_wrong():
 
 def test_a_failed_call_is_a_message_not_a_crash():
     tools = {"calculator": calculator, "slow_tool": slow_tool, "big_tool": big_tool}
-    run = lambda name, args, timeout=5.0, chars=50: run_tool_call(ToolCall(name, args), tools, timeout, chars)  # noqa: E731
+    def run(name, args, timeout=5.0, chars=50):
+        return run_tool_call(ToolCall(name, args), tools, timeout, chars)
+
     ok = run("calculator", {"expression": "6*7"})
     assert (ok.content, ok.failed) == ("42", False)
     unknown = run("search", {})
@@ -81,7 +83,8 @@ def test_a_failed_call_is_a_message_not_a_crash():
     slow = run("slow_tool", {"seconds": 5}, timeout=0.2)
     assert slow.failed and "within 0.2 s" in slow.content and time.perf_counter() - start < 2
     big = run("big_tool", {"n": 500})
-    assert not big.failed and big.truncated and big.content.startswith("x" * 50) and "450 more characters" in big.content
+    assert not big.failed and big.truncated and big.content.startswith("x" * 50)
+    assert "450 more characters" in big.content
     parse_error = run_tool_call(parse_tool_calls("<tool_call>{</tool_call>")[0], tools, 1.0, 50)
     assert parse_error.failed and parse_error.content.startswith("Error:")
 
@@ -99,7 +102,8 @@ def test_tool_turn_tokens_follow_the_template(which, tiny_tokenizer, request):
 # -- the rollout and its masks ------------------------------------------------------------------------------
 def tool_module(tokenizer, script, tools: dict, max_new_tokens: int = 200, **kwargs) -> tuple[GRPO, ScriptedTurns]:
     module = GRPO(policy="tiny-llama", tokenizer=tokenizer, num_generations=2, learning_rate=1e-3,
-                  sampling={"max_new_tokens": max_new_tokens}, rewards=kwargs.pop("rewards", {"reward_funcs": ["tests.online_helpers:length_reward"]}),
+                  sampling={"max_new_tokens": max_new_tokens},
+                  rewards=kwargs.pop("rewards", {"reward_funcs": ["tests.online_helpers:length_reward"]}),
                   tools=tools, **kwargs)  # fmt: skip
     backend = ScriptedTurns(tokenizer, script, max_new_tokens)
     module.sampler.backend = backend

@@ -58,7 +58,8 @@ class ReMax(OnlinePolicyGradient):
         where the greedy completion is unscorable."""
         start = time.perf_counter()
         batch = exp.batch
-        greedy = self.sample(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"), greedy=True, batch=batch)
+        greedy = self.sample(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"), greedy=True,
+                             batch=batch)  # fmt: skip
         per_func = self.rewards.score(batch, greedy, training=self.training)  # (N, F)
         greedy_rewards = self.rewards.combine(per_func).to(rewards.device)  # (N,), NaN: unscorable
         exp.metrics["greedy_reward"] = greedy_rewards[~greedy_rewards.isnan()]

@@ -32,8 +32,8 @@ def check_tool_data(options: ToolOptions, batch: dict[str, Any], source: str) ->
         return None
     multi = None not in factories
     if multi and ENVIRONMENT_COLUMN not in batch:
-        raise ValueError(f"{source}: several environments are configured ({', '.join(factories)}), and the rows have no "
-                         f"{ENVIRONMENT_COLUMN!r} column naming each row's")  # fmt: skip
+        raise ValueError(f"{source}: several environments are configured ({', '.join(factories)}), and the rows "
+                         f"have no {ENVIRONMENT_COLUMN!r} column naming each row's")  # fmt: skip
     columns = {k: v for k, v in batch.items() if k != "prompt" and isinstance(v, list)}
     environments = []
     for i, prompt in enumerate(batch["prompt"]):

@@ -56,7 +56,9 @@ def with_tool_instructions(prompt: list[dict[str, Any]], tools: Sequence[Callabl
     return [{"role": "system", "content": text}, *prompt]
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, Any]], tools: Sequence[Callable]) -> list[int]:
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, Any]], tools: Sequence[Callable]
+) -> list[int]:
     """The token ids of a chat prompt with its tools shown, ending with the assistant's generation prompt."""
     kwargs: dict[str, Any] = {}
     if tools and template_renders_tools(tokenizer):

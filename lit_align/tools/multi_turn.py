@@ -36,7 +36,12 @@ from lit_align.rollout import Rollout
 from lit_align.tools.calls import ToolResult, parse_tool_calls, run_tool_call, tool_schema, tools_by_name
 from lit_align.tools.chat import prompt_ids, tool_turn_ids, with_observation
 from lit_align.tools.environments import (
-    ENVIRONMENT_COLUMN, EnvironmentReward, check_environment, environment_methods, has_reward, resolve_factories,
+    ENVIRONMENT_COLUMN,
+    EnvironmentReward,
+    check_environment,
+    environment_methods,
+    has_reward,
+    resolve_factories,
     seeded_random,
 )  # fmt: skip
 from lit_align.tools.options import ToolOptions
