@@ -14,6 +14,11 @@ each model), and the judge — a reward model, or reward functions such as a ver
                   share of held-out pairs where log π/π_0 (trained over starting model) ranks chosen over
                   rejected, DPO's implicit reward with any β (pairs given)
 
+With tools (``tools``: the run's own by default, from its config), both models complete each prompt as a
+conversation with the same tools and environments (:class:`~lit_align.tools.multi_turn.ToolRunner`; environments
+seeded by the batch's key, so both models play the same games), the judges see the conversations, an environment's
+``get_reward`` is a judge too, and ``tools/call_frequency`` and ``tools/failure_frequency`` of each model are reported.
+
 Lightning Fabric launches ``devices`` processes; batch j goes to process j mod N and the records are gathered before
 the summary (no row is repeated). Outputs: a console
 table, ``eval.json``, ``samples.jsonl``, and TensorBoard scalars (``eval/*``) with a text table of sample
@@ -41,9 +46,11 @@ from lit_align.logprobs import preference_logps
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import score_completions
-from lit_align.runs import load_trained
+from lit_align.runs import load_trained, tools_of
 from lit_align.sampling import Sampler, SamplingOptions
 from lit_align.sharding import gather_objects
+from lit_align.tools.multi_turn import ToolRunner
+from lit_align.tools.options import ToolOptions
 
 TIE = 1e-6  # judge scores closer than this count as a tie
 
@@ -60,12 +67,14 @@ class Evaluation:
         sampler: samples the completions of both models.
         tokenizer: the policy's tokenizer (both models share it).
         greedy: decode greedily instead of sampling (both models).
+        tool_runner: completes prompts as conversations with its tools and environments (both models).
     """
 
     def __init__(self, policy: nn.Module, baseline: nn.Module, judges: list[Any], sampler: Sampler, tokenizer: Any,
-                 greedy: bool = False) -> None:  # fmt: skip
+                 greedy: bool = False, tool_runner: ToolRunner | None = None) -> None:  # fmt: skip
         self.policy, self.baseline = policy.eval().requires_grad_(False), baseline.eval().requires_grad_(False)
         self.judges, self.sampler, self.tokenizer, self.greedy = judges, sampler, tokenizer, greedy
+        self.tool_runner = tool_runner
 
     @torch.no_grad()
     def records(self, batch: dict[str, Any], index: int) -> list[dict[str, Any]]:
@@ -73,10 +82,15 @@ class Evaluation:
         return self._pair_records(batch) if "chosen_input_ids" in batch else self._prompt_records(batch, index)
 
     def _prompt_records(self, batch: dict[str, Any], index: int) -> list[dict[str, Any]]:
-        ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        ids, mask = batch.get("prompt_input_ids"), batch.get("prompt_attention_mask")
         key = f"eval/{index}"  # the same stream for both models
-        rollouts = {name: self.sampler.sample(model, ids, mask, self.tokenizer, 1, key, greedy=self.greedy)
-                    for name, model in (("trained", self.policy), ("start", self.baseline))}  # fmt: skip
+        models = (("trained", self.policy), ("start", self.baseline))
+        if self.tool_runner is not None:
+            rollouts = {name: self.tool_runner.rollout(self.sampler, model, self.tokenizer, batch, 1, key, self.greedy)
+                        for name, model in models}  # fmt: skip
+        else:
+            rollouts = {name: self.sampler.sample(model, ids, mask, self.tokenizer, 1, key, greedy=self.greedy)
+                        for name, model in models}  # fmt: skip
         scores = {name: self._judge(batch, rollout) for name, rollout in rollouts.items()}
         records = []
         for i, prompt in enumerate(batch["prompt"]):
@@ -85,6 +99,9 @@ class Evaluation:
                 record[name] = rollout.texts[i]
                 record[f"{name}_length"] = int(rollout.lengths[i])
                 record[f"{name}_scores"] = [None if math.isnan(v) else v for v in scores[name][i].tolist()]
+                if rollout.tool_calls is not None:
+                    record[f"{name}_tool_calls"] = int(rollout.tool_calls[i])
+                    record[f"{name}_tool_failures"] = int(rollout.tool_failures[i])
             records.append(record)
         return records
 
@@ -94,7 +111,8 @@ class Evaluation:
             return torch.zeros(len(rollout), 0)
         columns = {k: v for k, v in batch.items() if k != "prompt" and not torch.is_tensor(v)}
         ids = [r[:n] for r, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)]
-        return score_completions(self.judges, batch["prompt"], rollout.texts, columns, ids, 1)
+        return score_completions(self.judges, batch["prompt"], rollout.texts, columns, ids, 1, rollout.messages,
+                                 rollout.environments)  # fmt: skip
 
     def _pair_records(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         pad = self.tokenizer.pad_token_id or 0
@@ -128,6 +146,12 @@ def summarize(records: list[dict[str, Any]], judge_names: list[str], weights: li
         for name in ("trained", "start"):
             report.setdefault("length", {})[name] = sum(r[f"{name}_length"] for r in prompts) / len(prompts)
         report["length"]["change"] = report["length"]["trained"] - report["length"]["start"]
+    if prompts and "trained_tool_calls" in prompts[0]:  # TRL's names: calls per completion, failed calls per call
+        calls = {n: sum(r[f"{n}_tool_calls"] for r in prompts) for n in ("trained", "start")}
+        failures = {n: sum(r[f"{n}_tool_failures"] for r in prompts) for n in ("trained", "start")}
+        report["tools/call_frequency"] = _change([calls["trained"] / len(prompts)], [calls["start"] / len(prompts)])
+        report["tools/failure_frequency"] = _change([failures["trained"] / max(calls["trained"], 1)],
+                                                    [failures["start"] / max(calls["start"], 1)])  # fmt: skip
     if prompts and judge_names:
         judged = []
         for r in prompts:
@@ -173,7 +197,8 @@ def _change(trained: list[float], start: list[float]) -> dict[str, float]:
 def format_report(report: dict[str, Any]) -> str:
     """The console table."""
     lines = [f"{'':28s}{'trained':>12s}{'start':>12s}{'change':>12s}"]
-    for key in ["reward", *sorted(k for k in report if k.startswith("rewards/")), "length", "perplexity"]:
+    tools = ("tools/call_frequency", "tools/failure_frequency")
+    for key in ["reward", *sorted(k for k in report if k.startswith("rewards/")), "length", *tools, "perplexity"]:
         if key in report:
             row = report[key]
             lines.append(f"{key:28s}{row['trained']:>12.4g}{row['start']:>12.4g}{row['change']:>+12.4g}")
@@ -208,6 +233,7 @@ def evaluate(
     sampling: SamplingOptions = SamplingOptions(),
     greedy: bool = False,
     table_rows: int = 8,
+    tools: ToolOptions | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate ``policy`` against ``baseline`` and write the report (returned on rank 0, ``None`` elsewhere).
 
@@ -233,6 +259,9 @@ def evaluate(
         sampling: how both models sample (a group: ``--sampling.<option>``).
         greedy: decode greedily instead of sampling (both models).
         table_rows: prompts shown in the text table of sample pairs.
+        tools: tools and environments both models may use (a group: ``--tools.<option>``); default: those the
+            ``policy``'s run trained with (its config.yaml or checkpoint), none for a plain model. The environments'
+            ``get_reward`` judge beside the other judges.
     """
     from lit_align.datamodules import PreferenceDataModule, PromptDataModule
 
@@ -246,6 +275,12 @@ def evaluate(
     specs = ([f"model:{_reward_model_folder(reward_model)}"] if reward_model else []) + list(reward_funcs or [])
     judges, names, _ = resolve_reward_funcs(specs) if specs else ([], [], [])
     weights = [1.0 if reward_model is None or i == 0 else 0.0 for i in range(len(judges))]
+    tools = ToolOptions(**(tools_of(policy) or {})) if tools is None else tools
+    runner = ToolRunner(tools) if tools.enabled else None
+    for env_reward in runner.environment_rewards if runner else ():  # an environment's reward judges too (weight 1)
+        judges.append(env_reward)
+        names.append(env_reward.__name__)
+        weights.append(1.0 if reward_model is None else 0.0)
     tokenizer = trained.tokenizer
     loaders = []
     if prompts or pairs:  # the prompts of the pairs when no prompt file is given
@@ -266,7 +301,7 @@ def evaluate(
     for judge in judges:
         if isinstance(judge, RewardModelScorer):  # reward models score on this process's device too
             judge.model.to(fabric.device)
-    evaluation = Evaluation(trained.model, start.model, judges, Sampler(sampling), tokenizer, greedy)
+    evaluation = Evaluation(trained.model, start.model, judges, Sampler(sampling), tokenizer, greedy, runner)
     records = []
     for loader in loaders:
         for index, batch in enumerate(loader):
@@ -278,7 +313,7 @@ def evaluate(
         return None
     report = summarize(records, names, weights)
     report["settings"] = {"policy": trained.source, "baseline": start.source, "judges": specs, "greedy": greedy,
-                          **group_as_plain(sampling)}  # fmt: skip
+                          **group_as_plain(sampling), "tools": group_as_plain(tools)}  # fmt: skip
     folder = Path(out_dir) if out_dir else _default_out_dir(policy)
     write_report(folder, report, [r for r in records if not r.get("pair")], table_rows)
     print(format_report(report), flush=True)

@@ -42,6 +42,18 @@ def starting_policy_of(run_dir: Path) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
+def tools_of(ref: str | Path) -> dict | None:
+    """The ``model.tools`` group a run trained with (its config.yaml, or a checkpoint's hyperparameters), or ``None``
+    (no run, or a run without tools)."""
+    path = Path(ref)
+    if path.suffix == ".ckpt" and path.is_file():
+        tools = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {}).get("tools")
+    else:
+        run_dir = path if (path / "hf_model").is_dir() else path.parent if (path / "config.json").is_file() else path
+        tools = (run_config(run_dir).get("model") or {}).get("tools") if run_dir.is_dir() else None
+    return tools if isinstance(tools, dict) and (tools.get("functions") or tools.get("environment")) else None
+
+
 def load_trained(ref: str | Path) -> Trained:
     """Load the policy ``ref`` names: a run directory, a ``.ckpt`` file, a Hugging Face folder (an ``hf_model``
     export) or a preset / hub id / ``.gguf`` (then it is its own starting model)."""

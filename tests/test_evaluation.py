@@ -129,3 +129,54 @@ def test_generate_reads_prompts_from_stdin(tiny_run):
     result = subprocess.run(cmd, cwd=tiny_run, input="Hello\nAgain\n\n", capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.splitlines()) >= 2  # one completion per prompt (a completion may hold newlines)
+
+
+def test_evaluation_plays_the_same_games_with_both_models(tiny_tokenizer):
+    """With tools, both models complete each prompt as a conversation in identically seeded environments; the
+    environment's reward judges, and the tools metrics are reported."""
+    from lit_align.evaluation import Evaluation
+    from lit_align.models import load_model
+    from lit_align.sampling import Sampler
+    from lit_align.tools.multi_turn import ToolRunner
+    from lit_align.tools.options import ToolOptions
+    from tests.online_helpers import ScriptedTurns, game_rows, guessing_script
+
+    runner = ToolRunner(ToolOptions(environment="lit_align.tools.games:GuessTheNumber", max_turns=6))
+    sampler = Sampler(SamplingOptions(max_new_tokens=900), backend=ScriptedTurns(tiny_tokenizer, guessing_script, 900))
+    policy, baseline = load_model("tiny-llama", seed=0)[0], load_model("tiny-llama", seed=1)[0]
+    evaluation = Evaluation(policy, baseline, list(runner.environment_rewards), sampler, tiny_tokenizer, True, runner)
+    rows = game_rows(3)
+    batch = {"prompt": [r["prompt"] for r in rows], "low": [1] * 3, "high": [16] * 3}
+    records = evaluation.records(batch, 0)
+    assert [r["trained"] for r in records] == [r["start"] for r in records]  # the same games, the same player
+    assert all(r["trained_tool_calls"] >= 1 and r["trained_tool_failures"] == 0 for r in records)
+    assert all(r["trained_scores"][0] >= 0.5 for r in records)  # bisection finds the number within 6 turns
+    report = summarize(records, ["GuessTheNumber"], [1.0])
+    calls = sum(r["trained_tool_calls"] for r in records) / 3
+    assert report["tools/call_frequency"] == {"trained": calls, "start": calls, "change": 0.0}
+    assert report["tools/failure_frequency"]["trained"] == 0.0 and report["win_rate"] == 0.5
+
+
+def test_evaluate_takes_the_runs_tools(tmp_path):
+    """evaluate() on a run trained with tools uses them by default (its config.yaml); the report names them."""
+    import yaml
+
+    from lit_align.evaluation import evaluate
+    from lit_align.runs import tools_of
+
+    run = tmp_path / "run"
+    (run / "hf_model").mkdir(parents=True)
+    tools = {"functions": [], "environment": "lit_align.tools.games:GuessTheNumber", "max_turns": 3}
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"policy": "tiny-llama", "tools": tools}}))
+    assert tools_of(run) == tools and tools_of(tmp_path) is None
+    from lit_align.models import load_model
+
+    model, tokenizer = load_model("tiny-llama")
+    model.save_pretrained(run / "hf_model")
+    tokenizer.save_pretrained(run / "hf_model")
+    prompts = write_jsonl(tmp_path / "games.jsonl", [{"prompt": [{"role": "user", "content": "Play."}], "low": 1,
+                                                      "high": 8}] * 2)  # fmt: skip
+    report = evaluate(str(run), prompts=str(prompts), sampling=SamplingOptions(max_new_tokens=16), greedy=True,
+                      out_dir=str(tmp_path / "eval"), accelerator="cpu")  # fmt: skip
+    assert report["settings"]["tools"]["environment"] == "lit_align.tools.games:GuessTheNumber"
+    assert "tools/call_frequency" in report and "rewards/GuessTheNumber" in report
