@@ -12,10 +12,8 @@ Sampler`) and ``self.rewards`` (:class:`~lit_align.rewards.reward_set.RewardSet`
     4. shaping     :meth:`shape_rewards`: where the KL goes (``kl_penalty``)
     5. advantages  :meth:`compute_advantages`: per sequence (B,) or per token (B, L); by default the
                    reward minus :meth:`baseline`
-    6. updates     ``num_iterations`` passes x ``num_minibatches`` optimizer steps of :meth:`policy_loss`,
-                   each accumulating ``gradient_accumulation_steps`` micro-batches under ONE normalizer
-                   counted over the whole minibatch (and over ranks for ``token_mean``), so accumulation
-                   changes nothing
+    6. updates     ``num_iterations`` passes x ``num_minibatches`` optimizer steps of :meth:`policy_loss`
+                   (:func:`~lit_align.algorithms.updates.optimize_rollout`: accumulation changes nothing)
 
 The hooks of steps 2-6 (:data:`EXTENSION_HOOKS`) are the extension points; each default is the common case, and a
 subclass overrides only what makes it that algorithm (ReMax: :meth:`baseline`; GRPO and RLOO:
@@ -49,7 +47,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -57,6 +54,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_align.algorithms.base import AlignmentModule, Scheduler
+from lit_align.algorithms.updates import optimize_rollout, to_device
 from lit_align.batches import PromptBatch
 from lit_align.hparams import as_group, check_options, fix_options
 from lit_align.losses.objectives import ImportanceLevel
@@ -231,7 +229,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         if loss is None:  # no completion could be scored: skipped (rewards.unscorable_rollouts="skip"), counted
             self._rollouts += 1
             return None
-        self.train_metrics.step(_to(values, self.device))
+        self.train_metrics.step(to_device(values, self.device))
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
         self.show_key_metrics(values)
@@ -247,7 +245,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         values = self.rewards.values(per_func, self.combine_rewards(per_func), rollout, with_std=False)
         if self.tool_runner:
             values.update(ToolRunner.values(rollout))
-        self.val_metrics.step(_to(values, self.device))
+        self.val_metrics.step(to_device(values, self.device))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
     def on_validation_epoch_start(self) -> None:
@@ -290,22 +288,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         exp.advantages = advantages.masked_fill(unscorable, 0.0)
         values.update(exp.metrics)
 
-        losses, stats = [], defaultdict(list)
-        for iteration in range(self.num_iterations):
-            row_ids = self.minibatch_order(len(rollout), iteration)
-            for minibatch in row_ids.tensor_split(min(self.num_minibatches, len(rollout))):
-                normalizer = self._normalizer(exp.loss_mask[minibatch])
-                self.zero_grad_manual()
-                total = 0.0
-                for rows in minibatch.tensor_split(min(self.gradient_accumulation_steps, len(minibatch))):
-                    loss = self.policy_loss(exp, rows, normalizer, stats)
-                    if not self.loss_is_finite(loss, None):
-                        loss = self.skipped_loss()
-                    self.backward_manual(loss)
-                    total += float(loss.detach())
-                for name, value in self.step_manual().items():
-                    stats[name].append((torch.tensor([value]), torch.ones(1)))
-                losses.append(total)
+        losses, stats = optimize_rollout(self, exp)
         values["time/generation"] = torch.tensor([t_generation])
         values["time/reward"] = torch.tensor([t_reward])
         values["time/update"] = torch.tensor([t_logps + time.perf_counter() - start])
@@ -344,10 +327,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         (:class:`~lit_align.tools.multi_turn.ToolRunner`), which need the ``batch``'s chat prompts and columns.
         """
         key = f"{self.global_step}/{self.global_rank}" if self.in_fit() and not greedy else None
-        if self.tool_runner:
-            if batch is None or "prompt" not in batch:
-                raise ValueError("with --model.tools, sampling needs the prompt batch (its chat prompts and columns), "
-                                 "not token ids alone: pass batch=")  # fmt: skip
+        if self.tool_runner:  # conversations start from the batch's chat prompts and columns, not from token ids
             return self.tool_runner.rollout(self.sampler, self.policy, self.tokenizer, batch, num_generations, key,
                                             greedy)  # fmt: skip
         return self.sampler.sample(self.policy, prompt_input_ids, prompt_attention_mask, self.tokenizer,
@@ -467,17 +447,3 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         passes = [rollout.completion_logps(model, rows, self.sampler.options.temperature)[0]
                   for rows in self.no_grad_passes(rollout)]  # fmt: skip
         return torch.cat(passes)
-
-    # -- optimization plumbing (Trainer or standalone) -------------------------------------------------
-    def _normalizer(self, mask: Tensor) -> Tensor:
-        """The minibatch's loss normalizer; token counts are global over ranks (DDP averages gradients)."""
-        rows = torch.tensor(float(mask.shape[0]), device=mask.device)
-        if self.loss_aggregation == "constant":
-            return rows * self.sampler.options.max_new_tokens
-        if self.loss_aggregation in ("sequence_mean", "sequence_sum"):
-            return rows
-        return self.all_reduce(mask.sum().float(), "mean")
-
-
-def _to(values: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device) for k, v in values.items()}

@@ -99,9 +99,12 @@ class ToolRunner:
         return TOOL_METRICS
 
     # -- the rollout ------------------------------------------------------------------------------
-    def rollout(self, sampler: Any, model: nn.Module, tokenizer: Any, batch: dict[str, Any], num_generations: int,
+    def rollout(self, sampler: Any, model: nn.Module, tokenizer: Any, batch: dict[str, Any] | None, num_generations: int,
                 key: str | None = None, greedy: bool = False) -> Rollout:  # fmt: skip
         """G conversations per prompt of ``batch`` (prompt-major), sampled by ``sampler``'s backend; see the module."""
+        if batch is None or "prompt" not in batch:
+            raise ValueError("a multi-turn rollout starts from the prompt batch (its chat prompts and columns), not "
+                             "from token ids alone: pass the batch (sample(..., batch=batch))")  # fmt: skip
         key = sampler.call_key(key, greedy)
         seed = f"{sampler.options.seed}/{key}"
         rows = self.start(batch, num_generations, tokenizer, seed)
