@@ -99,8 +99,8 @@ class ToolRunner:
         return TOOL_METRICS
 
     # -- the rollout ------------------------------------------------------------------------------
-    def rollout(self, sampler: Any, model: nn.Module, tokenizer: Any, batch: dict[str, Any] | None, num_generations: int,
-                key: str | None = None, greedy: bool = False) -> Rollout:  # fmt: skip
+    def rollout(self, sampler: Any, model: nn.Module, tokenizer: Any, batch: dict[str, Any] | None,
+                num_generations: int, key: str | None = None, greedy: bool = False) -> Rollout:  # fmt: skip
         """G conversations per prompt of ``batch`` (prompt-major), sampled by ``sampler``'s backend; see the module."""
         if batch is None or "prompt" not in batch:
             raise ValueError("a multi-turn rollout starts from the prompt batch (its chat prompts and columns), not "
