@@ -3,7 +3,7 @@ parsed from the README itself and run in order on the tiny preset, so the README
 
 Setup, TensorBoard, multi-device and multi-node commands are not run here (CI runs the setup, the scaling
 tests run 2-process DDP/FSDP2). A fit gets the tiny overlay (``--config recipes/configs/tiny.yaml``) right
-after ``fit``, so the README's own flags still win; evaluation and generation get short completions;
+after ``fit`` and the command's own ``--config`` files, so the README's own flags still win; evaluation and generation get short completions;
 examples get ``--tiny``.
 """
 
@@ -39,15 +39,17 @@ def tiny(command: str) -> list[str]:
         args[0] = sys.executable
     elif args[0] == "lit-align":
         args[0] = str(os.path.join(os.path.dirname(sys.executable), "lit-align"))
-    if "fit" in args:
+    if "fit" in args:  # after the command's own configs (an example's max_steps must not win), before its flags
         at = args.index("fit") + 1
+        while at < len(args) - 1 and args[at] == "--config":
+            at += 2
         args[at:at] = ["--config", str(REPO / "recipes/configs/tiny.yaml")]
     if any(a.endswith(("evaluate.py", "generate.py")) for a in args):
         args += ["--sampling.max_new_tokens", "4"]
         args += ["--max_prompts" if "evaluate.py" in " ".join(args) else "--batch_size", "4"]
         if "evaluate.py" in " ".join(args):
             args += ["--max_pairs", "4"]
-    if any("examples/" in a for a in args):
+    if len(args) > 1 and args[1].startswith("examples/"):
         args.append("--tiny")
     return args
 
