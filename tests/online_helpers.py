@@ -166,7 +166,28 @@ def guessing_script(context: str, turn: int, g: int) -> str:
     return f'<tool_call>{{"name": "guess", "arguments": {{"number": {guess}}}}}</tool_call>'
 
 
-def game_rows(n: int, secret: bool = False) -> list[dict]:
-    """Prompt rows of the guessing game (with a fixed ``secret`` per row when asked)."""
-    return [{"prompt": [{"role": "user", "content": f"Game {i}."}], "low": 1, "high": 16,
-             **({"secret": 1 + (5 * i) % 16} if secret else {})} for i in range(n)]  # fmt: skip
+def game_rows(n: int, secret: bool = False, uneven: bool = False) -> list[dict]:
+    """Prompt rows of the guessing game (with a fixed ``secret`` per row when asked). ``uneven``: every other game
+    has one number (over in 2 turns), the others 64 (played to the turn limit)."""
+    rows = []
+    for i in range(n):
+        low, high = (i, i) if uneven and i % 2 == 0 else (1, 64 if uneven else 16)
+        row = {"prompt": [{"role": "user", "content": f"Game {i}."}], "low": low, "high": high}
+        if secret:
+            row["secret"] = low + (5 * i) % (high - low + 1)
+        rows.append(row)
+    return rows
+
+
+class GeneratingScript(ScriptedTurns):
+    """:class:`ScriptedTurns` that first runs the model's real ``generate`` on the same rows (under FSDP2 every
+    forward is a collective), then answers from the script: multi-turn layouts in which the ranks' conversations
+    last different numbers of turns."""
+
+    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False) -> Rollout:
+        from lit_align.rollout import HFGenerate
+
+        HFGenerate(self.tokenizer, max_new_tokens=2, kv_cache="dynamic")(
+            model, prompt_input_ids, prompt_attention_mask, num_generations, greedy
+        )
+        return super().__call__(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy)

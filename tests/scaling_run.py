@@ -31,7 +31,14 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_align.models import load_model
 from tests.conftest import write_jsonl
-from tests.online_helpers import ScriptedBackend, ScriptedTurns, game_rows, guessing_script, length_reward, prompt_rows
+from tests.online_helpers import (
+    GeneratingScript,
+    ScriptedBackend,
+    game_rows,
+    guessing_script,
+    length_reward,
+    prompt_rows,
+)
 
 GLOBAL_BATCH = 4  # rows per optimizer step (GRPO: prompts x 1, see below)
 STEPS = 3
@@ -74,7 +81,7 @@ def rows(algo: str) -> list[dict]:
     if algo == "spin":  # 8 rows: 2 steps per iteration, so step 3 trains on pairs generated at a boundary
         return [{"prompt": f"Say {i} twice:", "completion": f" {i} {i}."} for i in range(8)]
     if algo == "grpo_env":  # the guessing game, each row's number fixed: the same conversations in every layout
-        return game_rows(8, secret=True)
+        return game_rows(8, secret=True, uneven=True)  # a rank's games may end turns before the other's
     return prompt_rows(8)  # grpo, grpo_rm, ppo, reinforce_pp
 
 
@@ -156,7 +163,9 @@ def build(algo: str, out: Path, per_rank: int):
                       rewards={"reward_funcs": rewards, "log_completions_every_n_steps": 0}, tools=tools,
                       sampling={"max_new_tokens": max_new_tokens}, gradient_accumulation_steps=2,
                       loss_aggregation="token_mean", learning_rate=1e-3, tokenizer=tokenizer)  # fmt: skip
-        module.sampler.backend = (ScriptedTurns(tokenizer, guessing_script, max_new_tokens) if env
+        # GeneratingScript runs the model's generate each turn: under FSDP2 the ranks, whose games last different
+        # numbers of turns, must keep step
+        module.sampler.backend = (GeneratingScript(tokenizer, guessing_script, max_new_tokens) if env
                                   else ScriptedBackend(tokenizer, max_new_tokens=8))  # fmt: skip
         common["batch_size"] = per_rank // 2
         dm = PromptDataModule(tokenizer=tokenizer, **common)

@@ -3,7 +3,8 @@ parsed from the README itself and run in order on the tiny preset, so the README
 
 Setup, TensorBoard, multi-device and multi-node commands are not run here (CI runs the setup, the scaling
 tests run 2-process DDP/FSDP2). A fit gets the tiny overlay (``--config recipes/configs/tiny.yaml``) right
-after ``fit`` and the command's own ``--config`` files, so the README's own flags still win; evaluation and generation get short completions;
+after ``fit`` and the command's own ``--config`` files, so the README's own flags still win; evaluation and
+generation get short completions;
 examples get ``--tiny``.
 """
 

@@ -62,7 +62,9 @@ def test_two_processes_match_one(runs, algo, layout):
     # REINFORCE++ divides every advantage by the std of all the rollout's tokens, gathered over the ranks in another
     # summation order: its gradients agree to 2e-7 relative (grad_norm above), and AdamW's per-entry normalization
     # turns that into up to 2e-5 on entries whose gradient is near 0 (measured 1.9e-5 after 3 steps at lr 1e-3).
-    atol = 5e-5 if algo == "reinforce_pp" else 1e-5
+    # grpo_env (conversations of up to 400 tokens packed as 2 rows per rank or 4 in one process): grad norms agree to
+    # 1.1e-6 relative, the same AdamW effect gives up to 4.4e-5 (measured, layer 0's o_proj) after 3 steps.
+    atol = {"reinforce_pp": 5e-5, "grpo_env": 1e-4}.get(algo, 1e-5)
     for name, value in single["weights"].items():
         torch.testing.assert_close(other["weights"][name], value, rtol=0, atol=atol, msg=name)
 

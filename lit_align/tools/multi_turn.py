@@ -18,7 +18,8 @@ over all of it) and ``tool_mask`` (1 on the policy's own tokens, 0 on the tools'
 enter it, the KL, the entropy and the critic's value loss are taken over ``completion_mask * tool_mask`` only. Reward
 functions receive the conversation as messages (assistant and tool) and, with environments, ``environments=``.
 Each turn prefills its whole context again (no KV reuse across turns): simple and exact, at the cost of one
-prefill per turn.
+prefill per turn. Under FSDP2 every forward is a collective, so the ranks take the same number of turns: a rank whose
+conversations are over samples one throwaway token while another rank's go on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_align.rewards.resolve import import_reward_func
-from lit_align.rollout import Rollout
+from lit_align.rollout import Rollout, is_fsdp2_sharded
 from lit_align.tools.calls import ToolResult, parse_tool_calls, run_tool_call, tool_schema, tools_by_name
 from lit_align.tools.chat import prompt_ids, tool_turn_ids, with_observation
 from lit_align.tools.environments import (
@@ -109,10 +110,16 @@ class ToolRunner:
         seed = f"{sampler.options.seed}/{key}"
         rows = self.start(batch, num_generations, tokenizer, seed)
         budget = sampler.options.max_new_tokens
+        sharded = is_fsdp2_sharded(model)  # every forward is a collective: the ranks take the same number of turns
         for turn in range(self.options.max_turns):
             active = [i for i, row in enumerate(rows) if not row.done]
-            if not active:
+            if not _any_rank(bool(active), model) if sharded else not active:
                 break
+            if not active:  # this rank's conversations are over, another rank's are not: a turn that keeps step
+                ids, mask = _left_pad([rows[0].prompt_ids], tokenizer.pad_token_id, model)
+                with _max_new_tokens(sampler.backend_for(tokenizer), 1):
+                    sampler.sample(model, ids, mask, tokenizer, 1, f"{key}/turn{turn}", greedy)
+                continue
             contexts = [rows[i].prompt_ids + rows[i].ids for i in active]
             room = max(budget - len(rows[i].ids) for i in active)
             per_prompt = num_generations if turn == 0 and _grouped(contexts, num_generations) else 1
@@ -249,6 +256,15 @@ def _left_pad(rows: list[list[int]], pad: int, model: nn.Module) -> tuple[Tensor
             ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
             mask[b, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
+
+
+def _any_rank(flag: bool, model: nn.Module) -> bool:
+    """Whether ``flag`` holds on any rank (an all-reduce over the default group)."""
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device=next(model.parameters()).device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 @contextmanager
