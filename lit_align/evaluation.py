@@ -97,7 +97,7 @@ class Evaluation:
             record: dict[str, Any] = {"prompt": prompt}
             for name, rollout in rollouts.items():
                 record[name] = rollout.texts[i]
-                record[f"{name}_length"] = int(rollout.lengths[i])
+                record[f"{name}_length"] = int(rollout.policy_mask[i].sum())  # the policy's own tokens
                 record[f"{name}_scores"] = [None if math.isnan(v) else v for v in scores[name][i].tolist()]
                 if rollout.tool_calls is not None:
                     record[f"{name}_tool_calls"] = int(rollout.tool_calls[i])

@@ -135,6 +135,8 @@ def test_scripted_conversation_masks_tool_tokens_token_by_token(tiny_tokenizer):
                                        {"role": "assistant", "content": "The answer is 5."}]  # fmt: skip
     assert rollout.turns.tolist() == [2, 2] and rollout.tool_calls.tolist() == [1, 1]
     assert rollout.tool_failures.tolist() == [0, 0] and not rollout.is_truncated.any()
+    # The completions table (and evaluation's samples) show the whole conversation.
+    assert rollout.texts[0] == f"[assistant] {CALL}\n[tool calculator] 5\n[assistant] The answer is 5."
 
     # Every training signal sees the policy's tokens only: the loss's gradient w.r.t. each token's log-prob (policy
     # objective and KL), the entropy and KL metrics.
