@@ -11,8 +11,13 @@ Three row formats, each turned into a (prompt, completion) pair and tokenized by
                        the output the assistant turn; without one, Stanford Alpaca's text prompt
                        ("Below is an instruction ... ### Response:") is used.
 
+A chat completion may hold ``tool`` messages between the assistant's turns (tool-use demonstrations, e.g. a cold
+start before RL with ``lit_align.tools``): every assistant turn is trained through its EOS, and the tool messages and
+the template's text between the turns are not (``assistant_token_mask``), as a multi-turn rollout masks them.
+
 Deliberately left out: packing, plain-text language modelling rows (``{"text"}``) and multi-turn
-loss on every assistant turn (only the last turn of a ``messages`` chat is trained on).
+loss on every assistant turn of a ``messages`` chat (only its last turn is trained on; put the turns to train in a
+chat ``completion``).
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from lit_align.datamodules.base import SAMPLES, PromptCompletionDataModule
 from lit_align.datamodules.tokenize import (
     IGNORE_INDEX,
     DataError,
+    assistant_token_mask,
     check_text_or_messages,
     completion_turns,
     is_blank,
     is_conversational,
+    pad,
     sequence_tensors,
     tokenize_prompt_completions,
     truncate_prompt,
@@ -150,6 +157,7 @@ class SFTDataModule(PromptCompletionDataModule):
         notes = ["prompt_turns_removed"] * removed + ["empty_completions"] * is_blank(completion)
         prompt_ids, (completion_ids,) = tokenize_prompt_completions(tokenizer, prompt, [completion], loc,
                                                                     self.prompt_bos)  # fmt: skip
+        trained_tokens = assistant_token_mask(tokenizer, prompt, completion, completion_ids, loc)
         status, prompt_length = "ok", len(prompt_ids)
         if self.max_prompt_length is not None and len(prompt_ids) > self.max_prompt_length:
             status = "truncated"
@@ -158,6 +166,7 @@ class SFTDataModule(PromptCompletionDataModule):
             status = "truncated"
             prompt_ids = prompt_ids[: self.max_length]
             completion_ids = completion_ids[: self.max_length - len(prompt_ids)]
+            trained_tokens = trained_tokens[: len(completion_ids)]
         # Token 0 is never scored (nothing precedes it), so a lone token trains nothing either.
         trained = len(completion_ids) if self.completion_only_loss else len(prompt_ids) + len(completion_ids) - 1
         if trained < 1:
@@ -169,7 +178,8 @@ class SFTDataModule(PromptCompletionDataModule):
             status = "dropped"
         status = self.check_prompt_echo(prompt, completion, loc, status, notes)
         notes_text = ",".join(notes)
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "_status": status, "_notes": notes_text}
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "trained_tokens": trained_tokens,
+                "_status": status, "_notes": notes_text}  # fmt: skip
 
     def prompt_completion(self, row: dict[str, Any], loc: str, chat: bool) -> tuple[Any, Any]:
         """The row's (prompt, completion), each text or a message list; DataError when malformed."""
@@ -207,4 +217,8 @@ class SFTDataModule(PromptCompletionDataModule):
         )
         if not self.completion_only_loss:
             labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        else:  # tool messages between the assistant's turns are context, not trained
+            trained = pad([[1] * len(r["prompt_ids"]) + list(r["trained_tokens"]) for r in rows], 1,
+                          self.pad_to_multiple_of)  # fmt: skip
+            labels = labels.masked_fill(trained == 0, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

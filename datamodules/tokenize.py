@@ -251,6 +251,39 @@ def tokenize_prompt_completions(
     return prompt_ids[:prompt_len], kept
 
 
+def assistant_token_mask(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any, completion_ids: Sequence[int], loc: str
+) -> list[int]:
+    """1 on each completion token the assistant wrote, 0 elsewhere: in a chat completion with ``tool`` messages
+    between the assistant's turns, each assistant turn is trained through its end of turn (the EOS) and the rest
+    (the template's text after the EOS, the tool message, the next assistant header) is not, as a multi-turn rollout
+    masks it (``lit_align.tools``). All ones for text completions and chats without tool messages. The turns are
+    found by rendering the conversation's prefixes; a template under which they are not prefixes of the whole is a
+    ``DataError`` naming the row."""
+    if not is_conversational(completion) or all(m.get("role") != "tool" for m in completion):
+        return [1] * len(completion_ids)
+    full = _ids(tokenizer, prompt + completion)
+    offset = len(full) - len(completion_ids)
+    if offset < 0 or full[offset:] != list(completion_ids):
+        raise DataError(f"{loc}: the conversation's tokens do not end with its completion's; cannot tell its turns")
+    mask, eos = [0] * len(completion_ids), tokenizer.eos_token_id
+    for k, message in enumerate(completion):
+        if message.get("role") != "assistant":
+            continue
+        before = _ids(tokenizer, prompt + completion[:k], generation_prompt=True)
+        through = _ids(tokenizer, prompt + completion[: k + 1])
+        if full[: len(before)] != before or full[: len(through)] != through:
+            raise DataError(f"{loc}: message {k} of the completion: the chat template writes earlier turns "
+                            "differently once later ones follow; its assistant turns cannot be told apart")  # fmt: skip
+        start, stop = max(len(before) - offset, 0), len(through) - offset
+        while stop > start and full[offset + stop - 1] != eos:  # the template's text after the EOS is not the model's
+            stop -= 1
+        if stop == start:  # no EOS in the turn (a template that ends turns otherwise): the turn as rendered
+            stop = len(through) - offset
+        mask[start:stop] = [1] * (stop - start)
+    return mask
+
+
 def truncate_prompt(prompt_ids: list[int], max_prompt_length: int | None, mode: TruncationMode) -> list[int]:
     if max_prompt_length is None or len(prompt_ids) <= max_prompt_length:
         return prompt_ids

@@ -174,3 +174,22 @@ def test_dolly_through_column_mapping(tokenizer, shared_data):
     assert len(dm.train_dataset) == 14
     batch = dm.collate([dm.train_dataset[i] for i in range(4)])
     assert (batch["labels"] != IGNORE_INDEX).sum() > 100
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_tool_conversations_train_only_the_assistant_turns(tmp_path, tokenizer, which, request):
+    """A chat completion with tool messages between the assistant's turns (a cold start for tool use): each assistant
+    turn is trained through its EOS; the tool message, the template's newline after the EOS and the next assistant
+    header are not (what a multi-turn rollout masks, lit_align.tools)."""
+    tok = tokenizer if which == "tiny" else request.getfixturevalue("smollm2_tokenizer")
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
+    completion = [{"role": "assistant", "content": call}, {"role": "tool", "name": "calculator", "content": "4"},
+                  {"role": "assistant", "content": "It is 4."}]  # fmt: skip
+    dm = _module(tmp_path, [{"prompt": USER, "completion": completion}, {"prompt": USER, "completion": ANSWER}], tok)
+    batch = _batch(dm)
+    labels, ids = batch["labels"][0], batch["input_ids"][0]
+    trained = tok.decode(labels[labels != IGNORE_INDEX])
+    assert trained == f"{call}<|im_end|>It is 4.<|im_end|>"
+    untrained_completion = tok.decode(ids[(labels == IGNORE_INDEX) & batch["attention_mask"][0].bool()])
+    assert untrained_completion.endswith("\n<|im_start|>tool\n4<|im_end|>\n<|im_start|>assistant\n\n")
+    assert _decoded_completion(tok, batch, 1) == "4<|im_end|>\n"  # without tool messages: as before

@@ -11,7 +11,7 @@ import pytest
 
 SAMPLES = Path(__file__).resolve().parents[1] / "datamodules" / "samples"
 FILES = ("preference_demo.jsonl", "binary_demo.jsonl", "sft_demo.jsonl", "arithmetic_prompts.jsonl",
-         "preference_heldout.jsonl")  # fmt: skip
+         "preference_heldout.jsonl", "guess_number_prompts.jsonl")  # fmt: skip
 
 
 def _load_generator():
@@ -46,7 +46,10 @@ def test_regenerating_gives_byte_identical_files(tmp_path):
         assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes(), name
 
 
-@pytest.mark.parametrize(("name", "n_rows"), [(n, c) for n, c in zip(FILES, (800, 600, 500, 1000, 100), strict=True)])
+SIZES = (800, 600, 500, 1000, 100, 200)
+
+
+@pytest.mark.parametrize(("name", "n_rows"), [(n, c) for n, c in zip(FILES, SIZES, strict=True)])
 def test_sizes(name, n_rows):
     assert len(_rows(name)) == n_rows
     assert (SAMPLES / name).stat().st_size < 300_000
@@ -116,3 +119,9 @@ def test_arithmetic_answers_are_right_for_bare_sums():
             assert ops[op](int(a), int(b)) == int(row["answer"])
             checked += 1
     assert checked > 100
+
+
+def test_guessing_games_are_chats_with_a_range():
+    rows = _rows("guess_number_prompts.jsonl")
+    assert all(_is_messages(r["prompt"], "user") and r["low"] < r["high"] for r in rows)
+    assert {r["high"] - r["low"] + 1 for r in rows} == {8, 16, 32}
