@@ -139,6 +139,26 @@ def is_legacy(hparams: dict[str, Any], accepted: set[str]) -> bool:
     return any(key in LEGACY_GROUPS and key not in accepted for key in hparams)
 
 
+def upgraded_checkpoint(checkpoint_path: Any, cls: type) -> Any:
+    """What ``cls.load_from_checkpoint`` should read: ``checkpoint_path`` itself, or, for an earlier version's
+    checkpoint file (:func:`is_legacy`), an in-memory copy with its hyperparameters upgraded."""
+    if not (isinstance(checkpoint_path, str | bytes) or hasattr(checkpoint_path, "__fspath__")):
+        return checkpoint_path
+    import io
+
+    import torch
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    hparams, accepted = checkpoint.get("hyper_parameters") or {}, accepted_options(cls)
+    if not is_legacy(hparams, accepted):
+        return checkpoint_path
+    checkpoint["hyper_parameters"] = upgrade_hyperparameters(hparams, accepted)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def upgrade_hyperparameters(hparams: dict[str, Any], accepted: set[str]) -> dict[str, Any]:
     """A checkpoint's hyperparameters as this version's modules take them. ``accepted``: the options the module
     class offers (its command-line keys, without ``--model.``).

@@ -13,7 +13,6 @@ held, so no algorithm or mixin overrides ``setup`` or ``configure_model`` to wir
 
 from __future__ import annotations
 
-import io
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -24,13 +23,7 @@ from torch import nn
 
 from lit_align.console import short_name
 from lit_align.host_memory import release_host_memory
-from lit_align.hparams import (
-    accepted_options,
-    check_options,
-    is_legacy,
-    save_plain_hyperparameters,
-    upgrade_hyperparameters,
-)
+from lit_align.hparams import check_options, save_plain_hyperparameters, upgraded_checkpoint
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
 from lit_align.models import ModelKind, ModelRef, check_model_interface, prepare_trainable, resolve_model
 from lit_align.optim import NoSchedule, Scheduler, optimizer_and_schedule
@@ -267,16 +260,8 @@ class AlignmentModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
         """Lightning's, for checkpoints of earlier lit-align versions too: their flat sampling and reward options
-        are nested into this version's groups first (:func:`~lit_align.hparams.upgrade_hyperparameters`)."""
-        if isinstance(checkpoint_path, str | bytes) or hasattr(checkpoint_path, "__fspath__"):
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-            hparams, accepted = checkpoint.get("hyper_parameters") or {}, accepted_options(cls)
-            if is_legacy(hparams, accepted):  # an earlier version's: load an upgraded copy
-                checkpoint["hyper_parameters"] = upgrade_hyperparameters(hparams, accepted)
-                checkpoint_path = io.BytesIO()
-                torch.save(checkpoint, checkpoint_path)
-                checkpoint_path.seek(0)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        are nested into this version's groups first (:func:`~lit_align.hparams.upgraded_checkpoint`)."""
+        return super().load_from_checkpoint(upgraded_checkpoint(checkpoint_path, cls), *args, **kwargs)
 
     # -- tokenizer --------------------------------------------------------------------------------
     @property
