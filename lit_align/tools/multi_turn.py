@@ -96,9 +96,6 @@ class ToolRunner:
     def multi_environment(self) -> bool:
         return len(self.factories) > 1 or (bool(self.factories) and None not in self.factories)
 
-    def metric_names(self) -> tuple[str, ...]:
-        return TOOL_METRICS
-
     # -- the rollout ------------------------------------------------------------------------------
     def rollout(self, sampler: Any, model: nn.Module, tokenizer: Any, batch: dict[str, Any] | None,
                 num_generations: int, key: str | None = None, greedy: bool = False) -> Rollout:  # fmt: skip
@@ -113,7 +110,7 @@ class ToolRunner:
         sharded = is_fsdp2_sharded(model)  # every forward is a collective: the ranks take the same number of turns
         for turn in range(self.options.max_turns):
             active = [i for i, row in enumerate(rows) if not row.done]
-            if not _any_rank(bool(active), model) if sharded else not active:
+            if not (_any_rank(bool(active), model) if sharded else active):
                 break
             if not active:  # this rank's conversations are over, another rank's are not: a turn that keeps step
                 ids, mask = _left_pad([rows[0].prompt_ids], tokenizer.pad_token_id, model)
