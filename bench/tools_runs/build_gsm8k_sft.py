@@ -27,7 +27,7 @@ def tool_call(expr):
 
 def main(n_train_rows=2000, out="/tmp/tools_runs/data/gsm8k_calc_sft.jsonl", n_eval=64,
          eval_out="bench/tools_runs/data/gsm8k_heldout64.jsonl"):
-    rows = [json.loads(l) for l in open(DATA)]
+    rows = [json.loads(line) for line in open(DATA)]
     stats = Counter()
     conversations = []
     for row in rows[:n_train_rows]:

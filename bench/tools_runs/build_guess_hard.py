@@ -4,7 +4,7 @@ Training prompts from rows 0-167, 32 held-out games (secret fixed) from rows 168
 import json
 import random
 
-rows = [json.loads(l) for l in open("datamodules/samples/guess_number_prompts.jsonl")]
+rows = [json.loads(line) for line in open("datamodules/samples/guess_number_prompts.jsonl")]
 rng = random.Random(7)
 
 

@@ -38,11 +38,11 @@ def demo(row, secret):
 
 
 def main(n_games=400, out="/tmp/tools_runs/data/guess_sft.jsonl"):
-    rows = [json.loads(l) for l in open(PROMPTS)]
+    rows = [json.loads(line) for line in open(PROMPTS)]
     train, held = rows[:168], rows[168:]
     rng = random.Random(0)
     with open(out, "w") as f:
-        for i in range(n_games):
+        for _ in range(n_games):
             row = train[rng.randrange(len(train))]
             f.write(json.dumps(demo(row, rng.randint(row["low"], row["high"]))) + "\n")
     with open("bench/tools_runs/data/guess_train_prompts.jsonl", "w") as f:

@@ -5,7 +5,7 @@ import re
 import sys
 from statistics import mean
 
-rows = [json.loads(l) for l in open(sys.argv[1] + "/samples.jsonl")]
+rows = [json.loads(line) for line in open(sys.argv[1] + "/samples.jsonl")]
 NAMES = sys.argv[2].split(",") if len(sys.argv) > 2 else [f"judge{i}" for i in range(8)]
 for who in ("trained", "start"):
     scores = [r[f"{who}_scores"] for r in rows]
@@ -21,6 +21,7 @@ for who in ("trained", "start"):
         vals = [v for v in vals if v is not None]
         out[f"{name}_mean"] = round(mean(vals), 4)
         out[f"{name}_solve_rate"] = round(mean(v >= (0.5 if "Guess" in name else 1.0) for v in vals), 4)
-    out.update(calls_per_completion=round(mean(calls), 3), failed_calls_per_call=round(sum(fails) / max(1, sum(calls)), 4),
-               mean_turns=round(mean(turns), 3), final_turn_answers=round(mean(answered), 3))
+    out.update(calls_per_completion=round(mean(calls), 3),
+               failed_calls_per_call=round(sum(fails) / max(1, sum(calls)), 4), mean_turns=round(mean(turns), 3),
+               final_turn_answers=round(mean(answered), 3))
     print(who, json.dumps(out))

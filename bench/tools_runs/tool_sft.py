@@ -11,7 +11,6 @@ Why a wrapper: lit_align's SFTDataModule accepts role "tool" inside a chat compl
 token (tool results and headers included; sequence_tensors labels the whole completion), and its "messages" format
 trains only the LAST assistant turn (the tool-call turns would be prompt, never trained).
 """
-import sys
 from pathlib import Path
 from typing import Any
 
