@@ -234,6 +234,8 @@ def evaluate(
     greedy: bool = False,
     table_rows: int = 8,
     tools: ToolOptions | None = None,
+    user_template: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate ``policy`` against ``baseline`` and write the report (returned on rank 0, ``None`` elsewhere).
 
@@ -262,6 +264,10 @@ def evaluate(
         tools: tools and environments both models may use (a group: ``--tools.<option>``); default: those the
             ``policy``'s run trained with (its config.yaml or checkpoint), none for a plain model. The environments'
             ``get_reward`` judge beside the other judges.
+        user_template: make each text prompt of ``prompts`` a user message written by this format string
+            (``{prompt}``), as ``--data.user_template`` of the recipes (e.g. GSM8K questions for a chat model).
+        columns: rename the prompt file's columns, as ``--data.columns`` (``{"prompt": "question", "answer":
+            "final_answer"}``).
     """
     from lit_align.datamodules import PreferenceDataModule, PromptDataModule
 
@@ -285,7 +291,8 @@ def evaluate(
     loaders = []
     if prompts or pairs:  # the prompts of the pairs when no prompt file is given
         dm = PromptDataModule(tokenizer=tokenizer, data_path=prompts or pairs, val_size=0, max_samples=max_prompts,
-                              max_prompt_length=max_prompt_length, batch_size=batch_size)  # fmt: skip
+                              max_prompt_length=max_prompt_length, batch_size=batch_size, user_template=user_template,
+                              columns=columns)  # fmt: skip
         dm.setup("predict")
         loaders.append(DataLoader(dm.train_dataset, batch_size=batch_size, collate_fn=dm.collate))
     if pairs:

@@ -180,3 +180,19 @@ def test_evaluate_takes_the_runs_tools(tmp_path):
                       out_dir=str(tmp_path / "eval"), accelerator="cpu")  # fmt: skip
     assert report["settings"]["tools"]["environment"] == "lit_align.tools.games:GuessTheNumber"
     assert "tools/call_frequency" in report and "rewards/GuessTheNumber" in report
+
+
+def test_evaluate_takes_text_prompts_with_a_user_template_and_renamed_columns(tmp_path):
+    """GSM8K-shaped held-out rows ({"question", "final_answer"}) evaluated as chats, the answer column renamed."""
+    from lit_align.evaluation import evaluate
+
+    rows = [{"question": f"What is {i} + {i}?", "final_answer": str(2 * i)} for i in range(3)]
+    prompts = write_jsonl(tmp_path / "gsm8k_like.jsonl", rows)
+    report = evaluate("tiny-llama", baseline="tiny-llama", prompts=str(prompts),
+                      reward_funcs=["lit_align.rewards.verifiers:arithmetic_answer_reward"],
+                      user_template="{prompt} Answer with the number.", columns={"prompt": "question",
+                      "answer": "final_answer"}, sampling=SamplingOptions(max_new_tokens=4), greedy=True,
+                      out_dir=str(tmp_path / "eval"), accelerator="cpu")  # fmt: skip
+    assert report["prompts"] == 3 and "rewards/arithmetic_answer_reward" in report
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["prompt"] == [{"role": "user", "content": "What is 0 + 0? Answer with the number."}]
