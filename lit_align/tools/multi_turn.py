@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_align.datamodules.tokenize import left_pad, pad
 from lit_align.rewards.resolve import import_reward_func
 from lit_align.rollout import Rollout, is_fsdp2_sharded
 from lit_align.tools.calls import ToolResult, parse_tool_calls, run_tool_call, tool_schema, tools_by_name
@@ -195,16 +196,9 @@ class ToolRunner:
 
     def assemble(self, rows: list[Conversation], tokenizer: Any, num_generations: int, model: nn.Module) -> Rollout:
         device = next(model.parameters()).device
-        pad = tokenizer.pad_token_id
-        prompt_input_ids, prompt_mask = _left_pad([r.prompt_ids for r in rows], pad, model)
-        width = max(1, max(len(r.ids) for r in rows))
-        completion = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask, policy = torch.zeros_like(completion), torch.zeros_like(completion)
-        for b, row in enumerate(rows):
-            n = len(row.ids)
-            completion[b, :n] = torch.tensor(row.ids, dtype=torch.long)
-            mask[b, :n] = 1
-            policy[b, :n] = torch.tensor(row.policy, dtype=torch.long)
+        prompt_input_ids, prompt_mask = _left_pad([r.prompt_ids for r in rows], tokenizer.pad_token_id, model)
+        completion = pad([r.ids for r in rows], tokenizer.pad_token_id)  # every row has a turn: at least one token
+        mask, policy = pad([[1] * len(r.ids) for r in rows], 0), pad([r.policy for r in rows], 0)
         count = lambda attr: torch.tensor([getattr(r, attr) for r in rows], device=device)  # noqa: E731
         rollout = Rollout(
             prompt_input_ids, prompt_mask, completion.to(device), mask.to(device), [conversation_text(r.messages)
@@ -243,16 +237,10 @@ def _grouped(contexts: list[list[int]], num_generations: int) -> bool:
     )
 
 
-def _left_pad(rows: list[list[int]], pad: int, model: nn.Module) -> tuple[Tensor, Tensor]:
+def _left_pad(rows: list[list[int]], pad_id: int, model: nn.Module) -> tuple[Tensor, Tensor]:
+    """Left-padded ids and attention mask of ``rows`` on ``model``'s device (generation appends on the right)."""
     device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        if r:
-            ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[b, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
+    return left_pad(rows, pad_id).to(device), left_pad([[1] * len(r) for r in rows], 0).to(device)
 
 
 def _any_rank(flag: bool, model: nn.Module) -> bool:
