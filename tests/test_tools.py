@@ -413,3 +413,25 @@ def test_tool_examples_run_on_the_tiny_preset(example, tmp_path):
     assert {"train/tools/call_frequency", "train/tools/failure_frequency", "val/tools/call_frequency"} <= tags
     if "guess" in example:
         assert "train/rewards/GuessTheNumber/mean" in tags
+
+
+class BrokenResetEnv:
+    def reset(self, **row) -> str:
+        return row["level"]  # the data has no such column
+
+
+def test_the_data_is_checked_against_the_tools_before_training():
+    """check_tool_data (the CLI's check before any model loads): chat prompts, known environments, reset per row."""
+    from lit_align.tools import check_tool_data
+
+    options = ToolOptions(environment="tests.test_tools:BrokenResetEnv")
+    with pytest.raises(ValueError, match=r"data\.jsonl: prompt 0 .* is text"):
+        check_tool_data(options, {"prompt": ["2+3?"]}, "data.jsonl")
+    assert len(check_tool_data(options, chat_batch("a", "b", level=["easy", "hard"]), "data.jsonl")) == 2
+    with pytest.raises(ValueError, match=r"data\.jsonl: row 0: BrokenResetEnv.reset\(\*\*row\) failed .*KeyError"):
+        check_tool_data(options, chat_batch("a", "b"), "data.jsonl")
+    multi = ToolOptions(environment={"guess": "lit_align.tools.games:GuessTheNumber"})
+    with pytest.raises(ValueError, match="environment='chess', not one of the configured environments: guess"):
+        check_tool_data(multi, chat_batch("a", environment=["chess"]), "data.jsonl")
+    environments = check_tool_data(multi, chat_batch("a", environment=["guess"]), "data.jsonl")
+    assert [type(e).__name__ for e in environments] == ["GuessTheNumber"]

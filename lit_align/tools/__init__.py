@@ -18,39 +18,16 @@ from lit_align.tools.options import ToolOptions
 
 
 def check_tool_data(options: ToolOptions, batch: dict[str, Any], source: str) -> list[Any] | None:
-    """Before training, on the first rows of the data: the prompts are chats, each row names a configured environment
-    (with several), and each row's environment is made and reset; returns one reset environment per row (for the
-    reward functions' check), or None without environments."""
-    from lit_align.tools.environments import ENVIRONMENT_COLUMN, resolve_factories, seeded_random
+    """Before training, on the first rows of the data: the tools and environments resolve (each with its schema), the
+    prompts are chats, each row names a configured environment (with several), and each row's environment is made and
+    reset as a rollout would; returns one reset environment per row (for the reward functions' check), or None
+    without environments."""
+    from lit_align.tools.multi_turn import ToolRunner
 
-    for i, prompt in enumerate(batch["prompt"]):
-        if not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
-            raise ValueError(f"{source}: row {i} has a text prompt ({str(prompt)[:60]!r}); tool use needs chat "
-                             "prompts: set --data.user_template to make text prompts user messages")  # fmt: skip
-    factories = resolve_factories(options.environment)
-    if not factories:
+    runner = ToolRunner(options)
+    rows = runner.rows(batch, source)
+    if not runner.factories:
         return None
-    multi = None not in factories
-    if multi and ENVIRONMENT_COLUMN not in batch:
-        raise ValueError(f"{source}: several environments are configured ({', '.join(factories)}), and the rows "
-                         f"have no {ENVIRONMENT_COLUMN!r} column naming each row's")  # fmt: skip
-    columns = {k: v for k, v in batch.items() if k != "prompt" and isinstance(v, list)}
-    environments = []
-    for i, prompt in enumerate(batch["prompt"]):
-        row = {"prompt": prompt, **{k: v[i] for k, v in columns.items()}}
-        name = row.pop(ENVIRONMENT_COLUMN, None) if multi else None
-        if name not in factories:
-            raise ValueError(f"{source}: row {i} has {ENVIRONMENT_COLUMN}={name!r}, not one of the configured "
-                             f"environments: {', '.join(map(str, factories))}")  # fmt: skip
-        with seeded_random(f"check/{i}"):
-            environment = factories[name]()
-            try:
-                environment.reset(**row)
-            except Exception as err:
-                raise ValueError(f"{source}: row {i}: {type(environment).__name__}.reset(**row) failed with the row's "
-                                 f"columns ({', '.join(row)}): {type(err).__name__}: {err}") from err
-        environments.append(environment)
-    return environments
-
+    return [runner.reset(row, f"{source}: row {i}", f"check/{i}")[0] for i, row in enumerate(rows)]
 
 __all__ = ["ToolOptions", "check_tool_data"]

@@ -135,33 +135,49 @@ class ToolRunner:
 
     def start(self, batch: dict[str, Any], num_generations: int, tokenizer: Any, seed: str) -> list[Conversation]:
         """Each row's environment (reset), tools and rendered prompt."""
-        prompts = batch["prompt"]
-        columns = {k: v for k, v in batch.items() if k != "prompt" and not torch.is_tensor(v)}
         rows = []
-        for b in range(len(prompts) * num_generations):
-            i = b // num_generations
-            prompt = prompts[i]
-            if not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
-                raise ValueError(f"prompt {i} of the batch ({str(prompt)[:60]!r}) is text; tool use needs chat prompts "
-                                 "(--data.user_template makes text prompts user messages)")  # fmt: skip
-            row = {"prompt": prompt, **{k: v[i] for k, v in columns.items()}}
-            environment, observation, methods = None, None, []
-            if self.factories:
-                name = row.pop(ENVIRONMENT_COLUMN, None) if self.multi_environment else None
-                if name not in self.factories:
-                    raise ValueError(f"prompt {i} of the batch has {ENVIRONMENT_COLUMN}={name!r}, not one of the "
-                                     f"configured environments: {', '.join(map(str, self.factories))}")  # fmt: skip
-                with seeded_random(f"{seed}/{b}/reset"):
-                    environment = self.factories[name]()
-                    observation = environment.reset(**row)
-                if observation is not None and not isinstance(observation, str):
-                    raise ValueError(f"{type(environment).__name__}.reset() returned {type(observation).__name__}; "
-                                     "expected a string to append to the prompt, or None")  # fmt: skip
-                methods = environment_methods(environment)
-            tools = [*self.functions, *methods]
-            ids = prompt_ids(tokenizer, with_observation(prompt, observation), tools)
-            rows.append(Conversation(ids, tools_by_name(tools, "a rollout's tools"), environment))
+        for i, row in enumerate(self.rows(batch, "the batch")):
+            for g in range(num_generations):
+                b = i * num_generations + g
+                environment, observation, methods = None, None, []
+                if self.factories:
+                    environment, observation = self.reset(dict(row), f"prompt {i} of the batch", f"{seed}/{b}/reset")
+                    methods = environment_methods(environment)
+                tools = [*self.functions, *methods]
+                ids = prompt_ids(tokenizer, with_observation(row["prompt"], observation), tools)
+                rows.append(Conversation(ids, tools_by_name(tools, "a rollout's tools"), environment))
         return rows
+
+    @staticmethod
+    def rows(batch: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        """The batch's rows (``prompt`` and every other column), each prompt checked to be a chat."""
+        columns = {k: v for k, v in batch.items() if k != "prompt" and isinstance(v, list)}
+        rows = []
+        for i, prompt in enumerate(batch["prompt"]):
+            if not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
+                raise ValueError(f"{where}: prompt {i} ({str(prompt)[:60]!r}) is text; tool use needs chat prompts "
+                                 "(--data.user_template makes text prompts user messages)")  # fmt: skip
+            rows.append({"prompt": prompt, **{k: v[i] for k, v in columns.items()}})
+        return rows
+
+    def reset(self, row: dict[str, Any], where: str, seed: str) -> tuple[Any, str | None]:
+        """A fresh environment for ``row`` (its ``environment`` column taken out, with several), made and reset under
+        Python's ``random`` seeded from ``seed``, and the observation its ``reset`` returned."""
+        name = row.pop(ENVIRONMENT_COLUMN, None) if self.multi_environment else None
+        if name not in self.factories:
+            raise ValueError(f"{where} has {ENVIRONMENT_COLUMN}={name!r}, not one of the configured environments: "
+                             f"{', '.join(map(str, self.factories))}")  # fmt: skip
+        with seeded_random(seed):
+            environment = self.factories[name]()
+            try:
+                observation = environment.reset(**row)
+            except Exception as err:
+                raise ValueError(f"{where}: {type(environment).__name__}.reset(**row) failed with the row's columns "
+                                 f"({', '.join(row)}): {type(err).__name__}: {err}") from err
+        if observation is not None and not isinstance(observation, str):
+            raise ValueError(f"{type(environment).__name__}.reset() returned {type(observation).__name__}; expected a "
+                             "string to append to the prompt, or None")  # fmt: skip
+        return environment, observation
 
     def take_turn(self, row: Conversation, new: list[int], truncated: bool, budget: int, tokenizer: Any,
                   seed: str) -> None:  # fmt: skip
