@@ -40,7 +40,8 @@ from lit_align.datamodules.resumable import (
 )
 from lit_align.datamodules.sources import PROGRESS_BAR_ROWS, load_rows, progress_bars
 from lit_align.datamodules.tokenize import DataError, TruncationMode, repeats_prompt, visible_text, where
-from lit_align.hparams import save_plain_hyperparameters
+from lit_align.errors import OptionError
+from lit_align.hparams import ChecksKeywords, save_plain_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,12 @@ def code_fingerprint(*classes: type) -> str:
 def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
     """Raise ``ValueError`` naming the DataModule option by its command-line name unless ``ok``."""
     if not ok:
-        raise ValueError(f"--data.{name}={value!r}: {expected}")
+        raise OptionError(f"--data.{name}={value!r}: {expected}")
 
 
 def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
     if tokenizer is None:
-        raise ValueError("The DataModule needs a tokenizer: pass one, or the policy's name (the recipes link it)")
+        raise OptionError("The DataModule needs a tokenizer: pass one, or the policy's name (the recipes link it)")
     if isinstance(tokenizer, str):
         from lit_align.models import load_tokenizer
 
@@ -80,7 +81,7 @@ def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTra
     return tokenizer
 
 
-class TokenizedDataModule(L.LightningDataModule):
+class TokenizedDataModule(L.LightningDataModule, metaclass=ChecksKeywords):
     """Base of every DataModule: what they share.
 
     Args:
@@ -211,7 +212,7 @@ class TokenizedDataModule(L.LightningDataModule):
             check_option(isinstance(column, str) and column != "", "columns", self.columns,
                          f"field {field!r} must map to a column name")  # fmt: skip
             if fields is not None and field not in fields:
-                raise ValueError(
+                raise OptionError(
                     f"--data.columns={self.columns!r}: {field!r} is not a field of {type(self).__name__}; the fields "
                     f'are {", ".join(fields)} (map FIELD to the column that holds it: {{"FIELD": "column"}})'
                 )
@@ -220,7 +221,7 @@ class TokenizedDataModule(L.LightningDataModule):
             readers.setdefault(self.columns.get(field, field), []).append(field)
         for column, names in readers.items():
             if len(names) > 1 and any(n in self.columns for n in names):
-                raise ValueError(
+                raise OptionError(
                     f"--data.columns={self.columns!r}: {' and '.join(map(repr, sorted(names)))} would both be read "
                     f"from the column {column!r}; each field needs its own column"
                 )
@@ -242,7 +243,7 @@ class TokenizedDataModule(L.LightningDataModule):
         self.check_batch_size()
         self.tokenizer = resolve_tokenizer(self.tokenizer_source)
         if self.prompt_bos and self.tokenizer.bos_token_id is None:
-            raise ValueError(
+            raise OptionError(
                 "--data.prompt_bos=True: the tokenizer has no BOS token to start prompts with; leave it null "
                 "(what the tokenizer does) or set tokenizer.bos_token"
             )
@@ -363,10 +364,10 @@ class TokenizedDataModule(L.LightningDataModule):
 def validation_size(value: int | float) -> int | float:
     """``--data.val_size`` as the split takes it: a count (an int, or a whole float such as ``2.0``) or a fraction."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"--data.val_size={value!r}: a count of rows (2) or a fraction below 1 (0.1); 0 disables it")
+        raise OptionError(f"--data.val_size={value!r}: a count of rows (2) or a fraction below 1 (0.1); 0 disables it")
     if isinstance(value, float) and value >= 1:
         if not value.is_integer():
-            raise ValueError(f"--data.val_size={value!r}: a fraction must be below 1, a count a whole number")
+            raise OptionError(f"--data.val_size={value!r}: a fraction must be below 1, a count a whole number")
         return int(value)
     return value
 
@@ -395,7 +396,7 @@ class PromptCompletionDataModule(TokenizedDataModule):
         check_option(prompt_echoes in ("keep", "drop", "error"), "prompt_echoes", prompt_echoes, "keep, drop or error")
         super().__init__(**kwargs)
         if self.max_prompt_length is not None and self.max_prompt_length >= max_length:
-            raise ValueError(
+            raise OptionError(
                 f"--data.max_prompt_length={self.max_prompt_length} must be below --data.max_length={max_length} "
                 "(room is left for the completion)"
             )
@@ -425,6 +426,6 @@ def row_lengths(dataset: datasets.Dataset) -> list[int]:
     """Tokens per row: the sum of its token id lists (``prompt_ids``, ``chosen_ids``, ...), what its padding follows."""
     columns = [c for c in dataset.column_names if c.endswith("_ids")]
     if not columns:
-        raise ValueError(f"--data.group_by_length: the rows have no token id columns (*_ids): {dataset.column_names}")
+        raise OptionError(f"--data.group_by_length: the rows have no token id columns (*_ids): {dataset.column_names}")
     table = dataset.select_columns(columns).to_dict()
     return [sum(len(table[c][i]) for c in columns) for i in range(len(dataset))]

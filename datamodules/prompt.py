@@ -21,6 +21,7 @@ from lit_align.batches import PromptBatch
 from lit_align.datamodules.base import SAMPLES, TokenizedDataModule
 from lit_align.datamodules.tokenize import DataError, _ids, check_text_or_messages, is_conversational, left_pad
 from lit_align.datamodules.tokenize import truncate_prompt as cut_prompt
+from lit_align.errors import OptionError
 
 DEMO_PROMPTS = str(SAMPLES / "arithmetic_prompts.jsonl")
 TOKENIZED_KEYS = ("prompt_ids", "_status", "_row")  # not columns of the batches (``_row``: the row's number)
@@ -69,12 +70,12 @@ class PromptDataModule(TokenizedDataModule):
             try:
                 written = user_template.format(prompt="\x00")
             except (AttributeError, IndexError, KeyError, ValueError) as err:
-                raise ValueError(
+                raise OptionError(
                     f"user_template {user_template!r} is not a format string of {{prompt}} alone ({err!r}); "
                     "write literal braces as {{ }}"
                 ) from err
             if "\x00" not in written:
-                raise ValueError(f"user_template {user_template!r} has no {{prompt}}: the question would be lost")
+                raise OptionError(f"user_template {user_template!r} has no {{prompt}}: the question would be lost")
         super().__init__(data_path=data_path, val_size=val_size, batch_size=batch_size, **kwargs)
         self.user_template, self.system_prompt = user_template, system_prompt
 

@@ -25,15 +25,16 @@ def count_remarks(statuses: list[str], notes: list[str], rows: list[int]) -> tup
 
 
 def remarks_text(counts: Counter, rows: dict[str, list[int]]) -> str:
-    """``4 empty_completions (rows 3, 9, 12, 40), 2 chosen_equals_rejected (dropped; rows 5, 7)``: every count
-    but ``ok``, with its first rows (``...`` when there are more)."""
+    """``4 empty_completions (rows 4, 10, 13, 41), 2 chosen_equals_rejected (dropped; rows 6, 8) (rows 1-based)``:
+    every count but ``ok``, with its first rows (``...`` when there are more), numbered from 1 as every message
+    numbers rows (``rows`` holds 0-based indices)."""
     parts = []
     for key, count in counts.items():
         if key == "ok":
             continue
         named = rows.get(key, [])
-        listed = ", ".join(map(str, named)) + (", ..." if count > len(named) else "")
+        listed = ", ".join(str(row + 1) for row in named) + (", ..." if count > len(named) else "")
         which = f"row{'s' if len(named) > 1 or count > 1 else ''} {listed}"
         name, dropped = key.removesuffix(" (dropped)"), key.endswith(" (dropped)")
         parts.append(f"{count} {name} ({'dropped; ' if dropped else ''}{which})")
-    return ", ".join(parts)
+    return ", ".join(parts) + " (rows 1-based)" if parts else ""

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from lit_align.errors import OptionError
+
 GROUP_BATCHES = 50  # length grouping: global batches per group sorted by length (Hugging Face's megabatch size)
 
 
@@ -118,7 +120,7 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         position, length = state["batches_in_epoch"], state["batches_per_epoch"]
         if length != len(self):
-            raise ValueError(
+            raise OptionError(
                 f"cannot resume mid-epoch: the checkpoint's epoch had {length} batches per rank, this run has "
                 f"{len(self)} (different data, batch size or number of devices)"
             )

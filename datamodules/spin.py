@@ -35,6 +35,7 @@ from lit_align.datamodules.preference import PreferenceDataModule
 from lit_align.datamodules.resumable import ResumableDataLoader
 from lit_align.datamodules.sft import SFTDataModule
 from lit_align.datamodules.tokenize import fit_to_length, is_conversational, tokenize_prompt_completions
+from lit_align.errors import DataError, OptionError, PathExists, PathNotFound
 
 
 class SPINDataModule(SFTDataModule):
@@ -52,7 +53,7 @@ class SPINDataModule(SFTDataModule):
     def __init__(self, *, max_length: int = 512, max_prompt_length: int | None = 256, **kwargs: Any) -> None:
         super().__init__(max_length=max_length, max_prompt_length=max_prompt_length, **kwargs)
         if not self.completion_only_loss:
-            raise ValueError("--data.completion_only_loss=false has no meaning for SPIN: pairs compare completions")
+            raise OptionError("--data.completion_only_loss=false has no meaning for SPIN: pairs compare completions")
         self._items: list[dict[str, Any]] | None = None
         self._pairs: tuple[int, list[dict[str, Any]]] | None = None  # (iteration, its tokenized pairs)
 
@@ -147,7 +148,7 @@ class SPINDataModule(SFTDataModule):
         path = module.spin_dir / f"iteration_{iteration}.jsonl"
         exists = trainer.strategy.broadcast(path.exists())
         if exists and fresh and iteration == 0:
-            raise FileExistsError(
+            raise PathExists(
                 f"{path} exists from an earlier run; a new run starts its own iterations: use a new log dir (logger "
                 "version) or move the old spin/ folder away"
             )
@@ -163,7 +164,7 @@ class SPINDataModule(SFTDataModule):
                 write_lines(path, lines)
             trainer.strategy.barrier("spin_pairs_written")
         else:
-            raise FileNotFoundError(
+            raise PathNotFound(
                 f"{path} is missing: it is written when iteration {iteration} begins, and this resumed run's policy "
                 "is no longer that iteration's opponent, so it cannot make it again"
             )
@@ -206,7 +207,7 @@ def read_lines(path: Path, ids: list[str]) -> list[dict[str, Any]]:
     lines = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
     found = [line.get("id") for line in lines]
     if found != ids:
-        raise ValueError(
+        raise DataError(
             f"{path} holds the pairs of other prompts ({len(found)} lines, expected {len(ids)} with ids "
             f"{ids[:2]}...): it was written by a run on other data or settings; move it away or use another run dir"
         )

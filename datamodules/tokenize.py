@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.batches import IGNORE_INDEX
+from lit_align.errors import DataError, row_label
 
 ROLES = ("system", "user", "assistant", "tool")
 COMPLETION_ROLES = ("assistant", "tool")  # a chat completion: the assistant's turns (and tool results between them)
@@ -33,12 +34,9 @@ TURN_MARKERS = (
 )
 
 
-class DataError(ValueError):
-    """A row of the user's data is not what the DataModule expects; the message says where and why."""
-
-
 def where(source: str, row: int, field: str | None = None) -> str:
-    loc = f"{source}, row {row}"
+    """``rows.jsonl [train], row 3 (1-based), field 'rejected'`` for the row at 0-based index ``row``."""
+    loc = f"{source}, {row_label(row)}"
     return f"{loc}, field {field!r}" if field else loc
 
 
@@ -87,14 +85,15 @@ def check_text_or_messages(value: Any, loc: str, allow_empty: bool = False) -> N
     if isinstance(value, list) and value:
         for i, message in enumerate(value):
             if not isinstance(message, dict):
-                raise DataError(f"{loc}: message {i} should be a dict with 'role' and 'content', got {message!r:.80}")
+                raise DataError(f"{loc}: message {i + 1} should be a dict with 'role' and 'content', "
+                                f"got {message!r:.80}")
             role, content = message.get("role"), message.get("content")
             if role not in ROLES:
-                raise DataError(f"{loc}: message {i} has role {role!r}, expected one of {ROLES}")
+                raise DataError(f"{loc}: message {i + 1} has role {role!r}, expected one of {ROLES}")
             if "content" not in message:
-                raise DataError(f"{loc}: message {i} has no 'content' (its keys: {', '.join(map(str, message))})")
+                raise DataError(f"{loc}: message {i + 1} has no 'content' (its keys: {', '.join(map(str, message))})")
             if not isinstance(content, str):
-                raise DataError(f"{loc}: message {i} content should be a string, got {type(content).__name__}")
+                raise DataError(f"{loc}: message {i + 1} content should be a string, got {type(content).__name__}")
         return
     got = "None (null, or absent from this row)" if value is None else f"{type(value).__name__} {value!r:.80}"
     raise DataError(f"{loc}: expected a non-empty string or a list of messages, got {got}")
@@ -119,13 +118,13 @@ def completion_turns(prompt: Any, completion: Any, loc: str) -> tuple[Any, bool]
             completion, removed = completion[leading:], True
     if completion[0]["role"] != "assistant":
         raise DataError(
-            f"{loc}: message 0 of the completion has role {completion[0]['role']!r}; a completion is the assistant's "
+            f"{loc}: message 1 of the completion has role {completion[0]['role']!r}; a completion is the assistant's "
             "reply: move earlier turns into the prompt"
         )
     for i, message in enumerate(completion):
         if message["role"] not in COMPLETION_ROLES:
             raise DataError(
-                f"{loc}: message {i} of the completion has role {message['role']!r}; a completion holds only the "
+                f"{loc}: message {i + 1} of the completion has role {message['role']!r}; a completion holds only the "
                 f"assistant's turns (and tool results between them): end the pair's conversation before it"
             )
     return completion, removed
@@ -273,7 +272,7 @@ def assistant_token_mask(
         before = _ids(tokenizer, prompt + completion[:k], generation_prompt=True)
         through = _ids(tokenizer, prompt + completion[: k + 1])
         if full[: len(before)] != before or full[: len(through)] != through:
-            raise DataError(f"{loc}: message {k} of the completion: the chat template writes earlier turns "
+            raise DataError(f"{loc}: message {k + 1} of the completion: the chat template writes earlier turns "
                             "differently once later ones follow; its assistant turns cannot be told apart")  # fmt: skip
         start, stop = max(len(before) - offset, 0), len(through) - offset
         while stop > start and full[offset + stop - 1] != eos:  # the template's text after the EOS is not the model's

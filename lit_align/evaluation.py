@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lit_align.console import table_cell
+from lit_align.errors import OptionError
 from lit_align.hparams import group_as_plain
 from lit_align.logprobs import preference_logps
 from lit_align.rewards.model_scorer import RewardModelScorer
@@ -272,11 +273,11 @@ def evaluate(
     from lit_align.datamodules import PreferenceDataModule, PromptDataModule
 
     if prompts is None and pairs is None:
-        raise ValueError("give held-out --prompts, --pairs, or both")
+        raise OptionError("give held-out --prompts, --pairs, or both")
     trained = load_trained(policy)
     baseline = baseline or trained.starting_policy
     if baseline is None:
-        raise ValueError(f"{policy}: cannot tell the starting model; pass --baseline")
+        raise OptionError(f"{policy}: cannot tell the starting model; pass --baseline")
     start = load_trained(baseline)
     specs = ([f"model:{_reward_model_folder(reward_model)}"] if reward_model else []) + list(reward_funcs or [])
     judges, names, _ = resolve_reward_funcs(specs) if specs else ([], [], [])

@@ -10,12 +10,15 @@ options as flat keys; :func:`upgrade_hyperparameters` nests them, so those check
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 from types import FrameType
 from typing import Any, TypeVar
 
 from lightning.pytorch.core.mixins import HyperparametersMixin
 from lightning.pytorch.utilities.parsing import collect_init_args
+
+from lit_align.errors import KeywordError, OptionError
 
 G = TypeVar("G")
 
@@ -26,7 +29,7 @@ def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
     Called before the ``super().__init__`` that loads weights, so a bad option fails before any model loads.
     """
     if not ok:
-        raise ValueError(f"--model.{name}={value!r}: {expected}")
+        raise OptionError(f"--model.{name}={value!r}: {expected}")
 
 
 def check_options(*checks: tuple[bool, str, Any, str]) -> None:
@@ -68,6 +71,50 @@ def is_plain(value: Any) -> bool:
     return False
 
 
+def keyword_options(cls: type) -> dict[str, Any]:
+    """The keyword options of ``cls``'s ``__init__`` chain (each class forwards the rest with ``**kwargs``), by name,
+    with their defaults: what a constructor call may name."""
+    options: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or not klass.__module__.startswith("lit_align"):
+            continue
+        for name, parameter in inspect.signature(init).parameters.items():
+            if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                options.setdefault(name, parameter.default)
+    return options
+
+
+def check_keywords(cls: type, given: dict[str, Any]) -> None:
+    """Refuse a keyword ``cls`` does not take with its right spelling: an option of a group (``GRPO(max_new_tokens=4)``
+    is ``GRPO(sampling={"max_new_tokens": 4})``), the nearest option's name, or the options there are. Python's own
+    ``TypeError`` names only the base class the keyword reached."""
+    options = keyword_options(cls)
+    for name in given:
+        if name in options:
+            continue
+        groups = [group for group, default in options.items()
+                  if dataclasses.is_dataclass(default) and name in {f.name for f in dataclasses.fields(default)}]
+        if groups:
+            right = f'{cls.__name__}({groups[0]}={{"{name}": {given[name]!r}}})'
+            why = f"it is an option of the {groups[0]} group: {right}"
+        elif close := difflib.get_close_matches(name, list(options), n=1, cutoff=0.6):
+            why = f"did you mean {close[0]!r}?"
+        else:
+            why = f"its options: {', '.join(sorted(options))}"
+        raise KeywordError(f"{cls.__name__}() got an unexpected keyword argument {name!r}; {why}")
+
+
+class ChecksKeywords(type):
+    """The metaclass of the modules and DataModules: a constructor call's keywords are checked
+    (:func:`check_keywords`) before any ``__init__`` of the chain runs. (A metaclass, because jsonargparse reads a
+    class's options from ``__new__`` when it defines one.)"""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        check_keywords(cls, kwargs)
+        return super().__call__(*args, **kwargs)
+
+
 def as_group(cls: type[G], value: G | dict[str, Any] | None) -> G:
     """``value`` as a ``cls`` options group: an instance as it is, a mapping (from Python, or a checkpoint's
     hyperparameters) as its fields, ``None`` as the defaults."""
@@ -76,6 +123,12 @@ def as_group(cls: type[G], value: G | dict[str, Any] | None) -> G:
     if isinstance(value, cls):
         return value
     if isinstance(value, dict):
+        fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        for name in value:
+            if name not in fields:
+                close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+                why = f"did you mean {close[0]!r}?" if close else f"its options: {', '.join(fields)}"
+                raise KeywordError(f"{cls.__name__} has no option {name!r}; {why}")
         return cls(**value)
     raise TypeError(f"expected {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
 

@@ -18,6 +18,8 @@ import struct
 import zipfile
 from pathlib import Path
 
+from lit_align.errors import ModelFileError
+
 GGUF_MAGIC = b"GGUF"
 REDOWNLOAD = "download, convert or save the model again"
 # GGUF metadata value types: struct format of the fixed-size ones; 8 is a string, 9 an array.
@@ -139,7 +141,7 @@ def check_gguf(path: Path) -> None:
     """Raise ``ValueError`` naming ``path`` unless it is a whole GGUF file (header, metadata, tensor table)."""
     stat = path.stat()
     if problem := _checked_gguf(path.resolve(), stat.st_size, stat.st_mtime_ns):
-        raise ValueError(f"{path}: not a GGUF file ({problem}); expected a GGUF model file: {REDOWNLOAD}")
+        raise ModelFileError(f"{path}: not a GGUF file ({problem}); expected a GGUF model file: {REDOWNLOAD}")
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -203,4 +205,4 @@ def check_model_folder(folder: Path) -> None:
         if path.suffix in FOLDER_CHECKS and path.is_file():
             stat = path.stat()
             if problem := _checked_file(path.resolve(), stat.st_size, stat.st_mtime_ns):
-                raise ValueError(problem)
+                raise ModelFileError(problem)

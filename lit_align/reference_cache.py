@@ -46,6 +46,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_align import shared_prefix
+from lit_align.errors import OptionError
 from lit_align.models import _cache_dir, resolve_model
 from lit_align.packing import is_enabled, set_padding_free
 
@@ -171,7 +172,7 @@ def planned_epochs(trainer: Any, batches_per_epoch: int) -> int:
         needed = math.ceil(trainer.max_steps * trainer.accumulate_grad_batches / max(batches_per_epoch, 1))
         epochs = needed if epochs is None else min(epochs, needed)
     if epochs is None:
-        raise ValueError(
+        raise OptionError(
             "--model.precompute_reference: the KL pairs of each epoch are computed before training, which needs a "
             "finite --trainer.max_epochs or --trainer.max_steps"
         )
@@ -247,7 +248,7 @@ class ReferenceCache:
         trainer = module.trainer
         datamodule = trainer.datamodule
         if datamodule is None or "row_index" not in getattr(datamodule.train_dataset, "column_names", ()):
-            raise ValueError(
+            raise OptionError(
                 "--model.precompute_reference=True needs lit-align's preference or binary DataModule passed to the "
                 "Trainer (trainer.fit(module, datamodule=...)): its rows are indexed to find their cached values again"
             )

@@ -17,6 +17,7 @@ import yaml
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from lit_align.errors import OptionError, PathNotFound
 from lit_align.models import load_model, load_tokenizer
 
 
@@ -65,13 +66,13 @@ def load_trained(ref: str | Path) -> Trained:
     if path.suffix == ".ckpt" and path.is_file():
         return _from_checkpoint(path)
     if path.suffix == ".ckpt" and path.is_dir():
-        raise ValueError(
+        raise OptionError(
             f"{path} is a sharded (FSDP2/DCP) checkpoint: use the run's hf_model export "
             f"({path.parent.parent / 'hf_model'}), or consolidate it first with "
             "`python -m lightning.pytorch.utilities.consolidate_checkpoint <path>`"
         )
     if path.is_dir():
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"{path} is a folder but neither a run directory (with hf_model/) nor a Hugging Face model (config.json)"
         )
     model, tokenizer = load_model(str(ref))
@@ -83,7 +84,7 @@ def _from_export(folder: Path, starting: str | None) -> Trained:
     tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
     if tokenizer is None:
         if starting is None:
-            raise FileNotFoundError(f"{folder} has no tokenizer and no run config naming the starting model")
+            raise PathNotFound(f"{folder} has no tokenizer and no run config naming the starting model")
         tokenizer = load_tokenizer(starting)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -95,7 +96,7 @@ def _from_checkpoint(path: Path) -> Trained:
     hparams = checkpoint.get("hyper_parameters", {})
     starting = hparams.get("policy") or starting_policy_of(path.parent.parent)
     if not isinstance(starting, str):
-        raise ValueError(f"{path}: the checkpoint does not name its starting policy (hyper_parameters.policy)")
+        raise OptionError(f"{path}: the checkpoint does not name its starting policy (hyper_parameters.policy)")
     model, tokenizer = load_model(starting)
     if hparams.get("lora_r", 0) > 0:
         from lit_align.models import apply_lora

@@ -16,6 +16,8 @@ from typing import Any
 import torch.distributed as dist
 from torch import nn
 
+from lit_align.errors import OptionError
+
 
 def block_class_names(model: nn.Module) -> set[str]:
     """Names of the transformer block classes of ``model`` (PEFT-wrapped or not)."""
@@ -25,7 +27,7 @@ def block_class_names(model: nn.Module) -> set[str]:
     present = {type(m).__name__ for m in model.modules()}
     found = names & present
     if not found:
-        raise ValueError(
+        raise OptionError(
             f"cannot find the transformer blocks of {type(model).__name__} to shard with FSDP2: it declares no "
             "`_no_split_modules` that match its submodules. Load a Hugging Face model, or set `_no_split_modules` "
             "on it to the names of its block classes."

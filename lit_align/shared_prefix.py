@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lit_align.errors import OptionError
 from lit_align.packing import _base_model, pack
 
 SHARED = "lit_align_shared_prefix"  # the attention implementations registered below: SDPA kernel
@@ -73,7 +74,7 @@ def set_shared_prefix(model: nn.Module, enabled: bool = True, kernel: Kernel = "
     """Mark ``model`` so that its padding-free passes over groups share their prefixes (``enabled``), with the
     attention ``kernel`` (see the module docstring); returns it."""
     if kernel not in KERNELS:
-        raise ValueError(f"shared_prefix_kernel={kernel!r}: one of {', '.join(KERNELS)}")
+        raise OptionError(f"shared_prefix_kernel={kernel!r}: one of {', '.join(KERNELS)}")
     model._lit_align_shared_prefix = bool(enabled)
     model._lit_align_shared_prefix_kernel = kernel
     return model
@@ -197,7 +198,7 @@ def share(input_ids: Tensor, attention_mask: Tensor, groups: Sequence[Sequence[i
 # -- attention ------------------------------------------------------------------------------------------------
 def _refuse_softcap(kwargs: dict) -> None:
     if kwargs.get("softcap") is not None:  # as transformers' sdpa: neither kernel applies a logit softcap
-        raise ValueError("shared-prefix attention does not support softcap; run with --model.shared_prefix false")
+        raise OptionError("shared-prefix attention does not support softcap; run with --model.shared_prefix false")
 
 
 def shared_prefix_attention_forward(
@@ -265,7 +266,7 @@ def flex_shared_prefix_attention_forward(
         return shared_prefix_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     _refuse_softcap(kwargs)
     if module.training and dropout > 0:
-        raise ValueError("shared_prefix_kernel='flex': flex attention has no attention dropout; use 'auto' or 'sdpa'")
+        raise OptionError("shared_prefix_kernel='flex': flex attention has no attention dropout; use 'auto' or 'sdpa'")
     if not query.shape[2]:
         return query.new_zeros(query.transpose(1, 2).shape), None
     from torch.nn.attention.flex_attention import flex_attention
@@ -277,7 +278,7 @@ def flex_shared_prefix_attention_forward(
     try:
         out = attend(query, key, value, block_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
     except NotImplementedError as err:  # torch 2.13: no flex backward on CPU (nor MPS)
-        raise ValueError(f"shared_prefix_kernel='flex' on {query.device.type}: {err} Use 'auto' or 'sdpa'.") from err
+        raise OptionError(f"shared_prefix_kernel='flex' on {query.device.type}: {err} Use 'auto' or 'sdpa'.") from err
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_align.errors import MissingExtra, OptionError
 from lit_align.rollout import Rollout, completion_rollout, updates
 
 
@@ -38,7 +39,7 @@ def import_vllm() -> Any:
     try:
         return importlib.import_module("vllm")
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtra(
             "--model.generation_backend=vllm needs vLLM on a CUDA machine: pip install 'lit-align[vllm]' "
             "(or pip install vllm); the default backend, hf, needs nothing more"
         ) from err
@@ -119,7 +120,7 @@ class VLLMGenerate:
             vllm = import_vllm()
             path = self.vllm_model or getattr(getattr(model, "config", None), "_name_or_path", None)
             if not path:
-                raise ValueError(
+                raise OptionError(
                     "--model.generation_backend=vllm: the policy has no weights folder (config._name_or_path) to "
                     "build the engine from; save it with save_pretrained and give that folder as the policy"
                 )

@@ -43,7 +43,7 @@ def error(cls, path, tokenizer, **kwargs) -> str:
 
 @pytest.mark.parametrize("cls", ALL)
 def test_missing_file(tmp_path, tiny_tokenizer, cls):
-    with pytest.raises(FileNotFoundError, match=r"Data file not found: .*nowhere\.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.jsonl: data file not found"):
         setup(cls, tmp_path / "nowhere.jsonl", tiny_tokenizer)
 
 
@@ -73,14 +73,14 @@ def test_missing_field(tmp_path, tiny_tokenizer, cls):
     if not broken:  # the prompt DataModule's only field: the line is an empty object
         assert "d.jsonl, line 1: an empty JSON object" in message, message
         return
-    assert "d.jsonl [train], row 0" in message and "missing" in message and repr(field) in message, message
+    assert "d.jsonl [train], row 1 (1-based)" in message and "missing" in message and repr(field) in message, message
 
 
 @pytest.mark.parametrize("cls", [PreferenceDataModule, BinaryFeedbackDataModule, PromptDataModule])
 def test_misnamed_field_mapping(tmp_path, tiny_tokenizer, cls):
     field = TEXT_FIELD[cls]
     message = error(cls, write_jsonl(tmp_path / "d.jsonl", [GOOD[cls]]), tiny_tokenizer, columns={field: "typo"})
-    assert f"row 0: missing field {field!r} (mapped from 'typo'); the row has: " in message, message
+    assert f"row 1 (1-based): missing field {field!r} (mapped from 'typo'); the row has: " in message, message
 
 
 @pytest.mark.parametrize("value, got", [("", "an empty string"), (None, "None"), (42, "int 42"), ([], "list")])
@@ -95,19 +95,19 @@ def test_empty_none_or_non_string_field(tmp_path, tiny_tokenizer, cls, value, go
         return
     message = error(cls, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer)
     if cls is SFTDataModule and value is None:  # a null completion leaves a prompt-only row: half a format
-        assert "d.jsonl [train], row 1, field 'completion': missing or null; a row with prompt needs" in message
+        assert "d.jsonl [train], row 2 (1-based), field 'completion': missing or null; a row with prompt" in message
         return
-    assert f"d.jsonl [train], row 1, field {field!r}: expected a non-empty string or a list of messages" in message
+    assert f"d.jsonl [train], row 2 (1-based), field {field!r}: expected a non-empty string or a list" in message
     assert f"got {got}" in message
 
 
 @pytest.mark.parametrize(
     "messages, expected",
     [
-        ([{"role": "human", "content": "Hi?"}], r"message 0 has role 'human', expected one of"),
-        ([{"role": "user", "text": "Hi?"}], r"message 0 has no 'content' \(its keys: role, text\)"),
-        ([{"role": "user", "content": 7}], r"message 0 content should be a string, got int"),
-        ([{"role": "user", "content": "Hi?"}, "plain"], r"message 1 should be a dict with 'role' and 'content'"),
+        ([{"role": "human", "content": "Hi?"}], r"message 1 has role 'human', expected one of"),
+        ([{"role": "user", "text": "Hi?"}], r"message 1 has no 'content' \(its keys: role, text\)"),
+        ([{"role": "user", "content": 7}], r"message 1 content should be a string, got int"),
+        ([{"role": "user", "content": "Hi?"}, "plain"], r"message 2 should be a dict with 'role' and 'content'"),
     ],
     ids=["role", "no-content", "content-type", "not-a-dict"],
 )
@@ -119,13 +119,13 @@ def test_wrong_message_structure(tmp_path, tiny_tokenizer, cls, messages, expect
                  "rejected": [{"role": "assistant", "content": "no"}]} for r in rows]  # fmt: skip
     elif cls is BinaryFeedbackDataModule:
         rows = [{**r, "completion": [{"role": "assistant", "content": "yes"}]} for r in rows]
-    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 1, field 'prompt': " + expected):
+    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 2 \(1-based\), field 'prompt': " + expected):
         setup(cls, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer)
 
 
 def test_wrong_message_structure_in_sft_messages(tmp_path, tiny_tokenizer):
     rows = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "bot", "content": "yes"}]}]
-    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 0.*role 'bot', expected one of"):
+    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 1 \(1-based\).*role 'bot', expected one of"):
         setup(SFTDataModule, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer)
 
 
@@ -134,7 +134,7 @@ def test_prompt_longer_than_max_length(tmp_path, tiny_tokenizer, cls):
     rows = [GOOD[cls], {**GOOD[cls], "prompt": "x" * 300}]
     kwargs = {"max_length": 64} if cls is SFTDataModule else {"max_length": 64, "max_prompt_length": None}
     message = error(cls, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer, **kwargs)
-    assert "d.jsonl [train], row 1" in message and "max_length=64" in message and "drop_overlong" in message
+    assert "d.jsonl [train], row 2 (1-based)" in message and "max_length=64" in message and "drop_overlong" in message
 
 
 @pytest.mark.parametrize("cls", [PreferenceDataModule, BinaryFeedbackDataModule, SFTDataModule])
@@ -151,7 +151,7 @@ def test_dataset_empty_after_filtering(tmp_path, tiny_tokenizer, cls):
 def test_labels_that_are_not_binary(tmp_path, tiny_tokenizer, label):
     rows = [GOOD[BinaryFeedbackDataModule], {**GOOD[BinaryFeedbackDataModule], "label": label}]
     message = error(BinaryFeedbackDataModule, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer)
-    assert "d.jsonl [train], row 1, field 'label': expected a binary label" in message, message
+    assert "d.jsonl [train], row 2 (1-based), field 'label': expected a binary label" in message, message
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -165,7 +165,7 @@ def test_chat_rows_with_a_tokenizer_without_chat_template(tmp_path, tiny_tokeniz
         PromptDataModule: {"prompt": CHAT_PROMPT},
     }[cls]
     message = error(cls, write_jsonl(tmp_path / "d.jsonl", [row]), tiny_tokenizer)
-    assert "d.jsonl [train], row 0" in message and "no chat template" in message, message
+    assert "d.jsonl [train], row 1 (1-based)" in message and "no chat template" in message, message
 
 
 def test_per_device_batch_too_small_for_kto(tmp_path, tiny_tokenizer):

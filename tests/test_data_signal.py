@@ -40,7 +40,8 @@ def test_identical_pairs_are_counted_with_their_first_rows(tmp_path, tiny_tokeni
     with caplog.at_level(logging.WARNING):
         dm = setup(PreferenceDataModule, write_jsonl(tmp_path / "d.jsonl", rows), tiny_tokenizer)
     assert len(dm.train_dataset) == 3 and dm.stats["train/chosen_equals_rejected"] == 7
-    assert "d.jsonl [train]: 10 rows; 7 chosen_equals_rejected (dropped; rows 1, 3, 4, 5, 6, ...)" in caplog.text
+    said = "d.jsonl [train]: 10 rows; 7 chosen_equals_rejected (dropped; rows 2, 4, 5, 6, 7, ...) (rows 1-based)"
+    assert said in caplog.text
 
 
 def test_pairs_that_differ_only_in_a_written_eos_are_identical_as_tokens(tmp_path, smollm2_tokenizer, caplog):
@@ -51,8 +52,8 @@ def test_pairs_that_differ_only_in_a_written_eos_are_identical_as_tokens(tmp_pat
     with caplog.at_level(logging.WARNING):
         dm = setup(PreferenceDataModule, write_jsonl(tmp_path / "d.jsonl", rows), smollm2_tokenizer)
     assert len(dm.train_dataset) == 1 and dm.stats["train/chosen_equals_rejected"] == 1
-    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 0: chosen and rejected are identical as tokens "
-                                        r"\(the texts differ only in what tokenizes alike"):  # fmt: skip
+    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 1 \(1-based\): chosen and rejected are identical as "
+                                        r"tokens \(the texts differ only in what tokenizes alike"):  # fmt: skip
         setup(PreferenceDataModule, tmp_path / "d.jsonl", smollm2_tokenizer, identical_pairs="error")
 
 
@@ -86,8 +87,8 @@ def test_chosen_that_repeats_the_chat_prompt(tmp_path, smollm2_tokenizer, caplog
              "rejected": [{"role": "assistant", "content": "Nice."}]}]  # fmt: skip
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     if mode == "error":
-        with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 1: the completion trained toward repeats the "
-                                            r"prompt \('What is the capital of France\?'\).*--data.prompt_echoes"):
+        with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 2 \(1-based\): the completion trained toward "
+                                            r"repeats the prompt \('What is the capital of France\?'\).*prompt_echoes"):
             setup(PreferenceDataModule, path, smollm2_tokenizer, prompt_echoes=mode)
         return
     with caplog.at_level(logging.WARNING):
@@ -95,7 +96,7 @@ def test_chosen_that_repeats_the_chat_prompt(tmp_path, smollm2_tokenizer, caplog
     assert len(dm.train_dataset) == (3 if mode == "keep" else 2)
     assert dm.stats["train/completion_repeats_prompt"] == 1  # a rejected echo is a fine negative: not counted
     dropped = "dropped; " if mode == "drop" else ""
-    assert f"1 completion_repeats_prompt ({dropped}row 1)" in caplog.text
+    assert f"1 completion_repeats_prompt ({dropped}row 2) (rows 1-based)" in caplog.text
 
 
 def test_only_desirable_echoes_count_in_binary_data_and_sft_checks_every_completion(tmp_path, tiny_tokenizer):
@@ -179,7 +180,7 @@ def test_compressed_files_give_the_same_row_numbered_errors(tmp_path, tiny_token
         load_rows(str(compress(bad_line, ".gz")), "train")
     bad_row = write_jsonl(tmp_path / "row.jsonl", [ROWS[0], {**ROWS[1], "chosen": 7}])
     for path in (bad_row, compress(bad_row, ".gz")):
-        with pytest.raises(DataError, match=rf"{path.name} \[train\], row 1, field 'chosen': expected a non-empty"):
+        with pytest.raises(DataError, match=rf"{path.name} \[train\], row 2 \(1-based\), field 'chosen': expected a"):
             setup(PreferenceDataModule, path, tiny_tokenizer)
 
 

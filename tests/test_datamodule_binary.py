@@ -88,7 +88,8 @@ def test_bad_label_names_row_field_and_value(tokenizer, tmp_path, bad):
     with pytest.raises(DataError) as err:
         make(tokenizer, path)
     message = str(err.value)
-    assert "bad.jsonl" in message and "row 1" in message and "field 'label'" in message and repr(bad) in message
+    assert "bad.jsonl" in message and "row 2 (1-based)" in message and "field 'label'" in message
+    assert repr(bad) in message
 
 
 def test_field_mapping(tokenizer, tmp_path):

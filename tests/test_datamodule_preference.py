@@ -97,7 +97,7 @@ def test_truncation_counts_and_limits(tmp_path, tiny_tokenizer, caplog):
 
 def test_overlong_prompt_is_an_error_unless_dropping(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "x" * 30, "chosen": "a", "rejected": "b"}, {"prompt": "y", "chosen": "a", "rejected": "b"}]
-    with pytest.raises(DataError, match=r"row 0.*no room for a completion"):
+    with pytest.raises(DataError, match=r"row 1 \(1-based\).*no room for a completion"):
         make(tmp_path, rows, tiny_tokenizer, max_length=20, max_prompt_length=None)
     dm = make(tmp_path, rows, tiny_tokenizer, max_length=20, max_prompt_length=None, drop_overlong=True)
     assert len(dm.train_dataset) == 1 and dm.stats["train/dropped"] == 1
@@ -128,13 +128,13 @@ def test_other_file_formats(tmp_path, tiny_tokenizer, fmt):
 @pytest.mark.parametrize(
     ("row", "pattern"),
     [
-        ({"prompt": "", "chosen": "c", "rejected": "r"}, r"row 1, field 'prompt': expected a non-empty string"),
-        ({"prompt": "p", "chosen": None, "rejected": "r"}, r"row 1, field 'chosen'.*got None"),
-        ({"prompt": "p", "chosen": 3, "rejected": "r"}, r"row 1, field 'chosen'.*got int"),
-        ({"prompt": "p", "rejected": "r"}, r"row 1, field 'chosen'.*got None"),  # json fills absent keys
-        ({"prompt": [{"role": "user"}], "chosen": "c", "rejected": "r"}, r"row 1, field 'prompt'.*content"),
+        ({"prompt": "", "chosen": "c", "rejected": "r"}, r"row 2 \(1-based\), field 'prompt': expected a non-empty"),
+        ({"prompt": "p", "chosen": None, "rejected": "r"}, r"row 2 \(1-based\), field 'chosen'.*got None"),
+        ({"prompt": "p", "chosen": 3, "rejected": "r"}, r"row 2 \(1-based\), field 'chosen'.*got int"),
+        ({"prompt": "p", "rejected": "r"}, r"row 2 \(1-based\), field 'chosen'.*got None"),  # json fills absent keys
+        ({"prompt": [{"role": "user"}], "chosen": "c", "rejected": "r"}, r"row 2 \(1-based\), field 'prompt'.*content"),
         ({"prompt": [{"role": "bot", "content": "x"}], "chosen": "c", "rejected": "r"}, r"role 'bot'"),
-        ({"prompt": [{"role": "user", "content": "x"}], "chosen": "c", "rejected": "r"}, r"row 1.*message list"),
+        ({"prompt": [{"role": "user", "content": "x"}], "chosen": "c", "rejected": "r"}, r"row 2 \(1-based\).*message"),
     ],
 )
 def test_malformed_rows_name_row_and_field(tmp_path, tiny_tokenizer, row, pattern):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -62,14 +64,14 @@ def test_max_prompt_length_keeps_end_and_counts(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"prompt": ""}, "row 0, field 'prompt': expected a non-empty string"),
-        ({"prompt": [{"role": "robot", "content": "x"}]}, "row 0, field 'prompt': message 0 has role 'robot'"),
-        ({"question": "x"}, "row 0: missing field 'prompt'"),
+        ({"prompt": ""}, "row 1 (1-based), field 'prompt': expected a non-empty string"),
+        ({"prompt": [{"role": "robot", "content": "x"}]}, "row 1 (1-based), field 'prompt': message 1 has role 'robot"),
+        ({"question": "x"}, "row 1 (1-based): missing field 'prompt'"),
         ({"prompt": "x", "prompt_input_ids": [1]}, "column 'prompt_input_ids' is a name the DataModule uses"),
     ],
 )
 def test_bad_rows_name_row_and_field(tmp_path, tiny_tokenizer, row, message):
-    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+    with pytest.raises(DataError, match=re.escape(message)):
         make(tmp_path, [row], tiny_tokenizer)
 
 

@@ -113,7 +113,7 @@ def test_truncation_keeps_the_start_and_is_counted(tmp_path, tokenizer):
 
 def test_prompt_filling_max_length_is_an_error_unless_dropped(tmp_path, tokenizer):
     rows = [{"prompt": "A very long prompt indeed", "completion": " z"}, {"prompt": "Q:", "completion": " y"}]
-    with pytest.raises(DataError, match=r"row 0: the prompt is 25 tokens.*max_length=10.*drop_overlong"):
+    with pytest.raises(DataError, match=r"row 1 \(1-based\): the prompt is 25 tokens.*max_length=10.*drop_overlong"):
         _module(tmp_path, rows, tokenizer, max_length=10)
     dm = _module(tmp_path, rows, tokenizer, max_length=10, drop_overlong=True)
     assert len(dm.train_dataset) == 1
@@ -130,18 +130,18 @@ def test_prompt_filling_max_length_is_an_error_unless_dropped(tmp_path, tokenize
     ("rows", "kwargs", "message"),
     [
         ([{"prompt": "Q", "completion": None}], {"format": "prompt_completion"},
-         r"row 0: missing field 'completion'.*format 'prompt_completion'"),
-        ([{"prompt": " ", "completion": "A"}], {}, r"row 0, field 'prompt': expected a non-empty string.*whitespace"),
-        ([{"prompt": "Q", "completion": ANSWER}], {}, r"row 0, field 'completion': prompt and completion must both"),
+         r"row 1 \(1-based\): missing field 'completion'.*format 'prompt_completion'"),
+        ([{"prompt": " ", "completion": "A"}], {}, r"row 1 \(1-based\), field 'prompt': expected a non-empty.*space"),
+        ([{"prompt": "Q", "completion": ANSWER}], {}, r"row 1 \(1-based\), field 'completion': prompt and completion"),
         ([{"messages": [*USER, {"role": "user", "content": "?"}]}], {},
-         r"row 0, field 'messages': the last message should be the assistant's"),
-        ([{"messages": ANSWER}], {}, r"row 0, field 'messages': expected at least one message before"),
+         r"row 1 \(1-based\), field 'messages': the last message should be the assistant's"),
+        ([{"messages": ANSWER}], {}, r"row 1 \(1-based\), field 'messages': expected at least one message before"),
         ([{"messages": [{"role": "robot", "content": "x"}, *ANSWER]}], {},
-         r"row 0, field 'messages': message 0 has role 'robot'"),
-        ([{"instruction": "Do it.", "output": 3}], {}, r"row 0, field 'output': expected a non-empty string"),
-        ([{"text": "just text"}], {}, r"row 0: cannot tell the row's format.*the row has: text"),
+         r"row 1 \(1-based\), field 'messages': message 1 has role 'robot'"),
+        ([{"instruction": "Do it.", "output": 3}], {}, r"row 1 \(1-based\), field 'output': expected a non-empty"),
+        ([{"text": "just text"}], {}, r"row 1 \(1-based\): cannot tell the row's format.*the row has: text"),
         ([{"response": "x"}], {"format": "alpaca", "columns": {"output": "response"}},
-         r"row 0: missing field 'instruction', required by format 'alpaca'"),
+         r"row 1 \(1-based\): missing field 'instruction', required by format 'alpaca'"),
     ],
 )  # fmt: skip
 def test_malformed_rows_name_row_and_field(tmp_path, tokenizer, rows, kwargs, message):

@@ -71,7 +71,8 @@ def test_identical_pairs_are_dropped_counted_and_warned(tmp_path, tiny_tokenizer
     rows = [{"prompt": "p", "chosen": " a", "rejected": " b"}, {"prompt": "q", "chosen": " same", "rejected": " same"}]
     dm = prepared(PreferenceDataModule, tiny_tokenizer, rows, tmp_path)
     assert len(dm.train_dataset) == 1 and dm.stats["train/chosen_equals_rejected"] == 1
-    assert "1 chosen_equals_rejected (dropped; row 1)" in caplog.text and "d.jsonl [train]" in caplog.text
+    assert "1 chosen_equals_rejected (dropped; row 2) (rows 1-based)" in caplog.text
+    assert "d.jsonl [train]" in caplog.text
 
 
 def test_identical_pairs_error_when_asked(tmp_path, built_models, monkeypatch):
@@ -80,7 +81,7 @@ def test_identical_pairs_error_when_asked(tmp_path, built_models, monkeypatch):
     rows[1] = {"prompt": CHAT, "chosen": YES, "rejected": YES}
     write_jsonl(tmp_path / "pairs.jsonl", [rows[1], rows[1]])
     expected = (
-        r"pairs\.jsonl \[train\], row 0: chosen and rejected are identical.*"
+        r"pairs\.jsonl \[train\], row 1 \(1-based\): chosen and rejected are identical.*"
         r"--data.identical_pairs drop"
     )
     with pytest.raises(DataError, match=expected):
@@ -117,13 +118,13 @@ def test_unknown_field_in_columns_lists_the_fields(tiny_tokenizer):
 
 @pytest.mark.parametrize(
     ("completion", "message"),
-    [([{"role": "user", "content": "yes"}], r"field 'chosen': message 0 of the completion has role 'user'"),
-     ([*YES, {"role": "system", "content": "x"}], r"field 'chosen': message 1 of the completion has role 'system'")],
+    [([{"role": "user", "content": "yes"}], r"field 'chosen': message 1 of the completion has role 'user'"),
+     ([*YES, {"role": "system", "content": "x"}], r"field 'chosen': message 2 of the completion has role 'system'")],
     ids=["user-turn", "system-after-answer"],
 )  # fmt: skip
 def test_chat_completions_must_be_assistant_turns(tmp_path, tiny_tokenizer, completion, message):
     rows = [{"prompt": CHAT, "chosen": YES, "rejected": NO}, {"prompt": CHAT, "chosen": completion, "rejected": NO}]
-    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 1, " + message):
+    with pytest.raises(DataError, match=r"d\.jsonl \[train\], row 2 \(1-based\), " + message):
         prepared(PreferenceDataModule, tiny_tokenizer, rows, tmp_path)
 
 
@@ -148,7 +149,7 @@ def test_implicit_prompt_needs_a_turn_marker(tmp_path, built_models, monkeypatch
     row = {"chosen": "Tell me a joke. Sure: one", "rejected": "Tell me a joke. No"}
     write_jsonl(tmp_path / "nomarker.jsonl", [row])
     expected = (
-        r"nomarker\.jsonl \[train\], row 0: no 'prompt' field, and the text chosen and "
+        r"nomarker\.jsonl \[train\], row 1 \(1-based\): no 'prompt' field, and the text chosen and "
         r"rejected share has no turn marker.*--data.implicit_prompt common_prefix"
     )
     with pytest.raises(DataError, match=expected):
@@ -291,7 +292,7 @@ def test_val_size_two_means_two_rows(tmp_path, monkeypatch):
      ("dup.json", b'[{"prompt": "a", "chosen": "c", "rejected": "d"}, {"chosen": "c", "chosen": "e"}]',
       r"dup\.json: duplicate key 'chosen' in one object"),
      ("big.jsonl", b'{"prompt": "a", "chosen": "c", "rejected": "d"}\n{"prompt": "a", "margin": 1e400}\n',
-      r"big\.jsonl, line 2: the number 1e400 is too large for a 64-bit float"),
+      r"big\.jsonl, line 2: field 'margin': the number 1e400 is too large for a 64-bit float"),
      ("nan.jsonl", b'{"prompt": "a", "chosen": "c", "rejected": "d", "margin": NaN}\n',
       r"nan\.jsonl, line 1: NaN is not a JSON value"),
      ("ragged.csv", b"prompt,chosen,rejected\na,b,c\nd,e,f,g\n",
@@ -423,7 +424,7 @@ def test_kto_given_pairs_suggests_unpair(tmp_path, built_models, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": " a", "rejected": " b"}] * 4)
     expected = (
-        r"pairs\.jsonl \[train\], row 0: missing field 'completion'; the row has: "
+        r"pairs\.jsonl \[train\], row 1 \(1-based\): missing field 'completion'; the row has: "
         r"chosen, prompt, rejected; .*read pairs with --data.unpair true"
     )
     with pytest.raises(DataError, match=expected):
@@ -434,7 +435,7 @@ def test_kto_given_pairs_suggests_unpair(tmp_path, built_models, monkeypatch):
 def test_missing_field_suggests_the_columns_option(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "p", "good": " a", "rejected": " b"}]
     expected = (
-        r"row 0: missing field 'chosen'; the row has: good, prompt, rejected; map the "
+        r"row 1 \(1-based\): missing field 'chosen'; the row has: good, prompt, rejected; map the "
         r"column that holds it with --data.columns '\{\"chosen\": \"<column>\"\}'"
     )
     with pytest.raises(DataError, match=expected):

@@ -187,17 +187,20 @@ def test_unparsable_references_are_named_once_with_their_file_rows(tmp_path, tin
     arithmetic = next(m for m in said if "arithmetic_answer_reward" in m)
     # File rows, whichever split they fell in (val_size=3 carved 3 rows out at random); None is "no answer", fine.
     assert "cannot use the reference answer of 3 of 10 rows of" in arithmetic and "(column 'answer')" in arithmetic
-    assert "row 1 ('one'), row 3 (''), row 7 ('7,5x'): not a number; expected one number such as 42" in arithmetic
-    assert "get None (no opinion) from it" in arithmetic and "It can score NO row" not in arithmetic
+    said = "row 2 ('one'), row 4 (''), row 8 ('7,5x'): not a number; expected one number such as 42"
+    assert said in arithmetic and "(rows 1-based)" in arithmetic
+    assert "get None (no opinion) from it" in arithmetic
 
 
-def test_a_verifier_that_can_score_no_row_says_so(tmp_path, tiny_tokenizer):
+def test_a_verifier_that_can_score_no_row_is_refused_before_training(tmp_path, tiny_tokenizer):
     from lit_align.datamodules.prompt import PromptDataModule
+    from lit_align.errors import OptionError
 
     dm = PromptDataModule(tokenizer=tiny_tokenizer, data_path=str(prompt_file(tmp_path, list("uvwxyz!"))), val_size=0)
-    said = (r"'math_answer_reward' cannot use the reference answer of 7 of 7 rows.*row 0 \('u'\), row 1 \('v'\), .* "
-            r"row 4 \('y'\): not a single number; .*; and 2 more rows\. It can score NO row")
-    with pytest.warns(UserWarning, match=said):
+    said = (r"'math_answer_reward' cannot use the reference answer of any of the 7 rows.*row 1 \('u'\), row 2 "
+            r"\('v'\), .* row 5 \('y'\): not a single number; .*\(rows 1-based\); and 2 more rows\. It would score "
+            r"no completion")
+    with pytest.raises(OptionError, match=said):
         check_reward_options(dm, RewardOptions(reward_funcs=["lit_align.rewards.math_answer:math_answer_reward"]))
 
 

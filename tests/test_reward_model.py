@@ -120,7 +120,7 @@ def test_bad_margin_is_a_data_error(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c", "margin": "high"}]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     dm = PreferenceDataModule(tokenizer=tiny_tokenizer, data_path=str(path), val_size=0)
-    with pytest.raises(DataError, match=r"row 0, field 'margin': expected a number"):
+    with pytest.raises(DataError, match=r"row 1 \(1-based\), field 'margin': expected a number"):
         dm.setup("fit")
 
 

@@ -425,10 +425,11 @@ def test_the_data_is_checked_against_the_tools_before_training():
     from lit_align.tools import check_tool_data
 
     options = ToolOptions(environment="tests.test_tools:BrokenResetEnv")
-    with pytest.raises(ValueError, match=r"data\.jsonl: prompt 0 .* is text"):
+    with pytest.raises(ValueError, match=r"data\.jsonl: prompt 1 \(1-based\) .* is text"):
         check_tool_data(options, {"prompt": ["2+3?"]}, "data.jsonl")
     assert len(check_tool_data(options, chat_batch("a", "b", level=["easy", "hard"]), "data.jsonl")) == 2
-    with pytest.raises(ValueError, match=r"data\.jsonl: row 0: BrokenResetEnv.reset\(\*\*row\) failed .*KeyError"):
+    broken = r"data\.jsonl: row 1 \(1-based\): BrokenResetEnv.reset\(\*\*row\) failed .*KeyError"
+    with pytest.raises(ValueError, match=broken):
         check_tool_data(options, chat_batch("a", "b"), "data.jsonl")
     multi = ToolOptions(environment={"guess": "lit_align.tools.games:GuessTheNumber"})
     with pytest.raises(ValueError, match="environment='chess', not one of the configured environments: guess"):

@@ -22,10 +22,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lit_align.console import short_name
+from lit_align.errors import OptionError
 from lit_align.host_memory import release_host_memory
-from lit_align.hparams import check_options, save_plain_hyperparameters, upgraded_checkpoint
+from lit_align.hparams import ChecksKeywords, check_options, save_plain_hyperparameters, upgraded_checkpoint
 from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
-from lit_align.models import ModelKind, ModelRef, check_model_interface, prepare_trainable, resolve_model
+from lit_align.models import (
+    ModelKind,
+    ModelRef,
+    check_model_interface,
+    check_vocabulary,
+    prepare_trainable,
+    resolve_model,
+)
 from lit_align.optim import NoSchedule, Scheduler, optimizer_and_schedule
 from lit_align.rollout import mark_updated
 from lit_align.sharding import fully_shard_model
@@ -37,7 +45,7 @@ ReduceOp = Literal["sum", "mean", "max", "min"]
 EXTENSION_HOOKS = ("metric_names", "check_data", "planned_optimizer_steps", "on_save_checkpoint", "on_load_checkpoint")
 
 
-class AlignmentModule(L.LightningModule):
+class AlignmentModule(L.LightningModule, metaclass=ChecksKeywords):
     """Base of every algorithm module.
 
     Args:
@@ -165,8 +173,9 @@ class AlignmentModule(L.LightningModule):
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """The parts' frozen models on this rank's device (not every rank's ``cuda:0``), each part set up, and the
-        data checked against the options (:meth:`check_data`)."""
+        """The parts' frozen models on this rank's device (not every rank's ``cuda:0``), each part set up, the
+        DataModule's tokenizer checked against the policy (:func:`~lit_align.models.check_vocabulary`) and the data
+        against the options (:meth:`check_data`)."""
         device = self.trainer.strategy.root_device
         for model in self.frozen_models():
             model.to(device)
@@ -174,6 +183,10 @@ class AlignmentModule(L.LightningModule):
             if hasattr(part, "setup"):
                 part.setup(self, stage)
         datamodule = self.trainer.datamodule
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            source = getattr(datamodule, "tokenizer_source", None)
+            source = source if isinstance(source, str) else None
+            check_vocabulary(self.policy, self.policy_name, datamodule.tokenizer, source)
         if stage == "fit" and datamodule is not None:
             self.check_data(datamodule, self._options)
 
@@ -212,7 +225,7 @@ class AlignmentModule(L.LightningModule):
             return None
         names = mesh.mesh_dim_names or ()
         if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
+            raise OptionError(
                 "lit-align shards with FSDP2 only: use ModelParallelStrategy(data_parallel_size=<devices>, "
                 "tensor_parallel_size=1)"
             )
@@ -276,7 +289,7 @@ class AlignmentModule(L.LightningModule):
 
                 self._tokenizer = load_tokenizer(self._tokenizer_name)
             else:
-                raise ValueError("pass tokenizer=... when the policy is given as an nn.Module")
+                raise OptionError("pass tokenizer=... when the policy is given as an nn.Module")
         return self._tokenizer
 
     @property

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification
 
+from lit_align.errors import OptionError
 from lit_align.models import ModelRef, resolve_model
 from lit_align.rewards.model_scorer import RewardModelScorer, position_scores
 
@@ -48,7 +49,7 @@ def build_critic(value_model: ModelRef, policy: nn.Module, reward_models: list[R
     """A trainable value model (train mode, every parameter requiring grad) initialized from ``value_model``."""
     if isinstance(value_model, str) and value_model == "reward_model":
         if not reward_models:
-            raise ValueError("value_model='reward_model' needs a 'model:<dir>' entry in --model.reward_funcs")
+            raise OptionError("value_model='reward_model' needs a 'model:<dir>' entry in --model.reward_funcs")
         critic = copy.deepcopy(reward_models[0].model)
     elif isinstance(value_model, str) and value_model == "policy":
         critic = critic_from_causal_lm(policy)
@@ -90,13 +91,13 @@ def disable_dropout(model: nn.Module) -> None:
 
 def _check_critic(critic: nn.Module, policy: nn.Module, value_model: ModelRef) -> None:
     if not type(critic).__name__.endswith("ForSequenceClassification") or critic.config.num_labels != 1:
-        raise ValueError(
+        raise OptionError(
             f"--model.value_model {value_model!r}: a value model is a ...ForSequenceClassification with one label, "
             f"got {type(critic).__name__}"
         )
     vocab, policy_vocab = critic.get_input_embeddings().num_embeddings, policy.get_input_embeddings().num_embeddings
     if vocab != policy_vocab:
-        raise ValueError(
+        raise OptionError(
             f"--model.value_model {value_model!r}: the critic reads the policy's token ids, but its vocabulary has "
             f"{vocab} entries and the policy's {policy_vocab}; use a reward model trained from the policy's "
             "tokenizer, or --model.value_model policy"

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor
 
 from lit_align.algorithms.online import OnlinePolicyGradient
+from lit_align.errors import OptionError
 from lit_align.losses.policy_gradient import group_normalized_advantages, leave_one_out_advantages
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.scoring import batch_zscore
@@ -77,7 +78,7 @@ class RLVR(OnlinePolicyGradient):
     ) -> None:
         if advantage_estimator not in self.ESTIMATORS:
             choices = ", ".join(self.ESTIMATORS)
-            raise ValueError(f"--model.advantage_estimator={advantage_estimator!r}: one of {choices}")
+            raise OptionError(f"--model.advantage_estimator={advantage_estimator!r}: one of {choices}")
         super().__init__(**kwargs)
         self.advantage_estimator = advantage_estimator
         self._advantages = self.ESTIMATORS[advantage_estimator]  # the variant, selected once
@@ -87,7 +88,7 @@ class RLVR(OnlinePolicyGradient):
             normalized_rewards = [name for name, func in models if isinstance(func, RewardModelScorer)]
         unknown = sorted(set(normalized_rewards) - set(rewards.names))
         if unknown:
-            raise ValueError(
+            raise OptionError(
                 f"--model.normalized_rewards names {unknown}, which are not reward functions; their names are "
                 f"{rewards.names} (as in rewards/<name>/mean)"
             )

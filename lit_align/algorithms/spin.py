@@ -41,6 +41,7 @@ import torch
 from lit_align.algorithms.offline import OfflineModule
 from lit_align.algorithms.self_play import generate_responses, pair_logps, pairs_table
 from lit_align.batches import SelfPlayBatch
+from lit_align.errors import OptionError
 from lit_align.hparams import as_group, check_option
 from lit_align.logprobs import preference_logps
 from lit_align.losses import spin_loss
@@ -133,7 +134,7 @@ class SPIN(OfflineModule):
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("spin")
         if state is None:
-            raise ValueError("the checkpoint was not written by SPIN: it names no iteration")
+            raise OptionError("the checkpoint was not written by SPIN: it names no iteration")
         self.iteration, self._spin_dir, self._resumed = int(state["iteration"]), Path(state["dir"]), True
 
     # -- the opponent, asked by SPINDataModule when an iteration begins ----------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lit_align.errors import OptionError
 from lit_align.rewards.verifiers import Completion, completion_text
 
 
@@ -48,7 +49,7 @@ class OverlongPenalty:
 
     def __init__(self, max_length: int = 20480, cache_length: int = 4096, name: str = "overlong_penalty") -> None:
         if not 0 <= cache_length <= max_length:
-            raise ValueError(f"need 0 <= cache_length <= max_length, got {cache_length} and {max_length}")
+            raise OptionError(f"need 0 <= cache_length <= max_length, got {cache_length} and {max_length}")
         self.max_length, self.cache_length = max_length, cache_length
         self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
 

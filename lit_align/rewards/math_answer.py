@@ -68,6 +68,7 @@ from fractions import Fraction
 from itertools import islice
 from typing import Any
 
+from lit_align.errors import DataError, OptionError
 from lit_align.rewards.verifiers import Completion, checks_reference, completion_text
 
 _MAX_NUMBER_CHARS = 64
@@ -305,7 +306,7 @@ class MathAnswerReward:
         name: str = "math_answer_reward",
     ) -> None:
         if max_chars < 1:
-            raise ValueError(f"max_chars must be positive, got {max_chars}")
+            raise OptionError(f"max_chars must be positive, got {max_chars}")
         self.column, self.max_chars, self.require_marker = column, max_chars, require_marker
         self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
 
@@ -327,7 +328,7 @@ class MathAnswerReward:
 
     def __call__(self, prompts: list[Any], completions: list[Completion], **kwargs: Any) -> list[float | None]:
         if self.column not in kwargs:
-            raise ValueError(f"{self.__name__}: no {self.column!r} column among {sorted(kwargs)}")
+            raise DataError(f"{self.__name__}: no {self.column!r} column among {sorted(kwargs)}")
         rewards: list[float | None] = []
         for completion, reference in zip(completions, kwargs[self.column], strict=True):
             expected = parse_reference(reference)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from lit_align.errors import OptionError
 from lit_align.rewards.verifiers import Completion, completion_text
 
 
@@ -31,7 +32,7 @@ def score_head(model: nn.Module) -> nn.Module:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(base, "score", None)
     if not isinstance(head, nn.Module):
-        raise ValueError(
+        raise OptionError(
             f"{type(base).__name__} has no 'score' head; a reward model needs a causal LM's "
             "...ForSequenceClassification (load_model(name, kind='sequence_classification'))"
         )
@@ -114,7 +115,7 @@ class RewardModelScorer:
         self.model = AutoModelForSequenceClassification.from_pretrained(path)
         if self.model.config.num_labels != 1:
             labels = self.model.config.num_labels
-            raise ValueError(f"{path}: a reward model has one output label, this one has {labels}")
+            raise OptionError(f"{path}: a reward model has one output label, this one has {labels}")
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lit_align.errors import OptionError
+
 RewardFunc = Callable[..., list]
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -31,20 +33,20 @@ def import_reward_func(spec: str) -> RewardFunc:
     if not sep:
         module_name, _, attribute = spec.rpartition(".")
     if not (module_name and attribute and _DOTTED.fullmatch(module_name) and _DOTTED.fullmatch(attribute)):
-        raise ValueError(
+        raise OptionError(
             f"reward function {spec!r}: expected an import path like 'package.module:function' "
             "or 'package.module.function', or 'model:<reward model directory>'"
         )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r} ({err})") from err
+        raise OptionError(f"reward function {spec!r}: cannot import module {module_name!r} ({err})") from err
     for part in attribute.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"reward function {spec!r}: {module_name!r} has no attribute {attribute!r}")
+            raise OptionError(f"reward function {spec!r}: {module_name!r} has no attribute {attribute!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"reward function {spec!r} is a {type(obj).__name__}, not a callable")
+        raise OptionError(f"reward function {spec!r} is a {type(obj).__name__}, not a callable")
     return obj
 
 
@@ -57,15 +59,15 @@ def build_reward_func(config: dict[str, Any]) -> RewardFunc:
     unknown = set(config) - {"class_path", "init_args"}
     class_path, init_args = config.get("class_path"), config.get("init_args") or {}
     if unknown or not isinstance(class_path, str) or class_path.startswith("model:") or not isinstance(init_args, dict):
-        raise ValueError(
+        raise OptionError(
             f"reward function {config!r}: expected {{'class_path': 'package.module.Class', 'init_args': {{...}}}}"
         )
     cls = import_reward_func(class_path)
     if not isinstance(cls, type):
-        raise ValueError(f"reward function {config!r}: {class_path!r} is not a class")
+        raise OptionError(f"reward function {config!r}: {class_path!r} is not a class")
     func = cls(**init_args)
     if not callable(func):
-        raise ValueError(f"reward function {config!r}: a {cls.__name__} instance is not callable")
+        raise OptionError(f"reward function {config!r}: a {cls.__name__} instance is not callable")
     return func
 
 
@@ -81,15 +83,15 @@ def resolve_reward_funcs(
     ``reward_weights`` defaults to 1.0 for each function, as in TRL.
     """
     if not specs:
-        raise ValueError("at least one reward function is needed (--model.rewards.reward_funcs), or an environment "
-                         "with a get_reward method (--model.tools.environment)")
+        raise OptionError("at least one reward function is needed (--model.rewards.reward_funcs), or an environment "
+                          "with a get_reward method (--model.tools.environment)")
     funcs = [
         import_reward_func(s) if isinstance(s, str) else build_reward_func(s) if isinstance(s, dict) else s
         for s in specs
     ]
     for spec, func in zip(specs, funcs, strict=True):
         if not callable(func):
-            raise ValueError(f"reward function {spec!r} is not callable")
+            raise OptionError(f"reward function {spec!r} is not callable")
     names: list[str] = []
     seen: dict[str, int] = {}
     for func in funcs:
@@ -98,5 +100,5 @@ def resolve_reward_funcs(
         names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     weights = [1.0] * len(funcs) if reward_weights is None else [float(w) for w in reward_weights]
     if len(weights) != len(funcs):
-        raise ValueError(f"{len(weights)} reward_weights for {len(funcs)} reward functions")
+        raise OptionError(f"{len(weights)} reward_weights for {len(funcs)} reward functions")
     return funcs, names, weights

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_align.errors import OptionError
 from lit_align.rewards.resolve import RewardFunc
 
 # What every reward function receives besides the data's columns (TRL's convention, plus completion_ids).
@@ -41,7 +42,7 @@ def check_reward_funcs(
     """
     for column in columns:
         if column in REWARD_ARGUMENTS:
-            raise ValueError(
+            raise OptionError(
                 f"{source}: the data column {column!r} has the name of an argument every reward function receives "
                 f"({', '.join(REWARD_ARGUMENTS)}); {RENAME.format(column)}"
             )
@@ -57,16 +58,16 @@ def check_reward_funcs(
         try:
             values = func(**given, **extra)
         except Exception as err:
-            raise ValueError(
+            raise OptionError(
                 f"reward function {name!r} failed when called at setup on the first {n} rows of {source} (empty "
                 f"completions; the data's columns: {data_columns}): {type(err).__name__}: {err}"
             ) from err
         if not isinstance(values, list | tuple) or len(values) != n:
             got = f"{len(values)} values" if isinstance(values, list | tuple) else type(values).__name__
-            raise ValueError(f"reward function {name!r} returned {got} for {n} completions; expected a list of {n}")
+            raise OptionError(f"reward function {name!r} returned {got} for {n} completions; expected a list of {n}")
         bad = next((v for v in values if v is not None and (isinstance(v, bool) or not _is_number(v))), None)
         if bad is not None:
-            raise ValueError(
+            raise OptionError(
                 f"reward function {name!r} returned {type(bad).__name__} {bad!r:.40}; expected a float per completion "
                 "(None where it does not apply)"
             )
@@ -83,17 +84,17 @@ def _check_signature(func: RewardFunc, name: str, given: dict[str, Any], data_co
         accepted = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for p in parameters:
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in given:
-            raise ValueError(
+            raise OptionError(
                 f"reward function {name!r} needs the argument {p.name!r}, and the data has no column of that name "
                 f'(its columns: {data_columns}); map one to it with --data.columns \'{{"{p.name}": "<column>"}}\''
             )
         if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
-            raise ValueError(f"reward function {name!r}: argument {p.name!r} is positional-only; reward functions are "
-                             "called with keyword arguments (prompts=..., completions=..., <column>=...)")  # fmt: skip
+            raise OptionError(f"reward function {name!r}: argument {p.name!r} is positional-only; reward functions are "
+                              "called with keyword arguments (prompts=..., completions=..., <column>=...)")  # fmt: skip
     extra = sorted((k for k in given if accepted is not None and k not in accepted), key=REWARD_ARGUMENTS.__contains__)
     if extra:  # a data column first: that is what the user can act on
         which = "a column of the data" if extra[0] not in REWARD_ARGUMENTS else "an argument every function receives"
-        raise ValueError(
+        raise OptionError(
             f"reward function {name!r} takes no argument {extra[0]!r} ({which}) and no **kwargs; every data column "
             "reaches every reward function as a keyword argument: give it **kwargs (TRL's signature "
             "f(prompts, completions, **kwargs))"
@@ -145,7 +146,7 @@ def score_completions(
         values = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns, **extra)
         if len(values) != len(texts):
             name = getattr(func, "__name__", type(func).__name__)
-            raise ValueError(f"reward function {name!r} returned {len(values)} rewards for {len(texts)} completions")
+            raise OptionError(f"reward function {name!r} returned {len(values)} rewards for {len(texts)} completions")
         out[:, i] = torch.tensor([math.nan if v is None else float(v) for v in values])
     return out
 

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_align.errors import OptionError, UserError
 from lit_align.rewards.scoring import nanstd, reward_columns
 
 FIRST_ROWS = 5  # rows a report names
@@ -32,7 +33,8 @@ _REPORTED: set[tuple[str, str, str]] = set()  # (data fingerprint, function, col
 def check_references(reward_funcs: Sequence[Callable], names: Sequence[str], datamodule: Any) -> None:
     """Warn once per reward function whose reference answers (its ``reference_column``) it cannot use in some rows
     of the data (its ``reference_problem(value)`` says why), naming the first rows; those rows' completions get
-    None (no opinion) from it. Functions without those attributes are not checked."""
+    None (no opinion) from it. A function that can use no row's reference is refused (``OptionError``), before any
+    model loads. Functions without those attributes are not checked."""
     source = str(getattr(datamodule, "data_path", type(datamodule).__name__))
     splits = [("train", getattr(datamodule, "train_dataset", None)), ("val", getattr(datamodule, "val_dataset", None))]
     for func, name in zip(reward_funcs, names, strict=True):
@@ -55,18 +57,22 @@ def check_references(reward_funcs: Sequence[Callable], names: Sequence[str], dat
         bad.sort(key=lambda item: item[0])
         reasons: dict[str, list[str]] = {}
         for row, value, why in bad[:FIRST_ROWS]:
-            reasons.setdefault(why, []).append(f"row {row} ({value!r:.40})")
-        shown = "; ".join(f"{', '.join(rows)}: {why}" for why, rows in reasons.items())
+            reasons.setdefault(why, []).append(f"row {row + 1} ({value!r:.40})")
+        shown = "; ".join(f"{', '.join(rows)}: {why}" for why, rows in reasons.items()) + " (rows 1-based)"
         more = f"; and {len(bad) - FIRST_ROWS} more rows" if len(bad) > FIRST_ROWS else ""
-        none = " It can score NO row: every completion gets None from it." if len(bad) == total else ""
+        fix = f"Fix the column's values, or map another column with --data.columns '{{\"{column}\": \"<column>\"}}'."
+        if len(bad) == total:  # it would only ever say None: the run could not learn from it
+            raise OptionError(
+                f"reward function {name!r} cannot use the reference answer of any of the {total} rows of {source} "
+                f"(column {column!r}): {shown}{more}. It would score no completion. {fix}"
+            )
         rank_zero_warn(
             f"reward function {name!r} cannot use the reference answer of {len(bad)} of {total} rows of {source} "
-            f"(column {column!r}), so their completions get None (no opinion) from it: {shown}{more}.{none} Fix the "
-            f"column's values, or map another column with --data.columns '{{\"{column}\": \"<column>\"}}'."
+            f"(column {column!r}), so their completions get None (no opinion) from it: {shown}{more}. {fix}"
         )
 
 
-class UnscorableRollout(RuntimeError):
+class UnscorableRollout(UserError, RuntimeError):
     """A training rollout none of whose completions could be scored (``rewards.unscorable_rollouts="stop"``)."""
 
 

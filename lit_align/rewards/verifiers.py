@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any, TypeVar
 
+from lit_align.errors import DataError, OptionError
+
 # A sign counts only when no digit precedes it, so "10-5" yields 10 and 5, not 10 and -5.
 # Commas are thousands separators only in groups of three: "1,234" is one number, "3,4" two.
 _NUMBER = re.compile(r"(?<!\d)-?\d+(?:,\d{3})*(?:\.\d+)?")
@@ -165,18 +167,18 @@ class FormatReward:
         name: str = "format_reward",
     ) -> None:
         if (tags is None) == (pattern is None):
-            raise ValueError("FormatReward: give exactly one of tags and pattern")
+            raise OptionError("FormatReward: give exactly one of tags and pattern")
         if tags is not None and (
             not tags or not all(_TAG_NAME.fullmatch(t) for t in tags) or len(set(tags)) < len(tags)
         ):
-            raise ValueError(f"FormatReward: tags must be distinct names like 'think', got {tags!r}")
+            raise OptionError(f"FormatReward: tags must be distinct names like 'think', got {tags!r}")
         self.tags = None if tags is None else list(tags)
         self.pattern, self.strict = pattern, strict
         self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
         try:
             self._regex = re.compile(pattern, re.DOTALL) if pattern is not None else None
         except re.error as err:
-            raise ValueError(f"FormatReward: pattern {pattern!r} is no regular expression ({err})") from err
+            raise OptionError(f"FormatReward: pattern {pattern!r} is no regular expression ({err})") from err
 
     def __repr__(self) -> str:
         what = f"tags={self.tags!r}" if self.tags is not None else f"pattern={self.pattern!r}"
@@ -264,7 +266,7 @@ class NormalizedMatchReward:
         name: str = "normalized_match_reward",
     ) -> None:
         if tag is not None and not _TAG_NAME.fullmatch(tag):
-            raise ValueError(f"NormalizedMatchReward: tag must be a name like 'answer', got {tag!r}")
+            raise OptionError(f"NormalizedMatchReward: tag must be a name like 'answer', got {tag!r}")
         self.column, self.tag, self.articles, self.punctuation = column, tag, articles, punctuation
         self.name = self.__name__ = name  # __name__ names the metric; every init arg is an attribute
 
@@ -296,7 +298,7 @@ class NormalizedMatchReward:
 
     def __call__(self, prompts: list[Any], completions: list[Completion], **kwargs: Any) -> list[float | None]:
         if self.column not in kwargs:
-            raise ValueError(f"{self.__name__}: no {self.column!r} column among {sorted(kwargs)}")
+            raise DataError(f"{self.__name__}: no {self.column!r} column among {sorted(kwargs)}")
         rewards: list[float | None] = []
         for completion, reference in zip(completions, kwargs[self.column], strict=True):
             if reference is None:

@@ -22,12 +22,13 @@ def check_tool_data(options: ToolOptions, batch: dict[str, Any], source: str) ->
     prompts are chats, each row names a configured environment (with several), and each row's environment is made and
     reset as a rollout would; returns one reset environment per row (for the reward functions' check), or None
     without environments."""
+    from lit_align.errors import row_label
     from lit_align.tools.multi_turn import ToolRunner
 
     runner = ToolRunner(options)
     rows = runner.rows(batch, source)
     if not runner.factories:
         return None
-    return [runner.reset(row, f"{source}: row {i}", f"check/{i}")[0] for i, row in enumerate(rows)]
+    return [runner.reset(row, f"{source}: {row_label(i)}", f"check/{i}")[0] for i, row in enumerate(rows)]
 
 __all__ = ["ToolOptions", "check_tool_data"]

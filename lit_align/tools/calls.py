@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lit_align.errors import OptionError
+
 CALL_PATTERN = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
 
@@ -59,7 +61,7 @@ def tool_schema(tool: Callable) -> dict[str, Any]:
     try:
         return get_json_schema(tool)
     except Exception as err:  # transformers raises its own TypeError / DocstringParsingException
-        raise ValueError(
+        raise OptionError(
             f"tool {tool_name(tool)!r}: no JSON schema for it ({type(err).__name__}: {err}); a tool needs a type "
             "hint on every argument and a Google-style docstring with a description and an 'Args:' entry for each"
         ) from err
@@ -185,6 +187,6 @@ def tools_by_name(tools: Sequence[Callable], where: str) -> dict[str, Callable]:
     for tool in tools:
         name = tool_name(tool)
         if name in named:
-            raise ValueError(f"{where}: two tools are named {name!r}; a call names its tool, so names must differ")
+            raise OptionError(f"{where}: two tools are named {name!r}; a call names its tool, so names must differ")
         named[name] = tool
     return named

@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_align.errors import OptionError
 from lit_align.tools.calls import tool_schema
 
 TOOL_INSTRUCTIONS = (
@@ -76,12 +77,12 @@ def tool_turn_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[st
     before = tokenizer.apply_chat_template(base, tokenize=False)
     after = tokenizer.apply_chat_template([*base, *messages], tokenize=False, add_generation_prompt=True)
     if not after.startswith(before):
-        raise ValueError("the tokenizer's chat template writes an assistant turn differently once tool messages follow "
-                         "it; tool results cannot be appended to the policy's own tokens with it")  # fmt: skip
+        raise OptionError("the tokenizer's chat template writes an assistant turn differently once tool messages "
+                          "follow it; tool results cannot be appended to the policy's own tokens with it")  # fmt: skip
     end_of_turn = before[before.rindex(_ASSISTANT_SENTINEL) + len(_ASSISTANT_SENTINEL) :]
     if not end_of_turn.startswith(eos_text):
-        raise ValueError(f"the tokenizer's chat template ends an assistant turn with {end_of_turn!r}, not with the EOS "
-                         f"{eos_text!r} that ends the policy's turns; tool use needs a template whose turns end "
-                         "with the EOS")  # fmt: skip
+        raise OptionError(f"the tokenizer's chat template ends an assistant turn with {end_of_turn!r}, not with the "
+                          f"EOS {eos_text!r} that ends the policy's turns; tool use needs a template whose turns end "
+                          "with the EOS")  # fmt: skip
     text = end_of_turn[len(eos_text) :] + after[len(before) :]
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from lit_align.errors import OptionError
 from lit_align.rewards.resolve import import_reward_func
 
 ENVIRONMENT_COLUMN = "environment"
@@ -33,7 +34,7 @@ def resolve_factory(spec: str | Callable, where: str) -> Callable[[], Any]:
     """A factory from an import path (``package.module:Class``) or a callable given from Python."""
     factory = import_reward_func(spec) if isinstance(spec, str) else spec
     if not callable(factory):
-        raise ValueError(f"{where}: {spec!r} is not a class or a callable that makes an environment")
+        raise OptionError(f"{where}: {spec!r} is not a class or a callable that makes an environment")
     return factory
 
 
@@ -43,7 +44,7 @@ def resolve_factories(spec: str | Callable | Mapping[str, str | Callable] | None
         return {}
     if isinstance(spec, Mapping):
         if not spec:
-            raise ValueError("--model.tools.environment: an empty mapping; give at least one name: factory")
+            raise OptionError("--model.tools.environment: an empty mapping; give at least one name: factory")
         return {str(name): resolve_factory(f, f"--model.tools.environment.{name}") for name, f in spec.items()}
     return {None: resolve_factory(spec, "--model.tools.environment")}
 
@@ -58,10 +59,10 @@ def environment_methods(instance: Any) -> list[Callable]:
 def check_environment(instance: Any, name: str | None) -> None:
     label = type(instance).__name__ + ("" if name is None else f" (environment {name!r})")
     if not callable(getattr(instance, "reset", None)):
-        raise ValueError(f"{label}: an environment needs a callable reset(**row); TRL's environment shape")
+        raise OptionError(f"{label}: an environment needs a callable reset(**row); TRL's environment shape")
     reward = getattr(instance, "get_reward", None)
     if reward is not None and not callable(reward):
-        raise ValueError(f"{label}: get_reward must be a method taking no argument and returning a float")
+        raise OptionError(f"{label}: get_reward must be a method taking no argument and returning a float")
 
 
 def has_reward(instance: Any) -> bool:
@@ -97,7 +98,7 @@ class EnvironmentReward:
                 continue
             value = env.get_reward()
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ValueError(f"{self.__name__}.get_reward() returned {type(value).__name__} {value!r:.40}; "
-                                 "expected a float (or None where it does not apply)")  # fmt: skip
+                raise OptionError(f"{self.__name__}.get_reward() returned {type(value).__name__} {value!r:.40}; "
+                                  "expected a float (or None where it does not apply)")  # fmt: skip
             out.append(value)
         return out

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_align.datamodules.tokenize import left_pad, pad
+from lit_align.errors import DataError, OptionError
 from lit_align.rewards.resolve import import_reward_func
 from lit_align.rollout import Rollout, is_fsdp2_sharded
 from lit_align.tools.calls import ToolResult, parse_tool_calls, run_tool_call, tool_schema, tools_by_name
@@ -141,7 +142,8 @@ class ToolRunner:
                 b = i * num_generations + g
                 environment, observation, methods = None, None, []
                 if self.factories:
-                    environment, observation = self.reset(dict(row), f"prompt {i} of the batch", f"{seed}/{b}/reset")
+                    where = f"prompt {i + 1} (1-based) of the batch"
+                    environment, observation = self.reset(dict(row), where, f"{seed}/{b}/reset")
                     methods = environment_methods(environment)
                 tools = [*self.functions, *methods]
                 ids = prompt_ids(tokenizer, with_observation(row["prompt"], observation), tools)
@@ -155,8 +157,8 @@ class ToolRunner:
         rows = []
         for i, prompt in enumerate(batch["prompt"]):
             if not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
-                raise ValueError(f"{where}: prompt {i} ({str(prompt)[:60]!r}) is text; tool use needs chat prompts "
-                                 "(--data.user_template makes text prompts user messages)")  # fmt: skip
+                raise DataError(f"{where}: prompt {i + 1} (1-based) ({str(prompt)[:60]!r}) is text; tool use needs "
+                                "chat prompts (--data.user_template makes text prompts user messages)")  # fmt: skip
             rows.append({"prompt": prompt, **{k: v[i] for k, v in columns.items()}})
         return rows
 
@@ -165,18 +167,18 @@ class ToolRunner:
         Python's ``random`` seeded from ``seed``, and the observation its ``reset`` returned."""
         name = row.pop(ENVIRONMENT_COLUMN, None) if self.multi_environment else None
         if name not in self.factories:
-            raise ValueError(f"{where} has {ENVIRONMENT_COLUMN}={name!r}, not one of the configured environments: "
-                             f"{', '.join(map(str, self.factories))}")  # fmt: skip
+            raise DataError(f"{where} has {ENVIRONMENT_COLUMN}={name!r}, not one of the configured environments: "
+                            f"{', '.join(map(str, self.factories))}")  # fmt: skip
         with seeded_random(seed):
             environment = self.factories[name]()
             try:
                 observation = environment.reset(**row)
             except Exception as err:
-                raise ValueError(f"{where}: {type(environment).__name__}.reset(**row) failed with the row's columns "
-                                 f"({', '.join(row)}): {type(err).__name__}: {err}") from err
+                raise DataError(f"{where}: {type(environment).__name__}.reset(**row) failed with the row's columns "
+                                f"({', '.join(row)}): {type(err).__name__}: {err}") from err
         if observation is not None and not isinstance(observation, str):
-            raise ValueError(f"{type(environment).__name__}.reset() returned {type(observation).__name__}; expected a "
-                             "string to append to the prompt, or None")  # fmt: skip
+            raise OptionError(f"{type(environment).__name__}.reset() returned {type(observation).__name__}; expected a "
+                              "string to append to the prompt, or None")  # fmt: skip
         return environment, observation
 
     def take_turn(self, row: Conversation, new: list[int], truncated: bool, budget: int, tokenizer: Any,

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lit_align.errors import OptionError
 from lit_align.hparams import check_options
 
 
@@ -47,8 +48,8 @@ class ToolOptions:
             (self.max_result_chars >= 1, "tools.max_result_chars", self.max_result_chars, "at least 1 character"),
         )  # fmt: skip
         if isinstance(self.functions, str):
-            raise ValueError(f"--model.tools.functions={self.functions!r}: a list of import paths, e.g. "
-                             f"'[{self.functions}]'")  # fmt: skip
+            raise OptionError(f"--model.tools.functions={self.functions!r}: a list of import paths, e.g. "
+                              f"'[{self.functions}]'")  # fmt: skip
 
     @property
     def enabled(self) -> bool:
