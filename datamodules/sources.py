@@ -27,7 +27,8 @@ from pathlib import Path
 
 import datasets
 
-from lit_align.datamodules.tokenize import DataError
+from lit_align import shipped
+from lit_align.errors import DataError, PathNotFound, row_label
 from lit_align.models import hub_offline_flag, hub_unreachable
 
 PROGRESS_BAR_ROWS = 5000  # datasets' progress bars only for data at least this large
@@ -57,19 +58,35 @@ class _Bad(ValueError):
     """What is wrong with one JSON value (raised by the parsing hooks)."""
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+class _TooLarge:
+    """A number that overflows a 64-bit float, kept as text until the object holding it names its field."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _too_large(value: object) -> _TooLarge | None:
+    if isinstance(value, _TooLarge):
+        return value
+    if isinstance(value, list):
+        return next((found for item in value if (found := _too_large(item)) is not None), None)
+    return None
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refused with the reason when a key repeats or a field's number overflows a float."""
     keys = [k for k, _ in pairs]
-    for i, key in enumerate(keys):
+    for i, (key, value) in enumerate(pairs):
         if key in keys[:i]:
             raise _Bad(f"duplicate key {key!r} in one object (keep one of them)")
+        if (number := _too_large(value)) is not None:
+            raise _Bad(f"field {key!r}: the number {number.text[:40]} is too large for a 64-bit float")
     return dict(pairs)
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> float | _TooLarge:
     value = float(text)
-    if math.isinf(value):
-        raise _Bad(f"the number {text[:40]} is too large for a 64-bit float")
-    return value
+    return _TooLarge(text) if math.isinf(value) else value
 
 
 def _not_a_constant(text: str) -> float:
@@ -79,13 +96,14 @@ def _not_a_constant(text: str) -> float:
 def parse_json(text: str) -> object:
     """``json.loads`` with the checks ``datasets``' Arrow reader applies, raising :class:`_Bad` with the reason."""
     try:
-        return json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_float=_finite_float, parse_constant=_not_a_constant
-        )
+        value = json.loads(text, object_pairs_hook=_object, parse_float=_finite_float, parse_constant=_not_a_constant)
     except json.JSONDecodeError as err:
         raise _Bad(f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     except RecursionError:
         raise _Bad("nested deeper than a JSON reader allows (Python's recursion limit): flatten the row") from None
+    if (number := _too_large(value)) is not None:
+        raise _Bad(f"the number {number.text[:40]} is too large for a 64-bit float")
+    return value
 
 
 def data_suffixes(path: Path) -> tuple[str, str | None]:
@@ -155,7 +173,7 @@ def first_bad_json_element(path: Path) -> str | None:
         return f"{path}: {err}"
     for i, element in enumerate(value):
         if not isinstance(element, dict):
-            return f"{path}, row {i}: expected a JSON object, got {type(element).__name__}"
+            return f"{path}, {row_label(i)}: expected a JSON object, got {type(element).__name__}"
     return None if value else f"{path}: the file has no rows (an empty array)"
 
 
@@ -244,14 +262,15 @@ def unreadable(source: Path | str, what: str, err: BaseException) -> DataError:
 
 
 def load_rows(path: str, split: str, config_name: str | None = None) -> datasets.Dataset:
-    """A local json/jsonl/parquet/csv file (or a folder of them), else a ``datasets`` hub name."""
-    local = Path(path).expanduser()
+    """A local json/jsonl/parquet/csv file (or a folder of them), else a ``datasets`` hub name; ``samples/<file>``
+    not found here is the package's demo file (:func:`lit_align.shipped.data_path`)."""
+    local = Path(shipped.data_path(path)).expanduser()
     if local.is_dir():
         return _load_folder(local, split)
     builder = LOCAL_BUILDERS.get(data_suffixes(local)[0])
     if builder is not None:
         if not local.is_file():
-            raise FileNotFoundError(f"Data file not found: {local.resolve()}")
+            raise PathNotFound(f"{path}: data file not found (resolved to {local.resolve()})")
         if bad := first_bad_data_file(local):
             raise DataError(bad)
         try:
@@ -265,7 +284,7 @@ def load_rows(path: str, split: str, config_name: str | None = None) -> datasets
             f"told by the extension: rename it to {KINDS}"
         )
     if local.suffix or path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path:
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"Data file or folder not found: {path!r} (resolved to {local.resolve()}); expected a {KINDS} file, "
             "a folder of them, or a datasets hub name"
         )

@@ -1,19 +1,21 @@
-"""Plot one scalar from a run's TensorBoard events as a dependency-free SVG (for the README).
-
-python scripts/plot_metric.py runs/orpo/version_0 train/rewards/margins docs/img/orpo_margins.svg
-"""
+"""One scalar of a run's TensorBoard events drawn as a dependency-free SVG (the README's curves): ``lit-align plot
+runs/orpo/version_0 train/rewards/margins margins.svg`` (``python recipes/plot.py ...`` in a clone)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_align.errors import DataError, PathNotFound
 
 W, H, PAD = 640, 320, 48
 
 
 def read(run_dir: str, tag: str) -> list[tuple[int, float]]:
+    """The (step, value) points of scalar ``tag`` in every event file under ``run_dir``, by step."""
+    if not Path(run_dir).is_dir():
+        raise PathNotFound(f"{run_dir}: no such run directory (expected e.g. runs/orpo/version_0)")
     points: list[tuple[int, float]] = []
     for event_file in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
         acc = EventAccumulator(str(event_file))
@@ -21,7 +23,10 @@ def read(run_dir: str, tag: str) -> list[tuple[int, float]]:
         if tag in acc.Tags()["scalars"]:
             points += [(e.step, e.value) for e in acc.Scalars(tag)]
     if not points:
-        raise SystemExit(f"no scalar {tag!r} under {run_dir}")
+        found = sorted({t for f in Path(run_dir).rglob("events.out.tfevents.*")
+                        for t in EventAccumulator(str(f)).Reload().Tags()["scalars"]})  # fmt: skip
+        where = "no TensorBoard event files there" if not found else "its scalars: " + ", ".join(found)
+        raise DataError(f"{run_dir}: no scalar {tag!r} ({where})")
     return sorted(points)
 
 
@@ -54,7 +59,15 @@ def svg(points: list[tuple[int, float]], tag: str, smooth: float = 0.6) -> str:
 """
 
 
-if __name__ == "__main__":
-    run_dir, tag, out = sys.argv[1:4]
-    Path(out).write_text(svg(read(run_dir, tag), tag), encoding="utf-8")
+def plot(run: str, metric: str, out: str, smooth: float = 0.6) -> None:
+    """Draw one logged scalar of a run as an SVG line chart: each step's value (light) and its exponential moving
+    average (dark).
+
+    Args:
+        run: the run's log directory (``runs/orpo/version_0``), searched for TensorBoard event files.
+        metric: the scalar's tag as logged (``train/rewards/margins``, ``val/loss``).
+        out: the SVG file to write.
+        smooth: the moving average's weight of the past, in [0, 1).
+    """
+    Path(out).write_text(svg(read(run, metric), metric, smooth), encoding="utf-8")
     print(f"wrote {out}")

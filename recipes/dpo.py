@@ -9,6 +9,7 @@ from pathlib import Path
 from lit_align.algorithms import DPO
 from lit_align.cli import run
 from lit_align.datamodules import PreferenceDataModule
+from lit_align.errors import command
 
 
 def main(args: list[str] | None = None) -> None:
@@ -17,4 +18,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -9,6 +9,7 @@ interval), reward and length of each, perplexity of held-out preferred responses
 from jsonargparse import CLI
 
 from lit_align.console import quiet
+from lit_align.errors import command
 from lit_align.evaluation import evaluate
 
 
@@ -19,4 +20,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -9,6 +9,7 @@ sampling.
 from jsonargparse import CLI
 
 from lit_align.console import quiet
+from lit_align.errors import command
 from lit_align.generation import generate
 
 
@@ -19,4 +20,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

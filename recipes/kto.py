@@ -11,6 +11,7 @@ from pathlib import Path
 from lit_align.algorithms.kto import KTO
 from lit_align.cli import run
 from lit_align.datamodules.binary import BinaryFeedbackDataModule
+from lit_align.errors import command
 
 
 def main(args: list[str] | None = None) -> None:
@@ -19,4 +20,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -16,6 +16,13 @@ from pathlib import Path
 from lit_align.algorithms.ppo import PPO
 from lit_align.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
+from lit_align.errors import command
+
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align ppo ...`` and ``python recipes/ppo.py ...`` (``args``: the command line after the name)."""
+    run(PPO, PromptDataModule, Path(__file__).parent / "configs" / "ppo.yaml", args)
+
 
 if __name__ == "__main__":
-    run(PPO, PromptDataModule, Path(__file__).parent / "configs" / "ppo.yaml")
+    command(main)

@@ -10,6 +10,7 @@ from pathlib import Path
 from lit_align.algorithms.sft import SFT
 from lit_align.cli import run
 from lit_align.datamodules.sft import SFTDataModule
+from lit_align.errors import command
 
 
 def main(args: list[str] | None = None) -> None:
@@ -18,4 +19,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

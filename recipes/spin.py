@@ -12,6 +12,13 @@ from pathlib import Path
 from lit_align.algorithms.spin import SPIN
 from lit_align.cli import run
 from lit_align.datamodules.spin import SPINDataModule
+from lit_align.errors import command
+
+
+def main(args: list[str] | None = None) -> None:
+    """``lit-align spin ...`` and ``python recipes/spin.py ...`` (``args``: the command line after the name)."""
+    run(SPIN, SPINDataModule, Path(__file__).parent / "configs" / "spin.yaml", args)
+
 
 if __name__ == "__main__":
-    run(SPIN, SPINDataModule, Path(__file__).parent / "configs" / "spin.yaml")
+    command(main)
