@@ -38,13 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         close = difflib.get_close_matches(name, names, n=1)
         suggestion = f" Did you mean {close[0]!r}?" if close else ""
         sys.exit(f"lit-align: error: no recipe {name!r}.{suggestion} Recipes: {', '.join(names)}")
-    # The recipe reads its arguments from sys.argv, named as typed: usage lines and tips then say `lit-align <name>`
-    # (and LightningCLI does not warn about arguments given both ways).
-    saved, sys.argv = sys.argv, [f"lit-align {name}", *argv[1:]]
-    try:
-        command(importlib.import_module(f"lit_align.recipes.{name}").main, f"lit-align {name}")
-    finally:
-        sys.argv = saved
+    # sys.argv stays as typed (Lightning's DDP launcher starts the other ranks with it); the recipe gets the arguments
+    # after its name, and its messages name it `lit-align <name>`.
+    recipe = importlib.import_module(f"lit_align.recipes.{name}")
+    command(lambda: recipe.main(argv[1:]), f"lit-align {name}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,22 @@ def reported(command: str) -> Iterator[None]:
         sys.exit(130)
 
 
+_COMMAND: list[str | None] = [None]  # the name :func:`command` runs under (``lit-align dpo``), for messages
+
+
 def command(main: Callable[[], object], name: str | None = None) -> None:
-    """Run a command's ``main()`` as a user runs it: under :func:`reported`, named as it was called (``dpo.py``)."""
-    with reported(name or (Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "lit-align")):
+    """Run a command's ``main()`` as a user runs it: under :func:`reported`, named as it was called (``lit-align dpo``,
+    or the script's name: ``dpo.py``)."""
+    _COMMAND[0] = name
+    with reported(name or program()):
         main()
+
+
+def command_name() -> str | None:
+    """The name the running command was given by the ``lit-align`` command (``lit-align dpo``), else ``None``."""
+    return _COMMAND[0]
+
+
+def program() -> str:
+    """How the running command names itself in usage lines: ``lit-align dpo``, else the script's file name."""
+    return _COMMAND[0] or (Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "lit-align")

@@ -1,6 +1,7 @@
-"""Train DPO or GRPO on tiny models, optionally SIGKILL the process mid-epoch, or resume from the last checkpoint.
+"""Train DPO or GRPO on tiny models, optionally SIGKILL or signal the process mid-epoch, or resume from the last
+checkpoint.
 
-    python tests/resume_run.py OUT_DIR dpo|trdpo|grpo|grpo_env full|kill|resume
+    python tests/resume_run.py OUT_DIR dpo|trdpo|grpo|grpo_env|dpo_val full|kill|sigterm|sigint|sigterm_val|resume
 
 ``trdpo`` is DPO with TR-DPO's reference syncing every 2 steps (α = 0.5): the newest checkpoint (step 4) falls on a
 sync, which the resumed run must make before its step 5, and the reference's weights are compared too. ``grpo_env`` is
@@ -8,8 +9,11 @@ GRPO playing the GuessTheNumber environment (numbers drawn by the environment: t
 environments from the seed, step and rank), its turns written by a scripted bisecting player.
 
 ``full`` trains 8 steps uninterrupted. ``kill`` trains the same run and SIGKILLs its own process right
-after step 5 (checkpoints are written every 2 steps, so the newest is step 4, mid-epoch). ``resume``
-continues the killed run from its ``last.ckpt`` (loaded with ``weights_only=True``) to step 8.
+after step 5 (checkpoints are written every 2 steps, so the newest is step 4, mid-epoch). ``sigterm`` and ``sigint``
+send that signal instead (:class:`~lit_align.preemption.StopOnSignal` then writes ``last.ckpt`` at step 5 and exits
+with 128 + the signal); ``sigterm_val`` sends SIGTERM during the validation after step 5 (``dpo_val``: DPO with a
+validation split, validated every 5 steps), which is finished before the checkpoint. ``resume``
+continues the stopped run from its ``last.ckpt`` (loaded with ``weights_only=True``) to step 8.
 Every step appends ``{"step", "loss", "batch", "reward"}`` (a digest of the batch's token ids) to
 ``OUT_DIR/<algo>_<mode>.jsonl`` as it happens; rank 0 writes the final weights to ``<algo>_<mode>.pt``.
 ``tests/test_resume.py`` compares the resumed curve and weights with the uninterrupted run.
@@ -29,15 +33,23 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_align.models import load_model
+from lit_align.preemption import StopOnSignal
 from tests.conftest import write_jsonl
 from tests.online_helpers import ScriptedTurns, game_rows, guessing_script, length_reward, prompt_rows
 
 MAX_STEPS, KILL_AFTER, EVERY = 8, 5, 2
 
 
+STOPS = {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
+
+
 class StepLog(L.Callback):
-    def __init__(self, path: Path, kill_after: int | None) -> None:
-        self.path, self.kill_after = path, kill_after
+    def __init__(self, path: Path, mode: str) -> None:
+        self.path, self.mode = path, mode
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.mode == "sigterm_val" and trainer.global_step == KILL_AFTER and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)  # mid-validation: it finishes, then the checkpoint
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         ids = batch.get("chosen_input_ids", batch.get("prompt_input_ids"))
@@ -49,13 +61,13 @@ class StepLog(L.Callback):
         }
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.kill_after is not None and trainer.global_step >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint: a real crash
+        if self.mode in STOPS and trainer.global_step == KILL_AFTER:
+            os.kill(os.getpid(), STOPS[self.mode])  # SIGKILL: no cleanup, no final checkpoint, a real crash
 
 
 def build(algo: str, out: Path):
     policy, tokenizer = load_model("tiny-llama", seed=0)
-    if algo in ("dpo", "trdpo"):
+    if algo in ("dpo", "trdpo", "dpo_val"):
         from lit_align.algorithms import DPO
         from lit_align.datamodules import PreferenceDataModule
 
@@ -64,8 +76,8 @@ def build(algo: str, out: Path):
         sync = {"sync_ref_model": algo == "trdpo", "ref_model_sync_steps": 2, "ref_model_mixup_alpha": 0.5}
         module = DPO(policy=policy, learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", **sync)
         path = write_jsonl(out / f"{algo}.jsonl", rows)
-        dm = PreferenceDataModule(tokenizer=tokenizer, data_path=str(path), val_size=0, batch_size=2, max_length=64,
-                                  max_prompt_length=32)  # fmt: skip
+        dm = PreferenceDataModule(tokenizer=tokenizer, data_path=str(path), val_size=2 if algo == "dpo_val" else 0,
+                                  batch_size=2, max_length=64, max_prompt_length=32)  # fmt: skip
     elif algo == "grpo_env":
         from lit_align.algorithms import GRPO
         from lit_align.datamodules.prompt import PromptDataModule
@@ -96,11 +108,12 @@ def main() -> None:
     ckpt_dir = out / f"{algo}_ckpt" if mode != "full" else out / f"{algo}_ckpt_full"  # resume reads the kill's
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=EVERY, save_top_k=-1,
                                   save_last=True)  # fmt: skip
-    log = StepLog(out / f"{algo}_{mode}.jsonl", KILL_AFTER if mode == "kill" else None)
+    log = StepLog(out / f"{algo}_{mode}.jsonl", mode)
+    validation = {"val_check_interval": 5, "limit_val_batches": 1} if algo == "dpo_val" else {"limit_val_batches": 0}
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=MAX_STEPS, logger=False, callbacks=[checkpoints, log],
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        default_root_dir=str(out),
+        accelerator="cpu", devices=1, max_steps=MAX_STEPS, logger=False, callbacks=[checkpoints, log, StopOnSignal()],
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(out),
+        **validation,
     )  # fmt: skip
     if mode == "resume":
         trainer.fit(module, dm, ckpt_path=str(ckpt_dir / "last.ckpt"), weights_only=True)
