@@ -14,16 +14,23 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import textwrap
+import warnings
 from argparse import SUPPRESS, Action
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args, get_origin
 
 import lightning as L
 import torch
 from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_align.console import ConsoleSummary, quiet
+from lit_align.console import ConsoleSummary, StepProgressBar, quiet
+from lit_align.errors import OptionError, PathNotFound, command_name, program
+from lit_align.preemption import StopOnSignal
+from lit_align.shipped import expand_config_names
 
 DESCRIPTION_CHARS = 100  # a description longer than this is cut at a word boundary (…)
 DEFAULT_CHARS = 28  # a longer default (a list of callbacks, a logger's init args) is not printed
@@ -31,11 +38,15 @@ _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bal)(?<!\bvs)\.\s+(?=[A-
 _ROLE = re.compile(r":\w+:`~?([^`]+)`")
 
 
+def plain(text: str) -> str:
+    """``text`` with its Sphinx markup removed (``` ``x`` ``` -> ``x``, ``:class:`~a.B``` -> ``B``), on one line."""
+    text = " ".join(text.split())
+    return _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text).replace("``", "")
+
+
 def one_line(text: str) -> str:
     """The first sentence of ``text``, Sphinx markup removed, at most ``DESCRIPTION_CHARS`` characters."""
-    text = " ".join(text.split())
-    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text).replace("``", "")
-    text = _SENTENCE_END.split(text, maxsplit=1)[0].rstrip(".")
+    text = _SENTENCE_END.split(plain(text), maxsplit=1)[0].rstrip(".")
     if len(text) > DESCRIPTION_CHARS:
         text = text[:DESCRIPTION_CHARS].rsplit(" ", 1)[0] + "…"
     return text
@@ -50,10 +61,14 @@ class CompactHelpFormatter(DefaultHelpFormatter):
     def _format_usage(self, usage, actions, groups, prefix) -> str:
         if prefix == "":  # a subcommand's prog is built from its parent's usage: keep it to the program name
             return self._prog
-        return f"usage: {self._prog} [-h] [-c CONFIG] [--print_config] [--<group>.<option> VALUE ...]\n\n"
+        positional = "".join(f" {a.dest.upper()}" for a in actions if not a.option_strings and not a.choices)
+        return f"usage: {self._prog}{positional} [-h] [-c CONFIG] [--print_config] [--<option> VALUE ...]\n\n"
 
     def _get_help_string(self, action: Action) -> str:
         text = one_line(action.help or "").replace("%", "%%")
+        values = [v for v in literal_values(getattr(action, "_typehint", None)) if not isinstance(v, bool)]
+        if values and self._metavar(action) != "{" + ",".join(map(str, values)) + "}":
+            text += f" {{{', '.join(map(str, values))}}}"  # a closed set the metavar does not show: its values
         default = action.default
         if action.option_strings and default is not SUPPRESS and not _is_help(action):
             shown = "null" if default is None else str(default)
@@ -64,11 +79,23 @@ class CompactHelpFormatter(DefaultHelpFormatter):
     def _format_action_invocation(self, action: Action) -> str:
         if not action.option_strings or action.nargs == 0:
             return super()._format_action_invocation(action)
-        metavar = self._metavar_formatter(action, self._get_default_metavar_for_optional(action))(1)[0]
-        if len(metavar) > 24:  # a long choice list: the choices are in the description's type anyway
-            metavar = self._get_default_metavar_for_optional(action)
+        metavar = self._metavar(action)
         long_option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
         return f"{long_option} {metavar}"
+
+    def _metavar(self, action: Action) -> str:
+        """The option's value placeholder: its choices when they are short (``{stop,skip}``), else its name."""
+        metavar = self._metavar_formatter(action, self._get_default_metavar_for_optional(action))(1)[0]
+        if len(metavar) > 24:  # a long choice list: the description lists the values
+            metavar = self._get_default_metavar_for_optional(action)
+        return metavar
+
+    def start_section(self, heading: str | None) -> None:
+        super().start_section(plain(heading) if heading else heading)
+
+    def _format_text(self, text: str) -> str:
+        """A command's description, its markup removed, wrapped to 100 columns."""
+        return "\n".join(textwrap.fill(plain(p), 100) for p in text.split("\n\n") if p.strip()) + "\n\n"
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return [text]
@@ -111,14 +138,67 @@ def hint(message: str, options: set[str]) -> str:
     return message + "".join(f"\n  {note}" for note in notes)
 
 
+def literal_values(typehint: Any) -> list[Any]:
+    """The values of every ``Literal`` in ``typehint`` (through ``Union``, ``Optional`` and ``list``), in order."""
+    if typehint is None:
+        return []
+    if get_origin(typehint) is Literal:
+        return list(get_args(typehint))
+    values: list[Any] = []
+    for arg in get_args(typehint):
+        values += [v for v in literal_values(arg) if v not in values]
+    return values
+
+
+def closed_set_error(parser: Any, message: str) -> str | None:
+    """A value outside an option's closed set, said in one line: its values and the nearest one (``None`` for
+    other errors). jsonargparse's own message lists the union's subtypes with every value twice."""
+    key = re.match(r'Parser key "([^"]+)":', message)
+    given = re.search(r"(?:Given|Got) value: (.*)\s*$", message)
+    if key is None or given is None:
+        return None
+    action = parser._option_string_actions.get(f"--{key.group(1)}")
+    typehint = getattr(action, "_typehint", None)
+    values = literal_values(typehint)
+    if not values:
+        return None
+    text = given.group(1).strip()
+    items = text.strip("[]").split(",") if text.startswith("[") else [text]
+    bad = [item.strip().strip("'\"") for item in items if item.strip().strip("'\"") not in map(str, values)]
+    if not bad:
+        return None
+    listed = ", ".join(map(str, values))
+    as_list = any(get_origin(arg) is list for arg in (*get_args(typehint), typehint))
+    lines = [f"--{key.group(1)}: {', '.join(map(repr, bad))} is not one of {listed}"
+             + (" (or a list of them)" if as_list else "")]  # fmt: skip
+    for value in bad:
+        close = difflib.get_close_matches(value, list(map(str, values)), n=1, cutoff=0.5)
+        if close:
+            lines.append(f"  {value!r}: did you mean {close[0]!r}?")
+    return "\n".join(lines)
+
+
+def type_error(message: str) -> str | None:
+    """jsonargparse's ``Parser key "model.beta": Expected a <class 'float'>. Got value: abc`` as one line:
+    ``--model.beta: expected a float, got 'abc'`` (``None`` for other errors)."""
+    pattern = r"""Parser key "([^"]+)":\s+Expected a <class '(\w+)'>\. Got value: (.*)"""
+    found = re.fullmatch(pattern, message.strip(), re.S)
+    if found is None:
+        return None
+    key, kind, value = found.groups()
+    return f"--{key}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value.strip()!r}"
+
+
 class AlignArgumentParser(LightningArgumentParser):
-    """Parse errors say which option was probably meant (difflib over every option, subcommands included)."""
+    """Parse errors say which option was probably meant (difflib over every option, subcommands included), and a
+    value outside an option's closed set lists its values and the nearest one."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         root = self
         while getattr(root, "parent_parser", None) is not None:
             root = root.parent_parser
-        super().error(hint(message, option_strings(root) | option_strings(self)), ex)
+        plain = closed_set_error(self, message) or type_error(message)
+        super().error(plain or hint(message, option_strings(root) | option_strings(self)), ex)
 
 
 STAGES = {"fit": "fit", "validate": "validate"}  # the subcommands offered
@@ -132,16 +212,34 @@ class AlignCLI(LightningCLI):
 
     prepared_datamodule: L.LightningDataModule | None = None
 
+    def __init__(self, *args: Any, command_line: list[str] | None = None, **kwargs: Any) -> None:
+        self.command_line = command_line  # as typed, for the resume hint of a stopped run
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.policy", "data.tokenizer")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "validate":  # ConsoleSummary prints the results as fit does, not Lightning's 16-digit table
+            parser.set_defaults(verbose=False)
+        return parser
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
         """Every run prints plain progress lines where no terminal watches, validation results and a summary
-        (:class:`~lit_align.console.ConsoleSummary`); without a terminal the progress bar is off."""
-        if not any(isinstance(c, ConsoleSummary) for c in [*callbacks, *(config.get("callbacks") or [])]):
+        (:class:`~lit_align.console.ConsoleSummary`), and stops on SIGTERM/SIGINT/SIGUSR1 with a checkpoint at the
+        step (:class:`~lit_align.preemption.StopOnSignal`); without a terminal the progress bar is off, on one it
+        counts optimizer steps of ``max_steps`` (:class:`~lit_align.console.StepProgressBar`)."""
+        given = [*callbacks, *(config.get("callbacks") or [])]
+        if not any(isinstance(c, ConsoleSummary) for c in given):
             callbacks = [*callbacks, ConsoleSummary()]
+        if not any(isinstance(c, StopOnSignal) for c in given):
+            callbacks = [*callbacks, StopOnSignal(command=self.command_line)]
         if config.get("enable_progress_bar") is None and not sys.stdout.isatty():
             config = {**config, "enable_progress_bar": False}
+        bar_wanted = config.get("enable_progress_bar") is not False
+        if bar_wanted and _RICH_AVAILABLE and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, StepProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
     @staticmethod
@@ -156,6 +254,8 @@ class AlignCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is None or not config.get("ckpt_path"):
             return
+        # Resuming writes into the checkpoints' own folder, on purpose: Lightning's warning about it is not news.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         resume_into_own_version(config)
 
     def parse_arguments(self, parser, args) -> None:
@@ -218,16 +318,16 @@ def check_checkpoint(path: str | None) -> None:
     if file.is_dir():
         return  # a distributed (DCP) checkpoint folder: Lightning's loader checks its layout
     if not file.is_file():
-        raise FileNotFoundError(f"--ckpt_path {path}: no such file (resolved to {file.resolve()})")
+        raise PathNotFound(f"--ckpt_path {path}: no such file (resolved to {file.resolve()})")
     advice = "give a .ckpt written by a lit-align run (runs/<algo>/version_N/checkpoints/last.ckpt)"
     try:
         checkpoint: Any = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise ValueError(
+        raise OptionError(
             f"--ckpt_path {file}: not a checkpoint that loads safely ({_load_failure(err)}); {advice}"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(
+        raise OptionError(
             f"--ckpt_path {file}: a PyTorch file, but not a Lightning checkpoint (no 'state_dict'); {advice}"
         )
 
@@ -258,9 +358,17 @@ def run(
     ``--model.scheduler``, ...), so LightningCLI's ``--optimizer``/``--lr_scheduler`` are not offered.
     """
     quiet()
+    # As typed, for the resume hint of a stopped run: `lit-align dpo fit ...`, or `python recipes/dpo.py fit ...`.
+    command_line = [command_name() or sys.argv[0], *(sys.argv[1:] if args is None else args)]
+    if args is None:  # LightningCLI reads sys.argv itself
+        sys.argv[1:] = expand_config_names(sys.argv[1:])
+    else:  # `lit-align dpo ...` passes what follows the recipe's name; sys.argv holds it too, on purpose
+        args = expand_config_names(list(args))
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
     default = [str(default_config)]
     compact = {"formatter_class": CompactHelpFormatter}
     parser_kwargs = {cmd: {"default_config_files": default, **compact} for cmd in ("fit", "validate")}
+    compact["prog"] = program()
     return AlignCLI(
         model_class,
         datamodule_class,
@@ -269,7 +377,22 @@ def run(
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_class=AlignArgumentParser,
+        command_line=command_line,
     )
+
+
+def run_function(function: Any, args: list[str] | None = None) -> Any:
+    """Run a command that is a function (``evaluate``, ``generate``, ``plot``): its typed signature is the command
+    line (positional arguments first), its docstring up to ``Args:`` the description, ``--help`` in the recipes'
+    compact style."""
+    import inspect
+
+    from jsonargparse import CLI
+
+    quiet()
+    description = (inspect.getdoc(function) or "").split("Args:")[0].strip()
+    return CLI(function, args=args, as_positional=True, prog=program(), formatter_class=CompactHelpFormatter,
+               description=description)  # fmt: skip
 
 
 def resume_into_own_version(config: Any) -> None:
@@ -292,33 +415,3 @@ def resume_into_own_version(config: Any) -> None:
     except (OSError, KeyError, RuntimeError, ValueError):  # unreadable: keep every logged step (Lightning will fail)
         pass
 
-
-def recipe_names() -> list[str]:
-    """The recipes installed in ``lit_align.recipes`` (the repository's ``recipes/`` folder)."""
-    import importlib.resources
-
-    folder = importlib.resources.files("lit_align.recipes")
-    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The ``lit-align`` command: ``lit-align <recipe> [fit|validate] [--config ...] [--model.* ...]``."""
-    import importlib
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    names = recipe_names()
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: lit-align <recipe> ...   (then e.g. `lit-align dpo fit --help`)\n\nrecipes: " + ", ".join(names))
-        return
-    name = argv[0]
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        suggestion = f" Did you mean {close[0]!r}?" if close else ""
-        sys.exit(f"lit-align: no recipe {name!r}.{suggestion} Recipes: {', '.join(names)}")
-    # The recipe reads its arguments from sys.argv, named as typed: usage lines and tips then say `lit-align <name>`
-    # (and LightningCLI does not warn about arguments given both ways).
-    saved, sys.argv = sys.argv, [f"lit-align {name}", *argv[1:]]
-    try:
-        importlib.import_module(f"lit_align.recipes.{name}").main()
-    finally:
-        sys.argv = saved

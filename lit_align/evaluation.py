@@ -48,7 +48,7 @@ from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import score_completions
 from lit_align.runs import load_trained, tools_of
-from lit_align.sampling import Sampler, SamplingOptions
+from lit_align.sampling import GenerationOptions, Sampler
 from lit_align.sharding import gather_objects
 from lit_align.tools.multi_turn import ToolRunner
 from lit_align.tools.options import ToolOptions
@@ -209,6 +209,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"{'win rate':28s}{report['win_rate']:>12.3f}   95% [{low:.3f}, {high:.3f}]   "
             f"({report['wins']} wins, {report['ties']} ties, {report['losses']} losses of {report['judged']})"
         )
+    else:
+        lines.append(f"{'win rate':28s}{'not judged':>12s}   (no judge: give --reward_model or --reward_funcs; "
+                     "a run with environments judges by their rewards)")  # fmt: skip
     if "implicit_reward_accuracy" in report:
         lines.append(f"{'implicit-reward accuracy':28s}{report['implicit_reward_accuracy']:>12.3f}   "
                      f"({report['pairs']} held-out pairs)")  # fmt: skip
@@ -231,14 +234,19 @@ def evaluate(
     accelerator: str = "auto",
     devices: int = 1,
     strategy: str = "auto",
-    sampling: SamplingOptions = SamplingOptions(),
+    sampling: GenerationOptions = GenerationOptions(),
     greedy: bool = False,
     table_rows: int = 8,
     tools: ToolOptions | None = None,
     user_template: str | None = None,
     columns: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
-    """Evaluate ``policy`` against ``baseline`` and write the report (returned on rank 0, ``None`` elsewhere).
+    """Compare a trained policy with the model it started from on held-out data, and write the report.
+
+    With a judge (a reward model, reward functions, or the run's environments' rewards) the report gives the win
+    rate (ties half, with a 95% interval) and each model's reward; without one it gives each model's response length
+    and, with pairs, the perplexity of the held-out chosen responses and the implicit-reward accuracy, and says that
+    no win rate was judged. Returns the report on rank 0, ``None`` elsewhere.
 
     Args:
         policy: the trained policy: a run directory (``runs/dpo/version_0``), a ``.ckpt`` file, an ``hf_model``

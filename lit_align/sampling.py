@@ -24,8 +24,9 @@ KVCache = Literal["auto", "static", "dynamic"]
 
 
 @dataclass(frozen=True)
-class SamplingOptions:
-    """How completions are sampled (the ``sampling`` group of every module that generates).
+class GenerationOptions:
+    """How completions are sampled, for generation alone (the ``sampling`` group of ``evaluate`` and ``generate``;
+    the training modules' group, :class:`SamplingOptions`, adds what only training uses).
 
     Args:
         max_new_tokens: completion length limit in tokens; a completion without EOS by then is truncated.
@@ -45,14 +46,6 @@ class SamplingOptions:
             cache (when the module's ``shared_prefix`` is on too; the same completions as G prefills). Off: each
             sample prefills its own prompt, as ``generate`` does by itself. vLLM shares prompt prefixes by itself
             (automatic prefix caching).
-        rollout_correction: when the completions come with the rollout ENGINE's log-probs (``vllm``, or a rollout
-            given to ``update`` with ``sampling_log_probs``), the loss is weighted by π_old / π_sampler at the
-            ``token`` or ``sequence`` level, ``truncate``-d to the bounds or ``mask``-ed outside them
-            (:func:`~lit_align.losses.objectives.rollout_correction_weights`; TRL's ``vllm_importance_sampling_mode``,
-            whose default this is); ``none`` trains on the mismatched ratio. With ``hf`` generation the trainer's own
-            pass gives the sampling log-probs: nothing to correct, and nothing is.
-        rollout_correction_max: C_max, the upper bound (TRL's ``vllm_importance_sampling_clip_max``); null: none.
-        rollout_correction_min: C_min, the lower bound; null: none.
     """
 
     max_new_tokens: int = 64
@@ -64,12 +57,18 @@ class SamplingOptions:
     vllm_gpu_memory_utilization: float = 0.3
     kv_cache: KVCache = "auto"
     shared_prefill: bool = True
-    rollout_correction: RolloutCorrection = "sequence_mask"
-    rollout_correction_max: float | None = 3.0
-    rollout_correction_min: float | None = None
 
     def __post_init__(self) -> None:
-        for ok, name, expected in (
+        for ok, name, expected in self.checks():
+            check_option(ok, f"sampling.{name}", getattr(self, name), expected)
+        if self.generation_backend == "vllm":
+            from lit_align.vllm_backend import import_vllm
+
+            import_vllm()  # before any weights load: a missing extra fails here, with the install command
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """Each option's ``(ok, name, expected)``."""
+        return [
             (self.temperature > 0, "temperature", "must be > 0 (greedy decoding is its own switch)"),
             (self.max_new_tokens >= 1, "max_new_tokens", "at least 1 token"),
             (0 < self.top_p <= 1, "top_p", "in (0, 1] (1: off)"),
@@ -77,6 +76,32 @@ class SamplingOptions:
             (self.generation_backend in ("hf", "vllm"), "generation_backend", "hf or vllm"),
             (0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization", "a fraction in (0, 1)"),
             (self.kv_cache in ("auto", "static", "dynamic"), "kv_cache", "auto, static or dynamic"),
+        ]
+
+
+@dataclass(frozen=True)
+class SamplingOptions(GenerationOptions):
+    """How completions are sampled while training (the ``sampling`` group of every module that generates): the
+    generation options and the correction of an engine's sampling log-probs.
+
+    Args:
+        rollout_correction: when the completions come with the rollout ENGINE's log-probs (``vllm``, or a rollout
+            given to ``update`` with ``sampling_log_probs``), the loss is weighted by π_old / π_sampler at the
+            ``token`` or ``sequence`` level, ``truncate``-d to the bounds or ``mask``-ed outside them
+            (:func:`~lit_align.losses.objectives.rollout_correction_weights`; TRL's ``vllm_importance_sampling_mode``,
+            whose default this is); ``none`` trains on the mismatched ratio. With ``hf`` generation the trainer's own
+            pass gives the sampling log-probs: nothing to correct, and nothing is.
+        rollout_correction_max: C_max, the upper bound (TRL's ``vllm_importance_sampling_clip_max``); null: none.
+        rollout_correction_min: C_min, the lower bound; null: none.
+    """
+
+    rollout_correction: RolloutCorrection = "sequence_mask"
+    rollout_correction_max: float | None = 3.0
+    rollout_correction_min: float | None = None
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            *super().checks(),
             (self.rollout_correction in ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
              "rollout_correction", "none, token_truncate, token_mask, sequence_truncate or sequence_mask"),
             (self.rollout_correction_max is None or self.rollout_correction_max > 0, "rollout_correction_max",
@@ -86,24 +111,21 @@ class SamplingOptions:
             (None in (self.rollout_correction_min, self.rollout_correction_max)
              or self.rollout_correction_min < self.rollout_correction_max, "rollout_correction_min",
              f"below rollout_correction_max={self.rollout_correction_max}"),
-        ):
-            check_option(ok, f"sampling.{name}", getattr(self, name), expected)
-        if self.generation_backend == "vllm":
-            from lit_align.vllm_backend import import_vllm
-
-            import_vllm()  # before any weights load: a missing extra fails here, with the install command
+        ]  # fmt: skip
 
 
 class Sampler:
-    """Seeded sampling from prompt batches with the options of a :class:`SamplingOptions` group.
+    """Seeded sampling from prompt batches with the options of a :class:`SamplingOptions` (or, for generation
+    alone, :class:`GenerationOptions`) group.
 
     Args:
         options: the sampling options.
         backend: a generation backend to use instead of the one ``options`` names (tests, custom engines).
     """
 
-    def __init__(self, options: SamplingOptions | dict | None = None, backend: GenerationBackend | None = None) -> None:
-        self.options = as_group(SamplingOptions, options)
+    def __init__(self, options: GenerationOptions | dict | None = None, backend: GenerationBackend | None = None,
+                 ) -> None:  # fmt: skip
+        self.options = options if isinstance(options, GenerationOptions) else as_group(SamplingOptions, options)
         self.backend: GenerationBackend | None = backend
         self.draws = 0  # calls without a key so far (their key: the count)
 

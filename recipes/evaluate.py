@@ -6,17 +6,14 @@ interval), reward and length of each, perplexity of held-out preferred responses
 (see lit_align/evaluation.py). `--help` lists every option, `--config my.yaml` takes them from a file.
 """
 
-from jsonargparse import CLI
-
-from lit_align.console import quiet
+from lit_align.cli import run_function
 from lit_align.errors import command
 from lit_align.evaluation import evaluate
 
 
 def main(args: list[str] | None = None) -> None:
     """``lit-align evaluate ...`` and ``python recipes/evaluate.py ...``."""
-    quiet()
-    CLI(evaluate, args=args, as_positional=True)
+    run_function(evaluate, args)
 
 
 if __name__ == "__main__":

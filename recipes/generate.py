@@ -6,17 +6,14 @@ Samples from a run directory, checkpoint, export or preset with the chat templat
 sampling.
 """
 
-from jsonargparse import CLI
-
-from lit_align.console import quiet
+from lit_align.cli import run_function
 from lit_align.errors import command
 from lit_align.generation import generate
 
 
 def main(args: list[str] | None = None) -> None:
     """``lit-align generate ...`` and ``python recipes/generate.py ...``."""
-    quiet()
-    CLI(generate, args=args, as_positional=True)
+    run_function(generate, args)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """Plot recipe: `python recipes/plot.py runs/orpo/version_0 train/rewards/margins margins.svg` (or `lit-align plot
 ...`) draws one logged scalar of a run as an SVG (each step and its moving average; lit_align/plot.py)."""
 
-from jsonargparse import CLI
-
+from lit_align.cli import run_function
 from lit_align.errors import command
 from lit_align.plot import plot
 
 
 def main(args: list[str] | None = None) -> None:
     """``lit-align plot ...`` and ``python recipes/plot.py ...``."""
-    CLI(plot, args=args, as_positional=True)
+    run_function(plot, args)
 
 
 if __name__ == "__main__":
