@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from lit_align.rewards.verifiers import completion_text
@@ -148,6 +149,17 @@ class ScriptedTurns:
         return Rollout(prompt_input_ids.repeat_interleave(num_generations, 0),
                        prompt_attention_mask.repeat_interleave(num_generations, 0), ids.to(device), mask.to(device),
                        texts, lengths.to(device), truncated.to(device), num_generations)  # fmt: skip
+
+
+class ScriptedPlayer(L.Callback):
+    """A recipe's sampling replaced by :func:`guessing_script` (``--trainer.callbacks+=tests.online_helpers.
+    ScriptedPlayer``): the tiny random model never calls a tool, this player calls ``guess`` every turn."""
+
+    def __init__(self, max_new_tokens: int = 300) -> None:
+        self.max_new_tokens = max_new_tokens
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pl_module.sampler.backend = ScriptedTurns(pl_module.tokenizer, guessing_script, self.max_new_tokens)
 
 
 def guessing_script(context: str, turn: int, g: int) -> str:

@@ -74,7 +74,7 @@ LossAggregation = Literal["sequence_mean", "token_mean", "constant", "sequence_s
 KLPenalty = Literal["loss", "reward"]
 ImportanceRatio = ImportanceLevel
 EXTENSION_HOOKS = ("needs_old_logps", "combine_rewards", "shape_rewards", "baseline", "compute_advantages",
-                   "policy_loss", "minibatch_order")  # fmt: skip
+                   "policy_loss", "minibatch_order", "update_metric_names")  # fmt: skip
 
 
 class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
@@ -198,15 +198,22 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         return self.use_kl
 
     def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        clip = (*self.objective.options.metric_names(), "entropy")
-        kl = ("kl",) if self.use_kl else ()
+        """What every online algorithm logs (the rewards, the tools' metrics with tools, the rollout correction's with
+        vLLM, the optimizer steps' and the timings) around what its updates log (:meth:`update_metric_names`)."""
+        correction = ()
         if self.sampler.options.generation_backend == "vllm" and self.sampler.options.rollout_correction != "none":
-            kl = (*kl, *ROLLOUT_CORRECTION_METRICS)
+            correction = ROLLOUT_CORRECTION_METRICS
         steps = ("learning_rate", "grad_norm")  # per optimizer step, averaged over the rollout's steps
         times = ("time/generation", "time/reward", "time/update")  # update: log-prob passes + optimizer steps
         tools = TOOL_METRICS if self.tool_runner else ()
-        train = (*self.rewards.metric_names(), *tools, *clip, *kl, *self.EXTRA_METRICS, *steps, *times)
+        train = (*self.rewards.metric_names(), *tools, *self.update_metric_names(), *correction, *self.EXTRA_METRICS,
+                 *steps, *times)  # fmt: skip
         return train, (*self.rewards.metric_names(with_std=False), *tools)
+
+    def update_metric_names(self) -> tuple[str, ...]:
+        """The metrics the rollout's updates log. Default: the objective's clip statistics, the entropy and, with
+        β > 0, the KL (PPO: its own, TRL's ``objective/*`` and ``policy/*``)."""
+        return (*self.objective.options.metric_names(), "entropy", *(("kl",) if self.use_kl else ()))
 
     @classmethod
     def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:

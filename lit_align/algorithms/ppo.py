@@ -30,6 +30,7 @@ from torch import Tensor
 
 from lit_align.algorithms.critic import build_critic, disable_dropout, token_values
 from lit_align.algorithms.online import OnlinePolicyGradient
+from lit_align.errors import OptionError, PathNotFound
 from lit_align.hparams import as_group, fix_options
 from lit_align.losses.policy_gradient import (
     adaptive_kl_coef,
@@ -123,12 +124,8 @@ class PPO(OnlinePolicyGradient):
         disable_dropout(self.critic)
 
     # -- hooks of the online step: PPO's rewards, advantages and loss --------------------------------------
-    def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        kl = KL_METRICS if self.use_kl else ()
-        steps = ("learning_rate", "grad_norm")  # per optimizer step, as the base logs them
-        times = ("time/generation", "time/reward", "time/update")
-        train = (*self.rewards.metric_names(), *ROLLOUT_METRICS, *kl, *UPDATE_METRICS, *steps, *times)
-        return train, self.rewards.metric_names(with_std=False)
+    def update_metric_names(self) -> tuple[str, ...]:
+        return (*ROLLOUT_METRICS, *(KL_METRICS if self.use_kl else ()), *UPDATE_METRICS)
 
     def needs_old_logps(self) -> bool:
         return True  # the KL penalty, objective/entropy and every pass after the first need them
@@ -226,16 +223,17 @@ class PPO(OnlinePolicyGradient):
 
 def _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta, lora_dropout) -> None:
     if vf_coef < 0 or cliprange_value <= 0:
-        raise ValueError(f"--model.vf_coef must be >= 0, --model.cliprange_value > 0; got {vf_coef}, {cliprange_value}")
+        raise OptionError(f"--model.vf_coef must be >= 0, --model.cliprange_value > 0; got {vf_coef}, "
+                          f"{cliprange_value}")
     if not (0 <= gamma <= 1 and 0 <= lam <= 1):
-        raise ValueError(f"--model.gamma and --model.lam must lie in [0, 1], got {gamma}, {lam}")
+        raise OptionError(f"--model.gamma and --model.lam must lie in [0, 1], got {gamma}, {lam}")
     if kl_target is not None and (kl_target <= 0 or beta <= 0 or kl_horizon <= 0):
-        raise ValueError(
+        raise OptionError(
             f"--model.kl_target {kl_target} (adaptive KL) needs kl_target > 0, an initial --model.beta > 0 and "
             f"--model.kl_horizon > 0 (got beta {beta}, kl_horizon {kl_horizon})"
         )
     if lora_dropout:
-        raise ValueError("PPO turns dropout off in policy and critic (on-policy ratio 1): set --model.lora_dropout 0")
+        raise OptionError("PPO turns dropout off in policy and critic (on-policy ratio 1): set --model.lora_dropout 0")
 
 
 def _check_reward_models(reward_funcs: Sequence[str | Callable], value_model: ModelRef) -> None:
@@ -243,13 +241,13 @@ def _check_reward_models(reward_funcs: Sequence[str | Callable], value_model: Mo
     specs = [f.removeprefix("model:") for f in reward_funcs if isinstance(f, str) and f.startswith("model:")]
     has_model = bool(specs) or any(isinstance(f, RewardModelScorer) for f in reward_funcs)
     if value_model == "reward_model" and not has_model:
-        raise ValueError(
+        raise OptionError(
             "--model.value_model reward_model initializes the critic from a reward model, and "
             "--model.rewards.reward_funcs names none ('model:<dir>'); add one, or use --model.value_model policy"
         )
     for spec in specs:
         if _is_local_path(spec) and not Path(spec).expanduser().is_dir():
-            raise FileNotFoundError(
+            raise PathNotFound(
                 f"reward model {spec!r} not found (from --model.rewards.reward_funcs). Train one first with "
                 f"`python recipes/reward_model.py fit` (it exports {DEFAULT_REWARD_MODEL}), or point "
                 "--model.rewards.reward_funcs at another reward model: '[model:<dir>]'"
