@@ -269,9 +269,11 @@ class TokenizedDataModule(L.LightningDataModule, metaclass=ChecksKeywords):
             self.val_dataset = self.examples(self.val_dataset)
         if self.INDEX_ROWS:
             n = len(self.train_dataset)
-            self.train_dataset = self.train_dataset.add_column("row_index", list(range(n)))
-            if self.val_dataset is not None:
-                self.val_dataset = self.val_dataset.add_column("row_index", list(range(n, n + len(self.val_dataset))))
+            with progress_bars(n >= PROGRESS_BAR_ROWS):  # after the split, add_column flattens the indices
+                self.train_dataset = self.train_dataset.add_column("row_index", list(range(n)))
+                if self.val_dataset is not None:
+                    rows = list(range(n, n + len(self.val_dataset)))
+                    self.val_dataset = self.val_dataset.add_column("row_index", rows)
 
     def train_dataloader(self) -> DataLoader:
         # Resumable mid-epoch, in an order that depends only on (seed, epoch): see datamodules/resumable.py.

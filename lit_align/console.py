@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 TIP_PREFIX = "💡 Tip:"  # Lightning's advertisements for its cloud products
 
@@ -61,11 +62,18 @@ class ConsoleSummary(L.Callback):
         self.every_n_steps = every_n_steps
         self.plain = plain if plain is not None else not sys.stdout.isatty()
         self._start = 0.0
+        self._first_step = 0  # the step training (re)started from: a resumed run's checkpoint step
         self._last = (0, 0.0)  # (step, time) of the last printed line
         self._printed_step = -1
+        self._validated_at: int | None = None  # the step of the last validation
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After a checkpoint is restored: a resumed run counts its steps and time from the checkpoint's step."""
+        self._start = time.monotonic()
+        self._first_step = trainer.global_step
         self._last = (trainer.global_step, self._start)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -86,18 +94,22 @@ class ConsoleSummary(L.Callback):
             return
         values = self._metrics(trainer, pl_module, "val/", every=True)
         if values:
+            self._validated_at = trainer.global_step
             print(f"validation at step {trainer.global_step}: " + " | ".join(values), flush=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         elapsed = time.monotonic() - self._start
-        steps = trainer.global_step
-        lines = [f"Finished fit: {steps} steps in {_duration(elapsed)} ({elapsed / max(steps, 1):.3g} s/step)"]
-        for prefix in ("train/", "val/"):
-            values = self._metrics(trainer, pl_module, prefix, every=True)
-            if values:
-                lines.append(f"  final {prefix[:-1]}: " + " | ".join(values))
+        steps = trainer.global_step - self._first_step
+        done = f"steps {self._first_step}-{trainer.global_step} (resumed)" if self._first_step else f"{steps} steps"
+        lines = [f"Finished fit: {done} in {_duration(elapsed)} ({elapsed / max(steps, 1):.3g} s/step)"]
+        values = self._metrics(trainer, pl_module, "train/", every=True)
+        if values:
+            lines.append(f"  final train (step {trainer.global_step}): " + " | ".join(values))
+        values = self._metrics(trainer, pl_module, "val/", every=True)
+        if values and self._validated_at is not None:
+            lines.append(f"  last validation (step {self._validated_at}): " + " | ".join(values))
         # ``trainer.log_dir`` broadcasts from rank 0, a collective the other ranks (which returned above) never
         # join; the logger's own ``log_dir`` is local.
         log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
@@ -128,6 +140,48 @@ class ConsoleSummary(L.Callback):
                 if n in logged]  # fmt: skip
 
 
+class StepProgressBar(RichProgressBar):
+    """Lightning's (rich) progress bar, counting a run that ends at ``max_steps`` in optimizer steps: one bar over
+    the whole run, ``step 12/40``, continued from the checkpoint's step on resume. Lightning's own counts each epoch's
+    batches under a title of ``Epoch 0/-2`` when only ``max_steps`` is set (and, for the online algorithms, batches
+    are rollouts, each several optimizer steps). A run bounded by epochs keeps Lightning's bar."""
+
+    def _by_steps(self) -> bool:
+        return self._trainer is not None and bool(self.trainer.max_steps and self.trainer.max_steps > 0)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._by_steps():
+            return super()._get_train_description(current_epoch)
+        return f"{'Training':{len(self.validation_description)}}"
+
+    def _initialize_train_progress_bar_id(self) -> None:
+        if not self._by_steps():
+            return super()._initialize_train_progress_bar_id()
+        self.train_progress_bar_id = self._add_task(self.trainer.max_steps, self._get_train_description(0))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._by_steps():
+            return super().on_train_epoch_start(trainer, pl_module)
+        if self.is_disabled or self.progress is None:
+            return
+        if self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self.refresh()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if not self._by_steps():
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.is_disabled:
+            return
+        if self.train_progress_bar_id is None:  # resumed mid-epoch
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.getMessage()).startswith(TIP_PREFIX)
@@ -136,9 +190,12 @@ class _DropTips(logging.Filter):
 def quiet() -> None:
     """Silence what a recipe run does not need to print: Lightning's advertisements ("💡 Tip: ... try
     installing litlogger"), the deprecation warning Lightning's own pytree utility raises on every step with
-    this torch, and transformers' one-shard "Writing model shards" bar. Progress bars of small tokenization
-    passes are skipped where the DataModule tokenizes."""
+    this torch, Lightning's note that a validation loader is empty (lit-align's DataModules return none on purpose
+    when there is no validation split), and transformers' one-shard "Writing model shards" bar. Progress bars of
+    small tokenization passes are skipped where the DataModule tokenizes. The recipes, ``evaluate``, ``generate``
+    and the examples call it; a user's own script may."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         for handler in logging.getLogger(name).handlers:
             handler.addFilter(_DropTips())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from lit_align.runs import load_trained
-from lit_align.sampling import Sampler, SamplingOptions
+from lit_align.sampling import GenerationOptions, Sampler
 
 
 class Completer:
@@ -32,7 +33,7 @@ class Completer:
         num_generations: completions per prompt.
     """
 
-    def __init__(self, policy: nn.Module, tokenizer: Any, sampling: SamplingOptions, greedy: bool = False,
+    def __init__(self, policy: nn.Module, tokenizer: Any, sampling: GenerationOptions, greedy: bool = False,
                  num_generations: int = 1) -> None:  # fmt: skip
         self.policy, self.tokenizer = policy.eval(), tokenizer
         self.sampler, self.greedy, self.num_generations = Sampler(sampling), greedy, num_generations
@@ -56,7 +57,7 @@ def generate(
     output: str | None = None,
     batch_size: int = 8,
     max_prompt_length: int | None = 1024,
-    sampling: SamplingOptions = SamplingOptions(),
+    sampling: GenerationOptions = GenerationOptions(),
     greedy: bool = False,
     num_generations: int = 1,
 ) -> None:
@@ -75,6 +76,8 @@ def generate(
         greedy: decode greedily instead of sampling.
         num_generations: completions per prompt.
     """
+    if prompts is not None:
+        say(f"loading {policy}")
     trained = load_trained(policy)
     module = Completer(trained.model, trained.tokenizer, sampling, greedy, num_generations)
     if prompts is None:
@@ -87,6 +90,10 @@ def generate(
     dm.setup("predict")
     rows = dm.train_dataset
     out: TextIO = Path(output).open("w") if output else sys.stdout
+    began = time.monotonic()
+    say(f"generating for {len(rows)} prompts of {prompts} ({num_generations if not greedy else 1} each, "
+        f"{'greedy' if greedy else f'temperature {sampling.temperature}'}, up to {sampling.max_new_tokens} tokens) "
+        f"into {output or 'standard output'}")  # fmt: skip
     try:
         for start in range(0, len(rows), batch_size):
             batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
@@ -95,9 +102,18 @@ def generate(
                 record.update({"completion": texts[0]} if len(texts) == 1 else {"completions": texts})
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
+            done = start + len(batch)
+            elapsed = time.monotonic() - began
+            say(f"  {done}/{len(rows)} prompts, {elapsed:.0f} s ({elapsed / done:.2g} s/prompt)")
     finally:
         if output:
             out.close()
+    say(f"wrote {len(rows)} rows to {Path(output).resolve() if output else 'standard output'}")
+
+
+def say(text: str) -> None:
+    """Progress on standard error: standard output may be the generated rows themselves."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _interactive(module: Completer, max_prompt_length: int | None) -> None:

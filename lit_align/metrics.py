@@ -8,6 +8,9 @@ counts as weights, so they aggregate over batches and ranks exactly as TRL's gat
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 from torchmetrics import MeanMetric, MetricCollection
 
@@ -25,6 +28,17 @@ PREFERENCE_METRICS = (
 )
 
 Value = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # values, or (values, weights)
+# Rates over a count that can be zero (failed calls per call): 0 when nothing was counted, as TRL logs them, where a
+# weighted mean with no weight is NaN. Other means with no weight stay NaN (nothing was measured: a batch with no
+# desirable example has no ``rewards/chosen``).
+ZERO_WHEN_EMPTY = frozenset({"tools/failure_frequency"})
+
+
+class RateMetric(MeanMetric):
+    """A weighted mean that is 0, not NaN, when its weights sum to 0 (see :data:`ZERO_WHEN_EMPTY`)."""
+
+    def compute(self) -> torch.Tensor:
+        return torch.where(self.weight > 0, self.mean_value / self.weight.clamp(min=1e-30), 0.0)
 
 
 class MetricGroup(MetricCollection):
@@ -34,7 +48,8 @@ class MetricGroup(MetricCollection):
     """
 
     def __init__(self, names: tuple[str, ...], prefix: str, dist_sync_on_step: bool = True) -> None:
-        metrics = {_key(n): MeanMetric(dist_sync_on_step=dist_sync_on_step) for n in names}
+        metrics = {_key(n): (RateMetric if n in ZERO_WHEN_EMPTY else MeanMetric)(dist_sync_on_step=dist_sync_on_step)
+                   for n in names}  # fmt: skip
         super().__init__(metrics, prefix=prefix)
 
     def step(self, values: dict[str, Value]) -> None:
@@ -46,6 +61,8 @@ class MetricGroup(MetricCollection):
                 # A step-synced metric is a collective: every rank must call it, even with zero weight here.
                 if weight.sum() > 0 or metric.dist_sync_on_step:
                     metric(data.detach().float(), weight.float())
+                else:  # nothing measured here: counted as an update (no "compute before update" warning), sums kept
+                    metric.update(torch.zeros(0, device=data.device), torch.zeros(0, device=data.device))
             elif value.numel():
                 metric(value.detach().float())
 
@@ -80,3 +97,39 @@ def preference_values(
         "logits/chosen": (chosen.logits_sum / chosen.num_tokens.clamp(min=1), chosen.num_tokens),
         "logits/rejected": (rejected.logits_sum / rejected.num_tokens.clamp(min=1), rejected.num_tokens),
     }
+
+
+def trainer_options(trainer: Any) -> dict[str, Any]:
+    """The Trainer's options that shape a run, for the HParams tab (``trainer/<option>``)."""
+    return {
+        "max_steps": trainer.max_steps,
+        "max_epochs": trainer.max_epochs,
+        "precision": str(trainer.precision),
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "strategy": type(trainer.strategy).__name__,
+        "val_check_interval": trainer.val_check_interval,
+        "gradient_clip_val": trainer.gradient_clip_val,
+        "seed": os.environ.get("PL_GLOBAL_SEED"),  # what seed_everything set
+    }
+
+
+def log_hyperparameters(logger: Any, params: dict[str, Any], metrics: list[str], rank_zero: bool) -> None:
+    """``params`` to ``logger``. For TensorBoard, the HParams summaries are written here with ``metrics`` as the
+    tab's metric columns: TensorBoard fills them with each tag's latest logged value (the validation curves as they
+    go, the final ones when the run ends). Lightning's ``log_hyperparams`` would declare only ``hp_metric`` and log
+    it as -1, or, given the metrics, write a value for each at step 0 into the very curves it names."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if not isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(params)
+        return
+    logger.hparams.update(params)  # hparams.yaml, as Lightning's call keeps it
+    if not rank_zero:
+        return
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams_summaries(params, dict.fromkeys(metrics, 0.0)):  # the values are not written
+        writer.add_summary(summary)

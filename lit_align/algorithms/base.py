@@ -25,7 +25,14 @@ from lit_align.console import short_name
 from lit_align.errors import OptionError
 from lit_align.host_memory import release_host_memory
 from lit_align.hparams import ChecksKeywords, check_options, save_plain_hyperparameters, upgraded_checkpoint
-from lit_align.metrics import PREFERENCE_METRICS, MetricGroup, Value, weighted_mean
+from lit_align.metrics import (
+    PREFERENCE_METRICS,
+    MetricGroup,
+    Value,
+    log_hyperparameters,
+    trainer_options,
+    weighted_mean,
+)
 from lit_align.models import (
     ModelKind,
     ModelRef,
@@ -191,16 +198,20 @@ class AlignmentModule(L.LightningModule, metaclass=ChecksKeywords):
             self.check_data(datamodule, self._options)
 
     def on_fit_start(self) -> None:
-        """Hyperparameters to the logger (TensorBoard's HParams tab): ``model/<option>`` and ``data/<option>``,
-        plain values only, without LightningCLI's internal keys."""
+        """Hyperparameters to the logger (TensorBoard's HParams tab): ``model/<option>``, ``data/<option>`` and
+        ``trainer/<option>``, plain values only, without LightningCLI's internal keys; the tab's metrics are the
+        validation metrics (and the training loss), read from their curves, so it shows their latest values
+        (:func:`~lit_align.metrics.log_hyperparameters`)."""
         if self.logger is None:
             return
         params = {f"model/{k}": v for k, v in self.hparams.items() if not k.startswith("_")}
         datamodule = getattr(self.trainer, "datamodule", None)
         data = getattr(datamodule, "hparams", {}) if datamodule is not None else {}
         params.update({f"data/{k}": v for k, v in data.items() if not k.startswith("_")})
+        params.update({f"trainer/{k}": v for k, v in trainer_options(self.trainer).items()})
         plain = {k: v if isinstance(v, int | float | bool | str) else str(v) for k, v in params.items()}
-        self.logger.log_hyperparams(plain)
+        metrics = ["train/loss", *(f"val/{name}" for name in self.metric_names()[1])]
+        log_hyperparameters(self.logger, plain, metrics, self.trainer.is_global_zero)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, scheduler = self._optimizer_and_scheduler(self.planned_optimizer_steps())
