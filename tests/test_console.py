@@ -112,3 +112,49 @@ def test_validate_subcommand_works(tmp_path, monkeypatch):
     with redirect_stdout(io.StringIO()):
         cli = run(DPO, PreferenceDataModule, DPO_YAML, args=["validate", "--config", TINY])
     assert "val/loss" in cli.trainer.callback_metrics
+
+
+def test_validate_prints_the_summary_format_not_a_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        run(DPO, PreferenceDataModule, DPO_YAML, args=["validate", "--config", TINY])
+    printed = out.getvalue()
+    assert "validation at step 0: loss 0.6931" in printed  # 4 significant digits, as the fit's lines
+    assert "│" not in printed and "0.693147" not in printed
+
+
+def test_the_terminal_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path):
+    """One bar over the run: its total is max_steps and it ends at the last step (Lightning's, titled
+    ``Epoch 0/-2``, counts each epoch's batches)."""
+    import lightning as L
+
+    from lit_align.console import StepProgressBar
+    from tests.conftest import write_jsonl
+
+    rows = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(10)]
+    data = PreferenceDataModule(tokenizer="tiny-llama", data_path=str(write_jsonl(tmp_path / "p.jsonl", rows)),
+                                val_size=0, batch_size=2)  # fmt: skip
+    bar = StepProgressBar()
+    trainer = L.Trainer(max_steps=7, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[bar], limit_val_batches=0)  # fmt: skip
+    trainer.fit(DPO(policy="tiny-llama", learning_rate=1e-3), data)
+    (task,) = [task for task in bar.progress.tasks if task.id == bar.train_progress_bar_id]
+    assert task.total == 7 and task.completed == 7 and "Epoch" not in task.description  # 10 rows: two epochs
+
+
+def test_a_rate_over_no_calls_is_zero_not_nan():
+    import torch
+
+    from lit_align.metrics import MetricGroup
+
+    group = MetricGroup(("tools/failure_frequency", "rewards/chosen"), "val/", dist_sync_on_step=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no torchmetrics "compute before update" warning
+        group.step({"tools/failure_frequency": (torch.zeros(4), torch.zeros(4)),
+                    "rewards/chosen": (torch.zeros(2), torch.zeros(2))})  # fmt: skip
+        values = {name: float(value) for name, value in group.compute().items()}
+    assert values["val/tools/failure_frequency"] == 0.0
+    assert values["val/rewards/chosen"] != values["val/rewards/chosen"]  # nothing measured: NaN, by design
+    group.step({"tools/failure_frequency": (torch.tensor([0.5, 0.0]), torch.tensor([2.0, 0.0]))})
+    assert float(group.compute()["val/tools/failure_frequency"]) == 0.5  # failed calls per call, weighted by calls

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from lit_align.evaluation import summarize, wald_interval
-from lit_align.sampling import SamplingOptions
+from lit_align.sampling import GenerationOptions
 from tests.conftest import REPO, write_jsonl
 
 
@@ -106,7 +106,7 @@ def test_evaluating_a_model_against_itself_is_all_ties(tiny_run):
     from lit_align.evaluation import evaluate
 
     report = evaluate("tiny-llama", baseline="tiny-llama", reward_model=str(tiny_run / "rm"),
-                      prompts=str(tiny_run / "pairs.jsonl"), sampling=SamplingOptions(max_new_tokens=6),
+                      prompts=str(tiny_run / "pairs.jsonl"), sampling=GenerationOptions(max_new_tokens=6),
                       out_dir=str(tiny_run / "self"))  # fmt: skip
     assert report["win_rate"] == 0.5 and report["ties"] == report["judged"] == 6
     assert report["length"]["change"] == 0.0
@@ -121,6 +121,19 @@ def test_generate_recipe_writes_jsonl_with_the_other_columns(tiny_run):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tiny_run / "out.jsonl").read_text().splitlines()]
     assert rows[0]["id"] == 7 and len(rows[0]["completions"]) == 2 and len(rows) == 2
+    said = result.stderr  # progress on standard error (standard output may be the rows)
+    assert "loading runs/dpo/version_0" in said and "generating for 2 prompts of prompts.jsonl" in said
+    assert "2/2 prompts" in said and f"wrote 2 rows to {tiny_run / 'out.jsonl'}" in said
+
+
+def test_a_report_without_a_judge_says_it_has_no_win_rate(tiny_run):
+    cmd = [sys.executable, str(REPO / "recipes/evaluate.py"), "runs/dpo/version_0", "--pairs", "pairs.jsonl",
+           "--sampling.max_new_tokens", "4", "--out_dir", str(tiny_run / "unjudged")]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tiny_run, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("win rate")]
+    assert "not judged" in line and "--reward_model or --reward_funcs" in line
+    assert "length" in result.stdout and "perplexity" in result.stdout
 
 
 def test_generate_reads_prompts_from_stdin(tiny_run):
@@ -142,7 +155,8 @@ def test_evaluation_plays_the_same_games_with_both_models(tiny_tokenizer):
     from tests.online_helpers import ScriptedTurns, game_rows, guessing_script
 
     runner = ToolRunner(ToolOptions(environment="lit_align.tools.games:GuessTheNumber", max_turns=6))
-    sampler = Sampler(SamplingOptions(max_new_tokens=900), backend=ScriptedTurns(tiny_tokenizer, guessing_script, 900))
+    player = ScriptedTurns(tiny_tokenizer, guessing_script, 900)
+    sampler = Sampler(GenerationOptions(max_new_tokens=900), backend=player)
     policy, baseline = load_model("tiny-llama", seed=0)[0], load_model("tiny-llama", seed=1)[0]
     evaluation = Evaluation(policy, baseline, list(runner.environment_rewards), sampler, tiny_tokenizer, True, runner)
     rows = game_rows(3)
@@ -176,7 +190,7 @@ def test_evaluate_takes_the_runs_tools(tmp_path):
     tokenizer.save_pretrained(run / "hf_model")
     prompts = write_jsonl(tmp_path / "games.jsonl", [{"prompt": [{"role": "user", "content": "Play."}], "low": 1,
                                                       "high": 8}] * 2)  # fmt: skip
-    report = evaluate(str(run), prompts=str(prompts), sampling=SamplingOptions(max_new_tokens=16), greedy=True,
+    report = evaluate(str(run), prompts=str(prompts), sampling=GenerationOptions(max_new_tokens=16), greedy=True,
                       out_dir=str(tmp_path / "eval"), accelerator="cpu")  # fmt: skip
     assert report["settings"]["tools"]["environment"] == "lit_align.tools.games:GuessTheNumber"
     assert "tools/call_frequency" in report and "rewards/GuessTheNumber" in report
@@ -191,7 +205,7 @@ def test_evaluate_takes_text_prompts_with_a_user_template_and_renamed_columns(tm
     report = evaluate("tiny-llama", baseline="tiny-llama", prompts=str(prompts),
                       reward_funcs=["lit_align.rewards.verifiers:arithmetic_answer_reward"],
                       user_template="{prompt} Answer with the number.", columns={"prompt": "question",
-                      "answer": "final_answer"}, sampling=SamplingOptions(max_new_tokens=4), greedy=True,
+                      "answer": "final_answer"}, sampling=GenerationOptions(max_new_tokens=4), greedy=True,
                       out_dir=str(tmp_path / "eval"), accelerator="cpu")  # fmt: skip
     assert report["prompts"] == 3 and "rewards/arithmetic_answer_reward" in report
     samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
