@@ -4,8 +4,8 @@ A reward function takes the prompts, the completions (text, or chat messages for
 other column of the data as keyword lists, and returns one float per completion (or None: no opinion).
 This one rewards completions that answer with the word count the prompt asks for.
 
-    python examples/grpo_custom_reward.py           # SmolLM2-135M-Instruct, 10 optimizer steps
     python examples/grpo_custom_reward.py --tiny    # a tiny random model, seconds (what CI runs)
+    python examples/grpo_custom_reward.py           # SmolLM2-135M-Instruct, 10 optimizer steps (minutes on a CPU)
 
 From a config or the command line, name it by import path instead:
 ``--model.rewards.reward_funcs '["examples.grpo_custom_reward:word_count_reward"]'`` (the module must be importable).
@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 
 from lit_align import GRPO, load_model
+from lit_align.console import quiet
 from lit_align.datamodules import PromptDataModule
 from lit_align.rewards.verifiers import completion_text
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (seconds)")
     args = parser.parse_args()
+    quiet()
     rows = [{"prompt": [{"role": "user", "content": f"Describe the sea in exactly {n} words."}], "words": n}
             for n in range(3, 13)]  # fmt: skip
     folder = Path(tempfile.mkdtemp())

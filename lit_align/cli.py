@@ -1,8 +1,10 @@
 """The LightningCLI every recipe runs: model and DataModule classes, a default YAML, the tokenizer link.
 
-``--help`` is compact: one line per option (its description's first sentence and a short default), so
-that the whole list fits a screen or two; the full descriptions are the classes' docstrings (``Args:``)
-and the docs pages, and ``--print_config`` shows every resolved value.
+``--help`` is compact: one line per option (its description's first sentence, a closed set's values and a short
+default), so that the whole list fits a screen or two; the full descriptions are the classes' docstrings (``Args:``)
+and the docs pages, and ``--print_config`` shows every resolved value. A parse error says it in a line or two: the
+nearest option for a mistyped flag, a closed set's values and the nearest for a bad value, the type for a value
+that is not one. The function commands (``evaluate``, ``generate``, ``plot``) run through :func:`run_function`.
 
 Every input that can be checked without weights is checked before the model is built
 (:meth:`AlignCLI.check_inputs_before_model`): ``--ckpt_path``, the DataModule's options and data (read,
@@ -197,8 +199,8 @@ class AlignArgumentParser(LightningArgumentParser):
         root = self
         while getattr(root, "parent_parser", None) is not None:
             root = root.parent_parser
-        plain = closed_set_error(self, message) or type_error(message)
-        super().error(plain or hint(message, option_strings(root) | option_strings(self)), ex)
+        said = closed_set_error(self, message) or type_error(message)
+        super().error(said or hint(message, option_strings(root) | option_strings(self)), ex)
 
 
 STAGES = {"fit": "fit", "validate": "validate"}  # the subcommands offered
@@ -368,12 +370,11 @@ def run(
     default = [str(default_config)]
     compact = {"formatter_class": CompactHelpFormatter}
     parser_kwargs = {cmd: {"default_config_files": default, **compact} for cmd in ("fit", "validate")}
-    compact["prog"] = program()
     return AlignCLI(
         model_class,
         datamodule_class,
         args=args,  # None: LightningCLI reads sys.argv
-        parser_kwargs={**parser_kwargs, **compact},
+        parser_kwargs={**parser_kwargs, **compact, "prog": program()},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_class=AlignArgumentParser,

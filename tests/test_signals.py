@@ -11,7 +11,6 @@ compare its export with an uninterrupted run's.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -25,19 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.test_resume import ENV, run, steps
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 CLI = str(Path(sys.executable).with_name("lit-align"))
-
-
-def run(out, algo, mode):
-    return subprocess.run([sys.executable, str(REPO / "tests" / "resume_run.py"), str(out), algo, mode], cwd=out,
-                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
-
-
-def steps(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow
