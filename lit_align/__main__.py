@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"lit-align: error: no recipe {name!r}.{suggestion} Recipes: {', '.join(names)}")
     # sys.argv stays as typed (Lightning's DDP launcher starts the other ranks with it); the recipe gets the arguments
     # after its name, and its messages name it `lit-align <name>`.
-    recipe = importlib.import_module(f"lit_align.recipes.{name}")
-    command(lambda: recipe.main(argv[1:]), f"lit-align {name}")
+    command(lambda: importlib.import_module(f"lit_align.recipes.{name}").main(argv[1:]), f"lit-align {name}")
 
 
 if __name__ == "__main__":
