@@ -18,6 +18,7 @@ weights load; messages name the option by its command-line name (``--data.batch_
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
@@ -31,6 +32,7 @@ from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from lit_align import hparams
 from lit_align.datamodules.remarks import DROPPED, count_remarks, remarks_text
 from lit_align.datamodules.resumable import (
     DistributedLengthGroupedSampler,
@@ -65,10 +67,7 @@ def code_fingerprint(*classes: type) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
-    """Raise ``ValueError`` naming the DataModule option by its command-line name unless ``ok``."""
-    if not ok:
-        raise OptionError(f"--data.{name}={value!r}: {expected}")
+check_option = functools.partial(hparams.check_option, group="data")  # a data option, named --data.<name>
 
 
 def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:

@@ -23,13 +23,15 @@ from lit_align.errors import KeywordError, OptionError
 G = TypeVar("G")
 
 
-def check_option(ok: bool, name: str, value: Any, expected: str) -> None:
-    """Raise ``ValueError`` naming the module option by its command-line name (``--model.<name>``) unless ``ok``.
+def check_option(ok: bool, name: str, value: Any, expected: str, group: str = "model") -> None:
+    """Raise :class:`~lit_align.errors.OptionError` naming the option by its command-line name (``--model.<name>``,
+    ``--data.<name>`` for ``group="data"``) unless ``ok``.
 
-    Called before the ``super().__init__`` that loads weights, so a bad option fails before any model loads.
+    A module calls it before the ``super().__init__`` that loads weights, so a bad option fails before any model
+    loads; a DataModule before it reads any data.
     """
     if not ok:
-        raise OptionError(f"--model.{name}={value!r}: {expected}")
+        raise OptionError(f"--{group}.{name}={value!r}: {expected}")
 
 
 def check_options(*checks: tuple[bool, str, Any, str]) -> None:

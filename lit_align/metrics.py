@@ -67,6 +67,11 @@ class MetricGroup(MetricCollection):
                 metric(value.detach().float())
 
 
+def to_device(values: dict[str, Value], device: torch.device) -> dict[str, Value]:
+    """Metric values (tensors or ``(values, weights)`` pairs) on ``device``."""
+    return {k: tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device) for k, v in values.items()}
+
+
 def weighted_mean(value: Value) -> float:
     """One batch's value of a metric as a float: the plain mean, or sum(values * weights) / sum(weights)
     (NaN when every weight is 0, e.g. a side of the batch with no examples)."""

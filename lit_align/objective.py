@@ -2,8 +2,9 @@
 
 :class:`ObjectiveOptions` declares the options once (``--model.objective.name cispo``); :class:`Objective` turns a
 micro-batch's log-probs, the sampling policy's, the importance level and the advantages into the per-token loss and
-its metrics, with the pure functions of :mod:`lit_align.losses.objectives`. The online base adds the KL term and
-aggregates; PPO fixes the objective to ``clip`` (its own loss adds the value function).
+its measures (what the module logs), with the pure functions of :mod:`lit_align.losses.objectives`. The online base
+adds the KL term and aggregates; PPO fixes the objective to ``clip``, adds the value loss and logs the clip under its
+own name.
 
 TRL 1.16's ``loss_type`` names a surrogate and an aggregation at once; here they are two options:
 
@@ -45,7 +46,7 @@ ObjectiveName = Literal["clip", "cispo", "sapo", "vespo"]
 ROLLOUT_CORRECTION_METRICS = ("sampling/sampling_logp_difference/mean", "sampling/sampling_logp_difference/max",
                               "sampling/importance_sampling_ratio/min", "sampling/importance_sampling_ratio/mean",
                               "sampling/importance_sampling_ratio/max")  # fmt: skip
-Stats = dict[str, list[tuple[Tensor, Tensor]]]
+Measures = dict[str, tuple[Tensor, Tensor]]  # name -> (values, weights), flat
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,11 @@ class Objective:
         self.options, self.epsilon, self.epsilon_high, self.level = options, epsilon, epsilon_high, level
 
     def loss(
-        self, logps: Tensor, old_logps: Tensor, mask: Tensor, advantages: Tensor, stats: Stats,
-        rollout_weights: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """``(per_token_loss, log_weights)`` of a micro-batch, each (b, T) or (b, 1) (broadcast over tokens), and
-        this objective's metrics appended to ``stats`` (TRL's names, weighted per token or per sequence).
+        self, logps: Tensor, old_logps: Tensor, mask: Tensor, advantages: Tensor, rollout_weights: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Measures]:  # fmt: skip
+        """``(per_token_loss, log_weights, measures)`` of a micro-batch: the loss and the log importance weights, each
+        (b, T) or (b, 1) (broadcast over tokens), and this objective's measures under TRL's names, as (values,
+        weights) per token or per sequence (:meth:`ObjectiveOptions.metric_names`).
 
         ``advantages`` (b,) or (b, T); ``rollout_weights`` (b, T) or (b, 1): the rollout engine's importance
         correction (π_old / π_sampler, truncated or masked), which multiplies the loss (VESPO folds it into its
@@ -135,13 +136,14 @@ class Objective:
         log_weights = importance_log_weights(log_ratio, mask, self.level)
         per_sequence = log_weights.shape[1] == 1
         weight = torch.ones(mask.shape[0], 1, device=mask.device) if per_sequence else mask.float()
+        measures: Measures = {}
         if o.name == "clip":
             loss, low, high = clip_objective(log_weights, advantages, self.epsilon, self.epsilon_high, o.delta)
             for name, flags in (("low", low), ("high", high), ("region", low | high)):
-                _append(stats, f"clip_ratio/{name}_mean", flags, weight)
+                measures[f"clip_ratio/{name}_mean"] = _flat(flags, weight)
         elif o.name == "cispo":
             loss, clipped = cispo_objective(log_weights, logps, advantages, o.cispo_max_weight)
-            _append(stats, "cispo_clip_ratio", clipped, weight)
+            measures["cispo_clip_ratio"] = _flat(clipped, weight)
         elif o.name == "sapo":
             loss = sapo_objective(log_weights, advantages, o.sapo_temperature_pos, o.sapo_temperature_neg)
         else:
@@ -149,16 +151,16 @@ class Objective:
             phi = vespo_weights(log_ratio, mask, advantages, o.vespo_k_pos, o.vespo_lambda_pos, o.vespo_k_neg,
                                 o.vespo_lambda_neg, rollout_log)  # fmt: skip
             loss = vespo_objective(phi, logps, advantages)
-            _append(stats, "vespo/phi_seq_mean", phi, torch.ones_like(phi))
+            measures["vespo/phi_seq_mean"] = _flat(phi, torch.ones_like(phi))
             rollout_weights = None
         if rollout_weights is not None:
             loss = loss * rollout_weights
-        return loss, log_weights
+        return loss, log_weights, measures
 
 
-def _append(stats: Stats, name: str, values: Tensor, weights: Tensor) -> None:
+def _flat(values: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     values, weights = torch.broadcast_tensors(values.float(), weights.float())
-    stats.setdefault(name, []).append((values.detach().flatten(), weights.flatten()))
+    return values.detach().flatten(), weights.flatten()
 
 
 def rollout_correction(exp: Any, options: Any, reduce: Callable[[Tensor, str], Tensor], device: torch.device) -> Tensor:

@@ -107,7 +107,9 @@ def updates(model: nn.Module) -> int:
 
 
 class GenerationBackend(Protocol):
-    """Samples ``num_generations`` completions per prompt (or one greedy completion) without grad."""
+    """Samples ``num_generations`` completions per prompt (or one greedy completion) without grad, each of at most
+    ``max_new_tokens`` (the backend's own limit when ``None``; a multi-turn rollout gives each turn the room the
+    conversation has left)."""
 
     max_new_tokens: int
 
@@ -118,6 +120,7 @@ class GenerationBackend(Protocol):
         prompt_attention_mask: Tensor,
         num_generations: int = 1,
         greedy: bool = False,
+        max_new_tokens: int | None = None,
     ) -> Rollout: ...
 
 
@@ -241,10 +244,12 @@ class HFGenerate:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         return "cache" in inspect.signature(type(base).forward).parameters
 
-    def prompt_cache(self, model: nn.Module, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, repeats: int):
+    def prompt_cache(self, model: nn.Module, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, repeats: int,
+                     max_new_tokens: int):  # fmt: skip
         """The KV cache of every prompt but its last token, computed once per prompt and repeated for its ``repeats``
-        samples (static or dynamic, as ``kv_cache`` picks); ``generate`` then runs the last prompt token and
-        samples. Positions as ``generate`` makes them for left-padded rows."""
+        samples (static or dynamic, as ``kv_cache`` picks; static, it holds the prompt and ``max_new_tokens``);
+        ``generate`` then runs the last prompt token and samples. Positions as ``generate`` makes them for
+        left-padded rows."""
         from transformers import DynamicCache, StaticCache
 
         ids, mask = prompt_input_ids[:, :-1], prompt_attention_mask[:, :-1]
@@ -254,7 +259,7 @@ class HFGenerate:
         model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=prefill, use_cache=True,
               logits_to_keep=1)  # fmt: skip
         if self.cache_options(model):
-            cache = StaticCache(config=config, max_cache_len=prompt_input_ids.shape[1] + self.max_new_tokens)
+            cache = StaticCache(config=config, max_cache_len=prompt_input_ids.shape[1] + max_new_tokens)
         else:
             cache = DynamicCache(config=config)
         for source, target in zip(prefill.layers, cache.layers, strict=True):
@@ -268,12 +273,14 @@ class HFGenerate:
         prompt_attention_mask: Tensor,
         num_generations: int = 1,
         greedy: bool = False,
+        max_new_tokens: int | None = None,
     ) -> Rollout:
         eos_ids = self.eos_ids(model)
         pad_id = self.tokenizer.pad_token_id
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         config = GenerationConfig(
-            max_new_tokens=self.max_new_tokens, do_sample=not greedy, eos_token_id=eos_ids, pad_token_id=pad_id,
+            max_new_tokens=limit, do_sample=not greedy, eos_token_id=eos_ids, pad_token_id=pad_id,
             use_cache=True, **sampling, **self.cache_options(model),
         )  # fmt: skip
         # Prompt-major order: row i*G + g is the g-th sample of prompt i.
@@ -285,7 +292,7 @@ class HFGenerate:
             with torch.no_grad():
                 cache = None
                 if self.shares_prompts(model, num_generations, prompt_input_ids.shape[1]):
-                    cache = self.prompt_cache(model, prompt_input_ids, prompt_attention_mask, num_generations)
+                    cache = self.prompt_cache(model, prompt_input_ids, prompt_attention_mask, num_generations, limit)
                     config.cache_implementation = None  # the cache is given
                 sequences = model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=config,

@@ -155,8 +155,10 @@ class Sampler:
         num_generations: int = 1,
         key: str | None = None,
         greedy: bool = False,
+        max_new_tokens: int | None = None,
     ) -> Rollout:
-        """``num_generations`` completions per prompt (prompt-major), or one greedy completion, without grad.
+        """``num_generations`` completions per prompt (prompt-major), or one greedy completion, without grad, each of
+        at most ``max_new_tokens`` (default: ``sampling.max_new_tokens``; a multi-turn turn asks for what is left).
 
         ``key`` names the call (e.g. ``"<step>/<rank>"``): the same (seed, key) draws the same completions. Without
         one, a greedy call needs none and a sampled call takes the number of keyless calls before it.
@@ -164,7 +166,8 @@ class Sampler:
         key = self.call_key(key, greedy)
         backend = self.backend_for(tokenizer)
         with seeded_rng(f"{self.options.seed}/{key}", prompt_input_ids.device):
-            return backend(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy=greedy)
+            return backend(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy=greedy,
+                           max_new_tokens=max_new_tokens)  # fmt: skip
 
     def call_key(self, key: str | None, greedy: bool) -> str:
         """The key a call is seeded by: ``key`` itself; without one, ``greedy`` for a greedy call and the number of

@@ -152,6 +152,7 @@ class VLLMGenerate:
         prompt_attention_mask: Tensor,
         num_generations: int = 1,
         greedy: bool = False,
+        max_new_tokens: int | None = None,
     ) -> Rollout:
         vllm = import_vllm()
         llm = self.engine(model)
@@ -164,8 +165,9 @@ class VLLMGenerate:
             if greedy
             else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k if self.top_k > 0 else -1}
         )
-        params = vllm.SamplingParams(n=num_generations, max_tokens=self.max_new_tokens, stop_token_ids=eos_ids,
-                                     seed=seed, skip_special_tokens=True, logprobs=0, **sampling)  # fmt: skip
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        params = vllm.SamplingParams(n=num_generations, max_tokens=limit, stop_token_ids=eos_ids, seed=seed,
+                                     skip_special_tokens=True, logprobs=0, **sampling)  # fmt: skip
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         samples = [sample for request in outputs for sample in request.outputs]  # prompt-major
         # A completion that stopped at an EOS ends with it (vLLM may leave a special stop token out of token_ids).

@@ -77,17 +77,18 @@ class ScriptedBackend:
     def __init__(self, tokenizer, max_new_tokens: int = 8) -> None:
         self.tokenizer, self.max_new_tokens = tokenizer, max_new_tokens
 
-    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False) -> Rollout:
-        rows = []
+    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False,
+                 max_new_tokens=None) -> Rollout:  # fmt: skip
+        limit, rows = max_new_tokens or self.max_new_tokens, []
         for ids, mask in zip(prompt_input_ids.tolist(), prompt_attention_mask.tolist(), strict=True):
             key = sum((i + 1) * t for i, t in enumerate(t for t, m in zip(ids, mask, strict=True) if m))
             for g in range(num_generations):
                 generator = torch.Generator().manual_seed(key * 31 + g)
-                length = int(torch.randint(2, self.max_new_tokens + 1, (1,), generator=generator))
+                length = int(torch.randint(2, limit + 1, (1,), generator=generator))
                 rows.append(torch.randint(3, 200, (length,), generator=generator).tolist())
         width = max(len(r) for r in rows)
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ends = [r[:-1] + [eos] if len(r) < self.max_new_tokens else r for r in rows]  # full length = truncated
+        ends = [r[:-1] + [eos] if len(r) < limit else r for r in rows]  # full length = truncated
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in ends])
         mask, truncated = completion_mask_until_eos(ids, [eos])
         lengths = mask.sum(1)
@@ -130,14 +131,15 @@ class ScriptedTurns:
         self.tokenizer, self.script, self.max_new_tokens = tokenizer, script, max_new_tokens
         self.calls: list[int] = []  # rows per call
 
-    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False) -> Rollout:
-        tok, rows = self.tokenizer, []
+    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False,
+                 max_new_tokens=None) -> Rollout:  # fmt: skip
+        tok, rows, limit = self.tokenizer, [], max_new_tokens or self.max_new_tokens
         for ids, mask in zip(prompt_input_ids.tolist(), prompt_attention_mask.tolist(), strict=True):
             context = tok.decode([t for t, m in zip(ids, mask, strict=True) if m])
             turn = context.count("<|im_start|>assistant") - 1
             for g in range(num_generations):
                 reply = tok(self.script(context, turn, g), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                rows.append(reply[: self.max_new_tokens])
+                rows.append(reply[:limit])
         self.calls.append(len(rows))
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
@@ -196,10 +198,12 @@ class GeneratingScript(ScriptedTurns):
     forward is a collective), then answers from the script: multi-turn layouts in which the ranks' conversations
     last different numbers of turns."""
 
-    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False) -> Rollout:
+    def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False,
+                 max_new_tokens=None) -> Rollout:  # fmt: skip
         from lit_align.rollout import HFGenerate
 
         HFGenerate(self.tokenizer, max_new_tokens=2, kv_cache="dynamic")(
             model, prompt_input_ids, prompt_attention_mask, num_generations, greedy
         )
-        return super().__call__(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy)
+        return super().__call__(model, prompt_input_ids, prompt_attention_mask, num_generations, greedy,
+                                max_new_tokens)  # fmt: skip

@@ -166,3 +166,29 @@ def test_bf16_true_puts_the_reference_in_the_policys_precision(tmp_path):
     trainer.fit(module, data())
     assert next(module.reference.parameters()).dtype == torch.bfloat16
     assert seen == [0.0]
+
+
+@pytest.mark.parametrize("normalization", ["mean", "sum"])
+def test_ipo_is_dpos_ipo_loss(normalization):
+    """IPO is the DPO family's ``ipo`` (one equation, :func:`lit_align.losses.dpo_family.ipo`): on the same batch,
+    ``IPO()`` and ``DPO(loss_type="ipo")`` give the same loss, metrics and gradients (token-mean, TRL's form); the
+    paper's summed form differs."""
+    dm = data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    results = {}
+    ref = {"reference_policy": "tiny-llama"}  # another seed than the policy's: log-ratios are not 0
+    for name, module in (("ipo", IPO(policy="tiny-llama", beta=0.2, normalization=normalization, **ref)),
+                         ("dpo", DPO(policy="tiny-llama", beta=0.2, loss_type="ipo", **ref))):  # fmt: skip
+        loss, values = module.compute_loss(batch)
+        loss.backward()
+        results[name] = loss.detach(), values, {n: p.grad.clone() for n, p in module.policy.named_parameters()}
+    (ipo_loss, ipo_values, ipo_grads), (dpo_loss, dpo_values, dpo_grads) = results["ipo"], results["dpo"]
+    if normalization == "sum":
+        assert not torch.allclose(ipo_loss, dpo_loss)
+        return
+    torch.testing.assert_close(ipo_loss, dpo_loss, rtol=0, atol=1e-6)
+    for key in ("rewards/margins", "rewards/chosen", "logps/rejected"):
+        torch.testing.assert_close(ipo_values[key], dpo_values[key])
+    for key, grad in ipo_grads.items():
+        torch.testing.assert_close(grad, dpo_grads[key], rtol=0, atol=1e-6)

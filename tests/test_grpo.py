@@ -84,7 +84,7 @@ def test_gradient_accumulation_invariance(tmp_path, aggregation, mask_truncated,
     each micro-batch normalized by its own count (the bug) the token_mean gradient differs."""
     batch = prompt_batch(tmp_path, load_model("tiny-llama")[1], n=2)
     recorded = {}
-    for accumulation in (1, 3, "local"):
+    for accumulation in (1, 3, "local") if aggregation == "token_mean" else (1, 3):
         module = tiny_grpo(loss_aggregation=aggregation, mask_truncated_completions=mask_truncated,
                            sampling={"max_new_tokens": 7},
                            gradient_accumulation_steps=3 if accumulation == "local" else accumulation,
@@ -94,7 +94,7 @@ def test_gradient_accumulation_invariance(tmp_path, aggregation, mask_truncated,
         module.step_manual = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module)) or {}
         if accumulation == "local":
             # aggregate_loss's local default per micro-batch
-            monkeypatch.setattr("lit_align.algorithms.updates.loss_normalizer", lambda *args: None)
+            monkeypatch.setattr("lit_align.algorithms.online.loss_normalizer", lambda *args: None)
         module.update(batch)
     assert recorded[1].keys() == recorded[3].keys() and len(recorded[1]) > 0
     for name, grad in recorded[1].items():

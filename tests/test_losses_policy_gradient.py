@@ -13,10 +13,10 @@ import threading
 import pytest
 import torch
 
+from lit_align.losses.objectives import clip_objective
 from lit_align.losses.policy_gradient import (
     adaptive_kl_coef,
     aggregate_loss,
-    clipped_surrogate,
     gae_advantages,
     greedy_baseline_advantages,
     group_normalized_advantages,
@@ -297,6 +297,16 @@ def test_adaptive_kl_coef_by_hand():
 # ----------------------------------------------------------------------------- clipped surrogate, value loss
 
 
+def clipped(logps, old_logps, advantages, mask=None, epsilon=0.2, epsilon_high=None):
+    """The clip surrogate with per-token ratios through its one home, :func:`clip_objective`, masked."""
+    if advantages.dim() == 1 and logps.dim() == 2:
+        advantages = advantages.unsqueeze(1)
+    loss, low, high = clip_objective(logps - old_logps, advantages, epsilon, epsilon_high)
+    if mask is not None:
+        loss, low, high = loss * mask, low & mask.bool(), high & mask.bool()
+    return loss, low, high
+
+
 def test_clipped_surrogate_by_hand():
     """ratios [1.5, 0.5, 1.1] on both rows, A = +1 (row 0) and -1 (row 1), epsilon = 0.2,
     mask [[1, 1, 1], [1, 1, 0]].
@@ -311,7 +321,7 @@ def test_clipped_surrogate_by_hand():
     old_logps = torch.zeros(2, 3)
     advantages = torch.tensor([1.0, -1.0])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    loss, low, high = clipped_surrogate(logps, old_logps, advantages, mask, epsilon=0.2)
+    loss, low, high = clipped(logps, old_logps, advantages, mask, epsilon=0.2)
     _close(loss, [[-1.2, -0.5, -1.1], [1.5, 0.8, 0.0]])
     assert low.tolist() == [[False, False, False], [False, True, False]]
     assert high.tolist() == [[True, False, False], [False, False, False]]
@@ -321,7 +331,7 @@ def test_clipped_surrogate_by_hand():
     loss.sum().backward()
     _close(logps.grad, [[0.0, -0.5, -1.1], [1.5, 0.0, 0.0]])
 
-    loss_high, _, high = clipped_surrogate(logps, old_logps, advantages, mask, epsilon=0.2, epsilon_high=0.6)
+    loss_high, _, high = clipped(logps, old_logps, advantages, mask, epsilon=0.2, epsilon_high=0.6)
     _close(loss_high[0, 0], -1.5)
     assert not high.any()
 
@@ -330,7 +340,7 @@ def test_clipped_surrogate_on_policy_is_minus_advantage():
     """logps == old_logps -> ratio 1, nothing clipped, loss_t = -A_t (per-token advantages (B, T) too)."""
     logps = torch.randn(2, 3)
     advantages = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
-    loss, low, high = clipped_surrogate(logps, logps, advantages)
+    loss, low, high = clipped(logps, logps, advantages)
     _close(loss, -advantages)
     assert not (low | high).any()
 
@@ -389,8 +399,8 @@ def test_grpo_loss_and_clip_metrics_match_trl(loss_type, mode, correction):
     cfg.update(num_items_in_batch=mask.sum(), use_bias_correction_kl=correction)
     expected_loss, expected_clip = _trl_grpo_loss(logps, old_logps, ref_logps, advantages, mask, cfg)
 
-    per_token, low, high = clipped_surrogate(logps, old_logps, advantages, mask, 0.2, 0.28)
-    kl = kl_k3_importance_weighted(logps, ref_logps, old_logps) if correction else kl_k3(logps, ref_logps)
+    per_token, low, high = clipped(logps, old_logps, advantages, mask, 0.2, 0.28)
+    kl = kl_k3_importance_weighted(logps, ref_logps, logps - old_logps) if correction else kl_k3(logps, ref_logps)
     per_token = per_token + 0.04 * kl
     _close(aggregate_loss(per_token, mask, mode, max_completion_length=8), expected_loss)
     for ours, theirs in zip((low, high, low | high), expected_clip, strict=True):
@@ -410,7 +420,7 @@ def test_rloo_sequence_level_surrogate_matches_trl():
     expected = (-torch.min(coef_1 * advantages, coef_2 * advantages)).mean()
     expected_low = ((coef_1 < 1 - 0.2) & (advantages < 0)).float().mean()
 
-    per_sequence, low, _ = clipped_surrogate(logps, old_logps, advantages)
+    per_sequence, low, _ = clipped(logps, old_logps, advantages)
     _close(per_sequence.mean(), expected)
     _close(low.float().mean(), expected_low)
 
@@ -455,19 +465,19 @@ def test_kl_k3_importance_weighted_by_hand():
     plain k3's is 1 - r = 0.5: the correction changes the gradient, not the value."""
     logps = torch.log(torch.tensor([0.5])).requires_grad_()
     ref_logps, old_logps = torch.log(torch.tensor([0.25])), torch.log(torch.tensor([0.4]))
-    kl = kl_k3_importance_weighted(logps, ref_logps, old_logps)
+    kl = kl_k3_importance_weighted(logps, ref_logps, logps - old_logps)
     _close(kl.detach(), [1.25 * (math.log(2) - 0.5)])
     (grad,) = torch.autograd.grad(kl.sum(), logps)
     _close(grad, [1.25 * math.log(2)])
 
-    on_policy = kl_k3_importance_weighted(logps, ref_logps, logps.detach())
+    on_policy = kl_k3_importance_weighted(logps, ref_logps, logps - logps.detach())
     _close(on_policy.detach(), kl_k3(logps, ref_logps).detach())
     (grad,) = torch.autograd.grad(on_policy.sum(), logps)
     _close(grad, [math.log(2)])
     (plain,) = torch.autograd.grad(kl_k3(logps, ref_logps).sum(), logps)
     _close(plain, [0.5])
     same = torch.randn(4)  # policy = reference: 0 whatever the ratio
-    _close(kl_k3_importance_weighted(same, same, same + 0.3), torch.zeros(4))
+    _close(kl_k3_importance_weighted(same, same, torch.full((4,), -0.3)), torch.zeros(4))
 
 
 def test_corrected_k3_gradient_is_the_reverse_kl_gradient():
@@ -482,7 +492,7 @@ def test_corrected_k3_gradient_is_the_reverse_kl_gradient():
     def grad(x):
         return torch.autograd.grad(x, theta, retain_graph=True)[0]
 
-    corrected = (logp_old.exp() * kl_k3_importance_weighted(logp, logq, logp_old)).sum()  # E_old, all tokens
+    corrected = (logp_old.exp() * kl_k3_importance_weighted(logp, logq, logp - logp_old)).sum()  # E_old, all tokens
     reverse = (logp.exp() * (logp - logq)).sum()
     torch.testing.assert_close(grad(corrected), grad(reverse))
     plain_on_policy = (logp.exp().detach() * kl_k3(logp, logq)).sum()  # E_p of grad k3: sampling weights fixed
@@ -527,7 +537,7 @@ def test_empty_mask_gives_zero_loss_and_finite_grad(mode):
     """All-zero mask: every sum is 0 and every count clamps to 1 -> loss 0, gradient 0, no NaN."""
     logps = torch.randn(2, 3, requires_grad=True)
     mask = torch.zeros(2, 3)
-    per_token, low, _ = clipped_surrogate(logps, logps.detach() + 1.0, torch.tensor([1.0, -1.0]), mask)
+    per_token, low, _ = clipped(logps, logps.detach() + 1.0, torch.tensor([1.0, -1.0]), mask)
     loss = aggregate_loss(per_token + kl_k3(logps, torch.zeros(2, 3)) * mask, mask, mode, max_completion_length=3)
     loss.backward()
     _close(loss, 0.0)
@@ -538,7 +548,7 @@ def test_empty_mask_gives_zero_loss_and_finite_grad(mode):
 def _grads(policy, features, tokens, old_logps, ref_logps, advantages, mask, mode, normalizer):
     """One micro-batch through a tiny linear "policy": logps -> surrogate + KL -> aggregate -> grads."""
     logps = torch.log_softmax(policy(features), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (b, T)
-    per_token, _, _ = clipped_surrogate(logps, old_logps, advantages, mask, epsilon=0.2, epsilon_high=0.28)
+    per_token, _, _ = clipped(logps, old_logps, advantages, mask, epsilon=0.2, epsilon_high=0.28)
     per_token = per_token + 0.1 * kl_k3(logps, ref_logps)
     loss = aggregate_loss(per_token, mask, mode, max_completion_length=mask.shape[1], normalizer=normalizer)
     return torch.autograd.grad(loss, list(policy.parameters()))

@@ -16,12 +16,12 @@ from lit_align.losses import (
     bradley_terry_loss,
     dpo_loss,
     hinge_loss,
-    ipo_loss,
     log1mexp,
     orpo_loss,
     robust_dpo_loss,
     simpo_loss,
 )
+from lit_align.losses.dpo_family import Pair, ipo
 
 ATOL = 1e-6
 
@@ -86,9 +86,13 @@ def test_hinge_hand_computed():
 
 
 def test_ipo_hand_computed_and_zero_at_target():
-    """β = 0.1 ⇒ target 1/(2β) = 5. h = 1 ⇒ (1 − 5)² = 16; h = 5 ⇒ 0 (limit case: loss vanishes at target)."""
-    losses, _, _ = ipo_loss(t(-1.0, 3.0), t(-2.0, -2.0), t(-1.5, -1.5), t(-1.5, -1.5), beta=0.1)
-    torch.testing.assert_close(losses, t(16.0, 0.0))
+    """β = 0.1 ⇒ target 1/(2β) = 5. Summed (the paper's h): h = 1 ⇒ (1 − 5)² = 16; h = 5 ⇒ 0 (the loss vanishes at the
+    target). Length-normalized (TRL's), 2 chosen and 4 rejected tokens, c = 0.5, r = −0.5: h = 0.5/2 + 0.5/4 = 0.375 ⇒
+    (0.375 − 5)² = 21.390625."""
+    lengths = t(2.0, 2.0), t(4.0, 4.0)
+    pair = Pair(t(-1.0, 3.0), t(-2.0, -2.0), t(-1.5, -1.5), t(-1.5, -1.5), *lengths)
+    torch.testing.assert_close(ipo(pair, beta=0.1, length_normalized=False), t(16.0, 0.0))
+    torch.testing.assert_close(ipo(pair, beta=0.1)[0], torch.tensor(21.390625))
 
 
 def test_simpo_hand_computed():
@@ -152,7 +156,7 @@ def test_bradley_terry_hand_computed():
 
 @pytest.mark.parametrize(
     "fn",
-    [dpo_loss, robust_dpo_loss, hinge_loss, ipo_loss],
+    [dpo_loss, robust_dpo_loss, hinge_loss],
 )
 def test_reference_losses_gradients_finite(fn):
     """Gradients flow to the policy log-probs, are finite, and rewards are detached."""
@@ -203,8 +207,8 @@ def test_dpo_family_matches_trl(fn, loss_type, label_smoothing):
 
 
 def test_ipo_matches_trl_token_mean():
-    """TRL 1.16 DPOTrainer loss_type="ipo" divides the summed log-ratios by completion length; our ipo_loss
-    on token-mean log-probs (sum / length) is the same number."""
+    """TRL 1.16 DPOTrainer loss_type="ipo" divides the summed log-ratios by completion length, as our (one) IPO does
+    by default."""
     pytest.importorskip("trl")
     pc, pr, rc, rr = random_pairs()
     chosen_len, rejected_len = torch.arange(1, 9.0), torch.arange(8, 0, -1.0)
@@ -212,7 +216,7 @@ def test_ipo_matches_trl_token_mean():
     chosen_avg_score = (pc - rc) / chosen_len.clamp(min=1.0)  # transcribed from dpo_trainer.py
     rejected_avg_score = (pr - rr) / rejected_len.clamp(min=1.0)
     theirs = (chosen_avg_score - rejected_avg_score - 1 / (2 * beta)) ** 2
-    ours = ipo_loss(pc / chosen_len, pr / rejected_len, rc / chosen_len, rr / rejected_len, beta=beta)[0]
+    ours = ipo(Pair(pc, pr, rc, rr, chosen_len, rejected_len), beta=beta)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-6)  # values ~100: fp32 relative error
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lit_align.algorithms.reinforce_pp import ReinforcePP
-from lit_align.losses.returns import batch_normalize, discounted_returns, reinforce_pp_advantages
+from lit_align.losses.policy_gradient import whiten
+from lit_align.losses.returns import discounted_returns, reinforce_pp_advantages
 from lit_align.models import load_model
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.online_helpers import fixed_rollout, length_reward, prompt_batch, prompt_datamodule, tiny_options
@@ -53,21 +54,21 @@ def test_advantages_by_hand(baseline, gamma):
 def test_returns_and_normalization_literal_values():
     returns = discounted_returns(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1, 1, 0]]), gamma=0.5)
     assert returns.tolist() == [[2.0, 2.0, 0.0]]  # 1 + 0.5·2, 2; the masked 3 is no reward
-    normalized = batch_normalize(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1, 1, 0]]))
+    normalized = whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1, 1, 0]]), convention="openrlhf")
     assert normalized.tolist() == [[-1.0, 1.0, 0.0]]  # mean 2, population std 1
 
 
 def test_all_reduce_makes_the_normalization_global():
     """Two ranks' halves: with the sums of both ranks (what the all-reduce returns, precomputed here in the order
-    batch_normalize asks for them: counts and sums, then squared deviations), each half gets the whole's values."""
-    whole = batch_normalize(KL, MASK)
+    whiten asks for them: counts and sums, then squared deviations), each half gets the whole's values."""
+    whole = whiten(KL, MASK, convention="openrlhf")
     halves = [(KL[:2], MASK[:2].float()), (KL[2:], MASK[2:].float())]
     first = sum(torch.stack([m.sum(), (x * m).sum()]) for x, m in halves)
     mean = first[1] / first[0]
     second = sum((((x - mean) * m) ** 2).sum() for x, m in halves)
     for rank, (x, m) in enumerate(halves):
         answers = iter([first, second])
-        got = batch_normalize(x, m, all_reduce=lambda local, answers=answers: next(answers))
+        got = whiten(x, m, all_reduce=lambda local, answers=answers: next(answers), convention="openrlhf")
         torch.testing.assert_close(got, whole[2 * rank : 2 * rank + 2])
 
 

@@ -1,4 +1,6 @@
-"""Identity Preference Optimization (Azar et al. 2023, https://arxiv.org/abs/2310.12036), Eq. 17.
+"""Identity Preference Optimization (Azar et al. 2023, https://arxiv.org/abs/2310.12036), Eq. 17: DPO's ``ipo`` loss
+type as a module of its own (a preset: ``DPO(loss_type="ipo")`` trains the same, tested), its equation in
+:func:`lit_align.losses.dpo_family.ipo`.
 
 loss = (h − 1/(2β))²,  h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))
 
@@ -20,7 +22,7 @@ from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.hparams import check_beta, check_option
 from lit_align.logprobs import preference_logps
-from lit_align.losses import ipo_loss
+from lit_align.losses.dpo_family import Pair, ipo
 from lit_align.metrics import Value, preference_values
 from lit_align.reference import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
 
@@ -58,16 +60,12 @@ class IPO(ReferenceMixin, OfflineModule):
     def compute_loss(self, batch: PreferenceBatch) -> tuple[torch.Tensor, dict[str, Value]]:
         chosen, rejected = self(batch)
         ref = self.reference_logps(batch)
-        ref_chosen, ref_rejected = ref["ref_chosen_logps"], ref["ref_rejected_logps"]  # summed
-        if self.normalization == "mean":  # the reference's token counts are the policy's (same labels)
-            losses, _, _ = ipo_loss(chosen.mean, rejected.mean, ref_chosen / chosen.num_tokens.clamp(min=1),
-                                    ref_rejected / rejected.num_tokens.clamp(min=1), beta=self.beta)  # fmt: skip
-        else:
-            losses, _, _ = ipo_loss(chosen.sum, rejected.sum, ref_chosen, ref_rejected, beta=self.beta)
+        pair = Pair(chosen.sum, rejected.sum, ref["ref_chosen_logps"], ref["ref_rejected_logps"], chosen.num_tokens,
+                    rejected.num_tokens)  # fmt: skip
+        losses = ipo(pair, self.beta, length_normalized=self.normalization == "mean")
         # rewards/* mean what they mean in TRL (and in DPO): β·(summed log-ratio), whatever the loss normalization.
-        chosen_rewards = self.beta * (chosen.sum - ref_chosen).detach()
-        rejected_rewards = self.beta * (rejected.sum - ref_rejected).detach()
-        return losses.mean(), preference_values(chosen_rewards, rejected_rewards, chosen, rejected)
+        rewards = self.beta * pair.chosen_logratios.detach(), self.beta * pair.rejected_logratios.detach()
+        return losses.mean(), preference_values(*rewards, chosen, rejected)
 
     def reference_values(self, model: Any, batch: PreferenceBatch) -> dict[str, torch.Tensor]:
         return preference_reference_values(model, batch, self.pad_token_id)

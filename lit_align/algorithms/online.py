@@ -10,14 +10,13 @@ Sampler`) and ``self.rewards`` (:class:`~lit_align.rewards.reward_set.RewardSet`
     3. log-probs   of the sampling policy ("old": only when :meth:`needs_old_logps`) and of the reference (only
                    when ``beta > 0``), in :meth:`make_experience`, at the sampling temperature (see below)
     4. shaping     :meth:`shape_rewards`: where the KL goes (``kl_penalty``)
-    5. advantages  :meth:`compute_advantages`: per sequence (B,) or per token (B, L); by default the
-                   reward minus :meth:`baseline`
-    6. updates     ``num_iterations`` passes x ``num_minibatches`` optimizer steps of :meth:`policy_loss`
-                   (:func:`~lit_align.algorithms.updates.optimize_rollout`: accumulation changes nothing)
+    5. advantages  :meth:`compute_advantages`: per sequence (B,) or per token (B, L); by default the rewards
+    6. updates     :meth:`optimize`: ``num_iterations`` passes x ``num_minibatches`` optimizer steps of
+                   :meth:`policy_loss`, each over micro-batches under one normalizer (accumulation changes nothing)
 
 The hooks of steps 2-6 (:data:`EXTENSION_HOOKS`) are the extension points; each default is the common case, and a
-subclass overrides only what makes it that algorithm (ReMax: :meth:`baseline`; GRPO and RLOO:
-:meth:`compute_advantages`). ``kl_penalty`` (the KL in the loss or in the reward) and ``importance_ratio`` (per
+subclass overrides only what makes it that algorithm (GRPO, RLOO and ReMax: :meth:`compute_advantages`).
+``kl_penalty`` (the KL in the loss or in the reward) and ``importance_ratio`` (per
 token or per sequence) choose among the built-in variants; an algorithm with a single legal value fixes it (passes
 it to this class itself), so the option is not offered there, and ``kl_penalty="loss"`` with a sequence ratio is
 refused (a per-token KL term has no per-token loss to join). ``beta > 0`` is decided once, before the base builds
@@ -47,6 +46,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -54,12 +54,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_align.algorithms.base import AlignmentModule, Scheduler
-from lit_align.algorithms.updates import optimize_rollout, to_device
 from lit_align.batches import PromptBatch
 from lit_align.hparams import as_group, check_options, fix_options
 from lit_align.losses.objectives import ImportanceLevel
-from lit_align.losses.policy_gradient import aggregate_loss, kl_k1, kl_k3, masked_mean
-from lit_align.metrics import weighted_mean
+from lit_align.losses.policy_gradient import (
+    aggregate_loss,
+    kl_k1,
+    kl_k3,
+    kl_k3_importance_weighted,
+    loss_normalizer,
+    masked_mean,
+)
+from lit_align.metrics import to_device, weighted_mean
 from lit_align.objective import ROLLOUT_CORRECTION_METRICS, Objective, ObjectiveOptions, rollout_correction
 from lit_align.reference import ReferenceMixin
 from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
@@ -73,8 +79,8 @@ from lit_align.tools.options import ToolOptions
 LossAggregation = Literal["sequence_mean", "token_mean", "constant", "sequence_sum"]
 KLPenalty = Literal["loss", "reward"]
 ImportanceRatio = ImportanceLevel
-EXTENSION_HOOKS = ("needs_old_logps", "combine_rewards", "shape_rewards", "baseline", "compute_advantages",
-                   "policy_loss", "minibatch_order", "update_metric_names")  # fmt: skip
+EXTENSION_HOOKS = ("needs_old_logps", "combine_rewards", "shape_rewards", "compute_advantages", "policy_loss",
+                   "minibatch_order", "update_metric_names")  # fmt: skip
 
 
 class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
@@ -281,7 +287,11 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
 
         start = time.perf_counter()
         rewards = self.combine_rewards(rewards_per_func)  # (B,), NaN: unscorable
-        if not self.signal.check(self, rewards, rewards_per_func, batch, self.num_generations):
+        where = f"global step {self.global_step}" if self.in_fit() else "a standalone update()"
+        if not self.signal.check(rewards, rewards_per_func, batch, self.num_generations, self.reduce_on_device, where):
+            if self.in_fit():
+                self.log("train/unscorable_skipped", float(self.signal.unscorable_skipped), on_step=True,
+                         on_epoch=False)  # fmt: skip
             return None, {}, None  # no completion on any rank has a reward: skipped (or raised), counted
         values = self.rewards.values(rewards_per_func, rewards, rollout, with_std="rewards" not in batch)
         if self.tool_runner and rollout.tool_calls is not None:
@@ -295,7 +305,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         exp.advantages = advantages.masked_fill(unscorable, 0.0)
         values.update(exp.metrics)
 
-        losses, stats = optimize_rollout(self, exp)
+        losses, stats = self.optimize(exp)
         values["time/generation"] = torch.tensor([t_generation])
         values["time/reward"] = torch.tensor([t_reward])
         values["time/update"] = torch.tensor([t_logps + time.perf_counter() - start])
@@ -320,6 +330,44 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         if correct:
             exp.rollout_weights = rollout_correction(exp, self.sampler.options, self.all_reduce, self.device)
         return exp
+
+    def reduce_on_device(self, stats: Tensor) -> Tensor:
+        """``stats`` summed over the ranks, wherever it lives (a part's CPU statistics; the collective runs on the
+        module's device)."""
+        return self.all_reduce(stats.to(self.device))
+
+    def optimize(self, exp: Experience) -> tuple[list[float], dict[str, list]]:
+        """The rollout's optimizer steps: ``num_iterations`` passes x ``num_minibatches`` steps, each accumulating
+        ``gradient_accumulation_steps`` micro-batches of :meth:`policy_loss` under ONE normalizer counted over the
+        whole minibatch (and over ranks for ``token_mean``), so accumulation changes nothing; a non-finite micro-batch
+        loss is skipped as ``nonfinite_loss`` says. Returns each step's summed micro-batch losses and the statistics
+        the hooks collected (``(values, weights)`` per name), the steps' own (learning rate, grad norm) included."""
+        losses: list[float] = []
+        stats: dict[str, list] = defaultdict(list)
+        rows_total = len(exp.rollout)
+        for iteration in range(self.num_iterations):
+            row_ids = self.minibatch_order(rows_total, iteration)
+            for minibatch in row_ids.tensor_split(min(self.num_minibatches, rows_total)):
+                normalizer = loss_normalizer(exp.loss_mask[minibatch], self.loss_aggregation,
+                                             self.max_completion_length, self.all_reduce)  # fmt: skip
+                self.zero_grad_manual()
+                total = 0.0
+                for rows in minibatch.tensor_split(min(self.gradient_accumulation_steps, len(minibatch))):
+                    loss = self.policy_loss(exp, rows, normalizer, stats)
+                    if not self.loss_is_finite(loss, None):
+                        loss = self.skipped_loss()
+                    self.backward_manual(loss)
+                    total += float(loss.detach())
+                for name, value in self.step_manual().items():
+                    stats[name].append((torch.tensor([value]), torch.ones(1)))
+                losses.append(total)
+        return losses, stats
+
+    @property
+    def max_completion_length(self) -> int:
+        """L of the ``constant`` aggregation (Dr. GRPO): the completion's length limit, ``sampling.max_new_tokens``
+        (with tools, the whole conversation's after the prompt)."""
+        return self.sampler.options.max_new_tokens
 
     # -- the seed interface: rollouts made or consumed outside a Trainer --------------------------------
     def sample(
@@ -398,17 +446,12 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             exp.metrics["kl"] = token_kl[exp.loss_mask.bool()]
         return fill_unscorable(rewards, self.num_generations)
 
-    def baseline(self, rewards: Tensor, exp: Experience) -> Tensor | None:
-        """A (B,) baseline the default :meth:`compute_advantages` subtracts; ``None`` (default): none."""
-        return None
-
     def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
         """Advantages (B,) or per token (B, L) from the shaped rewards (unscorable rows are zeroed after).
 
-        Default: ``rewards − baseline(rewards, exp)`` (the rewards themselves without a baseline).
+        Default: the rewards themselves (no baseline).
         """
-        baseline = self.baseline(rewards, exp)
-        return rewards if baseline is None else rewards - baseline
+        return rewards
 
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
         """The objective's per-token loss of micro-batch ``rows`` (:class:`~lit_align.objective.Objective`; times the
@@ -420,15 +463,17 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         # On-policy the sampling policy IS the live one: ratio 1, same gradient, no extra pass.
         old_logps = logps.detach() if exp.old_logps is None else exp.old_logps[rows]
         correction = None if exp.rollout_weights is None else exp.rollout_weights[rows]
-        per_token, log_weights = self.objective.loss(logps, old_logps, mask, advantages, stats, correction)
+        per_token, log_weights, measures = self.objective.loss(logps, old_logps, mask, advantages, correction)
+        for name, measured in measures.items():
+            stats[name].append(measured)
         if self.use_kl and self.kl_penalty == "loss":  # k3 KL to the reference, per token in the loss
-            token_kl = kl_k3(logps, exp.ref_logps[rows])
-            if self.kl_importance_correction:  # w·k3: the weight's gradient counts even where it is 1
-                token_kl = token_kl * torch.exp(log_weights)
+            ref_logps = exp.ref_logps[rows]
+            # w·k3: the weight's gradient counts even where it is 1
+            token_kl = (kl_k3_importance_weighted(logps, ref_logps, log_weights) if self.kl_importance_correction
+                        else kl_k3(logps, ref_logps))  # fmt: skip
             per_token = per_token + self.beta * token_kl
             stats["kl"].append((masked_mean(token_kl.detach(), mask).reshape(1), mask.sum().reshape(1).float()))
-        max_tokens = self.sampler.options.max_new_tokens
-        return aggregate_loss(per_token.expand_as(mask), mask, self.loss_aggregation, max_tokens, normalizer)
+        return aggregate_loss(per_token.expand_as(mask), mask, self.loss_aggregation, normalizer=normalizer)
 
     def minibatch_order(self, num_rows: int, iteration: int) -> Tensor:
         """The rollout's row indices in pass ``iteration``, split in order into ``num_minibatches`` minibatches.

@@ -31,11 +31,10 @@ from torch import Tensor
 from lit_align.algorithms.critic import build_critic, disable_dropout, token_values
 from lit_align.algorithms.online import OnlinePolicyGradient
 from lit_align.errors import OptionError, PathNotFound
-from lit_align.hparams import as_group, fix_options
+from lit_align.hparams import as_group, check_options, fix_options
 from lit_align.losses.policy_gradient import (
     adaptive_kl_coef,
     aggregate_loss,
-    clipped_surrogate,
     gae_advantages,
     kl_k1,
     masked_mean,
@@ -177,20 +176,18 @@ class PPO(OnlinePolicyGradient):
         values = token_values(self.critic, input_ids, attention_mask, exp.rollout.prompt_input_ids.shape[1],
                               exp.rollout.prompt_groups(rows))  # fmt: skip
         mask, old_logps = exp.loss_mask[rows], exp.old_logps[rows]
-        policy_losses, low, high = clipped_surrogate(
-            logps, old_logps, exp.advantages[rows], mask, self.epsilon, self.epsilon_high
-        )
+        policy_losses, _, measures = self.objective.loss(logps, old_logps, mask, exp.advantages[rows])  # the clip
         old_values, returns = exp.extra["values"][rows], exp.extra["returns"][rows]
         value_losses, value_clipped = value_loss(values, old_values, returns, mask, self.cliprange_value)
         per_token = policy_losses + self.vf_coef * value_losses
-        loss = aggregate_loss(per_token, mask, self.loss_aggregation, self.sampler.options.max_new_tokens, normalizer)
+        loss = aggregate_loss(per_token, mask, self.loss_aggregation, normalizer=normalizer)
         log_ratio = (logps - old_logps).detach()
         tokens = mask.sum().reshape(1).float()
+        stats["policy/clipfrac_avg"].append(measures["clip_ratio/region_mean"])  # TRL's PPO name for the clip's
         for name, value in (
             ("loss/policy_avg", policy_losses), ("loss/value_avg", value_losses),
-            ("policy/approxkl_avg", 0.5 * log_ratio**2), ("policy/clipfrac_avg", (low | high).float()),
-            ("policy/entropy_avg", entropy), ("val/clipfrac_avg", value_clipped.float()),
-            ("val/ratio", log_ratio.exp()),
+            ("policy/approxkl_avg", 0.5 * log_ratio**2), ("policy/entropy_avg", entropy),
+            ("val/clipfrac_avg", value_clipped.float()), ("val/ratio", log_ratio.exp()),
         ):  # fmt: skip
             stats[name].append((masked_mean(value.detach(), mask).reshape(1), tokens))
         return loss
@@ -222,18 +219,18 @@ class PPO(OnlinePolicyGradient):
 
 
 def _check_options(vf_coef, cliprange_value, gamma, lam, kl_target, kl_horizon, beta, lora_dropout) -> None:
-    if vf_coef < 0 or cliprange_value <= 0:
-        raise OptionError(f"--model.vf_coef must be >= 0, --model.cliprange_value > 0; got {vf_coef}, "
-                          f"{cliprange_value}")
-    if not (0 <= gamma <= 1 and 0 <= lam <= 1):
-        raise OptionError(f"--model.gamma and --model.lam must lie in [0, 1], got {gamma}, {lam}")
-    if kl_target is not None and (kl_target <= 0 or beta <= 0 or kl_horizon <= 0):
-        raise OptionError(
-            f"--model.kl_target {kl_target} (adaptive KL) needs kl_target > 0, an initial --model.beta > 0 and "
-            f"--model.kl_horizon > 0 (got beta {beta}, kl_horizon {kl_horizon})"
-        )
-    if lora_dropout:
-        raise OptionError("PPO turns dropout off in policy and critic (on-policy ratio 1): set --model.lora_dropout 0")
+    adaptive = kl_target is not None
+    check_options(
+        (vf_coef >= 0, "vf_coef", vf_coef, "must be >= 0"),
+        (cliprange_value > 0, "cliprange_value", cliprange_value, "must be > 0"),
+        (0 <= gamma <= 1, "gamma", gamma, "must lie in [0, 1]"),
+        (0 <= lam <= 1, "lam", lam, "must lie in [0, 1]"),
+        (not adaptive or kl_target > 0, "kl_target", kl_target, "> 0 (adaptive KL), or null"),
+        (not adaptive or beta > 0, "beta", beta, "an initial β > 0 with --model.kl_target (adaptive KL)"),
+        (not adaptive or kl_horizon > 0, "kl_horizon", kl_horizon, "> 0 with --model.kl_target (adaptive KL)"),
+        (not lora_dropout, "lora_dropout", lora_dropout, "0: PPO turns dropout off in policy and critic (on-policy "
+         "ratio 1)"),
+    )  # fmt: skip
 
 
 def _check_reward_models(reward_funcs: Sequence[str | Callable], value_model: ModelRef) -> None:

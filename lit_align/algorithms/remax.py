@@ -25,11 +25,13 @@ from torch import Tensor
 
 from lit_align.algorithms.online import ImportanceRatio, OnlinePolicyGradient
 from lit_align.hparams import fix_options
+from lit_align.losses.policy_gradient import greedy_baseline_advantages
 from lit_align.rollout import Experience
 
 
 class ReMax(OnlinePolicyGradient):
-    """ReMax as a LightningModule with manual optimization: the online base with a greedy :meth:`baseline`.
+    """ReMax as a LightningModule with manual optimization: the online base with a greedy baseline
+    (:meth:`compute_advantages`).
 
     Batches are prompt-only (``lit_align.datamodules.PromptDataModule``). ``trainer.max_steps`` counts
     optimizer steps: one batch of prompts makes ``num_iterations x num_minibatches`` of them.
@@ -53,18 +55,21 @@ class ReMax(OnlinePolicyGradient):
         super().__init__(kl_penalty="reward", kl_importance_correction=True, importance_ratio=importance_ratio,
                          num_generations=num_generations, **kwargs)  # fmt: skip
 
-    def baseline(self, rewards: Tensor, exp: Experience) -> Tensor:
-        """The reward of each prompt's greedy completion, repeated over its G samples; NaN (then advantage 0)
-        where the greedy completion is unscorable."""
+    def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
+        """Each sample's reward minus its prompt's greedy completion's
+        (:func:`~lit_align.losses.policy_gradient.greedy_baseline_advantages`); 0 where the greedy completion is
+        unscorable."""
+        return greedy_baseline_advantages(rewards, self.greedy_rewards(exp).to(rewards.device),
+                                          self.num_generations).nan_to_num(0.0)
+
+    def greedy_rewards(self, exp: Experience) -> Tensor:
+        """(N,) the reward of each prompt's greedy completion, NaN where unscorable; timed and logged."""
         start = time.perf_counter()
         batch = exp.batch
         greedy = self.sample(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"), greedy=True,
                              batch=batch)  # fmt: skip
         per_func = self.rewards.score(batch, greedy, training=self.training)  # (N, F)
-        greedy_rewards = self.rewards.combine(per_func).to(rewards.device)  # (N,), NaN: unscorable
+        greedy_rewards = self.rewards.combine(per_func)  # (N,), NaN: unscorable
         exp.metrics["greedy_reward"] = greedy_rewards[~greedy_rewards.isnan()]
         exp.metrics["time/greedy_generation"] = torch.tensor([time.perf_counter() - start])
-        return greedy_rewards.repeat_interleave(self.num_generations)
-
-    def compute_advantages(self, rewards: Tensor, exp: Experience) -> Tensor:
-        return super().compute_advantages(rewards, exp).nan_to_num(0.0)  # an unscorable greedy baseline: A = 0
+        return greedy_rewards

@@ -59,10 +59,14 @@ def robust(p: Pair, beta: float, label_smoothing: float = 0.0) -> Tensor:
     return robust_dpo_loss(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta, label_smoothing)[0]
 
 
-def ipo(p: Pair, beta: float) -> Tensor:
-    """IPO (Azar et al. 2023, eq. 17, β the paper's τ) on length-normalized log-ratios, as TRL (confirmed with the
-    authors): (c/|y_w| − r/|y_l| − 1/(2β))²."""
-    h = p.chosen_logratios / p.chosen_tokens.clamp(min=1) - p.rejected_logratios / p.rejected_tokens.clamp(min=1)
+def ipo(p: Pair, beta: float, length_normalized: bool = True) -> Tensor:
+    """IPO (Azar et al. 2023, eq. 17, β the paper's τ): (h − 1/(2β))², the loss pulling the log-ratio gap toward
+    1/(2β). With ``length_normalized`` (TRL's form, which its authors confirmed to TRL) h = c/|y_w| − r/|y_l|, so β's
+    scale does not depend on the responses' length; without it the paper's h = c − r of summed log-probs."""
+    if length_normalized:
+        h = p.chosen_logratios / p.chosen_tokens.clamp(min=1) - p.rejected_logratios / p.rejected_tokens.clamp(min=1)
+    else:
+        h = p.chosen_logratios - p.rejected_logratios
     return (h - 1 / (2 * beta)) ** 2
 
 

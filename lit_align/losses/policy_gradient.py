@@ -1,9 +1,10 @@
-"""Policy-gradient losses: advantages, clipped surrogate, value loss, KL estimators, aggregation.
+"""Policy-gradient losses: advantages, per-token KL rewards, whitening, value loss, KL estimators, aggregation.
 
-Pure functions for the online algorithms (GRPO, Dr. GRPO, DAPO, RLOO, ReMax, PPO). An algorithm
-composes them: rewards -> ``*_advantages`` -> ``clipped_surrogate`` (+ ``beta * kl_k3_importance_weighted``
-or ``beta * kl_k3``) -> ``aggregate_loss``; PPO: ``token_level_rewards`` -> ``gae_advantages`` -> ``whiten`` ->
-``clipped_surrogate`` + ``value_loss`` -> ``aggregate_loss``, with ``adaptive_kl_coef`` between rollouts.
+Pure functions for the online algorithms (GRPO, Dr. GRPO, DAPO, RLOO, ReMax, REINFORCE++, PPO). An algorithm
+composes them: rewards -> ``*_advantages`` -> a surrogate of :mod:`lit_align.losses.objectives` (+ ``beta *
+kl_k3_importance_weighted`` or ``beta * kl_k3``) -> ``aggregate_loss`` under ``loss_normalizer``; PPO:
+``token_level_rewards`` -> ``gae_advantages`` -> ``whiten`` -> the clip surrogate + ``value_loss`` ->
+``aggregate_loss``, with ``adaptive_kl_coef`` between rollouts.
 
 Shapes: B sequences (B = prompts x G generations, prompt-major: the G completions of a prompt are
 contiguous, as TRL orders them), G = ``num_generations``, T = completion length (right-padded),
@@ -208,17 +209,19 @@ def whiten(
     shift_mean: bool = True,
     eps: float = 1e-8,
     all_reduce: Callable[[Tensor], Tensor] | None = None,
+    convention: Literal["trl", "openrlhf"] = "trl",
 ) -> Tensor:
-    """Masked whitening: (x - mean) / sqrt(var + eps), mean and unbiased var over masked entries.
+    """Masked whitening, over the masked entries of every rank together (``all_reduce`` sums a tensor over the
+    data-parallel ranks; two passes, as on one process); 0 outside ``mask``. Two conventions:
 
-    Matches TRL's ``masked_whiten`` (``trl/trainer/utils.py`` up to 0.2x, used by its PPOTrainer),
-    except that it returns 0 outside ``mask`` and, where TRL raises for fewer than two entries,
-    uses var = 0. ``shift_mean=False`` adds the mean back, (x - mean) / std + mean: the spread is
-    rescaled, the mean kept (TRL's reward whitening, ``whiten_rewards``).
+        trl        (x − μ) / sqrt(var + eps),     var unbiased (n − 1; 0 for fewer than two entries)
+                   TRL's ``masked_whiten`` (``trl/trainer/utils.py`` up to 0.2x, its PPOTrainer's)
+        openrlhf   (x − μ) / sqrt(max(var, eps)), var the population variance (n)
+                   OpenRLHF's REINFORCE++ advantage normalization (``experience_maker.py``)
 
-    ``all_reduce`` sums a tensor over data-parallel ranks (returning the sum); with it the mean and
-    variance are those of every rank's masked entries together (two passes, as on one process),
-    where TRL whitens each rank's entries alone.
+    ``shift_mean=False`` adds the mean back, (x − μ) / std + μ: the spread is rescaled, the mean kept (TRL's reward
+    whitening, ``whiten_rewards``). Where TRL raises for fewer than two entries this uses var = 0, and where TRL
+    whitens each rank's entries alone this whitens them together.
     """
 
     def total(t: Tensor) -> Tensor:
@@ -227,57 +230,27 @@ def whiten(
     mask = mask.to(x.dtype)
     count, summed = total(torch.stack([mask.sum(), (x * mask).sum()])).unbind()
     mean = summed / count.clamp(min=1.0)
-    var = total((((x - mean) * mask) ** 2).sum()) / (count - 1).clamp(min=1.0)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
+    squares = total((((x - mean) * mask) ** 2).sum())
+    if convention == "trl":
+        scale = torch.rsqrt(squares / (count - 1).clamp(min=1.0) + eps)
+    else:
+        scale = (squares / count.clamp(min=1.0)).clamp(min=eps).rsqrt()
+    whitened = (x - mean) * scale
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
 
 
-def clipped_surrogate(
-    logps: Tensor,
-    old_logps: Tensor,
-    advantages: Tensor,
-    mask: Tensor | None = None,
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), per token; DAPO's clip-higher (Yu et al. 2025).
-
-    loss_t = -min(rho_t A_t, clip(rho_t, 1 - epsilon, 1 + epsilon_high) A_t)
-    rho_t = exp(logps_t - old_logps_t)
-
-    Also returns where the clip is active, as TRL 1.16 counts it for its ``clip_ratio/*`` metrics
-    (``grpo_trainer.py``, ``GRPOTrainer._compute_loss``, lines 3272-3279):
-    low = rho < 1 - epsilon and A < 0; high = rho > 1 + epsilon_high and A > 0; region = low | high.
-    ``clip_ratio/low_mean`` is ``masked_mean(low.float(), mask)``, likewise high and region.
-
-    Works on sequence-level inputs too: ``logps`` (B,) summed log-probs, ``advantages`` (B,) and no
-    mask give RLOO's sequence-level ratio as TRL 1.16 ``RLOOTrainer._compute_loss`` uses it.
-
-    Args:
-        logps: (B, T) policy log-probs (with grad).
-        old_logps: (B, T) log-probs of the policy that sampled (no grad).
-        advantages: (B,) per sequence, broadcast over tokens, or (B, T) per token.
-        mask: (B, T) completion mask; the loss and the clip indicators are 0 outside it. None = all ones.
-        epsilon: lower clip range (and upper when ``epsilon_high`` is None).
-        epsilon_high: upper clip range; DAPO uses 0.28.
-
-    Returns:
-        ``(per_token_loss, is_low_clipped, is_high_clipped)``: (B, T) float, bool, bool.
-    """
-    epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    if advantages.dim() == 1 and logps.dim() == 2:
-        advantages = advantages.unsqueeze(1)  # (B, 1)
-    ratio = torch.exp(logps - old_logps)
-    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    per_token_loss = -torch.min(ratio * advantages, clipped_ratio * advantages)
-    is_low_clipped = (ratio < 1 - epsilon) & (advantages < 0)
-    is_high_clipped = (ratio > 1 + epsilon_high) & (advantages > 0)
-    if mask is not None:
-        per_token_loss = per_token_loss * mask.to(per_token_loss.dtype)
-        is_low_clipped, is_high_clipped = is_low_clipped & mask.bool(), is_high_clipped & mask.bool()
-    return per_token_loss, is_low_clipped, is_high_clipped
+def loss_normalizer(mask: Tensor, aggregation: str, max_completion_length: int, all_reduce: Callable) -> Tensor:
+    """A minibatch's N for :func:`aggregate_loss`, decided once for all its micro-batches: its rows
+    (``sequence_mean`` / ``sequence_sum``), rows x ``max_completion_length`` (``constant``), or its trained tokens
+    averaged over ranks (``token_mean``: DDP averages the gradients, so global tokens / world size)."""
+    rows = torch.tensor(float(mask.shape[0]), device=mask.device)
+    if aggregation == "constant":
+        return rows * max_completion_length
+    if aggregation in ("sequence_mean", "sequence_sum"):
+        return rows
+    return all_reduce(mask.sum().float(), "mean")
 
 
 def value_loss(
@@ -326,13 +299,16 @@ def kl_k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-def kl_k3_importance_weighted(logps: Tensor, ref_logps: Tensor, old_logps: Tensor) -> Tensor:
-    """k3 times the token's importance ratio: the KL term of DeepSeek-V3.2 (2025, "Unbiased KL Estimate",
+def kl_k3_importance_weighted(logps: Tensor, ref_logps: Tensor, log_weights: Tensor) -> Tensor:
+    """k3 times the importance weight: the KL term of DeepSeek-V3.2 (2025, "Unbiased KL Estimate",
     https://arxiv.org/abs/2512.02556) and of TRL 1.16 GRPO with ``use_bias_correction_kl=True``, its default
     (``GRPOTrainer._compute_loss``, l. 3100-3105).
 
-        kl_t = rho_t * k3_t,   rho_t = exp(logps_t - old_logps_t),
-        k3_t = r_t - 1 - log r_t,   r_t = exp(ref_t - logps_t)
+        kl_t = w_t * k3_t,   k3_t = r_t - 1 - log r_t,   r_t = exp(ref_t - logps_t)
+
+    with w = exp(``log_weights``) the importance weight at the level the objective takes it
+    (:func:`~lit_align.losses.objectives.importance_log_weights`): per token rho_t = exp(logps_t - old_logps_t),
+    or a sequence's weight broadcast over its tokens (GSPO).
 
     Value: the tokens were sampled by pi_old, so rho_t k3_t estimates KL(pi || pi_ref) at the CURRENT policy
     (E_{pi_old}[rho k3] = E_pi[k3]); on-policy rho_t = 1 and kl_t = k3_t.
@@ -349,12 +325,12 @@ def kl_k3_importance_weighted(logps: Tensor, ref_logps: Tensor, old_logps: Tenso
     Args:
         logps: (B, T) policy log-probs (with grad).
         ref_logps: (B, T) reference log-probs.
-        old_logps: (B, T) log-probs of the policy that sampled (no grad); ``logps.detach()`` on-policy.
+        log_weights: (B, T) or (B, 1) log importance weights (with grad); ``logps - logps.detach()`` on-policy.
 
     Returns:
         (B, T) per-token KL term; mask it (or aggregate with a mask) like the surrogate.
     """
-    return torch.exp(logps - old_logps) * kl_k3(logps, ref_logps)
+    return torch.exp(log_weights) * kl_k3(logps, ref_logps)
 
 
 def aggregate_loss(

@@ -131,32 +131,6 @@ def hinge_loss(
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-def ipo_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
-    beta: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
-    Preferences", Eq. 17; β is the paper's τ).
-
-        losses = (h − 1/(2β))²
-
-    The normalization is the caller's choice of log-probs. The paper writes h with sequence (summed)
-    log-probs; TRL 1.16 `DPOTrainer._compute_loss` (loss_type="ipo") divides each summed log-ratio by its
-    completion length, i.e. feeds token-mean log-probs (its comment says the IPO authors confirmed their
-    reported results used this form). lit_align's IPO module defaults to token-mean ("mean") for parity
-    with TRL and so that β's scale does not depend on response length; "sum" gives the paper's form.
-    Returns (losses, chosen_rewards, rejected_rewards) as `dpo_loss`.
-    """
-    chosen_logratios, rejected_logratios = _log_ratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    losses = (chosen_logratios - rejected_logratios - 1 / (2 * beta)) ** 2
-    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
-
-
 def simpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,

@@ -10,7 +10,10 @@ log π_old − log π_ref clipped to [−10, 10] and T_i the last completion tok
     r_{i,t} = −β·k1_{i,t} + [t = T_i]·s_i       the KL as a per-token reward
     G_{i,t} = Σ_{u ≥ t} γ^(u−t) r_{i,u}         the return from token t on
     A = (G − μ) / sqrt(max(σ², 1e-8))           μ, σ² the mean and POPULATION variance over every completion token
-                                                of the batch (all ranks together here; OpenRLHF's batch)
+                                                of the batch (all ranks together here; OpenRLHF's batch):
+                                                :func:`~lit_align.losses.policy_gradient.whiten`, ``openrlhf``
+
+The per-token rewards are PPO's (:func:`~lit_align.losses.policy_gradient.token_level_rewards`) with the KL clipped.
 
 Shapes: B sequences (prompt-major), T completion tokens, ``mask`` (B, T) right-padded.
 """
@@ -21,6 +24,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from lit_align.losses.policy_gradient import token_level_rewards, whiten
 
 KL_CLIP = 10.0  # OpenRLHF clips its per-token KL estimates to [-10, 10]
 
@@ -35,18 +40,6 @@ def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Ten
         running = torch.where(mask[:, t].bool(), rewards[:, t] + gamma * running, running)
         returns[:, t] = running
     return returns * mask.to(rewards.dtype)
-
-
-def batch_normalize(x: Tensor, mask: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None,
-                    min_variance: float = 1e-8) -> Tensor:  # fmt: skip
-    """(x − μ)·rsqrt(max(σ², ``min_variance``)), μ and σ² the mean and population variance of the masked entries
-    (``all_reduce`` sums over ranks: every rank's entries together); 0 outside ``mask``."""
-    mask = mask.to(x.dtype)
-    total = (lambda t: t) if all_reduce is None else all_reduce
-    count, summed = total(torch.stack([mask.sum(), (x * mask).sum()])).unbind()
-    mean = summed / count.clamp(min=1.0)
-    variance = total((((x - mean) * mask) ** 2).sum()) / count.clamp(min=1.0)
-    return (x - mean) * variance.clamp(min=min_variance).rsqrt() * mask
 
 
 def reinforce_pp_advantages(
@@ -68,9 +61,6 @@ def reinforce_pp_advantages(
     if baseline:
         grouped = scores.view(-1, num_generations)
         scores = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
-    mask_f = mask.to(token_kl.dtype)
-    rewards = -beta * token_kl.clamp(-KL_CLIP, KL_CLIP) * mask_f
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = (positions * mask.bool()).argmax(dim=1, keepdim=True)  # each row's last completion token
-    rewards = rewards.scatter_add(1, last, (scores.to(rewards.dtype) * mask.any(dim=1)).unsqueeze(1))
-    return batch_normalize(discounted_returns(rewards, mask, gamma), mask, all_reduce), rewards
+    rewards = token_level_rewards(scores, token_kl.clamp(-KL_CLIP, KL_CLIP), mask, beta)
+    returns = discounted_returns(rewards, mask, gamma)
+    return whiten(returns, mask, all_reduce=all_reduce, convention="openrlhf"), rewards

@@ -175,14 +175,15 @@ class RewardSignal:
         self.spread = SpreadWatch(options.zero_spread_patience, names, group_relative)
         self.unscorable_skipped = 0  # rollouts left out for having no scorable completion (checkpointed)
 
-    def check(self, module: Any, rewards: Tensor, per_func: Tensor, batch: dict[str, Any], num_generations: int
-              ) -> bool:  # fmt: skip
-        """Whether the rollout trains: some completion, on some rank, has a reward. If none has, ``stop`` raises
-        :class:`UnscorableRollout` naming the functions and the columns they received; ``skip`` counts it, warns and
-        logs ``train/unscorable_skipped``. The zero-spread streak is updated with the same reduction."""
+    def check(self, rewards: Tensor, per_func: Tensor, batch: dict[str, Any], num_generations: int,
+              all_reduce: Callable[[Tensor], Tensor], where: str) -> bool:  # fmt: skip
+        """Whether the rollout trains: some completion, on some rank, has a reward (``all_reduce`` sums a CPU tensor
+        over the ranks). If none has, ``stop`` raises :class:`UnscorableRollout` naming the functions and the columns
+        they received; ``skip`` counts it (:attr:`unscorable_skipped`, which the module logs) and warns, naming
+        ``where`` (the step). The zero-spread streak is updated with the same reduction."""
         scorable = (~rewards.isnan()).sum().float().reshape(1)
         local = torch.cat([scorable, self.spread.local_stats(rewards, per_func, num_generations)])
-        stats = module.all_reduce(local.to(module.device)).cpu()
+        stats = all_reduce(local).cpu()
         if stats[0] > 0:
             self.spread.update(stats[1:])
             return True
@@ -190,11 +191,8 @@ class RewardSignal:
         if self.unscorable_rollouts == "stop":
             raise UnscorableRollout(message)
         self.unscorable_skipped += 1
-        where = f"global step {module.global_step}" if module.in_fit() else "a standalone update()"
         rank_zero_warn(f"skipped the rollout at {where}: no completion could be scored ({self.unscorable_skipped} "
                        "skipped so far)")  # fmt: skip
-        if module.in_fit():
-            module.log("train/unscorable_skipped", float(self.unscorable_skipped), on_step=True, on_epoch=False)
         return False
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

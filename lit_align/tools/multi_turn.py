@@ -25,7 +25,6 @@ conversations are over samples one throwaway token while another rank's go on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,16 +115,15 @@ class ToolRunner:
                 break
             if not active:  # this rank's conversations are over, another rank's are not: a turn that keeps step
                 ids, mask = _left_pad([rows[0].prompt_ids], tokenizer.pad_token_id, model)
-                with _max_new_tokens(sampler.backend_for(tokenizer), 1):
-                    sampler.sample(model, ids, mask, tokenizer, 1, f"{key}/turn{turn}", greedy)
+                sampler.sample(model, ids, mask, tokenizer, 1, f"{key}/turn{turn}", greedy, max_new_tokens=1)
                 continue
             contexts = [rows[i].prompt_ids + rows[i].ids for i in active]
             room = max(budget - len(rows[i].ids) for i in active)
             per_prompt = num_generations if turn == 0 and _grouped(contexts, num_generations) else 1
             unique = contexts[::per_prompt]
             ids, mask = _left_pad(unique, tokenizer.pad_token_id, model)
-            with _max_new_tokens(sampler.backend_for(tokenizer), room):
-                sampled = sampler.sample(model, ids, mask, tokenizer, per_prompt, f"{key}/turn{turn}", greedy)
+            sampled = sampler.sample(model, ids, mask, tokenizer, per_prompt, f"{key}/turn{turn}", greedy,
+                                     max_new_tokens=room)  # the room the conversation has left
             for j, i in enumerate(active):
                 n = int(sampled.lengths[j])
                 new = sampled.completion_ids[j, :n].tolist()
@@ -268,14 +266,3 @@ def _any_rank(flag: bool, model: nn.Module) -> bool:
     value = torch.tensor([float(flag)], device=next(model.parameters()).device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-@contextmanager
-def _max_new_tokens(backend: Any, tokens: int):
-    """The backend's completion length limit set to ``tokens`` for one turn (the conversation's remaining room)."""
-    before = backend.max_new_tokens
-    backend.max_new_tokens = tokens
-    try:
-        yield
-    finally:
-        backend.max_new_tokens = before
