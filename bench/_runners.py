@@ -339,7 +339,7 @@ def run_trl(spec: dict[str, Any], steps: Steps, notes: list[str]) -> dict[str, A
 
     algo, model = spec["algo"], spec["model_dir"]
     tokenizer = AutoTokenizer.from_pretrained(model)
-    if tokenizer.pad_token is None:  # as lit_align.models does: padding is masked, so EOS is safe
+    if tokenizer.pad_token is None:  # as lit_align.models.loading does: padding is masked, so EOS is safe
         tokenizer.pad_token = tokenizer.eos_token
     rows = datasets.load_dataset("json", data_files=spec["rows"], split="train")
     batch = spec["batch_size"] * (spec["num_generations"] if algo == "grpo" else 1)

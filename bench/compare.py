@@ -173,14 +173,14 @@ def resolve_model(name: str, workdir: Path) -> str:
     if Path(name).is_dir():
         return str(Path(name).resolve())
     if name == "tiny-llama":  # built in code; saved so TRL can load it by path too
-        from lit_align.models import load_model
+        from lit_align.models.loading import load_model
 
         model, tokenizer = load_model("tiny-llama")
         folder = workdir / "tiny-llama"
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         return str(folder)
-    from lit_align.models import load_tokenizer
+    from lit_align.models.loading import load_tokenizer
 
     folder = Path(load_tokenizer(name).name_or_path)
     if not (folder / "config.json").is_file():
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from bench import _data, _runners  # noqa: I001  (after the path is set)
     from lit_align import DPO
-    from lit_align.models import load_tokenizer
+    from lit_align.models.loading import load_tokenizer
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lit-align-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import torch
 
 from lit_align import DPO
 from lit_align.datamodules import PreferenceDataModule
-from lit_align.logprobs import preference_logps
+from lit_align.models.logprobs import preference_logps
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/hh_rlhf_harmless_base_test"
 FILE = DATA / "harmless_base_test_prompt_chosen_rejected.jsonl"

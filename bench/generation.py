@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.generation.configuration_utils import CompileConfig
 
     from lit_align.datamodules import PromptDataModule
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     model, tokenizer = load_model(args.model)
     model.eval()
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         "static+compile": GenerationConfig(**common, cache_implementation="static", compile_config=compile_config),
     }
     modes = [m for m in args.modes.split(",") if m]
-    from lit_align.rollout import HFGenerate
+    from lit_align.rollouts.hf import HFGenerate
 
     def run(mode: str) -> float:
         torch.manual_seed(0)

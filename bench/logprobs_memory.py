@@ -5,7 +5,7 @@ Variants, each ``-mean(sequence mean log-prob)`` backpropagated through the mode
     plain    ``sequence_logps(..., chunked=False)``: logits only from the first completion position
              (``logits_to_keep``), chunked logsumexp, fp32 upcast recomputed in backward for half precision.
     chunked  ``sequence_logps(...)`` (the default): the LM head + log-softmax applied chunk by chunk to the
-             scored positions' hidden states in forward and backward (``lit_align.lm_head``); no (tokens x V)
+             scored positions' hidden states in forward and backward (``lit_align.models.lm_head``); no (tokens x V)
              logits at any point.
 
 Models: ``smollm2`` is SmolLM2-135M-Instruct (``load_model("smollm2-135m-instruct")``, vocabulary 49,152,
@@ -38,7 +38,7 @@ MEMORY_METHOD = ("VmHWM above the pre-step RSS", "torch.cuda.max_memory_allocate
 
 
 def build_model(name: str, layers: int):
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     if name == "tiny-llama":
         model, _ = load_model("tiny-llama", seed=0)
@@ -83,7 +83,7 @@ def _cpu_status_mb(field: str) -> float:
 def child(args) -> None:
     import torch
 
-    from lit_align.logprobs import sequence_logps
+    from lit_align.models.logprobs import sequence_logps
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

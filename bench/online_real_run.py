@@ -24,7 +24,7 @@ from lit_align.algorithms.reinforce_pp import ReinforcePP
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.rloo import RLOO
 from lit_align.datamodules.prompt import PromptDataModule
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from lit_align.rewards.verifiers import arithmetic_answer_reward
 
 ALGOS = {"grpo": GRPO, "rloo": RLOO, "remax": ReMax, "reinforce_pp": ReinforcePP}

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 
 VARIANTS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 

@@ -3,13 +3,13 @@
     python bench/packing.py [--pairs 4] [--max-length 512] [--repeats 3] [--threads 2] [--model smollm2-135m-instruct]
 
 One DPO batch of real HH-RLHF harmless pairs (``../shared/data``; the project's demo pairs when absent), chosen and
-rejected stacked as the module stacks them, through :func:`lit_align.logprobs.completion_scores` with a backward of
-the summed log-probs, in three modes, alternating, ``--repeats`` times after one warm-up each:
+rejected stacked as the module stacks them, through :func:`lit_align.models.logprobs.completion_scores` with a backward
+of the summed log-probs, in three modes, alternating, ``--repeats`` times after one warm-up each:
 
 - ``padded``: every row padded to the longest (what TRL runs on CPU);
 - ``packed, block mask``: one row of the real tokens, transformers' own packed mode (``sdpa`` with the block-diagonal
   causal mask it builds from the reset ``position_ids``: N² attention per layer);
-- ``packed, per sequence``: one row, :data:`lit_align.packing.VARLEN` attention (SDPA per sequence: Σ Lᵢ²), the
+- ``packed, per sequence``: one row, :data:`lit_align.models.packing.VARLEN` attention (SDPA per sequence: Σ Lᵢ²), the
   library's choice.
 
 Prints the medians, the ratios to padded, the real and padded token counts, and the largest difference of the
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from lit_align import packing
-    from lit_align.logprobs import completion_scores, concatenate_pair
-    from lit_align.models import load_model
+    from lit_align.models import packing
+    from lit_align.models.loading import load_model
+    from lit_align.models.logprobs import completion_scores, concatenate_pair
 
     model, tokenizer = load_model(args.model)
     model.train()

@@ -25,7 +25,7 @@ import torch
 
 from lit_align.algorithms.ppo import DEFAULT_REWARD_MODEL, PPO
 from lit_align.datamodules.prompt import PromptDataModule
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from lit_align.rewards.verifiers import arithmetic_answer_reward
 
 CURVE = ("reward", "objective/kl", "objective/kl_coef", "objective/rlhf_reward", "loss/value_avg", "loss/policy_avg",

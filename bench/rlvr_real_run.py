@@ -26,8 +26,8 @@ import lightning as L
 import torch
 
 from lit_align.algorithms.rlvr import RLVR
-from lit_align.cli import AlignCLI
-from lit_align.console import quiet
+from lit_align.callbacks.console import quiet
+from lit_align.commands.cli import AlignCLI
 from lit_align.datamodules.prompt import PromptDataModule
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "recipes" / "configs" / "rlvr.yaml"

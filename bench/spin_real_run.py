@@ -44,10 +44,10 @@ def margins(lines: list[dict]) -> tuple[float, float]:
 
 def final_lines(run_dir: Path, config: dict, iteration: int) -> list[dict]:
     """The held-out lines an iteration start would write, for the exported final policy (one process)."""
-    from lit_align.algorithms.self_play import generate_responses, pair_logps
     from lit_align.datamodules import SPINDataModule
-    from lit_align.models import load_model
-    from lit_align.sampling import Sampler
+    from lit_align.models.loading import load_model
+    from lit_align.rollouts.sampling import Sampler
+    from lit_align.training.self_play import generate_responses, pair_logps
 
     policy, tokenizer = load_model(str(run_dir / "hf_model"))
     data = {k: v for k, v in config["data"].items() if k != "tokenizer"}

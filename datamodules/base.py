@@ -12,7 +12,7 @@ Tokenization runs in ``setup`` through ``datasets.map``, whose on-disk cache mak
 other ranks reuse it. Every row that truncation shortens, that is dropped, or that is accepted with a
 remark (an empty completion, a chat completion whose repeated prompt turns were removed) is counted in
 ``stats`` and reported once. Options are checked in ``__init__`` and the data in ``setup``, so a recipe
-(which sets the data up before it builds the model, see :class:`lit_align.cli.AlignCLI`) fails before any
+(which sets the data up before it builds the model, see :class:`lit_align.commands.cli.AlignCLI`) fails before any
 weights load; messages name the option by its command-line name (``--data.batch_size``).
 """
 
@@ -74,7 +74,7 @@ def resolve_tokenizer(tokenizer: str | PreTrainedTokenizerBase | None) -> PreTra
     if tokenizer is None:
         raise OptionError("The DataModule needs a tokenizer: pass one, or the policy's name (the recipes link it)")
     if isinstance(tokenizer, str):
-        from lit_align.models import load_tokenizer
+        from lit_align.models.loading import load_tokenizer
 
         return load_tokenizer(tokenizer)
     return tokenizer

@@ -29,7 +29,7 @@ import datasets
 
 from lit_align import shipped
 from lit_align.errors import DataError, PathNotFound, row_label
-from lit_align.models import hub_offline_flag, hub_unreachable
+from lit_align.models.loading import hub_offline_flag, hub_unreachable
 
 PROGRESS_BAR_ROWS = 5000  # datasets' progress bars only for data at least this large
 PROGRESS_BAR_BYTES = 10_000_000

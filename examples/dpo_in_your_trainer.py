@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_align import DPO, load_model
-from lit_align.console import quiet
+from lit_align.callbacks.console import quiet
+from lit_align.callbacks.preemption import StopOnSignal
 from lit_align.datamodules import PreferenceDataModule
-from lit_align.preemption import StopOnSignal
 
 PAIRS = [
     {"prompt": f"What is {a} + {b}?", "chosen": f"{a} + {b} = {a + b}.", "rejected": f"{a} + {b} = {a + b + 1}."}

@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning as L
 
 from lit_align import GRPO, load_model
-from lit_align.console import quiet
+from lit_align.callbacks.console import quiet
 from lit_align.datamodules import PromptDataModule
 from lit_align.rewards.verifiers import completion_text
 

@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 _WHERE = {
     **{name: "lit_align.algorithms" for name in ("DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT",
                                                  "SPIN", "ReMax", "ReinforcePP", "RewardModel", "SimPO")},
-    "load_model": "lit_align.models",
-    "load_tokenizer": "lit_align.models",
+    "load_model": "lit_align.models.loading",
+    "load_tokenizer": "lit_align.models.loading",
 }  # fmt: skip
 __all__ = sorted(_WHERE)
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         RewardModel,
         SimPO,
     )
-    from lit_align.models import load_model, load_tokenizer  # noqa: F401
+    from lit_align.models.loading import load_model, load_tokenizer  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -10,8 +10,8 @@ The commands (every recipe, ``evaluate``, ``generate``, ``plot``, ``lit-align``)
 :func:`command`, under :func:`reported`: a user error is
 printed as its message alone (``error: ...``) and the command exits with status 1; ``LIT_ALIGN_DEBUG=1`` prints
 the traceback as well. Any other exception is a bug or a broken environment and keeps its traceback. A
-Ctrl-C outside training (training has its own stop, :mod:`lit_align.preemption`) exits with 130 and no traceback.
-Rows are numbered from 1 in every message (:func:`row_label`): the first row of a file is row 1.
+Ctrl-C outside training (training has its own stop, :mod:`lit_align.callbacks.preemption`) exits with 130 and no
+traceback. Rows are numbered from 1 in every message (:func:`row_label`): the first row of a file is row 1.
 """
 
 from __future__ import annotations

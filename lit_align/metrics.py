@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric, MetricCollection
 
-from lit_align.logprobs import SequenceLogps
+from lit_align.models.logprobs import SequenceLogps
 
 PREFERENCE_METRICS = (
     "rewards/chosen",
@@ -138,3 +138,15 @@ def log_hyperparameters(logger: Any, params: dict[str, Any], metrics: list[str],
     writer = logger.experiment._get_file_writer()
     for summary in hparams_summaries(params, dict.fromkeys(metrics, 0.0)):  # the values are not written
         writer.add_summary(summary)
+
+
+def short_name(name: str) -> str:
+    """``train/rewards/margins`` -> ``margins``: the progress bar's label for a metric."""
+    return name.rsplit("/", 1)[-1]
+
+
+def table_cell(value: Any, limit: int = 300) -> str:
+    """``value`` (text, or the last message's content) as a cell of a markdown table (TensorBoard's text tab)."""
+    text = value[-1]["content"] if isinstance(value, list) and value else str(value)
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|").replace("\n", "<br>")

@@ -7,7 +7,7 @@ Override anything from the command line (`--model.beta 0.2`, `--data.data_path m
 from pathlib import Path
 
 from lit_align.algorithms import DPO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules import PreferenceDataModule
 from lit_align.errors import command
 

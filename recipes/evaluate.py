@@ -6,9 +6,9 @@ interval), reward and length of each, perplexity of held-out preferred responses
 (see lit_align/evaluation.py). `--help` lists every option, `--config my.yaml` takes them from a file.
 """
 
-from lit_align.cli import run_function
+from lit_align.commands.cli import run_function
+from lit_align.commands.evaluation import evaluate
 from lit_align.errors import command
-from lit_align.evaluation import evaluate
 
 
 def main(args: list[str] | None = None) -> None:

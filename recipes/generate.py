@@ -6,9 +6,9 @@ Samples from a run directory, checkpoint, export or preset with the chat templat
 sampling.
 """
 
-from lit_align.cli import run_function
+from lit_align.commands.cli import run_function
+from lit_align.commands.generation import generate
 from lit_align.errors import command
-from lit_align.generation import generate
 
 
 def main(args: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ preference pairs) or layer a YAML with `--config`.
 from pathlib import Path
 
 from lit_align.algorithms.kto import KTO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.binary import BinaryFeedbackDataModule
 from lit_align.errors import command
 

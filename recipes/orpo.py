@@ -8,7 +8,7 @@ line (`--model.beta 0.2`, `--data.data_path my.jsonl`) or layer a YAML with `--c
 from pathlib import Path
 
 from lit_align.algorithms import ORPO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules import PreferenceDataModule
 from lit_align.errors import command
 

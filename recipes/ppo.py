@@ -14,7 +14,7 @@ Override anything from the command line (`--model.kl_target 6`, `--model.value_m
 from pathlib import Path
 
 from lit_align.algorithms.ppo import PPO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
 from lit_align.errors import command
 

@@ -8,7 +8,7 @@ preference pairs; the export in `runs/reward_model/version_*/hf_model` loads wit
 from pathlib import Path
 
 from lit_align.algorithms.reward_model import RewardModel
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.preference import PreferenceDataModule
 from lit_align.errors import command
 

@@ -8,7 +8,7 @@ or layer a YAML with `--config`. `trainer.max_steps` counts optimizer steps.
 from pathlib import Path
 
 from lit_align.algorithms.rloo import RLOO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
 from lit_align.errors import command
 

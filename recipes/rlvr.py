@@ -11,7 +11,7 @@ optimizer steps.
 from pathlib import Path
 
 from lit_align.algorithms.rlvr import RLVR
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.prompt import PromptDataModule
 from lit_align.errors import command
 

@@ -8,7 +8,7 @@ or layer a YAML with `--config`.
 from pathlib import Path
 
 from lit_align.algorithms.sft import SFT
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.sft import SFTDataModule
 from lit_align.errors import command
 

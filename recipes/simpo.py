@@ -7,7 +7,7 @@ Reference-free: only the policy is loaded. Override anything from the command li
 from pathlib import Path
 
 from lit_align.algorithms.simpo import SimPO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.preference import PreferenceDataModule
 from lit_align.errors import command
 

@@ -10,7 +10,7 @@ line (`--model.iterations 3`, `--model.epochs_per_iteration 2`, `--data.data_pat
 from pathlib import Path
 
 from lit_align.algorithms.spin import SPIN
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.spin import SPINDataModule
 from lit_align.errors import command
 

@@ -54,7 +54,7 @@ def digit_reward(prompts, completions, **kwargs):
 
 def build_tokenizer():
     """The tiny-llama byte tokenizer (ChatML template) padded with plain added tokens to ``VOCAB`` ids."""
-    from lit_align.models import build_byte_tokenizer
+    from lit_align.models.loading import build_byte_tokenizer
 
     tokenizer = build_byte_tokenizer()
     tokenizer.add_tokens([f"<x{i}>" for i in range(VOCAB - len(tokenizer))])

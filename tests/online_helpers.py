@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from lit_align.rewards.verifiers import completion_text
-from lit_align.rollout import Rollout, completion_mask_until_eos
+from lit_align.rollouts.record import Rollout, completion_mask_until_eos
 from tests.conftest import write_jsonl
 
 
@@ -200,7 +200,7 @@ class GeneratingScript(ScriptedTurns):
 
     def __call__(self, model, prompt_input_ids, prompt_attention_mask, num_generations=1, greedy=False,
                  max_new_tokens=None) -> Rollout:  # fmt: skip
-        from lit_align.rollout import HFGenerate
+        from lit_align.rollouts.hf import HFGenerate
 
         HFGenerate(self.tokenizer, max_new_tokens=2, kv_cache="dynamic")(
             model, prompt_input_ids, prompt_attention_mask, num_generations, greedy

@@ -33,9 +33,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.online import OnlinePolicyGradient
-from lit_align.models import load_model
-from lit_align.rollout import Experience, Rollout
+from lit_align.models.loading import load_model
+from lit_align.rollouts.record import Experience, Rollout
+from lit_align.training.online import OnlinePolicyGradient
 from tests.conftest import write_jsonl
 from tests.online_helpers import fixed_rollout, length_reward
 

@@ -14,7 +14,7 @@ import torch
 from tokenizers import processors
 
 from lit_align.datamodules.preference import DEMO_PREFERENCES
-from lit_align.models import build_byte_tokenizer
+from lit_align.models.loading import build_byte_tokenizer
 from tests.conftest import REPO
 
 DEMO_BINARY = REPO / "datamodules" / "samples" / "binary_demo.jsonl"

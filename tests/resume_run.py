@@ -10,8 +10,8 @@ environments from the seed, step and rank), its turns written by a scripted bise
 
 ``full`` trains 8 steps uninterrupted. ``kill`` trains the same run and SIGKILLs its own process right
 after step 5 (checkpoints are written every 2 steps, so the newest is step 4, mid-epoch). ``sigterm`` and ``sigint``
-send that signal instead (:class:`~lit_align.preemption.StopOnSignal` then writes ``last.ckpt`` at step 5 and exits
-with 128 + the signal); ``sigterm_val`` sends SIGTERM during the validation after step 5 (``dpo_val``: DPO with a
+send that signal instead (:class:`~lit_align.callbacks.preemption.StopOnSignal` then writes ``last.ckpt`` at step 5 and
+exits with 128 + the signal); ``sigterm_val`` sends SIGTERM during the validation after step 5 (``dpo_val``: DPO with a
 validation split, validated every 5 steps), which is finished before the checkpoint. ``resume``
 continues the stopped run from its ``last.ckpt`` (loaded with ``weights_only=True``) to step 8.
 Every step appends ``{"step", "loss", "batch", "reward"}`` (a digest of the batch's token ids) to
@@ -32,8 +32,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_align.models import load_model
-from lit_align.preemption import StopOnSignal
+from lit_align.callbacks.preemption import StopOnSignal
+from lit_align.models.loading import load_model
 from tests.conftest import write_jsonl
 from tests.online_helpers import ScriptedTurns, game_rows, guessing_script, length_reward, prompt_rows
 

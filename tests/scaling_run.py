@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.conftest import write_jsonl
 from tests.online_helpers import (
     GeneratingScript,
@@ -56,14 +56,14 @@ class Recorder(L.Callback):
 
 
 class PlainPathWarnings(logging.Handler):
-    """Messages of ``lit_align.logprobs`` / ``lit_align.packing`` saying a model's log-probs fell back to full logits
-    or to padded rows."""
+    """Messages of ``lit_align.models.logprobs`` / ``lit_align.models.packing`` saying a model's log-probs fell back to
+    full logits or to padded rows."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
-        logging.getLogger("lit_align.logprobs").addHandler(self)
-        logging.getLogger("lit_align.packing").addHandler(self)
+        logging.getLogger("lit_align.models.logprobs").addHandler(self)
+        logging.getLogger("lit_align.models.packing").addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
@@ -87,7 +87,7 @@ def rows(algo: str) -> list[dict]:
 
 def reward_model(out: Path) -> Path:
     """A tiny random sequence-classification model saved like RewardModel's export (same on every rank)."""
-    from lit_align.models import build_byte_tokenizer, build_tiny_llama
+    from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama
 
     path = out / "reward_model"
     if not (path / "config.json").exists():

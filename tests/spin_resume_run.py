@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_align.algorithms import SPIN
 from lit_align.datamodules import SPINDataModule
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.conftest import write_jsonl
 
 KILL_AFTER, EVERY = 7, 2

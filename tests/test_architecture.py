@@ -12,9 +12,9 @@ import docstring_parser
 import pytest
 
 import lit_align
-from lit_align import reference
-from lit_align.algorithms import base, offline, online
 from lit_align.hparams import accepted_options
+from lit_align.reference import mixin as reference
+from lit_align.training import base, offline, online
 
 ALGORITHMS = [getattr(lit_align, name) for name in lit_align.__all__ if inspect.isclass(getattr(lit_align, name))]
 HOOKS = {*base.EXTENSION_HOOKS, *offline.EXTENSION_HOOKS, *online.EXTENSION_HOOKS, *reference.EXTENSION_HOOKS}

@@ -34,7 +34,7 @@ def spec(algo: str, side: str, model_dir: str, rows: dict, tmp_path) -> dict:
 @pytest.mark.slow  # a TRL trainer
 @pytest.mark.parametrize("algo", ["dpo", "kto", "sft", "grpo"])
 def test_both_sides_train_on_the_same_batches(algo, tiny_model, tmp_path):
-    from lit_align.models import load_tokenizer
+    from lit_align.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model)
     settings = spec(algo, "ours", tiny_model, {"ours": None}, tmp_path)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lit_align.algorithms import DPO
-from lit_align.callbacks import HFExport
+from lit_align.callbacks.export import HFExport
 from lit_align.datamodules import PreferenceDataModule
 from tests.helpers import tiny_trainer
 

@@ -1,4 +1,4 @@
-"""The chunked LM head (``lit_align.lm_head``) against the plain path (full logits), values and gradients.
+"""The chunked LM head (``lit_align.models.lm_head``) against the plain path (full logits), values and gradients.
 
 Every comparison runs one function twice on the same model and batch, ``chunked=True`` and
 ``chunked=False``, backpropagates the same random per-token (or per-sequence) weights through both,
@@ -22,11 +22,11 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lit_align import lm_head, logprobs
 from lit_align.algorithms.orpo import orpo_logps
 from lit_align.algorithms.sft import token_stats
-from lit_align.logprobs import IGNORE_INDEX, preference_logps, sequence_logps, token_logps
-from lit_align.models import build_byte_tokenizer, build_tiny_llama, load_model
+from lit_align.models import lm_head, logprobs
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama, load_model
+from lit_align.models.logprobs import IGNORE_INDEX, preference_logps, sequence_logps, token_logps
 from tests.test_logprobs import naive_token_logps, random_batch
 
 ATOL = 1e-5
@@ -338,7 +338,7 @@ def assert_falls_back(model, caplog, reason: str, batch=None) -> None:
     """The default (chunked) call logs ``reason`` once and gives exactly the plain path's values and gradients."""
     batch = batch or random_batch(0, 256)
     compute = token_logps_compute(model, batch)
-    with caplog.at_level(logging.WARNING, logger="lit_align.logprobs"):
+    with caplog.at_level(logging.WARNING, logger="lit_align.models.logprobs"):
         (out_default, grad_default), (out_plain, grad_plain) = run(model, compute, True), run(model, compute, False)
         run(model, compute, True)
     messages = [r.getMessage() for r in caplog.records if "plain path" in r.getMessage()]

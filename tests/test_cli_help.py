@@ -15,7 +15,7 @@ OPTION = re.compile(r"^  (--(?:model|data)\.[\w.]+)(?: (\S+))?\s+(.*)$")
 
 
 def fit_help(recipe) -> str:
-    from lit_align.cli import run
+    from lit_align.commands.cli import run
 
     model_class, data_class = recipe_classes(recipe)
     default = REPO / "recipes" / "configs" / f"{recipe.stem}.yaml"

@@ -30,7 +30,7 @@ def recipe_classes(recipe: Path):
 
 def print_config(recipe: Path, *extra: str) -> str:
     """Parse the recipe's default YAML (plus ``extra`` args) against the signatures, without instantiating."""
-    from lit_align.cli import run
+    from lit_align.commands.cli import run
 
     model_class, data_class = recipe_classes(recipe)
     default = REPO / "recipes" / "configs" / f"{recipe.stem}.yaml"

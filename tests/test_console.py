@@ -11,7 +11,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 
 from lit_align.algorithms import DPO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules import PreferenceDataModule
 from tests.conftest import REPO
 from tests.helpers import event_tags
@@ -129,7 +129,7 @@ def test_the_terminal_progress_bar_counts_optimizer_steps_of_max_steps(tmp_path)
     ``Epoch 0/-2``, counts each epoch's batches)."""
     import lightning as L
 
-    from lit_align.console import StepProgressBar
+    from lit_align.callbacks.console import StepProgressBar
     from tests.conftest import write_jsonl
 
     rows = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(10)]

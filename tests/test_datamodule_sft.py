@@ -7,7 +7,7 @@ import torch
 
 from lit_align.datamodules.sft import ALPACA_PROMPT, SFTDataModule
 from lit_align.datamodules.tokenize import IGNORE_INDEX, DataError
-from lit_align.models import build_byte_tokenizer
+from lit_align.models.loading import build_byte_tokenizer
 from tests.conftest import write_jsonl
 
 USER = [{"role": "user", "content": "What is 2 + 2?"}]

@@ -122,7 +122,7 @@ class PlainPolicy(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from lit_align.models import load_model
+        from lit_align.models.loading import load_model
 
         self.inner = load_model("tiny-llama")[0]
 
@@ -131,7 +131,7 @@ class PlainPolicy(torch.nn.Module):
 
 
 def test_an_nn_module_policy_without_config_trains_and_exports(tmp_path, tiny_tokenizer):
-    from lit_align.callbacks import HFExport
+    from lit_align.callbacks.export import HFExport
 
     module = DPO(policy=PlainPolicy(), learning_rate=1e-3)
     dm = PreferenceDataModule(

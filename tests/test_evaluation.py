@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from lit_align.evaluation import summarize, wald_interval
-from lit_align.sampling import GenerationOptions
+from lit_align.commands.evaluation import summarize, wald_interval
+from lit_align.rollouts.sampling import GenerationOptions
 from tests.conftest import REPO, write_jsonl
 
 
@@ -54,7 +54,7 @@ def tiny_run(tmp_path_factory):
     cmd = [sys.executable, str(REPO / "recipes/dpo.py"), "fit", "--config", str(REPO / "recipes/configs/tiny.yaml")]
     result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    from lit_align.models import build_byte_tokenizer, build_tiny_llama
+    from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama
 
     tokenizer = build_byte_tokenizer()
     build_tiny_llama(tokenizer, seed=3, kind="sequence_classification").save_pretrained(root / "rm")
@@ -103,7 +103,7 @@ def test_two_processes_give_the_records_of_one(tiny_run):
 
 def test_evaluating_a_model_against_itself_is_all_ties(tiny_run):
     """Same model, same seeded stream: identical completions, identical scores, win rate exactly 0.5."""
-    from lit_align.evaluation import evaluate
+    from lit_align.commands.evaluation import evaluate
 
     report = evaluate("tiny-llama", baseline="tiny-llama", reward_model=str(tiny_run / "rm"),
                       prompts=str(tiny_run / "pairs.jsonl"), sampling=GenerationOptions(max_new_tokens=6),
@@ -147,9 +147,9 @@ def test_generate_reads_prompts_from_stdin(tiny_run):
 def test_evaluation_plays_the_same_games_with_both_models(tiny_tokenizer):
     """With tools, both models complete each prompt as a conversation in identically seeded environments; the
     environment's reward judges, and the tools metrics are reported."""
-    from lit_align.evaluation import Evaluation
-    from lit_align.models import load_model
-    from lit_align.sampling import Sampler
+    from lit_align.commands.evaluation import Evaluation
+    from lit_align.models.loading import load_model
+    from lit_align.rollouts.sampling import Sampler
     from lit_align.tools.multi_turn import ToolRunner
     from lit_align.tools.options import ToolOptions
     from tests.online_helpers import ScriptedTurns, game_rows, guessing_script
@@ -175,15 +175,15 @@ def test_evaluate_takes_the_runs_tools(tmp_path):
     """evaluate() on a run trained with tools uses them by default (its config.yaml); the report names them."""
     import yaml
 
-    from lit_align.evaluation import evaluate
-    from lit_align.runs import tools_of
+    from lit_align.commands.evaluation import evaluate
+    from lit_align.commands.runs import tools_of
 
     run = tmp_path / "run"
     (run / "hf_model").mkdir(parents=True)
     tools = {"functions": [], "environment": "lit_align.tools.games:GuessTheNumber", "max_turns": 3}
     (run / "config.yaml").write_text(yaml.safe_dump({"model": {"policy": "tiny-llama", "tools": tools}}))
     assert tools_of(run) == tools and tools_of(tmp_path) is None
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     model, tokenizer = load_model("tiny-llama")
     model.save_pretrained(run / "hf_model")
@@ -198,7 +198,7 @@ def test_evaluate_takes_the_runs_tools(tmp_path):
 
 def test_evaluate_takes_text_prompts_with_a_user_template_and_renamed_columns(tmp_path):
     """GSM8K-shaped held-out rows ({"question", "final_answer"}) evaluated as chats, the answer column renamed."""
-    from lit_align.evaluation import evaluate
+    from lit_align.commands.evaluation import evaluate
 
     rows = [{"question": f"What is {i} + {i}?", "final_answer": str(2 * i)} for i in range(3)]
     prompts = write_jsonl(tmp_path / "gsm8k_like.jsonl", rows)

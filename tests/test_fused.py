@@ -1,4 +1,4 @@
-"""Fused RMSNorm / SwiGLU layers (``lit_align.fused``): exact gradients, the saved-activation saving, the guard.
+"""Fused RMSNorm / SwiGLU layers (``lit_align.models.fused``): exact gradients, the saved-activation saving, the guard.
 
 - The three autograd functions pass ``gradcheck`` in float64 (their hand-written backward against finite
   differences).
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lit_align.algorithms import DPO, KTO, SFT
-from lit_align.fused import (
+from lit_align.models.fused import (
     FusedRMSNorm,
     FusedSwiGLU,
     _RMSNormFunction,
@@ -27,8 +27,8 @@ from lit_align.fused import (
     _SwiGLUFunction,
     fuse_layers,
 )
-from lit_align.logprobs import completion_scores
-from lit_align.models import build_byte_tokenizer, build_tiny_llama
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama
+from lit_align.models.logprobs import completion_scores
 from tests.test_packing import first_batch, mixed_batch
 
 ATOL = 1e-5
@@ -76,7 +76,7 @@ def test_every_norm_and_mlp_is_swapped_keeping_the_parameters_and_their_names():
 def test_fused_outputs_and_gradients_equal_the_eager_ones(padding_free, lora):
     eager, fused, _ = _tiny_pair()
     if lora:
-        from lit_align.models import apply_lora
+        from lit_align.models.loading import apply_lora
 
         def adapted(model: nn.Module) -> nn.Module:
             torch.manual_seed(0)  # the same adapter initialization on both

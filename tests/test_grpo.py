@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lit_align.algorithms.grpo import GRPO
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from lit_align.rewards.scoring import fill_unscorable, nanstd, score_completions, weighted_rewards
 from tests.conftest import REPO
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
@@ -94,7 +94,7 @@ def test_gradient_accumulation_invariance(tmp_path, aggregation, mask_truncated,
         module.step_manual = lambda module=module, key=accumulation: recorded.__setitem__(key, grads(module)) or {}
         if accumulation == "local":
             # aggregate_loss's local default per micro-batch
-            monkeypatch.setattr("lit_align.algorithms.online.loss_normalizer", lambda *args: None)
+            monkeypatch.setattr("lit_align.training.online.loss_normalizer", lambda *args: None)
         module.update(batch)
     assert recorded[1].keys() == recorded[3].keys() and len(recorded[1]) > 0
     for name, grad in recorded[1].items():
@@ -162,7 +162,7 @@ import hashlib, json, os, sys
 import lightning as L
 import torch
 from lit_align.algorithms.grpo import GRPO
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.online_helpers import length_reward, prompt_datamodule, tiny_options
 
 class Probe(GRPO):
@@ -238,7 +238,7 @@ def test_kl_importance_correction_changes_the_gradient_not_the_value(tmp_path):
         losses[correction] = module.update(batch)["loss"]
     assert losses[True] == pytest.approx(losses[False], abs=1e-6)
 
-    from lit_align.logprobs import token_logps
+    from lit_align.models.logprobs import token_logps
 
     policy = load_model("tiny-llama")[0]
     input_ids, attention_mask, labels = rollout.model_inputs()

@@ -1,4 +1,4 @@
-"""Host memory handed back after each step (``lit_align.host_memory``): it really lowers resident memory, and the
+"""Host memory handed back after each step (``lit_align.models.host_memory``): it really lowers resident memory, and the
 modules call it once per training step and after validation, on CPU, unless switched off."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import textwrap
 
 import pytest
 
-from lit_align import host_memory
 from lit_align.algorithms import DPO
 from lit_align.datamodules import PreferenceDataModule
+from lit_align.models import host_memory
 from tests.helpers import tiny_trainer
 
 RETAINED = textwrap.dedent(
     """
     import torch
-    from lit_align.host_memory import release_host_memory
+    from lit_align.models.host_memory import release_host_memory
 
     def rss_mb():
         with open("/proc/self/status") as f:
@@ -48,7 +48,7 @@ def test_freed_heap_memory_leaves_the_resident_set():
 @pytest.mark.parametrize("enabled", [True, False])
 def test_modules_release_after_every_step_and_validation(tmp_path, monkeypatch, enabled):
     calls = []
-    monkeypatch.setattr("lit_align.algorithms.base.release_host_memory", lambda: calls.append(1))
+    monkeypatch.setattr("lit_align.training.base.release_host_memory", lambda: calls.append(1))
     dm = PreferenceDataModule(tokenizer="tiny-llama", batch_size=2, max_samples=12, val_size=4)
     module = DPO(policy="tiny-llama", release_host_memory=enabled)
     trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3)

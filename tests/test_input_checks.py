@@ -1,7 +1,8 @@
 """Issue 11's classes of bad input, one test per case: what used to be trained on silently, what failed late, and what
 failed with a vague message. Each error names the file and row/line/field, or the option by its CLI name, and
 when the failure is in the data or the options no model weights were loaded: ``built_models`` counts every
-Hugging Face model constructed (``PreTrainedModel.__init__``), and the recipe cases run through ``lit_align.cli.run``.
+Hugging Face model constructed (``PreTrainedModel.__init__``), and the recipe cases run through
+``lit_align.commands.cli.run``.
 
 Row numbers are 0-based dataset rows; line numbers are 1-based file lines.
 """
@@ -15,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_align.algorithms import DPO, GRPO, IPO, KTO, ORPO, RLOO, SimPO
-from lit_align.cli import check_checkpoint, run
+from lit_align.commands.cli import check_checkpoint, run
 from lit_align.datamodules import (
     BinaryFeedbackDataModule,
     DataError,
@@ -404,7 +405,7 @@ def test_unknown_policy_lists_presets_before_any_weights(tmp_path, built_models,
 
 def test_no_network_is_detected_without_waiting(monkeypatch):
     """Not offline by environment, but the hub is unreachable: refused at once, no hub client call."""
-    from lit_align import models
+    from lit_align.models import loading as models
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)

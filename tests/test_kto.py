@@ -14,7 +14,7 @@ import torch
 from lit_align.algorithms.kto import KTO, weight_advice
 from lit_align.datamodules.binary import BinaryFeedbackDataModule
 from lit_align.datamodules.tokenize import IGNORE_INDEX
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.parity import demo_binary_rows as demo_rows
@@ -166,8 +166,8 @@ import lightning as L
 import torch
 from lit_align.datamodules.binary import BinaryFeedbackDataModule
 from lit_align.algorithms.kto import KTO
-from lit_align.logprobs import sequence_logps
-from lit_align.models import load_model
+from lit_align.models.logprobs import sequence_logps
+from lit_align.models.loading import load_model
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.parity import demo_binary_rows as demo_rows

@@ -1,4 +1,4 @@
-"""``lit_align.logprobs`` against a naive per-token reference on tiny-llama.
+"""``lit_align.models.logprobs`` against a naive per-token reference on tiny-llama.
 
 The reference runs the model over the full sequence, takes ``log_softmax`` of every position's
 logits in fp32, and loops over positions: token t (labels[b, t] != -100, t >= 1) is scored by the
@@ -14,14 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from lit_align.logprobs import (
-    IGNORE_INDEX,
-    preference_logps,
-    selective_log_softmax,
-    sequence_logps,
-    token_logps,
-)
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
+from lit_align.models.logprobs import IGNORE_INDEX, preference_logps, selective_log_softmax, sequence_logps, token_logps
 
 ATOL = 1e-5
 SEEDS = (0, 1, 2, 3)

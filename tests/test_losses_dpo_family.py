@@ -91,8 +91,8 @@ def test_sft_is_the_chosen_token_mean_nll_and_a_mixture_weighs_means():
      ({"ref_model_mixup_alpha": 0.0}, r"--model.ref_model_mixup_alpha=0.0: α in \(0, 1\]")],
 )  # fmt: skip
 def test_options_refused_before_any_model_loads(monkeypatch, options, message):
-    import lit_align.models
+    import lit_align.models.loading
 
-    monkeypatch.setattr(lit_align.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(lit_align.models.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match=message):
         DPO(policy="tiny-llama", **options)

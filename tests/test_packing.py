@@ -1,4 +1,4 @@
-"""Padding-free forwards (``lit_align.packing``) against padded ones: values, gradients, losses, fallbacks.
+"""Padding-free forwards (``lit_align.models.packing``) against padded ones: values, gradients, losses, fallbacks.
 
 Every comparison runs the same model and batch twice, ``padding_free`` on and off, and compares outputs and every
 trainable parameter's gradient (≤1e-5). Spies prove the packed path really ran (a silent fallback to padding would
@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from lit_align import packing
 from lit_align.algorithms import DPO, GRPO, IPO, KTO, ORPO, SFT, SimPO
 from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule, SFTDataModule
-from lit_align.logprobs import IGNORE_INDEX, completion_scores
-from lit_align.models import build_byte_tokenizer, build_tiny_llama, load_model
+from lit_align.models import packing
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama, load_model
+from lit_align.models.logprobs import IGNORE_INDEX, completion_scores
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch
 
 ATOL = 1e-5
@@ -152,7 +152,7 @@ class Wrapped(nn.Module):
 def test_a_model_that_cannot_run_packed_runs_padded_and_says_why(varlen_calls, caplog):
     model = packing.set_padding_free(Wrapped())
     batch = mixed_batch()
-    with caplog.at_level(logging.WARNING, logger="lit_align.packing"):
+    with caplog.at_level(logging.WARNING, logger="lit_align.models.packing"):
         packed = completion_scores(model, **batch)
     assert not varlen_calls
     assert "run padded: Wrapped is not an in-library transformers model" in caplog.text

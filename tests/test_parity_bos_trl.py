@@ -20,7 +20,7 @@ import torch
 from lit_align.algorithms.orpo import ORPO
 from lit_align.algorithms.simpo import SimPO
 from lit_align.datamodules.preference import PreferenceDataModule
-from lit_align.models import build_tiny_llama
+from lit_align.models.loading import build_tiny_llama
 from tests.conftest import write_jsonl
 from tests.parity import TOL, bos_tokenizer, our_loss_and_metrics, plain_preference_rows, unpadded
 

@@ -52,7 +52,7 @@ CASES.update({
 
 @pytest.fixture(scope="module")
 def setup(smollm2_tokenizer):
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     policy, tokenizer = load_model("smollm2-135m-instruct")
     reference = copy.deepcopy(policy)

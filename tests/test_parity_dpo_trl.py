@@ -4,7 +4,7 @@ Policy = tiny-llama seed 0, reference = tiny-llama seed 1 (a DIFFERENT model, so
 are not zero). TRL tokenizes the rows itself, collates them with its own collator (one padded block,
 [chosen; rejected]) and computes the loss through its fused LM head (``add_fused_lm_head``: per-token
 log-probs from hidden states, logits never built). We tokenize the same rows with
-``PreferenceDataModule`` and compute through the model's ordinary forward and ``lit_align.logprobs``.
+``PreferenceDataModule`` and compute through the model's ordinary forward and ``lit_align.models.logprobs``.
 The token ids and completion masks are asserted identical first, then loss and TRL's logged metrics
 (batch means; ``logits/*`` token-weighted) must agree within 1e-5 in fp32.
 
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from lit_align.algorithms.dpo import DPO
 from lit_align.algorithms.ipo import IPO
 from lit_align.datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
-from lit_align.logprobs import concatenate_pair
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
+from lit_align.models.logprobs import concatenate_pair
 
 pytestmark = pytest.mark.slow  # TRL trainers
 

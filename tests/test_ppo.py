@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_align.algorithms.critic import token_values
 from lit_align.algorithms.ppo import PPO
-from lit_align.logprobs import token_logps
-from lit_align.models import build_byte_tokenizer, build_tiny_llama, load_model
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama, load_model
+from lit_align.models.logprobs import token_logps
+from lit_align.training.critic import token_values
 from tests.conftest import REPO
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule, tiny_options
@@ -199,12 +199,12 @@ def test_critic_initializations_and_values(tmp_path):
     ],
 )  # fmt: skip
 def test_refusals_come_before_any_model_loads(monkeypatch, tmp_path, kwargs, error, match):
-    import lit_align.models
+    import lit_align.models.loading
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were checked")
 
-    monkeypatch.setattr(lit_align.models, "load_model", no_loading)
+    monkeypatch.setattr(lit_align.models.loading, "load_model", no_loading)
     monkeypatch.chdir(tmp_path)  # no runs/ here
     rewards = {"reward_funcs": kwargs.pop("reward_funcs", [length_reward])}
     with pytest.raises(error, match=match):

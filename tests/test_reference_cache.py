@@ -16,8 +16,8 @@ import torch
 from lit_align.algorithms import DPO, IPO, KTO
 from lit_align.algorithms.grpo import GRPO
 from lit_align.datamodules import BinaryFeedbackDataModule, PreferenceDataModule
-from lit_align.models import load_model
-from lit_align.reference_cache import _FREED, ReferenceCache, planned_epochs
+from lit_align.models.loading import load_model
+from lit_align.reference.cache import _FREED, ReferenceCache, planned_epochs
 from tests.conftest import REPO, write_jsonl
 from tests.helpers import tiny_trainer
 
@@ -132,8 +132,8 @@ def test_second_run_and_resume_reuse_the_cache_without_loading_the_reference(tmp
     def no_load(*args, **kwargs):
         raise AssertionError("the reference was loaded")
 
-    monkeypatch.setattr("lit_align.reference.resolve_model", no_load)
-    monkeypatch.setattr("lit_align.reference_cache.resolve_model", no_load)
+    monkeypatch.setattr("lit_align.reference.mixin.resolve_model", no_load)
+    monkeypatch.setattr("lit_align.reference.cache.resolve_model", no_load)
     again = DPO(policy="tiny-llama", reference_policy="tiny-llama", precompute_reference=True, learning_rate=1e-3)
     recorder = Recorder()
     trainer = tiny_trainer(tmp_path / "b", max_steps=2, limit_val_batches=0, callbacks=[recorder])
@@ -226,7 +226,7 @@ def test_online_modules_refuse_before_any_weights_load(monkeypatch):
     def no_load(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr("lit_align.algorithms.base.resolve_model", no_load)
+    monkeypatch.setattr("lit_align.training.base.resolve_model", no_load)
     with pytest.raises(ValueError, match=r"precompute_reference=True: GRPO fixes it .* sampled during training"):
         GRPO(policy="tiny-llama", beta=0.1, precompute_reference=True)
 

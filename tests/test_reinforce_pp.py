@@ -12,7 +12,7 @@ import torch
 from lit_align.algorithms.reinforce_pp import ReinforcePP
 from lit_align.losses.policy_gradient import whiten
 from lit_align.losses.returns import discounted_returns, reinforce_pp_advantages
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.online_helpers import fixed_rollout, length_reward, prompt_batch, prompt_datamodule, tiny_options
 
@@ -115,9 +115,9 @@ def test_advantages_per_token_in_the_module(tmp_path):
      ({"baseline": "leave_one_out"}, r"--model.baseline='leave_one_out': none or group_mean")],
 )  # fmt: skip
 def test_options_refused_before_any_model_loads(monkeypatch, options, message):
-    import lit_align.models
+    import lit_align.models.loading
 
-    monkeypatch.setattr(lit_align.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(lit_align.models.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match=message):
         ReinforcePP(policy="tiny-llama", rewards={"reward_funcs": [length_reward]}, **options)
     assert ReinforcePP.MIN_GENERATIONS == (1, "")  # the instance's bound does not leak into the class

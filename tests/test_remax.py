@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from lit_align.algorithms.remax import ReMax
-from lit_align.models import load_model
-from lit_align.rollout import HFGenerate
+from lit_align.models.loading import load_model
+from lit_align.rollouts.hf import HFGenerate
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule, tiny_options
 
@@ -70,7 +70,7 @@ def test_token_mean_gradient_is_the_reference_implementation_s(tmp_path):
     module.step_manual = lambda: recorded.update(grads(module)) or {}
     module.update(batch)
 
-    from lit_align.logprobs import token_logps
+    from lit_align.models.logprobs import token_logps
 
     policy = load_model("tiny-llama")[0]  # the policy as it sampled
     input_ids, attention_mask, labels = rollout.model_inputs()

@@ -59,7 +59,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, algo):
     final, resumed_weights = (torch.load(tmp_path / f"{algo}_{m}.pt", weights_only=True) for m in ("full", "resume"))
     assert (algo == "trdpo") == any(k.startswith("reference.") for k in final)  # TR-DPO: the synced reference too
     if algo == "trdpo":  # and it did move: 4 syncs toward the trained policy
-        from lit_align.models import load_model
+        from lit_align.models.loading import load_model
 
         initial = load_model("tiny-llama", seed=0)[0].state_dict()
         assert any(not torch.equal(final[f"reference.{k}"], v) for k, v in initial.items())

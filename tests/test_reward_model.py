@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from lit_align.algorithms.reward_model import RewardModel, last_token_rewards
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.preference import DEMO_PREFERENCES, PreferenceDataModule
 from lit_align.datamodules.tokenize import DataError
-from lit_align.logprobs import concatenate_pair
-from lit_align.models import load_model
-from lit_align.reference import ReferenceMixin
+from lit_align.models.loading import load_model
+from lit_align.models.logprobs import concatenate_pair
+from lit_align.reference.mixin import ReferenceMixin
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ROWS = 4

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_align.algorithms.reward_model import last_token_rewards
-from lit_align.models import build_byte_tokenizer, build_tiny_llama
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama
 from lit_align.rewards import RewardModelScorer, resolve_reward_funcs
 from lit_align.rewards.verifiers import arithmetic_answer_reward, format_reward
 
@@ -91,7 +91,7 @@ def test_class_path_configs_build_instances_and_instances_record_as_configs():
     path, never evaluated). Functions keep their import path; an instance whose init args are not all kept as plain
     attributes falls back to an import path too."""
     from lit_align.rewards.length import OverlongPenalty
-    from lit_align.rewards.reward_set import recorded_reward_func
+    from lit_align.rewards.resolve import recorded_reward_func
 
     penalty = OverlongPenalty(max_length=64, cache_length=16, name="o")
     config = recorded_reward_func(penalty)

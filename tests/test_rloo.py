@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from lit_align.algorithms.rloo import RLOO
-from lit_align.logprobs import sequence_logps
 from lit_align.losses.policy_gradient import leave_one_out_advantages
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
+from lit_align.models.logprobs import sequence_logps
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 from tests.online_helpers import fixed_rollout, grads, length_reward, prompt_batch, prompt_datamodule, tiny_options
 

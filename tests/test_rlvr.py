@@ -14,7 +14,7 @@ import torch
 from lit_align.algorithms.rlvr import RLVR
 from lit_align.datamodules.prompt import PromptDataModule
 from lit_align.losses.policy_gradient import group_normalized_advantages, leave_one_out_advantages
-from lit_align.models import build_byte_tokenizer, build_tiny_llama, load_model
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama, load_model
 from lit_align.rewards.math_answer import MathAnswerReward
 from lit_align.rewards.scoring import batch_zscore
 from lit_align.rewards.verifiers import FormatReward, completion_text, format_reward
@@ -133,9 +133,9 @@ def test_advantage_estimator_switch(estimator, expected):
     ],
 )
 def test_options_refused_before_any_model_loads(monkeypatch, options, message):
-    import lit_align.models
+    import lit_align.models.loading
 
-    monkeypatch.setattr(lit_align.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(lit_align.models.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match=message):
         RLVR(policy="tiny-llama", rewards={"reward_funcs": [even_length]}, **options)
 

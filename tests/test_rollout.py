@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_align.models import load_model
-from lit_align.rollout import HFGenerate, completion_mask_until_eos
+from lit_align.models.loading import load_model
+from lit_align.rollouts.hf import HFGenerate
+from lit_align.rollouts.record import completion_mask_until_eos
 
 
 def test_mask_until_first_eos_by_hand():

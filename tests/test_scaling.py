@@ -8,7 +8,7 @@ scripted (``ScriptedBackend``): sampling is per-rank random, everything after it
 ``grpo_rm`` scores them with a reward model, which FSDP2 shards like the reference. SPIN samples for real: its
 generation phase spreads fixed global batches over the ranks, so every layout generates the same pairs (step 3 trains
 on iteration 1's, made at the boundary by the trained policy). Every log-prob
-goes through the chunked LM head (``lit_align.lm_head``, swapped into the sharded root's forward):
+goes through the chunked LM head (``lit_align.models.lm_head``, swapped into the sharded root's forward):
 no layout may have fallen back to full logits.
 """
 
@@ -54,7 +54,7 @@ def test_two_processes_match_one(runs, algo, layout):
             if name == "train/rewards/accuracies" and abs(a["train/rewards/margins"]) < TIE:
                 continue  # which side of a tie wins is float noise (SPIN's iteration start: policy = opponent)
             assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-5), (step, name)
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     initial = dict(load_model("tiny-llama", seed=1 if algo == "kto" else 0)[0].named_parameters())
     assert any(not torch.equal(initial[k], v) for k, v in single["weights"].items())  # training moved the weights
@@ -86,7 +86,7 @@ def test_ppo_two_processes_match_one(runs, layout):
             assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-5), (step, name)
     betas = [s["train/objective/kl_coef"] for s in single["steps"]]
     assert betas[0] == pytest.approx(0.05) and len(set(betas)) == 3  # β moved after each rollout
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     initial = dict(load_model("tiny-llama")[0].named_parameters())
     assert any(not torch.equal(initial[k], v) for k, v in single["weights"].items() if k in initial)
@@ -110,7 +110,7 @@ def test_fsdp2_recipe_from_the_command_line_exports_and_resumes(tmp_path, lora_r
     plain Hugging Face model (LoRA merged), and resumes from the sharded checkpoint at its step."""
     from transformers import AutoModelForCausalLM
 
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     fsdp2 = ["--trainer.devices", "2", "--trainer.strategy", "ModelParallelStrategy",

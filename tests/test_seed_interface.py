@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lit_align.algorithms import GRPO, RLOO, ReMax
-from lit_align.logprobs import token_logps
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
+from lit_align.models.logprobs import token_logps
 from tests.helpers import tiny_trainer
 from tests.online_helpers import grads, length_reward, prompt_batch, prompt_datamodule
 

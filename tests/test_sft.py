@@ -13,7 +13,7 @@ import torch
 from lit_align.algorithms.sft import SFT
 from lit_align.datamodules.sft import SFTDataModule
 from lit_align.datamodules.tokenize import IGNORE_INDEX
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
 from tests.conftest import write_jsonl
 
 DEMO = Path(__file__).resolve().parents[1] / "datamodules" / "samples" / "sft_demo.jsonl"

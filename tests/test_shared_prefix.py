@@ -1,4 +1,4 @@
-"""Shared-prefix passes (``lit_align.shared_prefix``) against unshared padding-free and padded ones.
+"""Shared-prefix passes (``lit_align.models.shared_prefix``) against unshared padding-free and padded ones.
 
 Each comparison runs the same model and batch with sharing on and off and compares the outputs and every
 parameter's gradient (≤1e-5). A spy proves the shared layout really ran (a silent fallback would make the
@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_align import shared_prefix
 from lit_align.algorithms import DPO, IPO, ORPO, SimPO
 from lit_align.datamodules import PreferenceDataModule
-from lit_align.logprobs import IGNORE_INDEX, completion_scores, concatenate_pair, pair_groups
-from lit_align.models import build_byte_tokenizer, build_tiny_llama
+from lit_align.models import shared_prefix
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama
+from lit_align.models.logprobs import IGNORE_INDEX, completion_scores, concatenate_pair, pair_groups
 from tests.online_helpers import grads
 
 ATOL = 1e-5
@@ -148,7 +148,7 @@ def test_a_completion_sees_the_prompt_and_itself_only(shared_calls):
 
 
 def test_the_option_is_a_mark_that_the_reference_copies():
-    from lit_align.reference import frozen
+    from lit_align.reference.mixin import frozen
 
     policy = shared_prefix.set_shared_prefix(build_tiny_llama(build_byte_tokenizer(), seed=0), False)
     assert not shared_prefix.is_enabled(frozen(build_tiny_llama(build_byte_tokenizer()), policy))
@@ -224,7 +224,7 @@ def test_online_update_is_the_same_with_each_prompt_once(algo, tmp_path, shared_
     old and reference passes (and PPO's critic, old values and values with grad) all run grouped; rewards,
     advantages, metrics and the update's gradients."""
     from lit_align.algorithms import GRPO, PPO, RLOO, ReinforcePP
-    from lit_align.models import load_model
+    from lit_align.models.loading import load_model
     from tests.online_helpers import fixed_rollout, length_reward, prompt_batch
     from tests.test_packing import _with_logps
     from tests.test_ppo import tiny_reward_model
@@ -281,7 +281,7 @@ def test_reward_model_scores_each_pair_prompt_once(shared_calls):
 def test_generation_prefills_each_prompt_once_and_samples_the_same(kv_cache, monkeypatch):
     """A prompt's G samples start from one prefill repeated G times: the same completions as G prefills, sampled
     (same seed) and greedy, left-padded prompts of different lengths; a one-token prompt prefills nothing."""
-    from lit_align.rollout import HFGenerate
+    from lit_align.rollouts.hf import HFGenerate
 
     model, tokenizer = build_tiny_llama(build_byte_tokenizer(), seed=0), build_byte_tokenizer()
     tokenizer.padding_side = "left"
@@ -308,7 +308,7 @@ def test_generation_prefills_each_prompt_once_and_samples_the_same(kv_cache, mon
 
 def test_sampling_options_reach_the_generation_backend():
     """``sampling.shared_prefill`` is the HF backend's switch (on by default)."""
-    from lit_align.sampling import Sampler
+    from lit_align.rollouts.sampling import Sampler
 
     tokenizer = build_byte_tokenizer()
     assert Sampler().backend_for(tokenizer).shared_prefill is True

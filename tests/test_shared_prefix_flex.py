@@ -1,5 +1,5 @@
-"""The shared-prefix attention kernels (``lit_align.shared_prefix``): flex attention against SDPA with a block mask,
-the unshared padding-free pass and the padded one; which kernel ``auto`` picks.
+"""The shared-prefix attention kernels (``lit_align.models.shared_prefix``): flex attention against SDPA with a block
+mask, the unshared padding-free pass and the padded one; which kernel ``auto`` picks.
 
 torch 2.13 runs flex attention's forward on CPU but refuses its backward there (``_validate_device``). The gradient
 comparisons lift that check (``flex_backward_on_cpu``): the eager flex path then differentiates its dense reference
@@ -14,11 +14,11 @@ import torch
 import torch.nn.attention.flex_attention as flex_module
 from transformers import AttentionInterface
 
-from lit_align import shared_prefix
 from lit_align.algorithms import DPO
-from lit_align.logprobs import completion_scores
-from lit_align.models import build_byte_tokenizer, build_tiny_llama
-from lit_align.shared_prefix import SHARED, SHARED_FLEX, Layout, Segment
+from lit_align.models import shared_prefix
+from lit_align.models.loading import build_byte_tokenizer, build_tiny_llama
+from lit_align.models.logprobs import completion_scores
+from lit_align.models.shared_prefix import SHARED, SHARED_FLEX, Layout, Segment
 from tests.test_shared_prefix import ATOL, _loss_values_grads, first_batch, pair_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")

@@ -1,6 +1,6 @@
 """A fit stopped by SIGTERM, Ctrl-C (SIGINT) or SIGUSR1 saves a checkpoint at the step it reached, says how to resume,
 exits non-zero on every rank within seconds, and the resumed run equals the uninterrupted one
-(:class:`lit_align.preemption.StopOnSignal`).
+(:class:`lit_align.callbacks.preemption.StopOnSignal`).
 
 Two ways of sending the signal. ``tests/resume_run.py`` sends it to its own process right after step 5 (or during
 the validation after it), so the stopped step is known and the resumed steps 6-8 are compared with the uninterrupted

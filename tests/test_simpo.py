@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from lit_align.algorithms.simpo import SimPO
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.preference import PreferenceDataModule
-from lit_align.models import load_model
-from lit_align.reference import ReferenceMixin
+from lit_align.models.loading import load_model
+from lit_align.reference.mixin import ReferenceMixin
 from tests.parity import assert_tokens_differ_only_by_trl_eos, demo_preference_rows, our_loss_and_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from lit_align.algorithms import DPO, SPIN
-from lit_align.algorithms.self_play import generate_responses, pair_logps, rank_batches
 from lit_align.datamodules import SPINDataModule
 from lit_align.losses import dpo_loss, spin_loss
-from lit_align.models import load_model
+from lit_align.models.loading import load_model
+from lit_align.training.self_play import generate_responses, pair_logps, rank_batches
 from tests.conftest import REPO
 from tests.helpers import changed, event_tags, snapshot, tiny_trainer
 

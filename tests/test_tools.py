@@ -454,7 +454,7 @@ class BrokenResetEnv:
 
 def test_the_data_is_checked_against_the_tools_before_training():
     """check_tool_data (the CLI's check before any model loads): chat prompts, known environments, reset per row."""
-    from lit_align.tools import check_tool_data
+    from lit_align.tools.multi_turn import check_tool_data
 
     options = ToolOptions(environment="tests.test_tools:BrokenResetEnv")
     with pytest.raises(ValueError, match=r"data\.jsonl: prompt 1 \(1-based\) .* is text"):

@@ -28,7 +28,7 @@ def lit_align(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 def parse_error(args: list[str]) -> str:
     from lit_align.algorithms import DPO, GRPO
-    from lit_align.cli import run
+    from lit_align.commands.cli import run
     from lit_align.datamodules import PreferenceDataModule, PromptDataModule
 
     model, data, recipe = (GRPO, PromptDataModule, "grpo") if "grpo" in args else (DPO, PreferenceDataModule, "dpo")

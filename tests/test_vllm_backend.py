@@ -1,4 +1,4 @@
-"""The vLLM rollout backend's plumbing (``lit_align.vllm_backend``) against a stand-in ``vllm`` module.
+"""The vLLM rollout backend's plumbing (``lit_align.rollouts.vllm``) against a stand-in ``vllm`` module.
 
 vLLM needs CUDA, which CI does not have: the stand-in records what the backend asks of it (the engine's
 arguments, the prompts without padding, the sampling parameters, the weights copied in) and answers with scripted
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from lit_align.algorithms import GRPO
-from lit_align.models import build_byte_tokenizer, load_model
-from lit_align.vllm_backend import VLLMGenerate, named_weights
+from lit_align.models.loading import build_byte_tokenizer, load_model
+from lit_align.rollouts.vllm import VLLMGenerate, named_weights
 from tests.online_helpers import length_reward, prompt_batch
 
 
@@ -144,7 +144,7 @@ def test_lora_weights_are_merged_under_the_checkpoint_names():
     plain = {name: p.detach().clone() for name, p in model.named_parameters()}
     config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     lora = peft.get_peft_model(model, config)
-    from lit_align.vllm_backend import _Merged
+    from lit_align.rollouts.vllm import _Merged
 
     with _Merged(lora), torch.no_grad():
         copied = {name: value.clone() for name, value in named_weights(lora)}

@@ -16,7 +16,7 @@ from typing import Any
 
 from lit_align.algorithms.sft import SFT
 from lit_align.batches import IGNORE_INDEX
-from lit_align.cli import run
+from lit_align.commands.cli import run
 from lit_align.datamodules.sft import SFTDataModule
 from lit_align.datamodules.tokenize import DataError, is_conversational, pad
 

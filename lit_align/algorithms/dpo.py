@@ -21,13 +21,13 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.hparams import check_beta, check_label_smoothing, check_option, check_options
-from lit_align.logprobs import preference_logps
 from lit_align.losses.dpo_family import LOSSES, USES_LABEL_SMOOTHING, Pair, mixture
 from lit_align.metrics import Value, preference_values
-from lit_align.reference import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
+from lit_align.models.logprobs import preference_logps
+from lit_align.reference.mixin import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
+from lit_align.training.offline import OfflineModule
 
 LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]  # fmt: skip

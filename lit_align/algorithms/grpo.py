@@ -8,7 +8,7 @@ relative to its group:
 
 with k3 = π_ref/π − log(π_ref/π) − 1 (eq. 4). ``scale_rewards="none"`` with ``loss_aggregation=
 "constant"`` is Dr. GRPO (Liu et al. 2025); ``epsilon_high=0.28`` with ``token_mean`` is DAPO's
-clip-higher (Yu et al. 2025). The shared loop is :class:`~lit_align.algorithms.online.OnlinePolicyGradient`.
+clip-higher (Yu et al. 2025). The shared loop is :class:`~lit_align.training.online.OnlinePolicyGradient`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lit_align.algorithms.online import OnlinePolicyGradient
 from lit_align.hparams import check_option
 from lit_align.losses.policy_gradient import group_normalized_advantages
-from lit_align.rollout import Experience
+from lit_align.rollouts.record import Experience
+from lit_align.training.online import OnlinePolicyGradient
 
 
 class GRPO(OnlinePolicyGradient):

@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import torch
 
-from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.hparams import check_beta, check_option
-from lit_align.logprobs import preference_logps
 from lit_align.losses.dpo_family import Pair, ipo
 from lit_align.metrics import Value, preference_values
-from lit_align.reference import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
+from lit_align.models.logprobs import preference_logps
+from lit_align.reference.mixin import PREFERENCE_VALUES, ReferenceMixin, preference_reference_values
+from lit_align.training.offline import OfflineModule
 
 
 class IPO(ReferenceMixin, OfflineModule):

@@ -13,7 +13,7 @@ unpaired APO-zero (no z, so the two KL forward passes are skipped and ``kl`` log
 
 With ``precompute_reference`` the reference values are cached per row (``ref_logps``) and per KL pair
 (``ref_kl_logps``, keyed by the pair's two rows, for every pair the planned epochs meet):
-:mod:`lit_align.reference_cache`.
+:mod:`lit_align.reference.cache`.
 
 Deliberately left out: TRL's ``entropy``/``num_tokens`` metrics.
 """
@@ -26,13 +26,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import BinaryBatch
 from lit_align.hparams import check_beta, check_option
-from lit_align.logprobs import SequenceLogps, sequence_logps
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.metrics import Value
-from lit_align.reference import ROW, ReferenceMixin
+from lit_align.models.logprobs import SequenceLogps, sequence_logps
+from lit_align.reference.mixin import ROW, ReferenceMixin
+from lit_align.training.offline import OfflineModule
 
 KTO_METRICS = (
     "rewards/chosen",

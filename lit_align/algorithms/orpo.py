@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import IGNORE_INDEX, PreferenceBatch
 from lit_align.hparams import check_beta
-from lit_align.logprobs import SequenceLogps, concatenate_pair, pair_groups, token_logps
 from lit_align.losses import orpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values
+from lit_align.models.logprobs import SequenceLogps, concatenate_pair, pair_groups, token_logps
+from lit_align.training.offline import OfflineModule
 
 
 class ORPO(OfflineModule):

@@ -15,8 +15,8 @@ Per rollout of B completions, with π_old the sampling policy, V_old the critic 
 policy AND critic (one AdamW over both, as TRL). β is fixed, or with ``kl_target`` adapted after every rollout
 (Ziegler et al. 2019, section 2.2). The details follow TRL 0.11's ``PPOv2Trainer``; docs/algorithms/ppo.md lists
 where this module matches it and where not. The shared loop is
-:class:`~lit_align.algorithms.online.OnlinePolicyGradient`; the critic's construction is in
-:mod:`~lit_align.algorithms.critic`.
+:class:`~lit_align.training.online.OnlinePolicyGradient`; the critic's construction is in
+:mod:`~lit_align.training.critic`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.critic import build_critic, disable_dropout, token_values
-from lit_align.algorithms.online import OnlinePolicyGradient
 from lit_align.errors import OptionError, PathNotFound
 from lit_align.hparams import as_group, check_options, fix_options
 from lit_align.losses.policy_gradient import (
@@ -42,11 +40,14 @@ from lit_align.losses.policy_gradient import (
     value_loss,
     whiten,
 )
-from lit_align.models import ModelRef
-from lit_align.objective import ObjectiveOptions
+from lit_align.models.loading import ModelRef
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.reward_set import RewardOptions
-from lit_align.rollout import Experience, Rollout, seeded_rng
+from lit_align.rollouts.record import Experience, Rollout
+from lit_align.rollouts.sampling import seeded_rng
+from lit_align.training.critic import build_critic, disable_dropout, token_values
+from lit_align.training.objective import ObjectiveOptions
+from lit_align.training.online import OnlinePolicyGradient
 
 DEFAULT_REWARD_MODEL = "runs/reward_model/version_0/hf_model"  # what `python recipes/reward_model.py fit` exports
 UPDATE_METRICS = (  # per trained token, over every update of a rollout (TRL's names)

@@ -11,7 +11,7 @@ PPO's tricks without a critic: the KL to the reference is a per-token reward, ea
 
 μ and σ² over every completion token of the rollout, on all ranks (:func:`~lit_align.losses.returns.
 reinforce_pp_advantages`). ``kl_penalty="loss"`` moves the KL out of the reward into the loss (the base's β·ρ·k3;
-OpenRLHF's ``--algo.kl.use_loss``). The shared loop is :class:`~lit_align.algorithms.online.OnlinePolicyGradient`.
+OpenRLHF's ``--algo.kl.use_loss``). The shared loop is :class:`~lit_align.training.online.OnlinePolicyGradient`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lit_align.algorithms.online import KLPenalty, OnlinePolicyGradient
 from lit_align.hparams import check_options
 from lit_align.losses.policy_gradient import kl_k1
 from lit_align.losses.returns import reinforce_pp_advantages
 from lit_align.rewards.scoring import fill_unscorable
-from lit_align.rollout import Experience
+from lit_align.rollouts.record import Experience
+from lit_align.training.online import KLPenalty, OnlinePolicyGradient
 
 Baseline = Literal["none", "group_mean"]
 

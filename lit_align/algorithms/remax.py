@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_align.algorithms.online import ImportanceRatio, OnlinePolicyGradient
 from lit_align.hparams import fix_options
 from lit_align.losses.policy_gradient import greedy_baseline_advantages
-from lit_align.rollout import Experience
+from lit_align.rollouts.record import Experience
+from lit_align.training.online import ImportanceRatio, OnlinePolicyGradient
 
 
 class ReMax(OnlinePolicyGradient):

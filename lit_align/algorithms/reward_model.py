@@ -13,14 +13,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.hparams import check_option
-from lit_align.logprobs import concatenate_pair, pair_groups
 from lit_align.losses import bradley_terry_loss
 from lit_align.metrics import Value
-from lit_align.models import ModelKind
+from lit_align.models.loading import ModelKind
+from lit_align.models.logprobs import concatenate_pair, pair_groups
 from lit_align.rewards.model_scorer import last_token_rewards
+from lit_align.training.offline import OfflineModule
 
 
 class RewardModel(OfflineModule):

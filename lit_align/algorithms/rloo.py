@@ -10,7 +10,7 @@ By default the KL is a penalty on the sequence reward (k1 summed over tokens) an
 sequences (summed log-probs), both as TRL 1.16's ``RLOOTrainer``; with ``num_iterations=1`` the
 gradient is plain REINFORCE, −A_i ∇ Σ_t log π(y_t). ``importance_ratio="token"`` clips per token
 instead (aggregated by ``loss_aggregation``). The shared loop is
-:class:`~lit_align.algorithms.online.OnlinePolicyGradient`.
+:class:`~lit_align.training.online.OnlinePolicyGradient`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 
 from torch import Tensor
 
-from lit_align.algorithms.online import ImportanceRatio, OnlinePolicyGradient
 from lit_align.hparams import fix_options
 from lit_align.losses.policy_gradient import leave_one_out_advantages
-from lit_align.rollout import Experience
+from lit_align.rollouts.record import Experience
+from lit_align.training.online import ImportanceRatio, OnlinePolicyGradient
 
 
 class RLOO(OnlinePolicyGradient):

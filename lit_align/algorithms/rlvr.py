@@ -36,12 +36,12 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
-from lit_align.algorithms.online import OnlinePolicyGradient
 from lit_align.errors import OptionError
 from lit_align.losses.policy_gradient import group_normalized_advantages, leave_one_out_advantages
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.scoring import batch_zscore
-from lit_align.rollout import Experience
+from lit_align.rollouts.record import Experience
+from lit_align.training.online import OnlinePolicyGradient
 
 AdvantageEstimator = Literal["group_normalized", "leave_one_out"]
 

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import IGNORE_INDEX, SFTBatch
-from lit_align.logprobs import completion_scores
 from lit_align.metrics import Value
+from lit_align.models.logprobs import completion_scores
+from lit_align.training.offline import OfflineModule
 
 
 @dataclass
@@ -48,7 +48,7 @@ def token_stats(
 ) -> TokenStats:
     """Summed NLL, token count and top-1 hits per sequence, from one forward pass.
 
-    :func:`lit_align.logprobs.completion_scores`, as ``token_logps`` computes it (by default through the
+    :func:`lit_align.models.logprobs.completion_scores`, as ``token_logps`` computes it (by default through the
     chunked LM head: no (tokens x vocabulary) logits); the top-1 hits are detached.
     """
     scores = completion_scores(model, input_ids, attention_mask, labels, with_accuracy=True, chunked=chunked)

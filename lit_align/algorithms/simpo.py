@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from lit_align.algorithms.offline import OfflineModule
 from lit_align.batches import PreferenceBatch
 from lit_align.hparams import check_beta, check_label_smoothing, check_option
-from lit_align.logprobs import SequenceLogps, preference_logps
 from lit_align.losses import simpo_loss
 from lit_align.metrics import PREFERENCE_METRICS, Value, preference_values
+from lit_align.models.logprobs import SequenceLogps, preference_logps
+from lit_align.training.offline import OfflineModule
 
 
 class SimPO(OfflineModule):

@@ -17,7 +17,7 @@ DataModule back.
 
 No second model. The opponent enters the loss only through its log-probs of the iteration's fixed pairs, and when
 the iteration begins the policy IS the opponent: those log-probs are computed then, by the policy, and kept with the
-pairs in ``<run dir>/spin/iteration_<t>.jsonl`` (:mod:`lit_align.algorithms.self_play`). Training then holds one
+pairs in ``<run dir>/spin/iteration_<t>.jsonl`` (:mod:`lit_align.training.self_play`). Training then holds one
 model (DPO holds two), the opponent costs one no-grad pass over the pairs per iteration (DPO: one per step), and a
 resumed run reads the iteration's file, which holds all the opponent contributes: nothing else is saved, and the
 checkpoint says which iteration and which run directory.
@@ -38,17 +38,16 @@ from typing import Any
 
 import torch
 
-from lit_align.algorithms.offline import OfflineModule
-from lit_align.algorithms.self_play import generate_responses, pair_logps, pairs_table
 from lit_align.batches import SelfPlayBatch
 from lit_align.errors import OptionError
 from lit_align.hparams import as_group, check_option
-from lit_align.logprobs import preference_logps
 from lit_align.losses import spin_loss
 from lit_align.metrics import Value, preference_values
-from lit_align.rollout import is_fsdp2_sharded
-from lit_align.sampling import Sampler, SamplingOptions
-from lit_align.sharding import gather_objects
+from lit_align.models.logprobs import preference_logps
+from lit_align.models.sharding import gather_objects, is_fsdp2_sharded
+from lit_align.rollouts.sampling import Sampler, SamplingOptions
+from lit_align.training.offline import OfflineModule
+from lit_align.training.self_play import generate_responses, pair_logps, pairs_table
 
 
 class SPIN(OfflineModule):
@@ -62,7 +61,8 @@ class SPIN(OfflineModule):
     ground truths and responses of each iteration.
 
     The shared options are :class:`AlignmentModule`'s (policy, optimizer, LoRA, ...); the opponent samples with the
-    ``sampling`` options (:class:`~lit_align.sampling.SamplingOptions`), whose ``max_new_tokens`` SPIN sets to 256.
+    ``sampling`` options (:class:`~lit_align.rollouts.sampling.SamplingOptions`), whose ``max_new_tokens`` SPIN sets to
+    256.
 
     Args:
         beta: λ (β), the scale of the log-ratios inside the logistic loss.
@@ -168,7 +168,7 @@ class SPIN(OfflineModule):
 
     def answer(self, prompts: list[list[int]], key: str, pad_id: int) -> dict[int, dict[str, Any]]:
         """One sampled response per prompt (token ids), ``{row: {"text", "truncated", "tokens"}}`` on every rank: the
-        work spread over the ranks in fixed global batches (:mod:`lit_align.algorithms.self_play`), a collective."""
+        work spread over the ranks in fixed global batches (:mod:`lit_align.training.self_play`), a collective."""
         layout = self._layout(pad_id)
         local = generate_responses(self.sampler, self.policy, self.tokenizer, prompts, key=key, **layout)
         return {row: value for part in gather_objects(local) for row, value in part.items()}

@@ -59,9 +59,9 @@ def position_scores(
     captured by a hook, so PEFT and FSDP2 wrappers see a normal call); with grad when grad is enabled.
 
     With ``groups`` (rows that start alike: a prompt's completions) and a model marked for shared prefixes that can
-    run packed (:mod:`lit_align.shared_prefix`, PPO's critic), each group's common prefix runs once; the scores
+    run packed (:mod:`lit_align.models.shared_prefix`, PPO's critic), each group's common prefix runs once; the scores
     are read back per row (0 at padding, as the values there are never used)."""
-    from lit_align import packing, shared_prefix
+    from lit_align.models import packing, shared_prefix
 
     shared = groups is not None and shared_prefix.is_enabled(model) and packing.is_enabled(model)
     if shared and packing.unsupported_reason(model) is None:

@@ -13,11 +13,13 @@ Nothing is ever evaluated: a spec names a module and an attribute, nothing else.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lit_align.errors import OptionError
+from lit_align.hparams import is_plain
 
 RewardFunc = Callable[..., list]
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -102,3 +104,32 @@ def resolve_reward_funcs(
     if len(weights) != len(funcs):
         raise OptionError(f"{len(weights)} reward_weights for {len(funcs)} reward functions")
     return funcs, names, weights
+
+
+def recorded_reward_func(spec: str | dict[str, Any] | Callable) -> str | dict[str, Any]:
+    """A reward function as plain data for the hyperparameters: strings and mappings as given; an instance of a
+    module-level class whose every ``__init__`` argument is kept as a plain attribute of the same name (the
+    verifier classes) as ``{"class_path", "init_args"}``; anything else by import path (a function's)."""
+    if isinstance(spec, str) or (isinstance(spec, dict) and is_plain(spec)):
+        return spec
+    cls = type(spec)
+    if inspect.isroutine(spec) or isinstance(spec, type) or "." in cls.__qualname__:
+        return _import_path(spec)
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return _import_path(spec)
+    init_args = {}
+    for param in parameters:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        value = getattr(spec, param.name, inspect.Parameter.empty)
+        if not is_plain(value):  # not kept (or not plain data): the instance cannot be rebuilt from its config
+            return _import_path(spec)
+        init_args[param.name] = value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def _import_path(func: Callable) -> str:
+    module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    return f"{module}:{name}" if module and name else repr(func)

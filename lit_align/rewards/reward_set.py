@@ -10,7 +10,6 @@ and shards them under FSDP2 with its other frozen models (:meth:`RewardSet.froze
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -19,17 +18,19 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_align.console import table_cell
-from lit_align.hparams import check_options, is_plain
+from lit_align.hparams import check_options
+from lit_align.metrics import table_cell
 from lit_align.rewards.model_scorer import RewardModelScorer
-from lit_align.rewards.resolve import resolve_reward_funcs
+from lit_align.rewards.resolve import recorded_reward_func, resolve_reward_funcs
 from lit_align.rewards.scoring import check_reward_funcs, nanstd, reward_columns, score_completions, weighted_rewards
 from lit_align.rewards.signal import check_references
-from lit_align.rollout import Rollout
+from lit_align.rollouts.record import Rollout
 
 ARITHMETIC_REWARD = "lit_align.rewards.verifiers:arithmetic_answer_reward"
 TABLE_ROWS = 8
 BINDING_ROWS = 4  # rows of the data each reward function is called on at setup
+# (batch, source) -> one reset environment per row, or None: the tools group's check_tool_data
+MakeEnvironments = Callable[[dict[str, Any], str], list[Any] | None]
 
 
 @dataclass(frozen=True)
@@ -208,22 +209,22 @@ class RewardSet:
         logger.experiment.add_text("completions", "\n".join(lines), module.global_step)
 
 
-def check_reward_options(datamodule: Any, options: RewardOptions, tools: Any = None) -> None:
-    """Bind the reward functions of ``options`` (and the ``tools`` group's environments, when given) to
-    ``datamodule``'s data before any model exists (the command line's check, :class:`lit_align.cli.AlignCLI`);
-    reward models are not loaded."""
+def check_reward_options(datamodule: Any, options: RewardOptions,
+                         environments: MakeEnvironments | None = None) -> None:  # fmt: skip
+    """Bind the reward functions of ``options`` to ``datamodule``'s data before any model exists (the command line's
+    check, :class:`lit_align.commands.cli.AlignCLI`); reward models are not loaded. ``environments(batch, source)``,
+    when given, makes and resets the rows' environments as a rollout would (the ``tools`` group's
+    :func:`~lit_align.tools.multi_turn.check_tool_data`), for the functions that take them."""
     specs = [s for s in options.reward_funcs if not (isinstance(s, str) and s.startswith("model:"))]
-    tools = tools if tools is not None and tools.enabled else None
-    if specs or tools:  # strings, configured instances ({class_path, init_args}) or callables, built as the module will
+    if specs or environments:  # strings, configured instances ({class_path, init_args}) or callables, as the module
         funcs, names, _ = resolve_reward_funcs(specs) if specs else ([], [], [])
-        bind_reward_funcs(funcs, names, datamodule, tools)
+        bind_reward_funcs(funcs, names, datamodule, environments)
 
 
 def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], datamodule: Any,
-                      tools: Any = None) -> None:  # fmt: skip
+                      environments: MakeEnvironments | None = None) -> None:  # fmt: skip
     """:func:`~lit_align.rewards.scoring.check_reward_funcs` on the first rows of ``datamodule``'s training data
-    (set up if it was not), with the columns its batches carry; with ``tools``, the rows' environments made and
-    reset as a rollout would (:func:`lit_align.tools.check_tool_data`)."""
+    (set up if it was not), with the columns its batches carry and, with ``environments``, the rows' environments."""
     if getattr(datamodule, "train_dataset", None) is None:
         datamodule.setup("fit")
     dataset = datamodule.train_dataset
@@ -231,39 +232,6 @@ def bind_reward_funcs(reward_funcs: Sequence[Callable], names: Sequence[str], da
     if "prompt" not in batch:  # not prompt data: nothing the reward functions would see
         return
     source = f"{getattr(datamodule, 'data_path', type(datamodule).__name__)}"
-    environments = None
-    if tools is not None:
-        from lit_align.tools import check_tool_data
-
-        environments = check_tool_data(tools, batch, source)
-    check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source, environments)
+    envs = environments(batch, source) if environments is not None else None
+    check_reward_funcs(reward_funcs, names, batch["prompt"], reward_columns(batch), source, envs)
     check_references(reward_funcs, names, datamodule)
-
-
-def recorded_reward_func(spec: str | dict[str, Any] | Callable) -> str | dict[str, Any]:
-    """A reward function as plain data for the hyperparameters: strings and mappings as given; an instance of a
-    module-level class whose every ``__init__`` argument is kept as a plain attribute of the same name (the
-    verifier classes) as ``{"class_path", "init_args"}``; anything else by import path (a function's)."""
-    if isinstance(spec, str) or (isinstance(spec, dict) and is_plain(spec)):
-        return spec
-    cls = type(spec)
-    if inspect.isroutine(spec) or isinstance(spec, type) or "." in cls.__qualname__:
-        return _import_path(spec)
-    try:
-        parameters = inspect.signature(cls).parameters.values()
-    except (TypeError, ValueError):
-        return _import_path(spec)
-    init_args = {}
-    for param in parameters:
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        value = getattr(spec, param.name, inspect.Parameter.empty)
-        if not is_plain(value):  # not kept (or not plain data): the instance cannot be rebuilt from its config
-            return _import_path(spec)
-        init_args[param.name] = value
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
-
-
-def _import_path(func: Callable) -> str:
-    module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
-    return f"{module}:{name}" if module and name else repr(func)

@@ -1,6 +1,6 @@
 """Scoring a rollout: reward functions -> a (B, F) table with NaN where a function returned None -> one reward.
 
-Pure functions; the online algorithms (``lit_align.algorithms.online``) call them. :func:`check_reward_funcs`
+Pure functions; the online algorithms (``lit_align.training.online``) call them. :func:`check_reward_funcs`
 binds the functions to the data once, before training: each is called on the first rows with their real
 columns, so a signature that does not fit, a column it needs that the data lacks, or a column named like one
 of the arguments every function receives (:data:`REWARD_ARGUMENTS`) fails at setup, with the names.

@@ -13,10 +13,10 @@ options.ToolOptions`). Per batch of N prompts and G completions each (B = N x G 
        tool messages appended as tokens (:func:`~lit_align.tools.chat.tool_turn_ids`); a row stops when it answers
        without a call, runs out of tokens (``sampling.max_new_tokens`` for the whole conversation), turns or calls.
 
-The :class:`~lit_align.rollout.Rollout` holds the whole conversation after the prompt as its completion (attention
-over all of it) and ``tool_mask`` (1 on the policy's own tokens, 0 on the tools'): the loss, the log-probs that
-enter it, the KL, the entropy and the critic's value loss are taken over ``completion_mask * tool_mask`` only. Reward
-functions receive the conversation as messages (assistant and tool) and, with environments, ``environments=``.
+The :class:`~lit_align.rollouts.record.Rollout` holds the whole conversation after the prompt as its completion
+(attention over all of it) and ``tool_mask`` (1 on the policy's own tokens, 0 on the tools'): the loss, the log-probs
+that enter it, the KL, the entropy and the critic's value loss are taken over ``completion_mask * tool_mask`` only.
+Reward functions receive the conversation as messages (assistant and tool) and, with environments, ``environments=``.
 Each turn prefills its whole context again (no KV reuse across turns): simple and exact, at the cost of one
 prefill per turn. Under FSDP2 every forward is a collective, so the ranks take the same number of turns: a rank whose
 conversations are over samples one throwaway token while another rank's go on.
@@ -32,9 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from lit_align.datamodules.tokenize import left_pad, pad
-from lit_align.errors import DataError, OptionError
+from lit_align.errors import DataError, OptionError, row_label
+from lit_align.models.sharding import is_fsdp2_sharded
 from lit_align.rewards.resolve import import_reward_func
-from lit_align.rollout import Rollout, is_fsdp2_sharded
+from lit_align.rollouts.record import Rollout
 from lit_align.tools.calls import ToolResult, parse_tool_calls, run_tool_call, tool_schema, tools_by_name
 from lit_align.tools.chat import prompt_ids, tool_turn_ids, with_observation
 from lit_align.tools.environments import (
@@ -266,3 +267,15 @@ def _any_rank(flag: bool, model: nn.Module) -> bool:
     value = torch.tensor([float(flag)], device=next(model.parameters()).device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def check_tool_data(options: ToolOptions, batch: dict[str, Any], source: str) -> list[Any] | None:
+    """Before training, on the first rows of the data: the tools and environments resolve (each with its schema), the
+    prompts are chats, each row names a configured environment (with several), and each row's environment is made and
+    reset as a rollout would; returns one reset environment per row (for the reward functions' check), or None
+    without environments."""
+    runner = ToolRunner(options)
+    rows = runner.rows(batch, source)
+    if not runner.factories:
+        return None
+    return [runner.reset(row, f"{source}: {row_label(i)}", f"check/{i}")[0] for i, row in enumerate(rows)]

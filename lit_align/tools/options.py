@@ -57,7 +57,7 @@ class ToolOptions:
 
     def plain(self) -> dict[str, Any]:
         """As plain data for the hyperparameters: callables by import path."""
-        from lit_align.rewards.reward_set import recorded_reward_func
+        from lit_align.rewards.resolve import recorded_reward_func
 
         environment = self.environment
         if isinstance(environment, Mapping):

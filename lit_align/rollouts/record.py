@@ -1,33 +1,29 @@
-"""Rollouts: sample completions of a batch of prompts from the policy.
+"""The rollout record: sampled completions with their masks and log-probs (:class:`Rollout`), and what an online
+step makes of one (:class:`Experience`).
 
 Shapes: N = prompts, G = ``num_generations``, B = N x G rows in prompt-major order (the G
 completions of a prompt are contiguous, as TRL orders them), P = prompt length (left-padded),
 L = completion length (right-padded, at most ``max_new_tokens``).
 
-A backend is anything with the :class:`GenerationBackend` call signature; :class:`HFGenerate` uses
-Hugging Face ``generate`` with the KV cache (:mod:`lit_align.vllm_backend` a vLLM engine).
-:class:`~lit_align.sampling.Sampler` is what modules hold: a backend plus a seed, so that the completions of a
-call are a function of (seed, key) alone (:func:`seeded_rng`). :func:`rollout_from_batch` takes a rollout made
-outside (another sampler, a vLLM server, a replay). Multi-turn rollouts with tools and environments are made by
-:class:`lit_align.tools.multi_turn.ToolRunner` over a backend and fill the ``tool_mask`` and conversation fields.
+A backend (:mod:`lit_align.rollouts.hf`, :mod:`lit_align.rollouts.vllm`) returns a :class:`Rollout` through
+:func:`completion_rollout`; :func:`rollout_from_batch` takes a rollout made outside (another sampler, a vLLM server, a
+replay). Multi-turn rollouts with tools and environments are made by :class:`lit_align.tools.multi_turn.ToolRunner`
+and fill the ``tool_mask`` and conversation fields. :func:`mark_updated` counts the policy's optimizer steps on the
+model, so a backend holding a copy of the weights knows when it is stale.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lit_align.batches import IGNORE_INDEX, PromptBatch
-from lit_align.logprobs import token_logps
+from lit_align.models.logprobs import token_logps
 
 
 @dataclass
@@ -73,7 +69,7 @@ class Rollout:
         """``rows``' completion tokens' log-probs under ``model`` at ``temperature`` (with grad when grad is on) and
         their predictive entropies (detached; ``with_entropy``), each (b, L), in one chunked pass. The rows of one
         prompt form a group whose prompt is computed once when ``model`` runs shared prefixes
-        (:mod:`lit_align.shared_prefix`)."""
+        (:mod:`lit_align.models.shared_prefix`)."""
         out = token_logps(model, *self.model_inputs(rows), with_entropy=with_entropy, temperature=temperature,
                           groups=self.prompt_groups(rows))  # fmt: skip
         P = self.prompt_input_ids.shape[1]
@@ -106,36 +102,6 @@ def updates(model: nn.Module) -> int:
     return getattr(model, "_lit_align_updates", 0)
 
 
-class GenerationBackend(Protocol):
-    """Samples ``num_generations`` completions per prompt (or one greedy completion) without grad, each of at most
-    ``max_new_tokens`` (the backend's own limit when ``None``; a multi-turn rollout gives each turn the room the
-    conversation has left)."""
-
-    max_new_tokens: int
-
-    def __call__(
-        self,
-        model: nn.Module,
-        prompt_input_ids: Tensor,
-        prompt_attention_mask: Tensor,
-        num_generations: int = 1,
-        greedy: bool = False,
-        max_new_tokens: int | None = None,
-    ) -> Rollout: ...
-
-
-@contextmanager
-def seeded_rng(key: str, device: torch.device) -> Iterator[None]:
-    """Run the block with torch's RNG (CPU, and ``device`` if CUDA) seeded from ``key``, restoring it after."""
-    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            torch.cuda.manual_seed(seed)
-        yield
-
-
 def completion_mask_until_eos(completion_ids: Tensor, eos_token_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Mask (B, L) that is 1 up to and including each row's first EOS, and whether a row has no EOS.
 
@@ -166,143 +132,6 @@ def completion_rollout(
     rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
     texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
     return Rollout(input_ids, attention_mask, completion_ids, mask, texts, lengths, is_truncated, num_generations)
-
-
-def is_fsdp2_sharded(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # older torch
-        return False
-    return isinstance(model, FSDPModule) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class HFGenerate:
-    """Sampling with Hugging Face ``generate`` (KV cache on), in eval mode, restoring train mode after.
-
-    Args:
-        tokenizer: decodes completions and gives the pad and EOS ids.
-        max_new_tokens: completion length limit; a completion without EOS by then is truncated.
-        temperature: sampling temperature.
-        top_p: nucleus sampling mass (1.0 = off).
-        top_k: keep the k most likely tokens (0 = off).
-        eos_token_ids: tokens that end a completion (default: the tokenizer's EOS and the model's
-            ``generation_config.eos_token_id``).
-        kv_cache: ``static`` preallocates the KV cache for prompt + ``max_new_tokens`` (no growth per token; 1.31x
-            the tokens/s of the dynamic cache for SmolLM2-135M on the 2-core CPU, ``bench/generation.py``),
-            ``dynamic`` grows it token by token (transformers' default), ``auto`` is static on CPU and dynamic
-            elsewhere (on GPU transformers would compile a static-cache forward, not measured here). Never
-            compiled: ``torch.compile`` made CPU decoding slower here after a 4-minute compilation.
-        shared_prefill: prefill each prompt once for its samples where :meth:`shares_prompts` allows.
-    """
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        eos_token_ids: Sequence[int] | None = None,
-        kv_cache: Literal["auto", "static", "dynamic"] = "auto",
-        shared_prefill: bool = True,
-    ) -> None:
-        if kv_cache not in ("auto", "static", "dynamic"):
-            raise ValueError(f"kv_cache must be auto, static or dynamic, got {kv_cache!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive (use greedy=True for greedy decoding), got {temperature}")
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
-        self.eos_token_ids = list(eos_token_ids) if eos_token_ids is not None else None
-        self.kv_cache = kv_cache
-        self.shared_prefill = shared_prefill
-
-    def cache_options(self, model: nn.Module) -> dict[str, Any]:
-        """``generate``'s cache settings for ``model`` (``kv_cache``)."""
-        device = next(model.parameters()).device
-        static = self.kv_cache == "static" or (self.kv_cache == "auto" and device.type == "cpu")
-        return {"cache_implementation": "static", "disable_compile": True} if static else {}
-
-    def eos_ids(self, model: nn.Module) -> list[int]:
-        if self.eos_token_ids is not None:
-            return self.eos_token_ids
-        ids = {self.tokenizer.eos_token_id}
-        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        ids.update(configured if isinstance(configured, list) else [configured])
-        return sorted(i for i in ids if i is not None)
-
-    def shares_prompts(self, model: nn.Module, num_generations: int, prompt_length: int) -> bool:
-        """Whether a prompt's G samples start from one prefill (:meth:`prompt_cache`): ``shared_prefill``, G > 1, a
-        policy marked for shared prefixes (the modules' ``shared_prefix`` option) that is an in-library transformers
-        model taking a ``cache`` (transformers 5's cache API; older versions prefill each sample)."""
-        from lit_align import packing, shared_prefix
-
-        if not self.shared_prefill or num_generations < 2 or prompt_length < 2 or not shared_prefix.is_enabled(model):
-            return False
-        if packing.unsupported_reason(model) is not None:
-            return False
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return "cache" in inspect.signature(type(base).forward).parameters
-
-    def prompt_cache(self, model: nn.Module, prompt_input_ids: Tensor, prompt_attention_mask: Tensor, repeats: int,
-                     max_new_tokens: int):  # fmt: skip
-        """The KV cache of every prompt but its last token, computed once per prompt and repeated for its ``repeats``
-        samples (static or dynamic, as ``kv_cache`` picks; static, it holds the prompt and ``max_new_tokens``);
-        ``generate`` then runs the last prompt token and samples. Positions as ``generate`` makes them for
-        left-padded rows."""
-        from transformers import DynamicCache, StaticCache
-
-        ids, mask = prompt_input_ids[:, :-1], prompt_attention_mask[:, :-1]
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        config = model.config
-        prefill = DynamicCache(config=config)
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=prefill, use_cache=True,
-              logits_to_keep=1)  # fmt: skip
-        if self.cache_options(model):
-            cache = StaticCache(config=config, max_cache_len=prompt_input_ids.shape[1] + max_new_tokens)
-        else:
-            cache = DynamicCache(config=config)
-        for source, target in zip(prefill.layers, cache.layers, strict=True):
-            target.update(source.keys.repeat_interleave(repeats, 0), source.values.repeat_interleave(repeats, 0))
-        return cache
-
-    def __call__(
-        self,
-        model: nn.Module,
-        prompt_input_ids: Tensor,
-        prompt_attention_mask: Tensor,
-        num_generations: int = 1,
-        greedy: bool = False,
-        max_new_tokens: int | None = None,
-    ) -> Rollout:
-        eos_ids = self.eos_ids(model)
-        pad_id = self.tokenizer.pad_token_id
-        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        config = GenerationConfig(
-            max_new_tokens=limit, do_sample=not greedy, eos_token_id=eos_ids, pad_token_id=pad_id,
-            use_cache=True, **sampling, **self.cache_options(model),
-        )  # fmt: skip
-        # Prompt-major order: row i*G + g is the g-th sample of prompt i.
-        input_ids = prompt_input_ids.repeat_interleave(num_generations, dim=0)
-        attention_mask = prompt_attention_mask.repeat_interleave(num_generations, dim=0)
-        was_training = model.training
-        model.eval()  # dropout off; HF also disables the KV cache under gradient checkpointing in train mode
-        try:
-            with torch.no_grad():
-                cache = None
-                if self.shares_prompts(model, num_generations, prompt_input_ids.shape[1]):
-                    cache = self.prompt_cache(model, prompt_input_ids, prompt_attention_mask, num_generations, limit)
-                    config.cache_implementation = None  # the cache is given
-                sequences = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                    **({} if cache is None else {"cache": cache}),
-                    synced_gpus=is_fsdp2_sharded(model),  # FSDP2: ranks that finish early must keep all-gathering
-                )  # fmt: skip
-        finally:
-            model.train(was_training)
-        completion_ids = sequences[:, input_ids.shape[1] :]
-        return completion_rollout(self.tokenizer, completion_ids, eos_ids, input_ids, attention_mask, num_generations)
 
 
 def rollout_from_batch(

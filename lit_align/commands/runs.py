@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_align.errors import OptionError, PathNotFound
-from lit_align.models import load_model, load_tokenizer
+from lit_align.models.loading import load_model, load_tokenizer
 
 
 @dataclass
@@ -99,7 +99,7 @@ def _from_checkpoint(path: Path) -> Trained:
         raise OptionError(f"{path}: the checkpoint does not name its starting policy (hyper_parameters.policy)")
     model, tokenizer = load_model(starting)
     if hparams.get("lora_r", 0) > 0:
-        from lit_align.models import apply_lora
+        from lit_align.models.loading import apply_lora
 
         model = apply_lora(model, hparams["lora_r"], hparams.get("lora_alpha", 16), 0.0,
                            hparams.get("lora_target_modules", "all-linear"))  # fmt: skip

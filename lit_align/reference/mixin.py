@@ -13,7 +13,7 @@ The mixin is the face every algorithm with a reference shares (its options, :met
                  error, so a reference pass can never run by accident. Reference-free algorithms (SFT, the reward
                  model, SimPO, ORPO) do not mix this class in at all.
     ``cached``   ``precompute_reference=True``: nothing is loaded when the module is built; in ``setup`` the
-                 values are found on disk or computed once (:class:`~lit_align.reference_cache.ReferenceCache`) and
+                 values are found on disk or computed once (:class:`~lit_align.reference.cache.ReferenceCache`) and
                  found again by each batch's ``row_index``. Only modules whose reference values are a function of
                  their data rows (``REFERENCE_VALUES``, :meth:`ReferenceMixin.reference_values`) offer the option.
 
@@ -30,12 +30,12 @@ from typing import Any, ClassVar, Literal, TypeVar
 import torch
 from torch import nn
 
-from lit_align import shared_prefix
 from lit_align.errors import OptionError
-from lit_align.logprobs import preference_logps
-from lit_align.models import ModelKind, ModelRef, resolve_model
-from lit_align.packing import is_enabled, set_padding_free
-from lit_align.reference_cache import ReferenceCache, describe_model
+from lit_align.models import shared_prefix
+from lit_align.models.loading import ModelKind, ModelRef, resolve_model
+from lit_align.models.logprobs import preference_logps
+from lit_align.models.packing import is_enabled, set_padding_free
+from lit_align.reference.cache import ReferenceCache, describe_model
 
 ReferenceSource = Literal["copy", "model", "adapter", "none", "cached"]
 T = TypeVar("T")

@@ -37,10 +37,10 @@ from transformers import (
 )
 
 from lit_align.errors import MissingExtra, ModelSourceError, OptionError, PathNotFound
-from lit_align.fused import log_fused
-from lit_align.model_files import check_gguf, check_model_folder
-from lit_align.packing import recompute_context, set_padding_free
-from lit_align.shared_prefix import set_shared_prefix
+from lit_align.models.files import check_gguf, check_model_folder
+from lit_align.models.fused import log_fused
+from lit_align.models.packing import recompute_context, set_padding_free
+from lit_align.models.shared_prefix import set_shared_prefix
 
 ModelKind = Literal["causal_lm", "sequence_classification"]
 

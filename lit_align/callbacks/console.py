@@ -24,19 +24,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
+from lit_align.metrics import short_name
+
 TIP_PREFIX = "💡 Tip:"  # Lightning's advertisements for its cloud products
-
-
-def short_name(name: str) -> str:
-    """``train/rewards/margins`` -> ``margins``: the progress bar's label for a metric."""
-    return name.rsplit("/", 1)[-1]
-
-
-def table_cell(value: Any, limit: int = 300) -> str:
-    """``value`` (text, or the last message's content) as a cell of a markdown table (TensorBoard's text tab)."""
-    text = value[-1]["content"] if isinstance(value, list) and value else str(value)
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return text.replace("|", "\\|").replace("\n", "<br>")
 
 
 def _fmt(value: Any) -> str:

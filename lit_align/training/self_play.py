@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_align.console import table_cell
 from lit_align.datamodules.tokenize import left_pad
-from lit_align.logprobs import preference_logps
-from lit_align.sampling import Sampler
+from lit_align.metrics import table_cell
+from lit_align.models.logprobs import preference_logps
+from lit_align.rollouts.sampling import Sampler
 
 
 def rank_batches(

@@ -1,6 +1,6 @@
 """Reference log-probs computed once before training and cached on disk (``--model.precompute_reference``).
 
-:class:`ReferenceCache` (the ``cached`` source of :class:`~lit_align.reference.Reference`) runs the pass in
+:class:`ReferenceCache` (the ``cached`` source of :class:`~lit_align.reference.mixin.Reference`) runs the pass in
 ``setup`` (before a checkpoint is restored, so a copy of the policy is still the pretrained one) and frees the
 reference afterwards; the rest needs no module: the fingerprint, the table of values, the file, the batches to
 compute and the gather.
@@ -45,10 +45,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lit_align import shared_prefix
 from lit_align.errors import OptionError
-from lit_align.models import _cache_dir, resolve_model
-from lit_align.packing import is_enabled, set_padding_free
+from lit_align.models import shared_prefix
+from lit_align.models.loading import _cache_dir, resolve_model
+from lit_align.models.packing import is_enabled, set_padding_free
 
 CACHE_FORMAT = 1  # bump when the log-prob computation or the file layout changes
 INDEX_COLUMNS = ("row_index", "kl_row_index")  # the batch columns that key cached values

@@ -1,8 +1,8 @@
 """What the online policy-gradient algorithms (GRPO, RLOO, ReMax, RLVR, PPO) share: one RL step, written out.
 
-Besides the policy and the reference, the module holds two parts: ``self.sampler`` (:class:`~lit_align.sampling.
-Sampler`) and ``self.rewards`` (:class:`~lit_align.rewards.reward_set.RewardSet`). Per batch of N prompts
-(:meth:`OnlinePolicyGradient.rl_step`):
+Besides the policy and the reference, the module holds two parts: ``self.sampler``
+(:class:`~lit_align.rollouts.sampling.Sampler`) and ``self.rewards``
+(:class:`~lit_align.rewards.reward_set.RewardSet`). Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
 
     1. rollout     G = ``num_generations`` completions per prompt from the current policy (``self.sampler``, seeded)
     2. rewards     ``self.rewards.score`` -> the (B, F) table -> :meth:`combine_rewards` (the weighted sum); a
@@ -32,9 +32,9 @@ the distribution the completions were drawn from. ``top_p`` / ``top_k`` truncati
 log-probs (nor in TRL's or verl's).
 
 The seed interface: ``samples, log_probs = module.generate_samples(prompt_ids, prompt_mask)``, and
-``module.update(batch)`` with a prompt batch or a rollout made outside (:func:`~lit_align.rollout.rollout_from_batch`).
-Deliberately left out (and what it costs): minibatches are contiguous, not reshuffled per iteration (the
-:meth:`minibatch_order` default; PPO reshuffles);
+``module.update(batch)`` with a prompt batch or a rollout made outside
+(:func:`~lit_align.rollouts.record.rollout_from_batch`). Deliberately left out (and what it costs): minibatches are
+contiguous, not reshuffled per iteration (the :meth:`minibatch_order` default; PPO reshuffles);
 under DDP each rank normalizes its own groups (all G completions of a prompt live on one rank, so group
 statistics are exact; ``scale_rewards="batch"`` and ``reward_std`` are per rank); a group with SOME
 unscorable completions fills them with the group's mean scorable reward before the advantage, where TRL
@@ -44,6 +44,7 @@ drops them from the group's std and leave-one-out counts; every micro-batch back
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import defaultdict
@@ -53,7 +54,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_align.algorithms.base import AlignmentModule, Scheduler
 from lit_align.batches import PromptBatch
 from lit_align.hparams import as_group, check_options, fix_options
 from lit_align.losses.objectives import ImportanceLevel
@@ -66,15 +66,16 @@ from lit_align.losses.policy_gradient import (
     masked_mean,
 )
 from lit_align.metrics import to_device, weighted_mean
-from lit_align.objective import ROLLOUT_CORRECTION_METRICS, Objective, ObjectiveOptions, rollout_correction
-from lit_align.reference import ReferenceMixin
+from lit_align.reference.mixin import ReferenceMixin
 from lit_align.rewards.reward_set import RewardOptions, RewardSet, check_reward_options
 from lit_align.rewards.scoring import fill_unscorable
 from lit_align.rewards.signal import RewardSignal
-from lit_align.rollout import Experience, Rollout, rollout_from_batch
-from lit_align.sampling import Sampler, SamplingOptions
-from lit_align.tools.multi_turn import TOOL_METRICS, ToolRunner
+from lit_align.rollouts.record import Experience, Rollout, rollout_from_batch
+from lit_align.rollouts.sampling import Sampler, SamplingOptions
+from lit_align.tools.multi_turn import TOOL_METRICS, ToolRunner, check_tool_data
 from lit_align.tools.options import ToolOptions
+from lit_align.training.base import AlignmentModule, Scheduler
+from lit_align.training.objective import ROLLOUT_CORRECTION_METRICS, Objective, ObjectiveOptions, rollout_correction
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant", "sequence_sum"]
 KLPenalty = Literal["loss", "reward"]
@@ -114,7 +115,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
             A sequence-level weight aggregated per token weighs each sequence by its length (warned, as TRL does).
         mask_truncated_completions: completions without EOS take no part in the loss (DAPO).
         objective: the per-token surrogate (a group: ``--model.objective.name clip|cispo|sapo|vespo`` and its
-            knobs; :mod:`lit_align.objective`).
+            knobs; :mod:`lit_align.training.objective`).
         sampling: how completions are sampled (a group: ``--model.sampling.<option>``).
         rewards: the reward functions and their weights (a group: ``--model.rewards.<option>``).
         tools: tools and environments for multi-turn rollouts (a group: ``--model.tools.<option>``; none by default,
@@ -224,8 +225,9 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     @classmethod
     def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:
         """The reward functions called on the first rows of the data (reward models are not loaded)."""
-        check_reward_options(datamodule, as_group(RewardOptions, options.get("rewards")),
-                             as_group(ToolOptions, options.get("tools")))  # fmt: skip
+        tools = as_group(ToolOptions, options.get("tools"))
+        environments = functools.partial(check_tool_data, tools) if tools.enabled else None
+        check_reward_options(datamodule, as_group(RewardOptions, options.get("rewards")), environments)
 
     def planned_optimizer_steps(self) -> int | float:
         total = self.trainer.estimated_stepping_batches
@@ -408,8 +410,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         """One rollout and its ``num_iterations x num_minibatches`` optimizer steps outside a Trainer.
 
         ``batch`` is a prompt batch (the module samples and scores), or a rollout made outside: ``{"input_ids",
-        "rewards", "old_log_probs"}`` (see :func:`~lit_align.rollout.rollout_from_batch`). The optimizer is the one
-        of :meth:`~lit_align.algorithms.base.AlignmentModule.standalone_optimizer`: the fit's, continued, after
+        "rewards", "old_log_probs"}`` (see :func:`~lit_align.rollouts.record.rollout_from_batch`). The optimizer is the
+        one of :meth:`~lit_align.training.base.AlignmentModule.standalone_optimizer`: the fit's, continued, after
         ``Trainer.fit``.
         """
         self.standalone_optimizer(total_steps)
@@ -454,9 +456,9 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         return rewards
 
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
-        """The objective's per-token loss of micro-batch ``rows`` (:class:`~lit_align.objective.Objective`; times the
-        rollout's importance correction), + β·w·k3 or β·k3 per token with ``kl_penalty="loss"``, aggregated and
-        divided by the minibatch ``normalizer``; log-probs at the sampling temperature."""
+        """The objective's per-token loss of micro-batch ``rows`` (:class:`~lit_align.training.objective.Objective`;
+        times the rollout's importance correction), + β·w·k3 or β·k3 per token with ``kl_penalty="loss"``, aggregated
+        and divided by the minibatch ``normalizer``; log-probs at the sampling temperature."""
         logps, entropy = self.policy_logps(exp, rows)
         mask, advantages = exp.loss_mask[rows], exp.advantages[rows]
         stats["entropy"].append((masked_mean(entropy.detach(), mask).reshape(1), mask.sum().reshape(1).float()))

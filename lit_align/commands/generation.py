@@ -1,8 +1,8 @@
 """Sample from a trained policy: a prompt file to JSONL, or an interactive prompt.
 
-The policy is anything :func:`lit_align.runs.load_trained` takes (a run directory, a checkpoint, an ``hf_model``
-export, a preset). Prompts go through the tokenizer's chat template as a user turn (rows may also give a chat
-message list), exactly as the DataModules format them for training, and completions are sampled with the
+The policy is anything :func:`lit_align.commands.runs.load_trained` takes (a run directory, a checkpoint, an
+``hf_model`` export, a preset). Prompts go through the tokenizer's chat template as a user turn (rows may also give a
+chat message list), exactly as the DataModules format them for training, and completions are sampled with the
 same seeded sampler the online algorithms use (``greedy=True`` decodes greedily).
 """
 
@@ -17,13 +17,13 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from lit_align.runs import load_trained
-from lit_align.sampling import GenerationOptions, Sampler
+from lit_align.commands.runs import load_trained
+from lit_align.rollouts.sampling import GenerationOptions, Sampler
 
 
 class Completer:
-    """A policy, its tokenizer and a seeded :class:`~lit_align.sampling.Sampler`, nothing else (no optimizer, no
-    reward): the ``n``-th sampled call of :meth:`complete` draws from the RNG of key ``n``, so a session repeats.
+    """A policy, its tokenizer and a seeded :class:`~lit_align.rollouts.sampling.Sampler`, nothing else (no optimizer,
+    no reward): the ``n``-th sampled call of :meth:`complete` draws from the RNG of key ``n``, so a session repeats.
 
     Args:
         policy: the model to sample from.

@@ -40,16 +40,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lit_align.console import table_cell
+from lit_align.commands.runs import load_trained, tools_of
 from lit_align.errors import OptionError
 from lit_align.hparams import group_as_plain
-from lit_align.logprobs import preference_logps
+from lit_align.metrics import table_cell
+from lit_align.models.logprobs import preference_logps
+from lit_align.models.sharding import gather_objects
 from lit_align.rewards.model_scorer import RewardModelScorer
 from lit_align.rewards.resolve import resolve_reward_funcs
 from lit_align.rewards.scoring import score_completions
-from lit_align.runs import load_trained, tools_of
-from lit_align.sampling import GenerationOptions, Sampler
-from lit_align.sharding import gather_objects
+from lit_align.rollouts.sampling import GenerationOptions, Sampler
 from lit_align.tools.multi_turn import ToolRunner
 from lit_align.tools.options import ToolOptions
 
@@ -58,8 +58,9 @@ TIE = 1e-6  # judge scores closer than this count as a tie
 
 class Evaluation:
     """Completes prompt batches with both models and scores them; scores pair batches under both. Both models sample
-    through one :class:`~lit_align.sampling.Sampler`, each prompt batch from the RNG of its own key (its index): the
-    two models draw from the same stream, and the records do not depend on how many processes share the batches.
+    through one :class:`~lit_align.rollouts.sampling.Sampler`, each prompt batch from the RNG of its own key (its
+    index): the two models draw from the same stream, and the records do not depend on how many processes share the
+    batches.
 
     Args:
         policy: the trained policy.
@@ -139,7 +140,7 @@ def wald_interval(scores: list[float], z: float = 1.96) -> tuple[float, float]:
 
 
 def summarize(records: list[dict[str, Any]], judge_names: list[str], weights: list[float]) -> dict[str, Any]:
-    """The report of :mod:`lit_align.evaluation` from the gathered records (pure; see the module docstring)."""
+    """The report of :mod:`lit_align.commands.evaluation` from the gathered records (pure; see the module docstring)."""
     prompts = [r for r in records if not r.get("pair")]
     pairs = [r for r in records if r.get("pair")]
     report: dict[str, Any] = {"prompts": len(prompts), "pairs": len(pairs)}

@@ -62,3 +62,11 @@ def gather_objects(obj: Any) -> list[Any]:
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def is_fsdp2_sharded(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch
+        return False
+    return isinstance(model, FSDPModule) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

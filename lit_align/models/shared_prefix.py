@@ -1,7 +1,7 @@
 """Shared-prefix passes: the rows of a pair or a group that start with the same tokens run that prefix ONCE.
 
 A preference pair is ``[prompt, chosen]`` and ``[prompt, rejected]``; an online group is ``[prompt, c_i]`` for
-G completions. Padding-free (:mod:`lit_align.packing`) they would be packed as 2 (or G) whole sequences, so
+G completions. Padding-free (:mod:`lit_align.models.packing`) they would be packed as 2 (or G) whole sequences, so
 the prompt's forward, backward and activations are paid 2 (or G) times. Here each group is packed as
 ``[prefix, suffix_1, ..., suffix_G]``:
 
@@ -44,9 +44,9 @@ the prefix's KV without a copy (paged, each suffix's block table pointing at the
 backward and needs 256-token pages (flash-attn 2), so it would serve no-grad passes only. Both unverified: flash-attn
 needs a GPU, and none was lent.
 
-Switched by the shared module option ``shared_prefix`` (:class:`~lit_align.algorithms.base.AlignmentModule`),
+Switched by the shared module option ``shared_prefix`` (:class:`~lit_align.training.base.AlignmentModule`),
 which marks the policy and reference with :func:`set_shared_prefix`; it applies to padding-free passes that are
-given groups (pairs: :func:`lit_align.logprobs.preference_logps`, ORPO).
+given groups (pairs: :func:`lit_align.models.logprobs.preference_logps`, ORPO).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lit_align.errors import OptionError
-from lit_align.packing import _base_model, pack
+from lit_align.models.packing import _base_model, pack
 
 SHARED = "lit_align_shared_prefix"  # the attention implementations registered below: SDPA kernel
 SHARED_FLEX = "lit_align_shared_prefix_flex"  # flex kernel
@@ -329,7 +329,8 @@ def _register() -> None:
 @contextmanager
 def prefix_attention(model: nn.Module) -> Iterator[None]:
     """For one shared-prefix forward: the shared-prefix attention of :func:`attention_name` (whatever the model's
-    own implementation); a checkpointed layer recomputes with the same (:func:`lit_align.packing.recompute_context`)."""
+    own implementation); a checkpointed layer recomputes with the same
+    (:func:`lit_align.models.packing.recompute_context`)."""
     config = getattr(_base_model(model), "config", None)
     current = getattr(config, "_attn_implementation", None)
     if config is None or current in (SHARED, SHARED_FLEX):

@@ -1,6 +1,6 @@
 """Padding-free forwards: a padded (B, T) batch runs as ONE row of its N real tokens.
 
-Every log-prob pass (:func:`lit_align.logprobs.completion_scores`, hence every algorithm's policy and reference
+Every log-prob pass (:func:`lit_align.models.logprobs.completion_scores`, hence every algorithm's policy and reference
 passes) can run padding-free: the tokens where ``attention_mask`` is 1 are concatenated into a (1, N) row, each
 sequence with its own ``position_ids`` starting at 0, and attention stays inside each sequence. The per-position
 results are scattered back to the (B, T) layout, so losses, metrics and batches are unchanged; only the
@@ -22,7 +22,7 @@ Anything else (custom ``nn.Module`` policies, remote code, reward heads) runs pa
 (:func:`unsupported_reason`). A row whose real tokens are not one contiguous run (holes in the attention
 mask) cannot be packed and raises.
 
-Switched by the shared module option ``padding_free`` (:class:`~lit_align.algorithms.base.AlignmentModule`), which
+Switched by the shared module option ``padding_free`` (:class:`~lit_align.training.base.AlignmentModule`), which
 marks the module's policy and reference with :func:`set_padding_free`; a direct call of the log-prob functions takes
 ``padding_free=True``.
 """
@@ -223,7 +223,7 @@ def recompute_context(model: nn.Module) -> Callable[[], tuple[AbstractContextMan
     recomputation in backward runs with the attention implementation that the forward ran with.
 
     The packed passes switch the model's attention for one forward (:func:`boundary_attention`,
-    :func:`lit_align.shared_prefix.prefix_attention`) and switch it back before backward; without this, a
+    :func:`lit_align.models.shared_prefix.prefix_attention`) and switch it back before backward; without this, a
     checkpointed layer would be recomputed with the model's own attention over the packed row and fail (or,
     with the same saved-tensor count, silently differ)."""
     config = getattr(_base_model(model), "config", None)

@@ -10,7 +10,7 @@ With ``temperature`` τ the log-probs (and entropies) are those of ``softmax(log
 Two paths, both ONE forward from the first completion position onwards (``logits_to_keep``, when the
 model supports it):
 
-- chunked head (default, :mod:`lit_align.lm_head`): the model's output embedding is swapped, for that
+- chunked head (default, :mod:`lit_align.models.lm_head`): the model's output embedding is swapped, for that
   forward, for a module that gathers the scored positions' final hidden states (N, H) and runs the LM
   head + log-softmax chunk by chunk, in forward AND backward (a custom autograd function that
   recomputes each chunk's logits), so no (tokens x V) logits tensor ever exists. Liger's fused kernel
@@ -21,7 +21,7 @@ model supports it):
 
 The plain path is used when ``chunked=False`` is passed, when :data:`CHUNKED_HEAD` is False, or when the
 model's head is not a plain linear layer the chunked path can reproduce exactly (logit soft-capping or
-scaling, LoRA on the head, ...; :func:`lit_align.lm_head.unsupported_reason`), which is logged once per
+scaling, LoRA on the head, ...; :func:`lit_align.models.lm_head.unsupported_reason`), which is logged once per
 reason. ``bench/logprobs_memory.py`` measures both against the naive full log-softmax.
 """
 
@@ -37,8 +37,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_align import lm_head, packing, shared_prefix
 from lit_align.batches import IGNORE_INDEX
+from lit_align.models import lm_head, packing, shared_prefix
 
 CHUNK_ROWS = 1024
 CHUNKED_HEAD = True  # False forces the plain path (full logits) wherever ``chunked`` is left at None
@@ -165,10 +165,10 @@ def completion_scores(
 ) -> CompletionScores:
     """Log-probs, vocab-mean logits and optionally entropies and top-1 hits of the completion tokens, one forward.
 
-    ``padding_free`` (None: whether ``model`` is marked so, :func:`lit_align.packing.set_padding_free`) runs the
-    forward over the batch's real tokens only, packed into one row (:mod:`lit_align.packing`); the outputs are the
-    same (B, T) tensors either way. ``groups`` (row indices of a pair or a group) let a padding-free pass of a
-    model marked :func:`lit_align.shared_prefix.set_shared_prefix` compute each group's common prefix once."""
+    ``padding_free`` (None: whether ``model`` is marked so, :func:`lit_align.models.packing.set_padding_free`) runs the
+    forward over the batch's real tokens only, packed into one row (:mod:`lit_align.models.packing`); the outputs are
+    the same (B, T) tensors either way. ``groups`` (row indices of a pair or a group) let a padding-free pass of a
+    model marked :func:`lit_align.models.shared_prefix.set_shared_prefix` compute each group's common prefix once."""
     if packing.is_enabled(model) if padding_free is None else padding_free:
         reason = packing.unsupported_reason(model)
         if reason is None:
@@ -247,7 +247,7 @@ def _packed_scores(
     chunked: bool | None,
 ) -> CompletionScores:
     """:func:`completion_scores` over a packed row of the batch's real tokens (each group's prefix once in a
-    :class:`~lit_align.shared_prefix.SharedRow`), scattered back to (B, T): every scored position reads the
+    :class:`~lit_align.models.shared_prefix.SharedRow`), scattered back to (B, T): every scored position reads the
     packed position its hidden state comes from (``source``)."""
     completion_mask = _completion_mask(labels) & attention_mask.bool()
     scored = nn.functional.pad(completion_mask[:, 1:], (0, 1))  # (B, T): position t scores token t + 1
@@ -401,7 +401,7 @@ def preference_logps(
     chunked: bool | None = None,
 ) -> tuple[SequenceLogps, SequenceLogps]:
     """Chosen and rejected completion log-probs from one forward pass over both (each pair's prompt once when the
-    model runs shared prefixes, :mod:`lit_align.shared_prefix`)."""
+    model runs shared prefixes, :mod:`lit_align.models.shared_prefix`)."""
     joint = concatenate_pair(batch, pad_token_id)
     n = batch["chosen_input_ids"].shape[0]
     stats = sequence_logps(model, joint["input_ids"], joint["attention_mask"], joint["labels"],

@@ -1,7 +1,7 @@
 """AlignmentModule: what every algorithm module shares — the policy, optimizer and schedule, clipping and gradient
 statistics, non-finite losses, the parts a module holds, FSDP2 sharding, cross-rank reductions, metric groups. Two
-loops build on it: :class:`~lit_align.algorithms.offline.OfflineModule` and
-:class:`~lit_align.algorithms.online.OnlinePolicyGradient`.
+loops build on it: :class:`~lit_align.training.offline.OfflineModule` and
+:class:`~lit_align.training.online.OnlinePolicyGradient`.
 
 Options are declared ONCE: the shared ones here; a part's (the sampler, the reward set) in its options group; an
 algorithm's ``__init__`` names only its own options and the shared defaults it changes, and forwards the rest with
@@ -21,19 +21,19 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lit_align.console import short_name
 from lit_align.errors import OptionError
-from lit_align.host_memory import release_host_memory
 from lit_align.hparams import ChecksKeywords, check_options, save_plain_hyperparameters, upgraded_checkpoint
 from lit_align.metrics import (
     PREFERENCE_METRICS,
     MetricGroup,
     Value,
     log_hyperparameters,
+    short_name,
     trainer_options,
     weighted_mean,
 )
-from lit_align.models import (
+from lit_align.models.host_memory import release_host_memory
+from lit_align.models.loading import (
     ModelKind,
     ModelRef,
     check_model_interface,
@@ -41,10 +41,10 @@ from lit_align.models import (
     prepare_trainable,
     resolve_model,
 )
+from lit_align.models.sharding import fully_shard_model
+from lit_align.models.shared_prefix import Kernel as SharedPrefixKernel
 from lit_align.optim import NoSchedule, Scheduler, optimizer_and_schedule
-from lit_align.rollout import mark_updated
-from lit_align.sharding import fully_shard_model
-from lit_align.shared_prefix import Kernel as SharedPrefixKernel
+from lit_align.rollouts.record import mark_updated
 
 NonFinite = Literal["stop", "skip"]
 ReduceOp = Literal["sum", "mean", "max", "min"]
@@ -72,22 +72,22 @@ class AlignmentModule(L.LightningModule, metaclass=ChecksKeywords):
         lora_target_modules: modules to adapt (``all-linear`` or a list of names).
         gradient_checkpointing: recompute activations in backward to save memory.
         padding_free: run the log-prob passes of the policy and the reference over the batch's real tokens
-            only, packed into one row with per-sequence positions and attention (:mod:`lit_align.packing`):
+            only, packed into one row with per-sequence positions and attention (:mod:`lit_align.models.packing`):
             the same losses and gradients as padding every row to the longest, without the padding's compute
             and activation memory. Models that cannot run packed (not an in-library transformers model, an
             unknown attention implementation) run padded, with a warning naming the reason.
         shared_prefix: in padding-free passes over pairs (chosen and rejected of one prompt), compute the rows'
             common prefix (the prompt) once, each completion attending to it and to itself only
-            (:mod:`lit_align.shared_prefix`): the same losses and gradients with the prompt's compute and
+            (:mod:`lit_align.models.shared_prefix`): the same losses and gradients with the prompt's compute and
             activations paid once per pair instead of twice. Needs ``padding_free``.
         shared_prefix_kernel: the shared-prefix attention: ``auto`` (flex attention, compiled, on CUDA with
             triton; SDPA with a block mask elsewhere), ``sdpa`` or ``flex`` (no backward on CPU in torch 2.13).
         fused_layers: run the trained models' RMSNorms and SwiGLU MLPs as fused layers that save only their
-            inputs for backward and recompute the elementwise rest (:mod:`lit_align.fused`): the same outputs and
+            inputs for backward and recompute the elementwise rest (:mod:`lit_align.models.fused`): the same outputs and
             gradients with about a third less activation memory on Llama-style models, no GEMM recomputed.
             Layers that do not match (other norms or activations) keep their own forward.
         release_host_memory: on CPU, give the step's freed host memory back to the system after each training
-            step and validation (glibc ``malloc_trim``, :mod:`lit_align.host_memory`), so retained heap does not
+            step and validation (glibc ``malloc_trim``, :mod:`lit_align.models.host_memory`), so retained heap does not
             raise the next step's peak resident memory (0.1–0.4 GB less for a SmolLM2 DPO step, no slower).
         nonfinite_loss: on a NaN/inf loss, ``stop`` raises naming the step and batch; ``skip`` leaves the
             batch out of the update, warns and counts it (``train/nonfinite_skipped``).
@@ -156,7 +156,7 @@ class AlignmentModule(L.LightningModule, metaclass=ChecksKeywords):
     @classmethod
     def check_data(cls, datamodule: Any, options: dict[str, Any]) -> None:
         """Check the module's ``options`` against ``datamodule``'s data, before any model is built
-        (:class:`lit_align.cli.AlignCLI` calls it; so does :meth:`setup`, for runs built in Python). Default:
+        (:class:`lit_align.commands.cli.AlignCLI` calls it; so does :meth:`setup`, for runs built in Python). Default:
         nothing to check."""
 
     def planned_optimizer_steps(self) -> int | float:
@@ -175,14 +175,14 @@ class AlignmentModule(L.LightningModule, metaclass=ChecksKeywords):
         return [model for part in self._parts for model in getattr(part, "frozen_models", list)()]
 
     def prepare(self, model: nn.Module, role: str) -> nn.Module:
-        """:func:`~lit_align.models.prepare_trainable` with this module's options (LoRA, fused layers, ...)."""
+        """:func:`~lit_align.models.loading.prepare_trainable` with this module's options (LoRA, fused layers, ...)."""
         return prepare_trainable(model, role, self.hparams)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """The parts' frozen models on this rank's device (not every rank's ``cuda:0``), each part set up, the
-        DataModule's tokenizer checked against the policy (:func:`~lit_align.models.check_vocabulary`) and the data
-        against the options (:meth:`check_data`)."""
+        DataModule's tokenizer checked against the policy (:func:`~lit_align.models.loading.check_vocabulary`) and the
+        data against the options (:meth:`check_data`)."""
         device = self.trainer.strategy.root_device
         for model in self.frozen_models():
             model.to(device)
@@ -296,7 +296,7 @@ class AlignmentModule(L.LightningModule, metaclass=ChecksKeywords):
             if getattr(datamodule, "tokenizer", None) is not None:
                 self._tokenizer = datamodule.tokenizer
             elif self._tokenizer_name is not None:
-                from lit_align.models import load_tokenizer
+                from lit_align.models.loading import load_tokenizer
 
                 self._tokenizer = load_tokenizer(self._tokenizer_name)
             else:

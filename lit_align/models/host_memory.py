@@ -15,7 +15,7 @@ fixed low mmap threshold (``MALLOC_MMAP_THRESHOLD_=131072``), cut the peak furth
 slower: every tensor's pages are then faulted in on every allocation. Only glibc has ``malloc_trim``; elsewhere
 (macOS, musl) this does nothing. GPU memory is not touched (PyTorch's caching allocator keeps its own pool by design).
 
-Switched by the shared module option ``release_host_memory`` (:class:`~lit_align.algorithms.base.AlignmentModule`).
+Switched by the shared module option ``release_host_memory`` (:class:`~lit_align.training.base.AlignmentModule`).
 """
 
 from __future__ import annotations

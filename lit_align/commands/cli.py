@@ -29,9 +29,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_align.console import ConsoleSummary, StepProgressBar, quiet
+from lit_align.callbacks.console import ConsoleSummary, StepProgressBar, quiet
+from lit_align.callbacks.preemption import StopOnSignal
 from lit_align.errors import OptionError, PathNotFound, command_name, program
-from lit_align.preemption import StopOnSignal
 from lit_align.shipped import expand_config_names
 
 DESCRIPTION_CHARS = 100  # a description longer than this is cut at a word boundary (…)
@@ -229,9 +229,10 @@ class AlignCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
         """Every run prints plain progress lines where no terminal watches, validation results and a summary
-        (:class:`~lit_align.console.ConsoleSummary`), and stops on SIGTERM/SIGINT/SIGUSR1 with a checkpoint at the
-        step (:class:`~lit_align.preemption.StopOnSignal`); without a terminal the progress bar is off, on one it
-        counts optimizer steps of ``max_steps`` (:class:`~lit_align.console.StepProgressBar`)."""
+        (:class:`~lit_align.callbacks.console.ConsoleSummary`), and stops on SIGTERM/SIGINT/SIGUSR1 with a checkpoint
+        at the step (:class:`~lit_align.callbacks.preemption.StopOnSignal`); without a terminal the progress bar is
+        off, on one it counts optimizer steps of ``max_steps``
+        (:class:`~lit_align.callbacks.console.StepProgressBar`)."""
         given = [*callbacks, *(config.get("callbacks") or [])]
         if not any(isinstance(c, ConsoleSummary) for c in given):
             callbacks = [*callbacks, ConsoleSummary()]

@@ -10,14 +10,19 @@ through it without any reward machinery.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from lit_align.hparams import as_group, check_option
 from lit_align.losses.objectives import RolloutCorrection
-from lit_align.rollout import GenerationBackend, HFGenerate, Rollout, seeded_rng
+from lit_align.rollouts.hf import HFGenerate
+from lit_align.rollouts.record import Rollout
 
 GenerationBackendName = Literal["hf", "vllm"]
 KVCache = Literal["auto", "static", "dynamic"]
@@ -38,10 +43,10 @@ class GenerationOptions:
             same completions.
         generation_backend: ``hf`` (Hugging Face ``generate``, KV cache; any device) or ``vllm`` (a colocated vLLM
             engine per GPU, weights copied in after each update; the optional ``vllm`` extra, CUDA only,
-            :mod:`lit_align.vllm_backend`). Greedy validation decodes with the same backend.
+            :mod:`lit_align.rollouts.vllm`). Greedy validation decodes with the same backend.
         vllm_gpu_memory_utilization: with ``vllm``: the share of each GPU's memory the engine may take.
         kv_cache: with ``hf``: ``static`` (preallocated), ``dynamic`` (grown per token) or ``auto`` (static on CPU,
-            where it measured 1.31x faster, dynamic elsewhere); see :class:`~lit_align.rollout.HFGenerate`.
+            where it measured 1.31x faster, dynamic elsewhere); see :class:`~lit_align.rollouts.hf.HFGenerate`.
         shared_prefill: with ``hf``: prefill each prompt once and sample its G completions from copies of that KV
             cache (when the module's ``shared_prefix`` is on too; the same completions as G prefills). Off: each
             sample prefills its own prompt, as ``generate`` does by itself. vLLM shares prompt prefixes by itself
@@ -62,7 +67,7 @@ class GenerationOptions:
         for ok, name, expected in self.checks():
             check_option(ok, f"sampling.{name}", getattr(self, name), expected)
         if self.generation_backend == "vllm":
-            from lit_align.vllm_backend import import_vllm
+            from lit_align.rollouts.vllm import import_vllm
 
             import_vllm()  # before any weights load: a missing extra fails here, with the install command
 
@@ -136,7 +141,7 @@ class Sampler:
             common = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p,
                       "top_k": o.top_k}  # fmt: skip
             if o.generation_backend == "vllm":
-                from lit_align.vllm_backend import VLLMGenerate
+                from lit_align.rollouts.vllm import VLLMGenerate
 
                 self.backend = VLLMGenerate(tokenizer, **common, gpu_memory_utilization=o.vllm_gpu_memory_utilization)
             else:
@@ -178,3 +183,33 @@ class Sampler:
             return "greedy"
         key, self.draws = f"{self.draws}/0", self.draws + 1
         return key
+
+
+class GenerationBackend(Protocol):
+    """Samples ``num_generations`` completions per prompt (or one greedy completion) without grad, each of at most
+    ``max_new_tokens`` (the backend's own limit when ``None``; a multi-turn rollout gives each turn the room the
+    conversation has left)."""
+
+    max_new_tokens: int
+
+    def __call__(
+        self,
+        model: nn.Module,
+        prompt_input_ids: Tensor,
+        prompt_attention_mask: Tensor,
+        num_generations: int = 1,
+        greedy: bool = False,
+        max_new_tokens: int | None = None,
+    ) -> Rollout: ...
+
+
+@contextmanager
+def seeded_rng(key: str, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's RNG (CPU, and ``device`` if CUDA) seeded from ``key``, restoring it after."""
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        yield

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification
 
 from lit_align.errors import OptionError
-from lit_align.models import ModelRef, resolve_model
+from lit_align.models.loading import ModelRef, resolve_model
 from lit_align.rewards.model_scorer import RewardModelScorer, position_scores
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from lit_align.algorithms.base import AlignmentModule
 from lit_align.metrics import Value, weighted_mean
-from lit_align.rollout import mark_updated
+from lit_align.rollouts.record import mark_updated
+from lit_align.training.base import AlignmentModule
 
 EXTENSION_HOOKS = ("compute_loss", "loss_units")
 

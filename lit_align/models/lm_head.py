@@ -30,7 +30,7 @@ hooks, ``logits_to_keep``) runs as usual, and the result leaves through the mode
 registers its pre-backward hooks as it does for logits. ``output_hidden_states`` would also keep every
 layer's hidden states alive and its last entry is pre- or post-norm depending on the architecture.
 
-Fallbacks (the caller then computes full logits, see ``lit_align.logprobs``): an output embedding that
+Fallbacks (the caller then computes full logits, see ``lit_align.models.logprobs``): an output embedding that
 is not exactly ``nn.Linear`` (LoRA on the head, modules_to_save, quantized or separately sharded
 heads), hooks on the head, a config that post-processes logits (soft-capping, logit scales), a DTensor
 weight inside the forward, and, checked on every call, a model whose returned ``.logits`` is not the

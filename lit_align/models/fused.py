@@ -21,7 +21,7 @@ keeps its own module. The swap keeps the parameters and their names (checkpoints
 targets and FSDP2 are unaffected). When ``down_proj`` is not a plain ``nn.Linear`` (LoRA, quantized, hooked) it
 runs as its own module and only ``silu(gate) · up`` is fused (its product is then saved by ``down_proj``).
 
-Switched by the shared module option ``fused_layers`` (:class:`~lit_align.algorithms.base.AlignmentModule`).
+Switched by the shared module option ``fused_layers`` (:class:`~lit_align.training.base.AlignmentModule`).
 """
 
 from __future__ import annotations

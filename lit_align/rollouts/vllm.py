@@ -9,9 +9,9 @@ counters, not assumed), the live weights are copied in (``load_weights``: FSDP2 
 ``full_tensor``, LoRA adapters merged for the copy and unmerged after) and vLLM's prefix cache is reset.
 
 Sampling: the prompts' real tokens (padding stripped), ``n = num_generations`` per prompt (prompt-major, as
-:class:`~lit_align.rollout.HFGenerate`), the module's temperature / top-p / top-k, the completion ending at the
-first EOS of ``eos_ids``; the seed is drawn from torch's RNG, which :class:`~lit_align.sampling.Sampler` seeds per
-call, so a (sampling.seed, step, rank) key draws the same completions again on the same engine. The training
+:class:`~lit_align.rollouts.hf.HFGenerate`), the module's temperature / top-p / top-k, the completion ending at the
+first EOS of ``eos_ids``; the seed is drawn from torch's RNG, which :class:`~lit_align.rollouts.sampling.Sampler` seeds
+per call, so a (sampling.seed, step, rank) key draws the same completions again on the same engine. The training
 log-probs are recomputed by the policy as with ``generate``; vLLM's own log-probs of the sampled tokens (after its
 temperature: ``logprobs_mode="processed_logprobs"``, as TRL asks) come with the rollout (``sampler_logps``; NaN for
 an EOS vLLM left out of its tokens), and the online modules correct for their difference with the trainer's
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_align.errors import MissingExtra, OptionError
-from lit_align.rollout import Rollout, completion_rollout, updates
+from lit_align.rollouts.record import Rollout, completion_rollout, updates
 
 
 def import_vllm() -> Any:
@@ -46,8 +46,8 @@ def import_vllm() -> Any:
 
 
 def weights_version(model: nn.Module) -> tuple[int, int]:
-    """Changes whenever the module steps the optimizer (:func:`~lit_align.rollout.mark_updated`; torch's fused AdamW
-    leaves the version counters alone) or a parameter is modified in place or replaced outside it."""
+    """Changes whenever the module steps the optimizer (:func:`~lit_align.rollouts.record.mark_updated`; torch's fused
+    AdamW leaves the version counters alone) or a parameter is modified in place or replaced outside it."""
     return updates(model), sum(p._version + id(p) for p in model.parameters())
 
 
@@ -79,11 +79,12 @@ class _Merged:
 
 
 class VLLMGenerate:
-    """The :class:`~lit_align.rollout.GenerationBackend` on a colocated vLLM engine (see the module docstring).
+    """The :class:`~lit_align.rollouts.sampling.GenerationBackend` on a colocated vLLM engine (see the module
+    docstring).
 
     Args:
         tokenizer: decodes completions and gives the pad and EOS ids.
-        max_new_tokens, temperature, top_p, top_k: as :class:`~lit_align.rollout.HFGenerate`.
+        max_new_tokens, temperature, top_p, top_k: as :class:`~lit_align.rollouts.hf.HFGenerate`.
         gpu_memory_utilization: the share of the GPU's memory vLLM may take (weights + KV cache).
         vllm_model: the weights folder or hub id to build the engine from (default: the policy's).
         max_model_length: vLLM's ``max_model_len`` (default: the model's).
@@ -111,7 +112,7 @@ class VLLMGenerate:
         self.syncs = 0  # weight copies made (one per rollout after an update)
 
     def eos_ids(self, model: nn.Module) -> list[int]:
-        from lit_align.rollout import HFGenerate
+        from lit_align.rollouts.hf import HFGenerate
 
         return HFGenerate.eos_ids(self, model)  # the same rule: tokenizer's EOS + the generation config's
 

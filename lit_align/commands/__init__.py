@@ -1,0 +1,9 @@
+"""The commands: the recipes' command line and the commands that are functions.
+
+    cli.py         AlignCLI + run(): the LightningCLI every recipe runs (fit, validate; inputs checked before the model
+                   loads; messages a person reads); run_function() for the function commands
+    evaluation.py  evaluate: the trained policy against the model it started from, on held-out data
+    generation.py  generate: completions of a prompt file, or of prompts typed at a terminal
+    runs.py        a run directory, checkpoint, export or preset -> the policy, its tokenizer, its starting model
+    plot.py        one logged scalar of a run as an SVG
+"""

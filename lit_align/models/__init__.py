@@ -1,0 +1,13 @@
+"""The models and their forward passes: loading, preparing for training, and the memory-lean passes every module runs.
+
+    loading.py        presets, hub ids, folders and GGUF files -> (model, tokenizer); the policy prepared for training
+                      (LoRA, fused layers, checkpointing, padding-free); the tokenizer checked against the model
+    files.py          model files checked against what their names claim before a loader reads them
+    logprobs.py       per-token and per-sequence completion log-probs from (model, batch), chosen+rejected in one pass
+    lm_head.py        the chunked LM head: (tokens x vocabulary) logits never held at once
+    packing.py        padding-free passes: a batch's real tokens in one row, attention per sequence
+    shared_prefix.py  a pair's or a group's common prefix computed once (SDPA with a block mask, or flex attention)
+    fused.py          fused RMSNorm and SwiGLU layers that save only their inputs for backward
+    sharding.py       FSDP2 sharding per transformer block; gathering objects over ranks
+    host_memory.py    handing the step's freed host memory back to the system (glibc malloc_trim)
+"""
