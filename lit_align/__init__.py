@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from lit_align import moved  # noqa: E402  (the flat modules' import paths, forwarded with a warning)
+
+moved.install()
+
 _WHERE = {
     **{name: "lit_align.algorithms" for name in ("DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT",
                                                  "SPIN", "ReMax", "ReinforcePP", "RewardModel", "SimPO")},

@@ -1,4 +1,10 @@
-"""The zoo: one LightningModule per algorithm."""
+"""The zoo: one LightningModule per algorithm (what they are built on: :mod:`lit_align.training`).
+
+    offline, from data:   sft.py SFT, reward_model.py RewardModel, dpo.py DPO, ipo.py IPO, simpo.py SimPO,
+                          orpo.py ORPO, kto.py KTO, spin.py SPIN (self-play: its opponent answers the prompts)
+    online, from rollouts: grpo.py GRPO, rloo.py RLOO, remax.py ReMax, rlvr.py RLVR, reinforce_pp.py ReinforcePP,
+                          ppo.py PPO (with a learned critic)
+"""
 
 from lit_align.algorithms.dpo import DPO
 from lit_align.algorithms.grpo import GRPO

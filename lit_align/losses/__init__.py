@@ -1,4 +1,15 @@
-"""Pure loss functions over log-prob tensors, one file per family (no model, no config, no reduction)."""
+"""Pure loss functions over log-prob tensors, one file per family (no model, no config, no reduction).
+
+    preference.py       pairwise: DPO and its robust and hinge variants, SPIN, SimPO, ORPO, Bradley-Terry
+    dpo_family.py       TRL 1.16's DPO loss family (``loss_type``: sigmoid, ipo, exo_pair, ..., apo_down), one
+                        function per paper equation; IPO is its ``ipo``
+    binary.py           unpaired feedback: KTO, its KL reference point, unpaired APO-zero
+    objectives.py       policy-gradient surrogates: the importance weight (token or sequence level) and the
+                        advantage -> the per-token loss (clip, CISPO, SAPO, VESPO); the rollout correction weights
+    policy_gradient.py  advantages (group-normalized, leave-one-out, greedy baseline, GAE), per-token KL rewards,
+                        whitening, the value loss, the KL estimators, loss aggregation and its normalizer
+    returns.py          REINFORCE++'s discounted per-token returns and its advantages
+"""
 
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums
 from lit_align.losses.policy_gradient import (

@@ -2,5 +2,19 @@
 
     mixin.py  ReferenceMixin (the reference_policy and precompute_reference options; reference_logps(batch),
               reference_forward, sync_reference) and its Reference part (copy, model, adapter, none or cached)
-    cache.py  ReferenceCache: the reference's log-probs computed once before training, cached on disk by a fingerprint
+    cache.py  ReferenceCache: the reference"s log-probs computed once before training, cached on disk by a fingerprint
 """
+
+from typing import Any
+
+from lit_align import moved
+
+# the names lit_align/reference.py had
+_MIXIN = {name: "lit_align.reference.mixin" for name in (
+    "PREFERENCE_VALUES", "EXTENSION_HOOKS", "preference_reference_values", "Reference", "ReferenceMixin",
+    "frozen", "is_peft",
+)}
+
+
+def __getattr__(name: str) -> Any:
+    return moved.forward(__name__, _MIXIN, name)

@@ -192,21 +192,20 @@ class RewardSet:
                 )
 
     # -- the table of sample completions -----------------------------------------------------------
-    def log_completions(self, module: Any, rollout_index: int, prompts: list[Any], rollout: Rollout,
-                        per_func: Tensor) -> None:  # fmt: skip
-        """Every ``log_completions_every_n_steps`` rollouts: a table of prompts, completions and rewards."""
-        every, logger = self.options.log_completions_every_n_steps, module.logger
-        if not every or rollout_index % every or logger is None or not module.trainer.is_global_zero:
-            return
-        if type(logger).__name__ != "TensorBoardLogger":
-            return
+    def completions_table(self, rollout_index: int, prompts: list[Any], rollout: Rollout,
+                          per_func: Tensor) -> str | None:  # fmt: skip
+        """Every ``log_completions_every_n_steps`` rollouts (else None): a markdown table of the first prompts, their
+        completions and each function's reward, for the module to log."""
+        every = self.options.log_completions_every_n_steps
+        if not every or rollout_index % every:
+            return None
         header = "| prompt | completion | " + " | ".join(self.names) + " |"
         lines = [header, "|" + " --- |" * (2 + len(self.names))]
         for i in range(min(TABLE_ROWS, len(rollout))):
             scores = " | ".join(f"{v:.3g}" for v in per_func[i].tolist())
             prompt = table_cell(prompts[i // rollout.num_generations])
             lines.append(f"| {prompt} | {table_cell(rollout.texts[i])} | {scores} |")
-        logger.experiment.add_text("completions", "\n".join(lines), module.global_step)
+        return "\n".join(lines)
 
 
 def check_reward_options(datamodule: Any, options: RewardOptions,

@@ -248,7 +248,10 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False)
         self.show_key_metrics(values)
-        self.rewards.log_completions(self, self._rollouts, batch["prompt"], exp.rollout, exp.rewards_per_func)
+        if self.trainer.is_global_zero and type(self.logger).__name__ == "TensorBoardLogger":
+            table = self.rewards.completions_table(self._rollouts, batch["prompt"], exp.rollout, exp.rewards_per_func)
+            if table is not None:
+                self.logger.experiment.add_text("completions", table, self.global_step)
         self._rollouts += 1
         return loss
 
