@@ -3,8 +3,9 @@
 ``from lit_align.sampling import GenerationOptions``, ``import lit_align.algorithms.online`` or a config's
 ``class_path: lit_align.preemption.StopOnSignal`` still import: the old module name is a stand-in whose attributes
 are its new home's, and the first use warns (``FutureWarning``) with the path to write instead. ``lit_align.models``
-and ``lit_align.reference`` are packages now; the names their modules had are forwarded the same way
-(:func:`forward`). Checkpoints hold plain data only, so none names a moved module.
+and ``lit_align.reference`` are packages now; they still give the names their modules had (``from lit_align.models
+import load_model``), without a warning: jsonargparse looks classes up in their parent packages, and a warning
+there would reach every command line. Checkpoints hold plain data only, so none names a moved module.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "lit_align.console": ("lit_align.callbacks.console", "lit_align.metrics"),
     "lit_align.preemption": ("lit_align.callbacks.preemption",),
     "lit_align.cli": ("lit_align.commands.cli",),
-    "lit_align.evaluation": ("lit_align.commands.evaluation",),
+    "lit_align.evaluation": ("lit_align.commands.evaluation", "lit_align.commands.report"),
     "lit_align.generation": ("lit_align.commands.generation",),
     "lit_align.runs": ("lit_align.commands.runs",),
     "lit_align.plot": ("lit_align.commands.plot",),
@@ -56,27 +57,18 @@ def warn_moved(old: str, new: str, stacklevel: int) -> None:
                   stacklevel=stacklevel + 1)  # fmt: skip
 
 
-def forward(package: str, names: dict[str, str], name: str) -> Any:
-    """A package's ``__getattr__`` for the names its flat module had: ``names`` maps each to its module now."""
-    if name not in names:
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-    warn_moved(f"{package}.{name}", f"{names[name]}.{name}", stacklevel=3)
-    value = getattr(importlib.import_module(names[name]), name)
-    setattr(sys.modules[package], name, value)  # warned once
-    return value
-
-
 class _StandIn(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        for home in MOVED[self.__name__]:
-            module = importlib.import_module(home)
-            if hasattr(module, name):
-                warn_moved(f"{self.__name__}.{name}", f"{home}.{name}", stacklevel=2)
-                value = getattr(module, name)
-                setattr(self, name, value)  # warned once
-                return value
+        homes = [importlib.import_module(home) for home in MOVED[self.__name__]]
+        holding = [home for home in homes if hasattr(home, name)]
+        if holding:  # named where it is defined when one of the homes defines it, else by the first that has it
+            value = getattr(holding[0], name)
+            home = next((h for h in holding if getattr(value, "__module__", None) == h.__name__), holding[0])
+            warn_moved(f"{self.__name__}.{name}", f"{home.__name__}.{name}", stacklevel=2)
+            setattr(self, name, value)  # warned once
+            return value
         raise AttributeError(f"module {self.__name__!r} (now {MOVED[self.__name__][0]}) has no attribute {name!r}")
 
     def __dir__(self) -> list[str]:

@@ -48,9 +48,7 @@ def tiny(command: str) -> list[str]:
         args[at:at] = ["--config", str(REPO / "recipes/configs/tiny.yaml")]
     if any(a.endswith(("evaluate.py", "generate.py")) for a in args):
         args += ["--sampling.max_new_tokens", "4"]
-        args += ["--max_prompts" if "evaluate.py" in " ".join(args) else "--batch_size", "4"]
-        if "evaluate.py" in " ".join(args):
-            args += ["--max_pairs", "4"]
+        args += ["--pairs.max_samples" if "evaluate.py" in " ".join(args) else "--batch_size", "4"]
     return args
 
 

@@ -12,9 +12,8 @@
     host_memory.py    handing the step"s freed host memory back to the system (glibc malloc_trim)
 """
 
+import importlib
 from typing import Any
-
-from lit_align import moved
 
 # the names lit_align/models.py had (load_model and load_tokenizer: lit_align's own, as they always were too)
 _LOADING = {name: "lit_align.models.loading" for name in (
@@ -25,4 +24,7 @@ _LOADING = {name: "lit_align.models.loading" for name in (
 
 
 def __getattr__(name: str) -> Any:
-    return moved.forward(__name__, _LOADING, name)
+    """The names the flat module had, imported on first use (a submodule import stays as cheap as it was)."""
+    if name not in _LOADING:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LOADING[name]), name)

@@ -5,9 +5,8 @@
     cache.py  ReferenceCache: the reference"s log-probs computed once before training, cached on disk by a fingerprint
 """
 
+import importlib
 from typing import Any
-
-from lit_align import moved
 
 # the names lit_align/reference.py had
 _MIXIN = {name: "lit_align.reference.mixin" for name in (
@@ -17,4 +16,7 @@ _MIXIN = {name: "lit_align.reference.mixin" for name in (
 
 
 def __getattr__(name: str) -> Any:
-    return moved.forward(__name__, _MIXIN, name)
+    """The names the flat module had, imported on first use (a submodule import stays as cheap as it was)."""
+    if name not in _MIXIN:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_MIXIN[name]), name)

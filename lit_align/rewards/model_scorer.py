@@ -27,6 +27,13 @@ from lit_align.errors import OptionError
 from lit_align.rewards.verifiers import Completion, completion_text
 
 
+def exported_folder(path: str | Path) -> str | Path:
+    """A run directory (``runs/reward_model/version_0``) stands for its ``hf_model`` export; any other path or hub id
+    is itself."""
+    export = Path(path) / "hf_model"
+    return export if (export / "config.json").is_file() else path
+
+
 def score_head(model: nn.Module) -> nn.Module:
     """The per-position scalar head (``score``) of a sequence-classification model, PEFT-wrapped or not."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -94,7 +101,8 @@ class RewardModelScorer:
 
     Args:
         path: directory (or hub id) of a sequence-classification model with one label, with its
-            tokenizer saved beside it unless ``tokenizer`` is given.
+            tokenizer saved beside it unless ``tokenizer`` is given, or the run directory that exported one
+            (``runs/reward_model/version_0``: its ``hf_model``).
         tokenizer: tokenizer to use instead of the one in ``path``.
         batch_size: completions scored per forward pass.
         max_length: longest prompt + completion in tokens; a longer one is an error (``None``: no limit).
@@ -112,6 +120,7 @@ class RewardModelScorer:
         max_length: int | None = None,
         device: str | torch.device | None = None,
     ) -> None:
+        path = exported_folder(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path)
         if self.model.config.num_labels != 1:
             labels = self.model.config.num_labels

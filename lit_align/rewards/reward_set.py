@@ -39,8 +39,8 @@ class RewardOptions:
 
     Args:
         reward_funcs: reward functions by import path (``package.module:function``), ``model:<dir>`` for a
-            trained reward model, a configured class (``class_path`` + ``init_args``), or callables; TRL's
-            signature ``f(prompts, completions, **columns)``.
+            trained reward model (its folder, or the run directory that exported it), a configured class
+            (``class_path`` + ``init_args``), or callables; TRL's signature ``f(prompts, completions, **columns)``.
         reward_weights: one weight per reward function (default 1.0 each); the reward is the weighted sum.
         log_completions_every_n_steps: every N rollouts a table of prompts, completions and rewards goes to
             TensorBoard (0 = never).
