@@ -1,7 +1,7 @@
 """Generation recipe: `python recipes/generate.py runs/dpo/version_0 --prompts prompts.jsonl --output out.jsonl`
 (or `lit-align generate ...`); without `--prompts`, type prompts at the terminal.
 
-Samples from a run directory, checkpoint, export or preset with the chat template (see lit_align/generation.py);
+Samples from a run directory, checkpoint, export or preset with the chat template (lit_align/commands/generation.py);
 `--greedy true`, `--sampling.temperature 0.7`, `--sampling.max_new_tokens 256`, `--num_generations 4` shape the
 sampling.
 """

@@ -307,7 +307,7 @@ def clipped(logps, old_logps, advantages, mask=None, epsilon=0.2, epsilon_high=N
     return loss, low, high
 
 
-def test_clipped_surrogate_by_hand():
+def test_clip_objective_by_hand():
     """ratios [1.5, 0.5, 1.1] on both rows, A = +1 (row 0) and -1 (row 1), epsilon = 0.2,
     mask [[1, 1, 1], [1, 1, 0]].
 
@@ -336,7 +336,7 @@ def test_clipped_surrogate_by_hand():
     assert not high.any()
 
 
-def test_clipped_surrogate_on_policy_is_minus_advantage():
+def test_clip_objective_on_policy_is_minus_advantage():
     """logps == old_logps -> ratio 1, nothing clipped, loss_t = -A_t (per-token advantages (B, T) too)."""
     logps = torch.randn(2, 3)
     advantages = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
@@ -388,7 +388,7 @@ def _trl_grpo_loss(per_token_logps, old_per_token_logps, ref_per_token_logps, ad
     [("grpo", "sequence_mean"), ("bnpo", "token_mean"), ("dr_grpo", "constant"), ("dapo", "token_mean")],
 )
 def test_grpo_loss_and_clip_metrics_match_trl(loss_type, mode, correction):
-    """Our composition clipped_surrogate + beta * (kl_k3_importance_weighted | kl_k3) -> aggregate_loss equals TRL's
+    """Our composition clip_objective + beta * (kl_k3_importance_weighted | kl_k3) -> aggregate_loss equals TRL's
     _compute_loss (off-policy, so the correction changes the value too)."""
     logps, mask, g = _random_batch(batch_size=8, length=6, seed=4)
     logps = logps - 2.0

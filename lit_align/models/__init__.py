@@ -5,11 +5,11 @@
     files.py          model files checked against what their names claim before a loader reads them
     logprobs.py       per-token and per-sequence completion log-probs from (model, batch), chosen+rejected in one pass
     lm_head.py        the chunked LM head: (tokens x vocabulary) logits never held at once
-    packing.py        padding-free passes: a batch"s real tokens in one row, attention per sequence
-    shared_prefix.py  a pair"s or a group"s common prefix computed once (SDPA with a block mask, or flex attention)
+    packing.py        padding-free passes: a batch's real tokens in one row, attention per sequence
+    shared_prefix.py  a pair's or a group's common prefix computed once (SDPA with a block mask, or flex attention)
     fused.py          fused RMSNorm and SwiGLU layers that save only their inputs for backward
     sharding.py       FSDP2 sharding per transformer block; gathering objects over ranks
-    host_memory.py    handing the step"s freed host memory back to the system (glibc malloc_trim)
+    host_memory.py    handing the step's freed host memory back to the system (glibc malloc_trim)
 """
 
 import importlib
@@ -18,8 +18,8 @@ from typing import Any
 # the names lit_align/models.py had (load_model and load_tokenizer: lit_align's own, as they always were too)
 _LOADING = {name: "lit_align.models.loading" for name in (
     "CHATML_TEMPLATE", "PRESETS", "OFFLINE_FLAGS", "hub_offline_flag", "hub_unreachable",
-    "build_byte_tokenizer", "build_tiny_llama", "load_tokenizer", "check_vocabulary", "resolve_model",
-    "load_model", "apply_lora", "prepare_trainable", "check_model_interface",
+    "build_byte_tokenizer", "build_tiny_llama", "check_vocabulary", "resolve_model", "apply_lora",
+    "prepare_trainable", "check_model_interface",
 )} | {"load_model": "lit_align", "load_tokenizer": "lit_align"}
 
 
