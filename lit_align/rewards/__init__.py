@@ -8,7 +8,7 @@ that scores a rollout with them.
     resolve.py       import paths, ``model:`` and ``{class_path, init_args}`` -> callables, and back to plain data
     scoring.py       a rollout scored: a (B, F) table with NaN for None -> one weighted reward; the data check
     signal.py        RewardSignal: a step whose rewards carry no signal is said, not trained on in silence
-    reward_set.py    RewardOptions (the ``rewards`` group) and RewardSet, the part an online module holds
+    reward_set.py    RewardOptions (the ``rewards`` group) and RewardSet, the part an online module (and evaluate) holds
 """
 
 from lit_align.rewards.model_scorer import RewardModelScorer
