@@ -17,8 +17,8 @@ from lit_align import moved  # noqa: E402  (the flat modules' import paths, forw
 moved.install()
 
 _WHERE = {
-    **{name: "lit_align.algorithms" for name in ("DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT",
-                                                 "SPIN", "ReMax", "ReinforcePP", "RewardModel", "SimPO")},
+    **{name: "lit_align.algorithms" for name in ("DPO", "Distill", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR",
+                                                 "SFT", "SPIN", "ReMax", "ReinforcePP", "RewardModel", "SimPO")},
     "load_model": "lit_align.models.loading",
     "load_tokenizer": "lit_align.models.loading",
 }  # fmt: skip
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         RLVR,
         SFT,
         SPIN,
+        Distill,
         ReinforcePP,
         ReMax,
         RewardModel,

@@ -46,7 +46,8 @@ MOVED: dict[str, tuple[str, ...]] = {
     "lit_align.cli": ("lit_align.commands.cli",),
     "lit_align.evaluation": ("lit_align.commands.evaluation", "lit_align.commands.report"),
     "lit_align.generation": ("lit_align.commands.generation",),
-    "lit_align.runs": ("lit_align.commands.runs",),
+    "lit_align.runs": ("lit_align.models.runs",),
+    "lit_align.commands.runs": ("lit_align.models.runs",),
     "lit_align.plot": ("lit_align.commands.plot",),
 }  # fmt: skip
 

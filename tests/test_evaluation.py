@@ -184,7 +184,7 @@ def test_evaluate_takes_the_runs_tools(tmp_path):
     import yaml
 
     from lit_align.commands.evaluation import evaluate
-    from lit_align.commands.runs import tools_of
+    from lit_align.models.runs import tools_of
 
     run = tmp_path / "run"
     (run / "hf_model").mkdir(parents=True)

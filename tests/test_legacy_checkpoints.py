@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_align import DPO, GRPO, PPO
-from lit_align.commands.runs import load_trained
+from lit_align.models.runs import load_trained
 from tests.conftest import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "main_9c97569"

@@ -4,8 +4,10 @@
                           orpo.py ORPO, kto.py KTO, spin.py SPIN (self-play: its opponent answers the prompts)
     online, from rollouts: grpo.py GRPO, rloo.py RLOO, remax.py ReMax, rlvr.py RLVR, reinforce_pp.py ReinforcePP,
                           ppo.py PPO (with a learned critic)
+    distillation:         distill.py Distill (a student on its own samples against one teacher or several)
 """
 
+from lit_align.algorithms.distill import Distill
 from lit_align.algorithms.dpo import DPO
 from lit_align.algorithms.grpo import GRPO
 from lit_align.algorithms.ipo import IPO
@@ -21,5 +23,5 @@ from lit_align.algorithms.sft import SFT
 from lit_align.algorithms.simpo import SimPO
 from lit_align.algorithms.spin import SPIN
 
-__all__ = ["DPO", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT", "SPIN", "ReMax", "ReinforcePP",
+__all__ = ["DPO", "Distill", "GRPO", "IPO", "KTO", "ORPO", "PPO", "RLOO", "RLVR", "SFT", "SPIN", "ReMax", "ReinforcePP",
            "RewardModel", "SimPO"]

@@ -7,6 +7,5 @@
     report.py      the evaluation's numbers from its records (win rate, reward, length, perplexity), its console
                    table and files
     generation.py  generate: completions of a prompt file, or of prompts typed at a terminal
-    runs.py        a run directory, checkpoint, export or preset -> the policy, its tokenizer, its starting model
     plot.py        one logged scalar of a run as an SVG
 """

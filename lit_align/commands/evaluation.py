@@ -44,12 +44,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lit_align.commands.report import format_report, summarize, write_report
-from lit_align.commands.runs import Trained, load_trained, tools_of
 from lit_align.datamodules import PreferenceDataModule, PromptDataModule
 from lit_align.datamodules.base import TokenizedDataModule
 from lit_align.errors import OptionError
 from lit_align.hparams import group_as_plain, keyword_options
 from lit_align.models.logprobs import preference_logps
+from lit_align.models.runs import Trained, load_trained, tools_of
 from lit_align.models.sharding import gather_objects
 from lit_align.rewards.reward_set import RewardOptions, RewardSet
 from lit_align.rollouts.sampling import GenerationOptions, Sampler

@@ -1,6 +1,6 @@
 """Sample from a trained policy: a prompt file to JSONL, or an interactive prompt.
 
-The policy is anything :func:`lit_align.commands.runs.load_trained` takes (a run directory, a checkpoint, an
+The policy is anything :func:`lit_align.models.runs.load_trained` takes (a run directory, a checkpoint, an
 ``hf_model`` export, a preset). Prompts go through the tokenizer's chat template as a user turn (rows may also give a
 chat message list), exactly as the DataModules format them for training, and completions are sampled with the
 same seeded sampler the online algorithms use (``greedy=True`` decodes greedily).
@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from lit_align.commands.runs import load_trained
+from lit_align.models.runs import load_trained
 from lit_align.rollouts.sampling import GenerationOptions, Sampler
 
 

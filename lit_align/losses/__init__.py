@@ -9,6 +9,8 @@
     policy_gradient.py  advantages (group-normalized, leave-one-out, greedy baseline, GAE), per-token KL rewards,
                         whitening, the value loss, the KL estimators, loss aggregation and its normalizer
     returns.py          REINFORCE++'s discounted per-token returns and its advantages
+    distillation.py     student vs teacher next-token distributions: the generalized JSD (forward and reverse KL at
+                        its ends), the teacher's top k renormalized, the sampled reverse KL
 """
 
 from lit_align.losses.binary import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss, kto_side_sums

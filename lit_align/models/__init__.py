@@ -5,6 +5,9 @@
     files.py          model files checked against what their names claim before a loader reads them
     logprobs.py       per-token and per-sequence completion log-probs from (model, batch), chosen+rejected in one pass
     lm_head.py        the chunked LM head: (tokens x vocabulary) logits never held at once
+    divergence.py     the distillation passes: a teacher's and a student's next-token distributions compared per token
+                      through the chunked head
+    runs.py           a run directory, checkpoint, export or preset -> the model, its tokenizer, its starting model
     packing.py        padding-free passes: a batch's real tokens in one row, attention per sequence
     shared_prefix.py  a pair's or a group's common prefix computed once (SDPA with a block mask, or flex attention)
     fused.py          fused RMSNorm and SwiGLU layers that save only their inputs for backward

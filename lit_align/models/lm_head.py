@@ -39,10 +39,11 @@ ScoringHead's untouched output (any other post-processing, or a head called more
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -51,6 +52,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+# What a ScoringHead computes from the scored positions: (hidden (N, H), weight (V, H), bias, targets (N,)) -> (N, C).
+Score = Callable[[Tensor, Tensor, "Tensor | None", Tensor], Tensor]
 CHUNK_LOGITS = 2**22  # logits per chunk: 16 MiB in fp32; 85 rows for a 49k vocabulary
 
 # Config fields of Hugging Face models that change the logits after the head (Gemma-2/3, Cohere, Granite, ...).
@@ -100,6 +103,16 @@ def head_scores(
         hidden, weight, bias, targets, temperature, with_entropy, with_hits
     )
     return HeadScores(logps, mean_logits, entropy if with_entropy else None, hits if with_hits else None)
+
+
+def packed_head_scores(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, **options) -> Tensor:
+    """:func:`head_scores` as one (N, 4) tensor, ``[logp, mean_logit, entropy, hit]`` (0 for what was not asked):
+    the default ``score`` of a :class:`ScoringHead`."""
+    scores = head_scores(hidden, weight, bias, targets, **options)
+    zeros = torch.zeros_like(scores.mean_logits)
+    entropy = zeros if scores.entropy is None else scores.entropy
+    hits = zeros if scores.hits is None else scores.hits
+    return torch.stack([scores.logps, scores.mean_logits, entropy, hits], -1)
 
 
 class _ChunkedHeadLogps(torch.autograd.Function):
@@ -246,14 +259,18 @@ class ScoringHead(nn.Module):
     """Stands in for the output embedding during one forward: scores positions instead of emitting logits.
 
     Given the (B, K, H) hidden states the model would feed its head (K = kept positions, the last K of T),
-    returns a (B, K, 4) fp32 tensor: per position ``[logp, mean_logit, entropy, hit]`` where ``scored`` (the
-    (B, T) positions that score token t + 1) is set, zeros elsewhere; only ``logp`` carries a gradient.
+    returns a (B, K, C) tensor: ``score`` of the positions where ``scored`` (the (B, T) positions that score token
+    t + 1) is set, zeros elsewhere. The default ``score`` (:func:`packed_head_scores`) gives C = 4, per position
+    ``[logp, mean_logit, entropy, hit]`` in fp32, of which only ``logp`` carries a gradient; a distillation pass
+    gives its own (:mod:`lit_align.models.divergence`).
     """
 
-    def __init__(self, head: nn.Linear, scored: Tensor, targets: Tensor, **options) -> None:
+    def __init__(self, head: nn.Linear, scored: Tensor, targets: Tensor, score: Score | None = None,
+                 **options) -> None:  # fmt: skip
         super().__init__()
         self.__dict__["head"] = head  # not registered: the model's parameters stay where they are
         self.scored, self.targets, self.options = scored, targets, options
+        self.score = score if score is not None else functools.partial(packed_head_scores, **options)
         self.calls = 0
         self.problem: str | None = None
         self.output: Tensor | None = None
@@ -281,12 +298,8 @@ class ScoringHead(nn.Module):
             return self.head(hidden)  # the forward finishes as usual; the caller redoes the batch the plain way
         offset = seq_len - hidden.shape[1]
         mask = self.scored[:, offset:]  # (B, K)
-        scores = head_scores(hidden[mask], weight, self.head.bias, self.targets[:, offset:][mask], **self.options)
-        zeros = torch.zeros_like(scores.mean_logits)
-        entropy = zeros if scores.entropy is None else scores.entropy
-        hits = zeros if scores.hits is None else scores.hits
-        packed = torch.stack([scores.logps, scores.mean_logits, entropy, hits], -1)  # (N, 4)
-        out = packed.new_zeros(batch, hidden.shape[1], 4).index_put((mask,), packed)
+        packed = self.score(hidden[mask], weight, self.head.bias, self.targets[:, offset:][mask])  # (N, C)
+        out = packed.new_zeros(batch, hidden.shape[1], packed.shape[1]).index_put((mask,), packed)
         # Inference tensors (Trainer.validate runs under torch.inference_mode) have no version counter: identity
         # alone then tells whether the model returned our output.
         self.output, self.output_version = out, None if out.is_inference() else out._version
@@ -321,28 +334,24 @@ class GatherScoringHead(ScoringHead):
             self.problem = f"its head weight is a {type(weight).__name__} inside the forward (tensor parallel?)"
         if self.problem is not None:
             return self.head(hidden)
-        scores = head_scores(hidden[0, index], weight, self.head.bias, self.targets, **self.options)
-        zeros = torch.zeros_like(scores.mean_logits)
-        entropy = zeros if scores.entropy is None else scores.entropy
-        hits = zeros if scores.hits is None else scores.hits
-        out = torch.stack([scores.logps, scores.mean_logits, entropy, hits], -1)[None]  # (1, M, 4)
+        out = self.score(hidden[0, index], weight, self.head.bias, self.targets)[None]  # (1, M, C)
         self.output, self.output_version = out, None if out.is_inference() else out._version
         return out
 
 
 @contextmanager
 def scoring_head(
-    model: nn.Module, scored: Tensor, targets: Tensor, index: bool = False, **options
+    model: nn.Module, scored: Tensor, targets: Tensor, index: bool = False, score: Score | None = None, **options
 ) -> Iterator[ScoringHead]:
     """Swap ``model``'s output embedding for a :class:`ScoringHead` for the duration of the block.
 
-    Check :func:`unsupported_reason` first. ``options``: ``temperature``, ``with_entropy``, ``with_hits``. With
-    ``index``, ``scored`` is a (M,) index into a packed row's positions and ``targets`` (M,) (a
-    :class:`GatherScoringHead`).
+    Check :func:`unsupported_reason` first. ``options``: ``temperature``, ``with_entropy``, ``with_hits`` (of the
+    default ``score``, :func:`packed_head_scores`; another ``score`` takes none). With ``index``, ``scored`` is a
+    (M,) index into a packed row's positions and ``targets`` (M,) (a :class:`GatherScoringHead`).
     """
     head = model.get_output_embeddings()
     parent, name = _locate(model, head)
-    scoring = (GatherScoringHead if index else ScoringHead)(head, scored, targets, **options)
+    scoring = (GatherScoringHead if index else ScoringHead)(head, scored, targets, score, **options)
     parent._modules[name] = scoring
     try:
         yield scoring

@@ -27,6 +27,7 @@ reason. ``bench/logprobs_memory.py`` measures both against the naive full log-so
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Sequence
@@ -215,24 +216,68 @@ def _chunked_scores(
     temperature: float,
 ) -> CompletionScores | None:
     """The chunked-head path; None when the model turned out to post-process its head's output."""
-    completion_mask = _completion_mask(labels)
-    scored = nn.functional.pad(completion_mask[:, 1:], (0, 1))  # (B, T): position t scores token t + 1
-    targets = nn.functional.pad(labels[:, 1:].clamp(min=0), (0, 1))  # (B, T)
     options = {"temperature": temperature, "with_entropy": with_entropy, "with_hits": with_accuracy}
-    with lm_head.scoring_head(model, scored, targets, **options) as head:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, **_forward_kwargs(model, completion_mask))
-    packed = head.result(out.logits)  # (B, K, 4): logp, mean logit, entropy, hit at each kept position
-    if packed is None:
+    score = functools.partial(lm_head.packed_head_scores, **options)
+    scores = head_pass(model, input_ids, attention_mask, labels, score, padding_free=False)  # (B, T, 4)
+    if scores is None:
         return None
-    offset = labels.shape[1] - packed.shape[1]
-    logps, mean_logits, entropy, hits = (_align(packed[:, :-1, i], labels.shape, offset) for i in range(4))
+    logps, mean_logits, entropy, hits = scores.unbind(-1)
     return CompletionScores(
         logps,
-        completion_mask,
+        _completion_mask(labels),
         mean_logits,
         entropy if with_entropy else None,
         hits.bool() if with_accuracy else None,
     )
+
+
+def head_pass(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    score: lm_head.Score,
+    *,
+    padding_free: bool | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
+) -> torch.Tensor | None:
+    """ONE forward of ``model`` whose output embedding is swapped for ``score`` (:func:`lm_head.scoring_head`):
+    ``score(hidden (M, H), weight, bias, targets (M,)) -> (M, C)`` of the M completion tokens, returned as (B, T, C)
+    aligned with ``labels`` (row b, column t: what scores token t; 0 where ``labels`` is -100). The M rows reach
+    ``score`` in row-major order of the completion mask, the same order for any model run on the same batch, padded
+    or padding-free (``padding_free``, None: as ``model`` is marked; each group's prefix once with ``groups`` when it
+    runs shared prefixes). None when the head cannot be swapped (:func:`lm_head.unsupported_reason`, or found at run
+    time): no (tokens x vocabulary) logits exist on this path, so the caller decides what to do instead."""
+    if lm_head.unsupported_reason(model) is not None:
+        return None
+    completion_mask = _completion_mask(labels) & attention_mask.bool()
+    scored = nn.functional.pad(completion_mask[:, 1:], (0, 1))  # (B, T): position t scores token t + 1
+    targets = nn.functional.pad(labels[:, 1:].clamp(min=0), (0, 1))
+    use_packing = packing.is_enabled(model) if padding_free is None else padding_free
+    if use_packing and packing.unsupported_reason(model) is None:
+        shared = groups is not None and shared_prefix.is_enabled(model)
+        row = shared_prefix.share(input_ids, attention_mask, groups) if shared else packing.pack(input_ids,
+                                                                                                   attention_mask)
+        attention = shared_prefix.prefix_attention(model) if shared else packing.boundary_attention(model)
+        with lm_head.scoring_head(model, row.source[scored], targets[scored], index=True, score=score) as head, \
+                attention:  # fmt: skip
+            out = model(**row.forward_kwargs())
+        result = head.result(out.logits)  # (1, M, C)
+        if result is None:
+            return None
+        per_score = result[0]
+        at_scoring = per_score.new_zeros((*scored.shape, per_score.shape[-1])).index_put((scored,), per_score)
+        offset = 0
+    else:
+        with lm_head.scoring_head(model, scored, targets, score=score) as head:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, **_forward_kwargs(model, completion_mask))
+        at_scoring = head.result(out.logits)  # (B, K, C) at the kept positions
+        if at_scoring is None:
+            return None
+        offset = labels.shape[1] - at_scoring.shape[1]
+    aligned = at_scoring.new_zeros((*labels.shape, at_scoring.shape[-1]))
+    aligned[:, offset + 1 :] = at_scoring[:, :-1]
+    return aligned
 
 
 def _packed_scores(

@@ -88,13 +88,15 @@ class RewardSet:
         extra: reward columns besides the configured functions, each weight 1 (the environments' ``get_reward``,
             :class:`~lit_align.tools.environments.EnvironmentReward`, as TRL adds them); with them the configured
             functions may be none.
+        optional: a module that trains without rewards (distillation, where they are metrics or an added term):
+            no functions and no ``extra`` make an empty set, which scores nothing (``names`` empty).
     """
 
     DEAD_REWARD_ROLLOUTS: ClassVar[int] = 5  # training rollouts after which an always None/0 function is reported
 
-    def __init__(self, options: RewardOptions, extra: Sequence[Callable] = ()) -> None:
+    def __init__(self, options: RewardOptions, extra: Sequence[Callable] = (), optional: bool = False) -> None:
         self.options = options
-        if options.reward_funcs or not extra:
+        if options.reward_funcs or not (extra or optional):
             self.funcs, self.names, weights = resolve_reward_funcs(options.reward_funcs, options.reward_weights)
         else:
             self.funcs, self.names, weights = [], [], []
@@ -118,7 +120,9 @@ class RewardSet:
     # -- scoring ---------------------------------------------------------------------------------
     def score(self, batch: dict[str, Any], rollout: Rollout, training: bool) -> Tensor:
         """(B, F) rewards of a rollout of ``batch``'s prompts, NaN where a function returned None; every
-        non-tensor column of the batch reaches the functions."""
+        non-tensor column of the batch reaches the functions; (B, 0) for an empty set."""
+        if not self.funcs:
+            return torch.zeros(len(rollout), 0)
         ids = [r[:n] for r, n in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist(), strict=True)]
         per_func = score_completions(self.funcs, batch["prompt"], rollout.texts, reward_columns(batch), ids,
                                      rollout.num_generations, rollout.messages, rollout.environments)  # fmt: skip

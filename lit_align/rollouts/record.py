@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.batches import IGNORE_INDEX, PromptBatch
+from lit_align.errors import DataError
 from lit_align.models.logprobs import token_logps
 
 
@@ -134,6 +135,64 @@ def completion_rollout(
     return Rollout(input_ids, attention_mask, completion_ids, mask, texts, lengths, is_truncated, num_generations)
 
 
+def rollout_of_completions(
+    batch: dict[str, Any], column: str, tokenizer: PreTrainedTokenizerBase, eos_id: int, max_new_tokens: int
+) -> Rollout:
+    """The data's own completions of ``batch``'s prompts as a rollout of one completion per prompt (GKD's off-policy
+    share): each row's ``column`` (text, or an assistant message list whose contents are joined) tokenized without
+    special tokens and followed by ``eos_id``, cut at ``max_new_tokens`` (a cut one is truncated, as a sampled one
+    would be). A missing or non-text value is an error that names the row."""
+    if column not in batch:
+        raise DataError(f"the prompt data have no '{column}' column: the data's completions (lmbda < 1) are read "
+                        f"from it; its columns are {', '.join(sorted(k for k in batch if isinstance(batch[k], list)))}")
+    rows, texts = [], []
+    for i, value in enumerate(batch[column]):
+        if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+            value = "".join(str(m.get("content", "")) for m in value if m.get("role", "assistant") == "assistant")
+        if not isinstance(value, str):
+            where = batch.get("row_index")
+            row = f"row {int(where[i])}" if where is not None else f"batch row {i}"
+            raise DataError(f"{row}, field '{column}': expected the completion's text or assistant messages, got "
+                            f"{type(value).__name__}")  # fmt: skip
+        ids = tokenizer(value, add_special_tokens=False)["input_ids"] + [eos_id]
+        rows.append(ids[:max_new_tokens])
+        texts.append(value)
+    device = batch["prompt_input_ids"].device
+    length = max(len(r) for r in rows)
+    completion_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    completion_mask = torch.zeros_like(completion_ids)
+    for i, ids in enumerate(rows):
+        completion_ids[i, : len(ids)] = torch.tensor(ids, device=device)
+        completion_mask[i, : len(ids)] = 1
+    lengths = completion_mask.sum(1)
+    is_truncated = torch.tensor([r[-1] != eos_id for r in rows], device=device)
+    return Rollout(batch["prompt_input_ids"], batch["prompt_attention_mask"], completion_ids, completion_mask, texts,
+                   lengths, is_truncated, 1)  # fmt: skip
+
+
+def merge_rollouts(parts: Sequence[tuple[Tensor, Rollout]], pad_token_id: int) -> Rollout:
+    """Single-turn rollouts of one completion per prompt, each of some rows ``(rows, rollout)`` of one batch, as one
+    rollout in row order; completions right-padded to the longest."""
+    if len(parts) == 1:
+        return parts[0][1]
+    n = sum(len(rows) for rows, _ in parts)
+    length = max(r.completion_ids.shape[1] for _, r in parts)
+    first = parts[0][1]
+    device = first.completion_ids.device
+    prompt_ids = first.prompt_input_ids.new_zeros((n, first.prompt_input_ids.shape[1]))
+    prompt_mask, completion_ids = torch.zeros_like(prompt_ids), torch.full((n, length), pad_token_id, device=device)
+    completion_mask, lengths = torch.zeros_like(completion_ids), torch.zeros(n, dtype=torch.long, device=device)
+    is_truncated, texts = torch.zeros(n, dtype=torch.bool, device=device), [""] * n
+    for rows, r in parts:
+        width = r.completion_ids.shape[1]
+        prompt_ids[rows], prompt_mask[rows] = r.prompt_input_ids, r.prompt_attention_mask
+        completion_ids[rows, :width], completion_mask[rows, :width] = r.completion_ids, r.completion_mask
+        lengths[rows], is_truncated[rows] = r.lengths, r.is_truncated
+        for row, text in zip(rows.tolist(), r.texts, strict=True):
+            texts[row] = text
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, is_truncated, 1)
+
+
 def rollout_from_batch(
     batch: dict[str, Any], num_generations: int, tokenizer: PreTrainedTokenizerBase, eos_ids: Sequence[int]
 ) -> tuple[Rollout, Tensor]:
@@ -209,5 +268,5 @@ class Experience:
     ref_logps: Tensor | None  # (B, L) under the reference, when beta > 0
     advantages: Tensor | None = None  # (B,) or (B, L), set after compute_advantages
     rollout_weights: Tensor | None = None  # (B, L) or (B, 1): π_old / π_sampler corrected, when an engine sampled
-    extra: dict[str, Tensor] = field(default_factory=dict)  # per-row tensors an algorithm adds (e.g. values)
+    extra: dict[str, Any] = field(default_factory=dict)  # per-row values an algorithm adds (e.g. values)
     metrics: dict[str, Any] = field(default_factory=dict)  # metric values the hooks add (logged as train/<name>)

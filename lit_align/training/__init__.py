@@ -8,4 +8,5 @@
                   the rollout engine's importance correction
     critic.py     PPO's value model: its initializations and per-token values
     self_play.py  SPIN's opponent: answering the prompts and scoring the pairs, spread over ranks
+    teachers.py   distillation's teachers: frozen models by name, their vocabulary checked, each row's teacher
 """

@@ -5,8 +5,9 @@ Besides the policy and the reference, the module holds two parts: ``self.sampler
 (:class:`~lit_align.rewards.reward_set.RewardSet`). Per batch of N prompts (:meth:`OnlinePolicyGradient.rl_step`):
 
     1. rollout     G = ``num_generations`` completions per prompt from the current policy (``self.sampler``, seeded)
-    2. rewards     ``self.rewards.score`` -> the (B, F) table -> :meth:`combine_rewards` (the weighted sum); a
-                   completion every function scores None is unscorable: excluded from the statistics, advantage 0
+    2. rewards     ``self.rewards.score`` -> the (B, F) table (1 and 2: :meth:`collect`) -> :meth:`combine_rewards`
+                   (the weighted sum); a completion every function scores None is unscorable: excluded from the
+                   statistics, advantage 0; the rollout's metrics: :meth:`rollout_values`
     3. log-probs   of the sampling policy ("old": only when :meth:`needs_old_logps`) and of the reference (only
                    when ``beta > 0``), in :meth:`make_experience`, at the sampling temperature (see below)
     4. shaping     :meth:`shape_rewards`: where the KL goes (``kl_penalty``)
@@ -14,8 +15,9 @@ Besides the policy and the reference, the module holds two parts: ``self.sampler
     6. updates     :meth:`optimize`: ``num_iterations`` passes x ``num_minibatches`` optimizer steps of
                    :meth:`policy_loss`, each over micro-batches under one normalizer (accumulation changes nothing)
 
-The hooks of steps 2-6 (:data:`EXTENSION_HOOKS`) are the extension points; each default is the common case, and a
-subclass overrides only what makes it that algorithm (GRPO, RLOO and ReMax: :meth:`compute_advantages`).
+The hooks of steps 1-6 (:data:`EXTENSION_HOOKS`) are the extension points; each default is the common case, and a
+subclass overrides only what makes it that algorithm (GRPO, RLOO and ReMax: :meth:`compute_advantages`; distillation:
+whose completions and no rewards in :meth:`collect`, the teachers' pass in :meth:`make_experience`).
 ``kl_penalty`` (the KL in the loss or in the reward) and ``importance_ratio`` (per
 token or per sequence) choose among the built-in variants; an algorithm with a single legal value fixes it (passes
 it to this class itself), so the option is not offered there, and ``kl_penalty="loss"`` with a sequence ratio is
@@ -80,8 +82,8 @@ from lit_align.training.objective import ROLLOUT_CORRECTION_METRICS, Objective, 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant", "sequence_sum"]
 KLPenalty = Literal["loss", "reward"]
 ImportanceRatio = ImportanceLevel
-EXTENSION_HOOKS = ("needs_old_logps", "combine_rewards", "shape_rewards", "compute_advantages", "policy_loss",
-                   "minibatch_order", "update_metric_names")  # fmt: skip
+EXTENSION_HOOKS = ("collect", "needs_old_logps", "combine_rewards", "rollout_values", "make_experience",
+                   "shape_rewards", "compute_advantages", "policy_loss", "minibatch_order", "update_metric_names")
 
 
 class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
@@ -126,6 +128,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     KEY_METRICS = ("reward", "kl")
     # The fewest completions per prompt the advantage can learn from, and why (GRPO/RLOO: group statistics).
     MIN_GENERATIONS: ClassVar[tuple[int, str]] = (1, "")
+    REWARDS_OPTIONAL: ClassVar[bool] = False  # whether it trains without reward functions (distillation)
 
     def __init__(
         self,
@@ -192,7 +195,8 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         self.objective = self.hold(Objective(objective, epsilon, epsilon_high, importance_ratio))
         self.sampler = self.hold(Sampler(sampling))
         self.tool_runner = self.hold(ToolRunner(tools)) if tools.enabled else None
-        self.rewards = self.hold(RewardSet(rewards, self.tool_runner.environment_rewards if self.tool_runner else ()))
+        self.rewards = self.hold(RewardSet(rewards, self.tool_runner.environment_rewards if self.tool_runner else (),
+                                           optional=self.REWARDS_OPTIONAL))  # fmt: skip
         group_relative = self.MIN_GENERATIONS[0] >= 2  # GRPO, RLOO, RLVR: zero spread means zero advantages
         self.signal = self.hold(RewardSignal(rewards, self.rewards.names, group_relative))
         super().__init__(precompute_reference=False, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
@@ -260,9 +264,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         rollout = self.sample(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"), greedy=True,
                               batch=batch)  # fmt: skip
         per_func = self.rewards.score(batch, rollout, training=False)
-        values = self.rewards.values(per_func, self.combine_rewards(per_func), rollout, with_std=False)
-        if self.tool_runner:
-            values.update(ToolRunner.values(rollout))
+        values = self.rollout_values(batch, rollout, per_func, self.combine_rewards(per_func), training=False)
         self.val_metrics.step(to_device(values, self.device))
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
@@ -276,20 +278,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
     def rl_step(self, batch: PromptBatch) -> tuple[Tensor | None, dict[str, Any], Experience | None]:
         """Rollout -> rewards -> advantages -> K updates. Returns the mean loss, metric values and the experience;
         ``(None, {}, None)`` for a rollout skipped for having no scorable completion (``self.signal``)."""
-        start = time.perf_counter()
-        if "rewards" in batch:  # a rollout made outside: completions, rewards and sampling log-probs given
-            eos_ids = self.sampler.eos_ids(self.policy, self.tokenizer)
-            rollout, rewards_per_func = rollout_from_batch(batch, self.num_generations, self.tokenizer, eos_ids)
-            t_generation = t_reward = 0.0
-        else:
-            # The sampling policy's log-probs are recorded with the samples when the updates need them.
-            rollout = self.generate_samples(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"),
-                                            self.needs_old_logps(), batch)  # fmt: skip
-            t_generation = time.perf_counter() - start
-            start = time.perf_counter()
-            rewards_per_func = self.rewards.score(batch, rollout, training=self.training)  # (B, F), NaN: None
-            t_reward = time.perf_counter() - start
-
+        rollout, rewards_per_func, timings = self.collect(batch)
         start = time.perf_counter()
         rewards = self.combine_rewards(rewards_per_func)  # (B,), NaN: unscorable
         where = f"global step {self.global_step}" if self.in_fit() else "a standalone update()"
@@ -298,9 +287,7 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
                 self.log("train/unscorable_skipped", float(self.signal.unscorable_skipped), on_step=True,
                          on_epoch=False)  # fmt: skip
             return None, {}, None  # no completion on any rank has a reward: skipped (or raised), counted
-        values = self.rewards.values(rewards_per_func, rewards, rollout, with_std="rewards" not in batch)
-        if self.tool_runner and rollout.tool_calls is not None:
-            values.update(ToolRunner.values(rollout))
+        values = self.rollout_values(batch, rollout, rewards_per_func, rewards, training=True)
         exp = self.make_experience(batch, rollout, rewards_per_func)
         rewards = self.shape_rewards(rewards.to(self.device), exp)
         t_logps = time.perf_counter() - start
@@ -311,12 +298,40 @@ class OnlinePolicyGradient(ReferenceMixin, AlignmentModule):
         values.update(exp.metrics)
 
         losses, stats = self.optimize(exp)
-        values["time/generation"] = torch.tensor([t_generation])
-        values["time/reward"] = torch.tensor([t_reward])
+        values["time/generation"] = torch.tensor([timings["generation"]])
+        values["time/reward"] = torch.tensor([timings["reward"]])
         values["time/update"] = torch.tensor([t_logps + time.perf_counter() - start])
         for name, parts in stats.items():
             values[name] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
         return torch.tensor(sum(losses) / len(losses), device=self.device), values, exp
+
+    def collect(self, batch: PromptBatch) -> tuple[Rollout, Tensor, dict[str, float]]:
+        """The rollout of ``batch`` and its (B, F) rewards (NaN: None), with the seconds of its ``generation`` and
+        ``reward``. Default: a rollout made outside when the batch brings its ``rewards``, else ``num_generations``
+        samples of the policy (the sampling policy's log-probs recorded when the updates need them), scored by the
+        reward set."""
+        if "rewards" in batch:  # a rollout made outside: completions, rewards and sampling log-probs given
+            eos_ids = self.sampler.eos_ids(self.policy, self.tokenizer)
+            rollout, rewards_per_func = rollout_from_batch(batch, self.num_generations, self.tokenizer, eos_ids)
+            return rollout, rewards_per_func, {"generation": 0.0, "reward": 0.0}
+        start = time.perf_counter()
+        rollout = self.generate_samples(batch.get("prompt_input_ids"), batch.get("prompt_attention_mask"),
+                                        self.needs_old_logps(), batch)  # fmt: skip
+        t_generation = time.perf_counter() - start
+        start = time.perf_counter()
+        rewards_per_func = self.rewards.score(batch, rollout, training=self.training)  # (B, F), NaN: None
+        return rollout, rewards_per_func, {"generation": t_generation, "reward": time.perf_counter() - start}
+
+    def rollout_values(
+        self, batch: PromptBatch, rollout: Rollout, rewards_per_func: Tensor, rewards: Tensor, training: bool
+    ) -> dict[str, Any]:  # fmt: skip
+        """The metric values of a rollout (training) or of held-out greedy completions (validation) before any update:
+        the rewards' and completions' (TRL's names; the spread within groups in training, from sampled rows), and the
+        tools' with tools."""
+        values = self.rewards.values(rewards_per_func, rewards, rollout, with_std=training and "rewards" not in batch)
+        if self.tool_runner and rollout.tool_calls is not None:
+            values.update(ToolRunner.values(rollout))
+        return values
 
     def make_experience(self, batch: PromptBatch, rollout: Rollout, rewards_per_func: Tensor) -> Experience:
         """The loss mask and the no-grad log-prob passes the updates need (sampling policy, reference)."""
