@@ -53,8 +53,9 @@ class MetricGroup(MetricCollection):
         super().__init__(metrics, prefix=prefix)
 
     def step(self, values: dict[str, Value]) -> None:
-        """Update each metric with its own values (forward, so the step value is this batch's)."""
-        for name, value in values.items():
+        """Update each metric with its own values (forward, so the step value is this batch's), in name order: a
+        step-synced update is a collective, so every rank must update the same metrics in the same order."""
+        for name, value in sorted(values.items()):
             metric = self[_key(name)]
             if isinstance(value, tuple):
                 data, weight = value

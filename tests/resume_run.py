@@ -1,12 +1,15 @@
 """Train DPO or GRPO on tiny models, optionally SIGKILL or signal the process mid-epoch, or resume from the last
 checkpoint.
 
-    python tests/resume_run.py OUT_DIR dpo|trdpo|grpo|grpo_env|dpo_val full|kill|sigterm|sigint|sigterm_val|resume
+    python tests/resume_run.py OUT_DIR dpo|trdpo|grpo|grpo_env|distill|dpo_val \
+        full|kill|sigterm|sigint|sigterm_val|resume
 
 ``trdpo`` is DPO with TR-DPO's reference syncing every 2 steps (α = 0.5): the newest checkpoint (step 4) falls on a
 sync, which the resumed run must make before its step 5, and the reference's weights are compared too. ``grpo_env`` is
 GRPO playing the GuessTheNumber environment (numbers drawn by the environment: the resumed run must rebuild the same
-environments from the seed, step and rank), its turns written by a scripted bisecting player.
+environments from the seed, step and rank), its turns written by a scripted bisecting player. ``distill`` is Distill
+with two teachers (each prompt's own) and ``lmbda`` 0.5 (each step draws the student's samples or the data's
+completions).
 
 ``full`` trains 8 steps uninterrupted. ``kill`` trains the same run and SIGKILLs its own process right
 after step 5 (checkpoints are written every 2 steps, so the newest is step 4, mid-epoch). ``sigterm`` and ``sigint``
@@ -88,6 +91,18 @@ def build(algo: str, out: Path):
                       learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer)  # fmt: skip
         module.sampler.backend = ScriptedTurns(tokenizer, guessing_script, 400)
         dm = PromptDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "games.jsonl", game_rows(6))),
+                              val_size=0, batch_size=2)  # fmt: skip
+    elif algo == "distill":  # two teachers by row; lmbda 0.5: which rollouts are the student's, which the data's,
+        # is drawn per step (the resumed run must draw the same) and the student's samples are real (temperature 1)
+        from lit_align.algorithms import Distill
+        from lit_align.datamodules.prompt import PromptDataModule
+
+        teachers = {"a": load_model("tiny-llama", seed=1)[0], "b": load_model("tiny-llama", seed=2)[0]}
+        module = Distill(policy=policy, teachers=teachers, lmbda=0.5, sampling={"max_new_tokens": 8},
+                         learning_rate=1e-3, warmup_ratio=0.25, scheduler="cosine", tokenizer=tokenizer)  # fmt: skip
+        rows = [{**row, "completion": f" {i} {i + 1}", "teacher_id": "ab"[i % 2]}
+                for i, row in enumerate(prompt_rows(6))]  # fmt: skip
+        dm = PromptDataModule(tokenizer=tokenizer, data_path=str(write_jsonl(out / "distill.jsonl", rows)),
                               val_size=0, batch_size=2)  # fmt: skip
     else:  # real sampling (temperature 1): the resumed run must draw the same completions
         from lit_align.algorithms import GRPO

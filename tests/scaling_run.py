@@ -1,4 +1,5 @@
-"""A few optimizer steps of DPO, KTO, SFT, GRPO (also with a reward model), SPIN and PPO on tiny models, one layout.
+"""A few optimizer steps of DPO, KTO, SFT, GRPO (also with a reward model), SPIN, PPO and Distill on tiny models, one
+layout.
 
     python tests/scaling_run.py OUT_DIR single|ddp|fsdp2 [ALGO ...]
 
@@ -82,7 +83,9 @@ def rows(algo: str) -> list[dict]:
         return [{"prompt": f"Say {i} twice:", "completion": f" {i} {i}."} for i in range(8)]
     if algo == "grpo_env":  # the guessing game, each row's number fixed: the same conversations in every layout
         return game_rows(8, secret=True, uneven=True)  # a rank's games may end turns before the other's
-    return prompt_rows(8)  # grpo, grpo_rm, ppo, reinforce_pp
+    if algo == "distill":  # two teachers, each prompt naming its own
+        return [{**row, "teacher_id": "even" if i % 2 == 0 else "odd"} for i, row in enumerate(prompt_rows(8))]
+    return prompt_rows(8)  # grpo, grpo_rm, ppo, reinforce_pp, distill_opd
 
 
 def reward_model(out: Path) -> Path:
@@ -146,6 +149,21 @@ def build(algo: str, out: Path, per_rank: int):
         module.sampler.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
         common["batch_size"] = per_rank // 2
         dm = PromptDataModule(tokenizer=tokenizer, **common)
+    elif algo.startswith("distill"):  # the student's samples scripted; the teachers sharded like a reference
+        # distill: the generalized JSD (full vocabulary) against two teachers, rows split between them, per_rank
+        # prompts x 1 sample in 2 micro-batches; distill_opd: the sampled reverse KL plus a length reward, GRPO-style.
+        from lit_align.algorithms import Distill
+
+        teachers = {"even": load_model("tiny-llama", seed=1)[0], "odd": load_model("tiny-llama", seed=2)[0]}
+        opd = algo == "distill_opd"
+        options = ({"loss_type": "opd", "num_generations": 2, "reward_coef": 0.5, "teacher": teachers["even"],
+                    "rewards": {"reward_funcs": [length_reward], "log_completions_every_n_steps": 0}} if opd
+                   else {"teachers": teachers, "beta": 0.5})  # fmt: skip
+        module = Distill(policy=policy, sampling={"max_new_tokens": 8, "temperature": 0.9},
+                         gradient_accumulation_steps=2, learning_rate=1e-3, tokenizer=tokenizer, **options)
+        module.sampler.backend = ScriptedBackend(tokenizer, max_new_tokens=8)
+        common["batch_size"] = per_rank // 2 if opd else per_rank
+        dm = PromptDataModule(tokenizer=tokenizer, **common)
     else:  # GRPO (grpo_rm: scored by a reward model, sharded too under FSDP2): per_rank // 2 prompts x 4
         # completions per rank, one optimizer step per rollout in 2 micro-batches (num_minibatches > 1 splits
         # each RANK's rollout, so which rows share a step would depend on the layout)
@@ -175,7 +193,7 @@ def build(algo: str, out: Path, per_rank: int):
 def main() -> None:
     out, layout = Path(sys.argv[1]), sys.argv[2]
     algos = sys.argv[3:] or ["dpo", "kto", "sft", "grpo", "grpo_rm", "spin", "ppo", "reinforce_pp", "dpo_trdpo",
-                             "grpo_env"]
+                             "grpo_env", "distill", "distill_opd"]
     devices = 1 if layout == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp"}.get(layout)
     plain_path = PlainPathWarnings()

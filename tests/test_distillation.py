@@ -247,3 +247,37 @@ def test_divergence_equals_gkd_generalized_jsd_loss(models, beta):
     divergence, _, _ = student_divergence(student, ids, attention, labels, P, tokens, beta, 1.3)
     mask = (labels[:, P:] != -100).float()
     assert ((divergence * mask).sum() / mask.sum()).item() == pytest.approx(gkd.item(), abs=1e-5)
+
+
+def test_rows_of_two_teachers_of_different_widths_in_one_student_pass(models):
+    """Rows taught by two teachers (of different hidden sizes, one vocabulary) in ONE student pass: each row's
+    divergence and gradient equal those against its own teacher's full logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lit_align.models.divergence import TeacherTokens
+
+    student, narrow, tokenizer = models
+    config = LlamaConfig(vocab_size=student.config.vocab_size, hidden_size=96, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    torch.manual_seed(3)
+    wide = LlamaForCausalLM(config)
+    ids, attention, labels, P = fixed_batch(left_padding=False)
+    owner = torch.tensor([0, 1, 1, 0])
+    parts = [teacher_pass(t, ids[rows], attention[rows], labels[rows], P, 1.0)
+             for t, rows in ((narrow, owner == 0), (wide, owner == 1))]  # fmt: skip
+    position = torch.tensor([0, 0, 1, 1])
+    tokens = TeacherTokens.select(parts, owner, position)
+    assert narrow.config.hidden_size < 96 and tokens.hidden.shape[-1] == 96 and len(tokens.heads) == 2
+    mask = (labels[:, P:] != -100).float()
+    student.zero_grad()
+    divergence, _, _ = student_divergence(student, ids, attention, labels, P, tokens, 0.5, 1.0)
+    (divergence * mask).sum().backward()
+    ours = param_grads(student)
+    student.zero_grad()
+    expected = torch.zeros_like(divergence)
+    for teacher, rows in ((narrow, owner == 0), (wide, owner == 1)):
+        expected[rows] = full_logits_divergence(student, teacher, ids[rows], attention[rows], P, 0.5, 1.0)[0]
+    (expected * mask).sum().backward()
+    assert torch.allclose(divergence * mask, expected.detach() * mask, atol=1e-6)
+    for name, grad in param_grads(student).items():
+        assert torch.allclose(ours[name], grad, atol=1e-6), name

@@ -35,7 +35,7 @@ def steps(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["dpo", "trdpo", "grpo", "grpo_env"])
+@pytest.mark.parametrize("algo", ["dpo", "trdpo", "grpo", "grpo_env", "distill"])
 def test_sigkill_and_resume_matches_uninterrupted(tmp_path, algo):
     full = run(tmp_path, algo, "full")
     assert full.returncode == 0, full.stderr[-3000:]

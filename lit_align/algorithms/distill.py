@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, ClassVar, Literal
 
@@ -45,6 +46,7 @@ from lit_align.losses.distillation import sampled_reverse_kl
 from lit_align.losses.policy_gradient import aggregate_loss, group_normalized_advantages, masked_mean
 from lit_align.models.divergence import TeacherTokens, student_divergence, teacher_pass
 from lit_align.models.loading import ModelRef, load_tokenizer
+from lit_align.models.sharding import is_fsdp2_sharded
 from lit_align.rewards.reward_set import RewardOptions, check_reward_options
 from lit_align.rollouts.record import Experience, Rollout, merge_rollouts, rollout_from_batch, rollout_of_completions
 from lit_align.rollouts.sampling import seeded_rng
@@ -209,25 +211,21 @@ class Distill(OnlinePolicyGradient):
             return super().policy_loss(exp, rows, normalizer, stats)
         owner, position, tokens = exp.extra["teacher_owner"], exp.extra["teacher_position"], exp.extra["teachers"]
         rollout, start = exp.rollout, exp.rollout.prompt_input_ids.shape[1]
-        loss = torch.zeros((), device=self.device)
-        for k, name in enumerate(self.teacher_names):
-            taught = rows[owner[rows] == k]
-            if not len(taught):
-                continue
-            input_ids, attention_mask, labels = rollout.model_inputs(taught)
-            divergence, logps, entropy = student_divergence(
-                self.policy, input_ids, attention_mask, labels, start, tokens[name].rows(position[taught]),
-                self.divergence_beta, self.sampler.options.temperature, rollout.prompt_groups(taught),
-            )  # fmt: skip
-            mask = exp.loss_mask[taught]
-            count = mask.sum().reshape(1).float()
-            reverse_kl = sampled_reverse_kl(logps.detach(), exp.extra["teacher_logps"][taught])
-            for metric, value in (("distill/divergence", divergence.detach()), ("entropy", entropy),
-                                  ("distill/reverse_kl", reverse_kl), (f"distill/{name}/reverse_kl", reverse_kl),
-                                  ("distill/student_logps", logps.detach())):  # fmt: skip
-                stats[metric].append((masked_mean(value, mask).reshape(1), count))
-            loss = loss + aggregate_loss(divergence, mask, self.loss_aggregation, normalizer=normalizer)
-        return loss
+        teaching = TeacherTokens.select([tokens.get(name) for name in self.teacher_names], owner[rows], position[rows])
+        input_ids, attention_mask, labels = rollout.model_inputs(rows)
+        divergence, logps, entropy = student_divergence(
+            self.policy, input_ids, attention_mask, labels, start, teaching, self.divergence_beta,
+            self.sampler.options.temperature, rollout.prompt_groups(rows),
+        )  # fmt: skip
+        mask = exp.loss_mask[rows]
+        reverse_kl = sampled_reverse_kl(logps.detach(), exp.extra["teacher_logps"][rows])
+        for metric, value in (("distill/divergence", divergence.detach()), ("entropy", entropy),
+                              ("distill/reverse_kl", reverse_kl), ("distill/student_logps", logps.detach())):
+            stats[metric].append((masked_mean(value, mask).reshape(1), mask.sum().reshape(1).float()))
+        for k, name in enumerate(self.teacher_names):  # every rank logs every teacher's (a collective), maybe empty
+            taught = (owner[rows] == k).unsqueeze(1) & mask.bool()
+            stats[f"distill/{name}/reverse_kl"].append((reverse_kl[taught], torch.ones(int(taught.sum()))))
+        return aggregate_loss(divergence, mask, self.loss_aggregation, normalizer=normalizer)
 
     def collect(self, batch: PromptBatch) -> tuple[Rollout, Tensor, dict[str, float]]:
         """Whose completions (:meth:`rollout_source`): a rollout made outside (``input_ids`` and ``old_log_probs``,
@@ -247,12 +245,19 @@ class Distill(OnlinePolicyGradient):
             rollout = self.generate_samples(prompt_ids, prompt_mask, with_logps=False, batch=batch)
         elif source == "teacher":  # each prompt sampled by its teacher, one completion each
             key = f"teacher/{self.global_step}/{self.global_rank}" if self.in_fit() else f"teacher/{self._rollouts}"
-            parts = []
-            for name, rows in self.teachers.rows_of(batch, len(prompt_ids), 1, self.device).items():
-                draw = functools.partial(self.sampler.sample, prompt_input_ids=prompt_ids[rows],
-                                         prompt_attention_mask=prompt_mask[rows], tokenizer=self.tokenizer,
+            parts, rows_of = [], self.teachers.rows_of(batch, len(prompt_ids), 1, self.device)
+            lockstep = any(is_fsdp2_sharded(model) for model in self.teachers.frozen_models())
+            for name in self.teacher_names:  # under FSDP2 every rank samples with every teacher (a collective)
+                rows = rows_of.get(name)
+                if rows is None and not lockstep:
+                    continue
+                given = rows if rows is not None else torch.zeros(1, dtype=torch.long, device=self.device)
+                draw = functools.partial(self.sampler.sample, prompt_input_ids=prompt_ids[given],
+                                         prompt_attention_mask=prompt_mask[given], tokenizer=self.tokenizer,
                                          num_generations=1, key=f"{key}/{name}")  # fmt: skip
-                parts.append((rows, self.teachers.forward(name, self.policy, draw)))
+                sampled = self.teachers.forward(name, self.policy, draw)
+                if rows is not None:
+                    parts.append((rows, sampled))
             rollout = merge_rollouts(parts, self.tokenizer.pad_token_id)
         else:
             eos_id = self.sampler.eos_ids(self.policy, self.tokenizer)[0]
@@ -332,16 +337,31 @@ class Distill(OnlinePolicyGradient):
         position = torch.zeros(len(rollout), dtype=torch.long, device=self.device)
         teacher_logps = torch.zeros(rollout.completion_ids.shape, device=self.device)
         start, chunk = rollout.prompt_input_ids.shape[1], len(self.no_grad_passes(rollout)[0])
+        passes = self.teacher_pass_counts(rows_of, chunk)
         tokens: dict[str, TeacherTokens] = {}
-        for name, rows in rows_of.items():
+        for name, count in zip(self.teacher_names, passes, strict=True):
+            rows = rows_of.get(name, torch.zeros(0, dtype=torch.long, device=self.device))
+            parts = list(rows.split(chunk)) if len(rows) else []
+            parts += [torch.zeros(1, dtype=torch.long, device=self.device)] * (count - len(parts))  # FSDP2's lockstep
+            scored = [self.teachers.forward(name, self.policy, lambda model, part=part: teacher_pass(
+                model, *rollout.model_inputs(part), start, self.sampler.options.temperature, self.top_k,
+                rollout.prompt_groups(part))) for part in parts]  # fmt: skip
+            if not len(rows):
+                continue
             owner[rows] = self.teacher_names.index(name)
             position[rows] = torch.arange(len(rows), device=self.device)
-            parts = [self.teachers.forward(name, self.policy, lambda model, part=part: teacher_pass(
-                model, *rollout.model_inputs(part), start, self.sampler.options.temperature, self.top_k,
-                rollout.prompt_groups(part))) for part in rows.split(chunk)]  # fmt: skip
-            tokens[name] = TeacherTokens.cat(parts, torch.arange(len(rows), device=self.device))
+            tokens[name] = TeacherTokens.cat(scored[: math.ceil(len(rows) / chunk)])
             teacher_logps[rows] = tokens[name].logps
         exp.extra.update(teachers=tokens, teacher_owner=owner, teacher_position=position, teacher_logps=teacher_logps)
+
+    def teacher_pass_counts(self, rows_of: dict[str, Tensor], chunk: int) -> list[int]:
+        """How many row-chunk passes each teacher runs. Under FSDP2 a sharded teacher's forward is a collective, so
+        every rank runs as many as the rank with the most of its rows (a rank with fewer reruns a row, discarded);
+        elsewhere each teacher runs over its own rows only."""
+        counts = torch.tensor([math.ceil(len(rows_of.get(name, ())) / chunk) for name in self.teacher_names])
+        if any(is_fsdp2_sharded(model) for model in self.teachers.frozen_models()):
+            counts = self.all_reduce(counts.to(self.device), "max").cpu()
+        return counts.tolist()
 
     def teacher_view(self, batch: PromptBatch, rollout: Rollout) -> Rollout:
         """The rollout as the teachers read it with ``teacher_system_prompt``: each prompt's messages with that system

@@ -43,35 +43,67 @@ _logged: set[str] = set()
 
 @dataclass
 class TeacherTokens:
-    """A teacher's view of B rows' completion tokens, each tensor (B, L, ...) over the completion columns.
+    """The teachers' view of B rows' completion tokens, each tensor (B, L, ...) over the completion columns.
 
-    ``hidden``, ``weight`` and ``bias`` (its final hidden states and head) serve the full-vocabulary divergence;
-    ``top_logps`` / ``top_ids`` (its top k at the temperature) the top-k one; ``logits`` only on the fallback path.
+    ``hidden`` (their final hidden states, zero-padded to the widest teacher's H) with ``heads`` (each teacher's
+    head: weight (V, H_t), bias) and ``head`` (each row's index into ``heads``) serve the full-vocabulary divergence;
+    ``top_logps`` / ``top_ids`` (the top k at the temperature) the top-k one; ``logits`` only the fallback path.
     """
 
     logps: Tensor  # (B, L) log-prob of each sampled token at the temperature, 0 off the completion
-    hidden: Tensor | None = None  # (B, L, H_t)
-    weight: Tensor | None = None  # (V, H_t)
-    bias: Tensor | None = None  # (V,)
+    hidden: Tensor | None = None  # (B, L, H)
+    heads: tuple[tuple[Tensor, Tensor | None], ...] = ()
+    head: Tensor | None = None  # (B,) long
     top_logps: Tensor | None = None  # (B, L, k), not renormalized
     top_ids: Tensor | None = None  # (B, L, k)
     logits: Tensor | None = None  # (B, L, V), the fallback path only
 
     def rows(self, rows: Tensor) -> TeacherTokens:
-        """These values for a subset of the rows (the head's weight and bias shared)."""
+        """These values for a subset of the rows."""
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
-        return TeacherTokens(self.logps[rows], pick(self.hidden), self.weight, self.bias, pick(self.top_logps),
+        return TeacherTokens(self.logps[rows], pick(self.hidden), self.heads, pick(self.head), pick(self.top_logps),
                              pick(self.top_ids), pick(self.logits))  # fmt: skip
 
     @staticmethod
-    def cat(parts: Sequence[TeacherTokens], order: Tensor) -> TeacherTokens:
-        """Row-chunks of one teacher's pass joined, then put in ``order`` (the rows' positions)."""
+    def cat(parts: Sequence[TeacherTokens]) -> TeacherTokens:
+        """Row-chunks of one teacher's pass, joined."""
         def join(name: str) -> Tensor | None:
             values = [getattr(p, name) for p in parts]
-            return None if values[0] is None else torch.cat(values)[order]
-        first = parts[0]
-        return TeacherTokens(join("logps"), join("hidden"), first.weight, first.bias, join("top_logps"),
+            return None if values[0] is None else torch.cat(values)
+        return TeacherTokens(join("logps"), join("hidden"), parts[0].heads, join("head"), join("top_logps"),
                              join("top_ids"), join("logits"))  # fmt: skip
+
+    @staticmethod
+    def select(teachers: Sequence[TeacherTokens | None], owner: Tensor, position: Tensor) -> TeacherTokens:
+        """Rows taught by several teachers: row i is row ``position[i]`` of ``teachers[owner[i]]``'s values."""
+        present = [t for t in teachers if t is not None]
+        first = present[0]
+        logps = first.logps.new_zeros((len(owner), first.logps.shape[1]))
+        fields: dict[str, Tensor | None] = {}
+        for name in ("top_logps", "top_ids", "logits"):
+            value = getattr(first, name)
+            fields[name] = None if value is None else value.new_zeros((len(owner), *value.shape[1:]))
+        hidden = None
+        if first.hidden is not None:
+            width = max(t.hidden.shape[-1] for t in present)
+            hidden = first.hidden.new_zeros((len(owner), first.hidden.shape[1], width))
+        heads: list[tuple[Tensor, Tensor | None]] = []
+        head = torch.zeros(len(owner), dtype=torch.long, device=owner.device)
+        for k, tokens in enumerate(teachers):
+            rows = (owner == k).nonzero().squeeze(1)
+            if tokens is None or not len(rows):
+                continue
+            taken = tokens.rows(position[rows])
+            logps[rows] = taken.logps
+            for name, value in fields.items():
+                if value is not None:
+                    value[rows] = getattr(taken, name)
+            if hidden is not None:
+                hidden[rows, :, : taken.hidden.shape[-1]] = taken.hidden
+                head[rows] = len(heads)
+                heads.append(tokens.heads[0])
+        return TeacherTokens(logps, hidden, tuple(heads), head, fields["top_logps"], fields["top_ids"],
+                             fields["logits"])  # fmt: skip
 
 
 def _dense(values: Tensor, mask: Tensor) -> Tensor:
@@ -123,7 +155,9 @@ def teacher_pass(
     if top_k is not None:
         return TeacherTokens(token_logps, top_logps=_dense(kept["top_logps"], mask),
                              top_ids=_dense(kept["top_ids"], mask))  # fmt: skip
-    return TeacherTokens(token_logps, _dense(kept["hidden"], mask), kept["weight"], kept.get("bias"))
+    hidden = _dense(kept["hidden"], mask)
+    head = torch.zeros(len(hidden), dtype=torch.long, device=hidden.device)
+    return TeacherTokens(token_logps, hidden, ((kept["weight"], kept.get("bias")),), head)
 
 
 def _top_k(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float, k: int) -> tuple[Tensor, Tensor]:
@@ -155,10 +189,11 @@ def student_divergence(
     and the student's log-prob of each sampled token, both with grad, and its entropy (detached), all at
     ``temperature``; 0 off the completion."""
     mask = (_completion_mask(labels) & attention_mask.bool())[:, start:]
+    head = None if teacher.head is None else teacher.head[:, None].expand(mask.shape)
     flat = {name: None if value is None else value[mask] for name, value in (
-        ("hidden", teacher.hidden), ("top_logps", teacher.top_logps), ("top_ids", teacher.top_ids),
+        ("hidden", teacher.hidden), ("head", head), ("top_logps", teacher.top_logps), ("top_ids", teacher.top_ids),
         ("logits", teacher.logits))}  # fmt: skip
-    options = {"beta": beta, "temperature": temperature, "teacher_weight": teacher.weight, "teacher_bias": teacher.bias}
+    options = {"beta": beta, "temperature": temperature, "teacher_heads": teacher.heads}
     score = functools.partial(_student_score, flat=flat, **options)
     scored = head_pass(student, input_ids, attention_mask, labels, score, groups=groups)
     if scored is None:
@@ -179,7 +214,8 @@ def _student_score(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, t
     rows_per_chunk = lm_head.chunk_rows(weight.shape[0] if weight is not None else hidden.shape[-1])
     chunks = []
     for rows in torch.arange(hidden.shape[0], device=hidden.device).split(rows_per_chunk):
-        teacher = [None if flat[n] is None else flat[n][rows] for n in ("hidden", "top_logps", "top_ids", "logits")]
+        teacher = [None if flat[n] is None else flat[n][rows] for n in ("hidden", "head", "top_logps", "top_ids",
+                                                                          "logits")]  # fmt: skip
         args = (hidden[rows], weight, bias, targets[rows], *teacher)
         if torch.is_grad_enabled() and (hidden.requires_grad or (weight is not None and weight.requires_grad)):
             chunks.append(checkpoint(_chunk, *args, use_reentrant=False, **options))
@@ -191,9 +227,9 @@ def _student_score(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, t
 
 
 def _chunk(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, targets: Tensor,
-           teacher_hidden: Tensor | None, top_logps: Tensor | None, top_ids: Tensor | None,
-           teacher_logits: Tensor | None, *, beta: float, temperature: float, teacher_weight: Tensor | None = None,
-           teacher_bias: Tensor | None = None) -> Tensor:  # fmt: skip
+           teacher_hidden: Tensor | None, teacher_head: Tensor | None, top_logps: Tensor | None,
+           top_ids: Tensor | None, teacher_logits: Tensor | None, *, beta: float, temperature: float,
+           teacher_heads: Sequence[tuple[Tensor, Tensor | None]] = ()) -> Tensor:  # fmt: skip
     """One chunk's (C, 3) from the student's hidden states (or logits, ``weight`` None) and the teacher's values."""
     logits = hidden if weight is None else F.linear(hidden, weight, bias)
     student = torch.log_softmax(logits.float() / temperature, -1)  # (C, V)
@@ -202,9 +238,12 @@ def _chunk(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, targets: 
             teacher = renormalized(top_logps)
         elif teacher_logits is not None:
             teacher = torch.log_softmax(teacher_logits.float() / temperature, -1)
-        else:
-            projected = F.linear(teacher_hidden, teacher_weight, teacher_bias)
-            teacher = torch.log_softmax(projected.float() / temperature, -1)
+        else:  # each token through its own teacher's head
+            teacher = student.new_empty(student.shape)
+            for k, (teacher_weight, teacher_bias) in enumerate(teacher_heads):
+                rows = teacher_head == k
+                projected = F.linear(teacher_hidden[rows, : teacher_weight.shape[1]], teacher_weight, teacher_bias)
+                teacher[rows] = torch.log_softmax(projected.float() / temperature, -1)
         entropy = -(student.exp() * student).sum(-1)
     compared = renormalized(student.gather(-1, top_ids)) if top_ids is not None else student
     divergence = generalized_jsd(compared, teacher, beta)
