@@ -46,6 +46,8 @@ def tiny(command: str) -> list[str]:
         while at < len(args) - 1 and args[at] == "--config":
             at += 2
         args[at:at] = ["--config", str(REPO / "recipes/configs/tiny.yaml")]
+    if args[1:2] == ["recipes/distill.py"] and "--model.teacher" not in args:  # the tiny student's vocabulary
+        args += ["--model.teacher", "tiny-llama", "--model.teacher_system_prompt", "null"]
     if any(a.endswith(("evaluate.py", "generate.py")) for a in args):
         args += ["--sampling.max_new_tokens", "4"]
         args += ["--pairs.max_samples" if "evaluate.py" in " ".join(args) else "--batch_size", "4"]
