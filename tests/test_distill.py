@@ -257,3 +257,33 @@ def test_recipe_fits_on_the_tiny_config(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "runs" / "distill" / "version_0" / "hf_model" / "config.json").is_file()
+
+
+def test_multi_turn_rollouts_with_an_environment_distill_on_the_policys_tokens(tmp_path):
+    """GuessTheNumber games played by a scripted bisecting player: the conversations carry tool tokens, which the
+    teacher reads as context and the loss leaves out; the tools' metrics are logged."""
+    from tests.online_helpers import ScriptedTurns, game_rows, guessing_script
+
+    module = tiny_distill(tools={"environment": "lit_align.tools.games:GuessTheNumber", "max_turns": 6},
+                          sampling={"max_new_tokens": 400})  # fmt: skip
+    module.sampler.backend = ScriptedTurns(module.tokenizer, guessing_script, 400)
+    path = write_jsonl(tmp_path / "games.jsonl", game_rows(6))
+    from lit_align.datamodules.prompt import PromptDataModule
+
+    dm = PromptDataModule(tokenizer=module.tokenizer, data_path=str(path), val_size=2, batch_size=2)
+    captured = []
+    original = module.make_experience
+    module.make_experience = lambda *a: captured.append(original(*a)) or captured[-1]
+    trainer = tiny_trainer(tmp_path, max_steps=2, val_check_interval=2, check_val_every_n_epoch=None)
+    trainer.fit(module, dm)
+    exp = captured[0]
+    assert exp.rollout.tool_mask is not None and (exp.rollout.tool_mask == 0).any()
+    assert torch.equal(exp.loss_mask, exp.rollout.completion_mask * exp.rollout.tool_mask)
+    tags = event_tags(trainer.logger.log_dir)
+    assert {"train/tools/call_frequency", "train/distill/divergence", "val/distill/reverse_kl"} <= tags
+
+
+def test_a_missing_teacher_is_named_by_its_option(tmp_path):
+    policy, tokenizer = load_model("tiny-llama")
+    with pytest.raises(FileNotFoundError, match=r"--model\.teachers\.games: no such model folder: '/nope'"):
+        Distill(policy=policy, tokenizer=tokenizer, teachers={"math": "tiny-llama", "games": "/nope"})

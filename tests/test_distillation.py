@@ -243,10 +243,18 @@ def test_divergence_equals_gkd_generalized_jsd_loss(models, beta):
     with torch.no_grad():
         teacher_logits = teacher(input_ids=ids, attention_mask=attention).logits[:, P - 1 : -1]
     gkd = GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, labels[:, P:], beta=beta, temperature=1.3)
+    student.zero_grad()
+    gkd.backward()
+    gkd_grads = param_grads(student)
+    student.zero_grad()
     tokens = teacher_pass(teacher, ids, attention, labels, P, 1.3)
     divergence, _, _ = student_divergence(student, ids, attention, labels, P, tokens, beta, 1.3)
     mask = (labels[:, P:] != -100).float()
-    assert ((divergence * mask).sum() / mask.sum()).item() == pytest.approx(gkd.item(), abs=1e-5)
+    ours = (divergence * mask).sum() / mask.sum()
+    ours.backward()
+    assert ours.item() == pytest.approx(gkd.item(), abs=1e-5)
+    for name, grad in param_grads(student).items():
+        assert torch.allclose(grad, gkd_grads[name], atol=1e-5), name
 
 
 def test_rows_of_two_teachers_of_different_widths_in_one_student_pass(models):

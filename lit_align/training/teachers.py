@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lit_align.errors import DataError, OptionError
+from lit_align.errors import DataError, OptionError, UserError
 from lit_align.models.loading import ModelRef, load_model
 from lit_align.models.runs import load_trained
 from lit_align.reference.mixin import frozen
@@ -52,7 +52,11 @@ class Teachers:
         for name, source in sources.items():
             key = id(source) if isinstance(source, nn.Module) else str(source)
             if key not in loaded:
-                model, tokenizer = _load(source)
+                try:
+                    model, tokenizer = _load(source)
+                except UserError as err:  # which option named the missing or unreadable model
+                    option = "teacher" if len(sources) == 1 and name == "teacher" else f"teachers.{name}"
+                    raise type(err)(f"--model.{option}: {err}") from err
                 check_teacher_vocabulary(name, source, model, tokenizer, student, student_tokenizer, student_name)
                 loaded[key] = frozen(model, student)
             self.models[name] = loaded[key]
