@@ -143,7 +143,7 @@ def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path, monkeypatch):
     from lit_align.shipped import expand_config_names
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(PathNotFound, match=r"--config examples/grpo_guess: no such file .* shipped: dpo, "
+    with pytest.raises(PathNotFound, match=r"--config examples/grpo_guess: no such file .* shipped: distill, dpo, "
                                            r"examples/grpo_calculator_tool, examples/grpo_guess_number"):  # fmt: skip
         expand_config_names(["fit", "--config", "examples/grpo_guess"])
     assert expand_config_names(["fit", "--config", "{trainer: {max_steps: 1}}"])[-1].startswith("{")  # inline YAML

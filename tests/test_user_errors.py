@@ -147,7 +147,8 @@ def test_import_and_the_recipe_listing_start_without_lightning():
              "sorted(k for k in sys.modules if k.split('.')[0] in ('lightning', 'torch'))[:5]")
     result = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "recipes: dpo, evaluate, generate, grpo" in result.stdout and "examples/grpo_guess_number" in result.stdout
+    assert "recipes: distill, dpo, evaluate, generate, grpo" in result.stdout
+    assert "examples/grpo_guess_number" in result.stdout
     start = time.perf_counter()
     listing = subprocess.run([CLI, "--help"], env=ENV, capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0 and time.perf_counter() - start < 5  # about 0.05 s on a quiet machine
