@@ -1,4 +1,4 @@
-"""GPU smoke test (issue 6): a few optimizer steps of DPO and GRPO in bf16-mixed under each strategy.
+"""GPU smoke test (issue 6): a few optimizer steps of DPO, GRPO and Distill in bf16-mixed under each strategy.
 
 One verdict line per case, e.g. ``PASS dpo bf16-mixed ddp: 3 steps, loss 0.693->0.651, 0.21 s/step ...``
 or ``FAIL dpo bf16-mixed fsdp: <exception, one line>``; exit status 1 if any case failed.
@@ -10,6 +10,8 @@ Cases (``--cases``, comma-separated; default all):
                                policy and the reference (each block, then the root)
     grpo-single, grpo-ddp      GRPO + PromptDataModule (manual optimization, generation with the KV cache)
                                (FSDP1 is known not to work with manual optimization; see LIGHTNING_NOTES.md)
+    distill-single, -fsdp2     Distill (the generalized JSD through the chunked head, bf16 hidden states) against a
+                               teacher of another seed, sharded like a reference under FSDP2
 
 The policy is a random Llama built in code (8 layers, hidden 512, tied embeddings, SmolLM2's 49152-token
 vocabulary) with the ``tiny-llama`` byte tokenizer padded by plain added tokens to the same 49152 ids, so
@@ -34,7 +36,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("dpo-single", "grpo-single", "dpo-ddp", "grpo-ddp", "dpo-fsdp", "dpo-fsdp2", "grpo-fsdp2")
+CASES = ("dpo-single", "grpo-single", "dpo-ddp", "grpo-ddp", "dpo-fsdp", "dpo-fsdp2", "grpo-fsdp2", "distill-single",
+         "distill-fsdp2")
 NEEDS_CUDA = ("dpo-fsdp",)  # Lightning's FSDPStrategy refuses CPU
 VOCAB = 49152  # SmolLM2's vocabulary size
 PRECISION = "bf16-mixed"
@@ -61,7 +64,7 @@ def build_tokenizer():
     return tokenizer
 
 
-def build_policy(tokenizer, size: dict[str, int]):
+def build_policy(tokenizer, size: dict[str, int], seed: int = 0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -78,7 +81,7 @@ def build_policy(tokenizer, size: dict[str, int]):
         bos_token_id=None,
         tie_word_embeddings=True,  # as SmolLM2: a shared parameter is what FSDP wrapping trips over
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
 
@@ -98,6 +101,14 @@ def make_case(case: str, cpu: bool):
 
         module = DPO(policy=policy, beta=0.1, learning_rate=5e-5, warmup_ratio=0.0, scheduler="constant")
         data = PreferenceDataModule(tokenizer=tokenizer, val_size=0, batch_size=4 if cpu else 16)
+    elif algo == "distill":
+        from lit_align.algorithms.distill import Distill
+        from lit_align.datamodules.prompt import PromptDataModule
+
+        teacher = build_policy(tokenizer, CPU_SIZE if cpu else GPU_SIZE, seed=1)
+        module = Distill(policy=policy, teacher=teacher, beta=0.5, sampling={"max_new_tokens": 8 if cpu else 64},
+                         tokenizer=tokenizer, learning_rate=1e-5)  # fmt: skip
+        data = PromptDataModule(tokenizer=tokenizer, val_size=0, batch_size=2 if cpu else 8)
     else:
         from lit_align.algorithms.grpo import GRPO
         from lit_align.datamodules.prompt import PromptDataModule

@@ -153,3 +153,17 @@ def test_every_other_recipe_runs_under_fsdp2(tmp_path, algo):
     run_dir = tmp_path / "runs" / algo / "version_0"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 3
     assert (run_dir / "hf_model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_distill_recipe_under_fsdp2_on_one_process(tmp_path):
+    """FSDP2 on ONE process still frees a frozen teacher's gathered weights after its forward: the teacher's head is
+    kept (cloned) for the student's pass all the same (a 1-rank mesh once read freed storage there)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, str(REPO / "recipes/distill.py"), "fit", "--config", str(REPO / "recipes/configs/tiny.yaml"),
+           "--model.teacher", "tiny-llama", "--model.teacher_system_prompt", "null", "--trainer.devices", "1",
+           "--trainer.strategy", "ModelParallelStrategy", "--trainer.strategy.data_parallel_size", "1",
+           "--trainer.strategy.tensor_parallel_size", "1", "--trainer.precision", "bf16-mixed"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs" / "distill" / "version_0" / "hf_model" / "model.safetensors").exists()

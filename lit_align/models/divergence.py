@@ -35,7 +35,6 @@ from torch.utils.checkpoint import checkpoint
 from lit_align.losses.distillation import generalized_jsd, renormalized
 from lit_align.models import lm_head
 from lit_align.models.logprobs import _completion_mask, head_pass
-from lit_align.models.sharding import is_fsdp2_sharded
 
 log = logging.getLogger(__name__)
 _logged: set[str] = set()
@@ -130,7 +129,7 @@ def teacher_pass(
         scores = lm_head.head_scores(hidden, weight, bias, targets, temperature)
         if top_k is None:
             kept["hidden"] = hidden.detach()
-            sharded = is_fsdp2_sharded(teacher)  # its head is whole only inside this forward
+            sharded = _reshards(teacher)  # its head is whole only inside this forward
             kept["weight"] = weight.detach().clone() if sharded else weight.detach()
             if bias is not None:
                 kept["bias"] = bias.detach().clone() if sharded else bias.detach()
@@ -158,6 +157,15 @@ def teacher_pass(
     hidden = _dense(kept["hidden"], mask)
     head = torch.zeros(len(hidden), dtype=torch.long, device=hidden.device)
     return TeacherTokens(token_logps, hidden, ((kept["weight"], kept.get("bias")),), head)
+
+
+def _reshards(model: nn.Module) -> bool:
+    """Whether FSDP2 manages ``model`` (on any number of ranks): its parameters' storage is freed after a forward."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # older torch
+        return False
+    return any(isinstance(module, FSDPModule) for module in model.modules())
 
 
 def _top_k(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float, k: int) -> tuple[Tensor, Tensor]:
