@@ -1,15 +1,15 @@
 """Every TRL 1.16 DPO loss type, and mixtures, against TRL's ``DPOTrainer`` on SmolLM2-135M-Instruct with its real
-tokenizer (ChatML template, EOS ``<|im_end|>``): loss, TRL's logged metrics and every gradient entry within 1e-5,
-times max(1, the magnitude) where float32 cannot do better: two summation orders of 135M-parameter passes differ by a
-few 1e-6 relative (measured up to 3e-5 on gradient entries of 8 with a reference 4x farther away, whose log-ratios
-reached 27; the reference here keeps them near 1-2, as they are in training).
+tokenizer (ChatML template, EOS ``<|im_end|>``): loss and TRL's logged metrics within 1e-5, every gradient entry within
+2e-5 (``GRAD_ATOL``), times max(1, the magnitude) where float32 cannot do better: two summation orders of
+135M-parameter passes differ by about 1e-5 relative (measured up to 3e-5 on gradient entries of 8 with a reference 4x
+farther away, whose log-ratios reached 27; the reference here keeps them near 1-2, as they are in training).
 
 Our side runs with the default shared-prefix pass (a pair's prompt computed once); TRL computes the prompt twice.
-The two are the same function in a different summation order, so every case holds at 1e-5 except where a loss
+The two are the same function in a different summation order, so every case holds at GRAD_ATOL except where a loss
 amplifies rounding: ``discopop``'s gradient coefficient depends on σ(x/τ), whose slope reaches 1/(4τ) = 5 at the
 paper's τ = 0.05, so the rounding of x = β·h reaches the gradient five times larger than in ``sigmoid`` (measured:
-9.0e-5 on entries of 3.2, against 9.8e-6 on entries of 2.0 for ``sigmoid``). It is held to 1e-5 × 1/(4τ), and the
-``discopop-unshared`` case holds it to 1e-5 with sharing off, where both sides sum in TRL's order.
+9.0e-5 on entries of 3.2, against 9.8e-6 on entries of 2.0 for ``sigmoid``). It is held to GRAD_ATOL × 1/(4τ), and the
+``discopop-unshared`` case holds it to GRAD_ATOL with sharing off, where both sides sum in TRL's order.
 
 Policy = SmolLM2-135M-Instruct; reference = the same model with its weights perturbed (N(0, 0.005) noise on every
 weight, seeded), so the log-ratios are not zero. Four of the project's chat preference rows, tokenized by TRL and by
@@ -37,6 +37,10 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 NUM_ROWS, BETA, ATOL = 4, 0.2, 1e-5
+# Gradients: with transformers 5.25 the two summation orders differ by up to 1.2e-5 relative on the largest entries
+# (measured: hinge 4.7e-5 of 4.05, exo_pair 7.4e-5 of 7.0, sppo_hard 1.5e-3 of 139, apo_zero 1.2e-5 of 0.99, the
+# hinge-apo_zero-sigmoid_norm mixture 2.9e-5 of 2.6; within 1e-5 with 5.24).
+GRAD_ATOL = 2e-5
 ULPS = 2 * torch.finfo(torch.float32).eps  # summed log-probs (~-40) may differ by an ulp or two between sum orders
 SMOOTHING = {"robust": 0.1, "exo_pair": 1e-3, "aot": 0.1, "aot_unpaired": 0.1}  # ε where a loss type reads it
 CASES = {name: ([name], None) for name in LOSSES}
@@ -118,6 +122,6 @@ def test_loss_family_matches_trl_on_smollm2(setup, tmp_path, monkeypatch, case):
     worst = max(float((our_grads[n] - trl_grads[n]).abs().max()) for n in our_grads)
     largest = max(float(g.abs().max()) for g in our_grads.values())
     amplification = 1.0 if case in UNSHARED else max(AMPLIFICATION.get(t, 1.0) for t in loss_types)
-    tolerance = ATOL * amplification * max(1.0, largest)
+    tolerance = GRAD_ATOL * amplification * max(1.0, largest)
     assert worst <= tolerance, f"gradient off by {worst:.2e} (largest entry {largest:.2e})"
     assert largest > 1e-3  # the compared gradients are not vacuously small
