@@ -3,7 +3,8 @@
 The default distills SmolLM2-135M-Instruct, prompted with a system message, into itself unprompted (context
 distillation) on the project's arithmetic prompts. Name your own teacher with `--model.teacher <run directory,
 hf_model folder, .ckpt, preset or hub id>` (drop the system prompt: `--model.teacher_system_prompt null`), several
-with `--model.teachers '{math: runs/sft/version_0, games: runs/grpo/version_3}'` and a `teacher_id` column.
+with `--model.teachers '{math: runs/sft/version_0, games: runs/grpo/version_3}' --model.teacher null` and a
+`teacher_id` column.
 `--model.loss_type opd` trains the sampled reverse KL as an advantage (add `--model.reward_coef 0.5` and reward
 functions for GRPO with a teacher). `trainer.max_steps` counts optimizer steps.
 """

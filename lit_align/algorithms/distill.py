@@ -117,7 +117,8 @@ class Distill(OnlinePolicyGradient):
         jsd = loss_type == "jsd"
         check_options(
             (loss_type in ("jsd", "opd"), "loss_type", loss_type, "jsd or opd"),
-            (teacher is None or teachers is None, "teachers", teachers, "either teacher or teachers, not both"),
+            (teacher is None or teachers is None, "teachers", teachers, "either teacher or teachers, not both (the "
+             "recipe's default config names a teacher: add --model.teacher null)"),
             (teachers is None or len(teachers) > 0, "teachers", teachers, "at least one {name: source}"),
             (0.0 <= beta <= 1.0, "beta", beta, "in [0, 1] (0: forward KL, 1: reverse KL)"),
             (0.0 <= lmbda <= 1.0, "lmbda", lmbda, "a probability in [0, 1]"),
