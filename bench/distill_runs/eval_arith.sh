@@ -4,4 +4,4 @@ cd /tmp/distill_runs; source env.sh
 $PY /work/main/recipes/evaluate.py $1 --baseline smollm2-135m-instruct \
   --prompts /tmp/distill_teachers/data/arith_heldout64.jsonl --greedy true \
   --rewards.reward_funcs '[lit_align.rewards.verifiers:arithmetic_answer_reward]' \
-  --sampling.max_new_tokens 64 --out_dir /tmp/distill_runs/eval/$2
+  --sampling.max_new_tokens 64 --out_dir /tmp/distill_runs/eval/$2 "${@:3}"
