@@ -22,7 +22,7 @@ trained with the online objectives (``objective``, ``epsilon``, importance ratio
 with ``reward_coef > 0`` and reward functions, verifiers or an environment it is GRPO with a teacher.
 
 Several teachers (``teachers: {name: source}``): each prompt's ``teacher_id`` column picks its teacher; a micro-batch
-runs the student once per teacher it holds rows of (the same gradient: the loss's normalizer is the minibatch's).
+is ONE student pass whatever its rows' teachers (each token's teacher logits from its own teacher's head).
 What is left out: a teacher served apart from the trainer (the teacher runs in the trainer's process, sharded like
 the reference under FSDP2); GKD's sequence-level KD by the teacher under vLLM (``seq_kd`` samples with Hugging
 Face generate).
@@ -206,7 +206,7 @@ class Distill(OnlinePolicyGradient):
 
     def policy_loss(self, exp: Experience, rows: Tensor, normalizer: Tensor, stats: dict[str, list]) -> Tensor:
         """``opd``: the base's objective with the per-token advantages. ``jsd``: the divergence of micro-batch
-        ``rows``, one student pass per teacher that teaches some of them, aggregated under the minibatch's
+        ``rows`` in ONE student pass (each token against its own row's teacher), aggregated under the minibatch's
         ``normalizer``."""
         if self.loss_type == "opd":
             return super().policy_loss(exp, rows, normalizer, stats)
@@ -234,13 +234,13 @@ class Distill(OnlinePolicyGradient):
         data's completions (one per prompt); scored when reward functions are given."""
         start = time.perf_counter()
         source = "outside" if "input_ids" in batch else self.rollout_source()
+        self._source = source
         if source == "outside":
             given = "rewards" in batch
             batch.setdefault("rewards", torch.full((batch["input_ids"].shape[0],), float("nan")))
             eos_ids = self.sampler.eos_ids(self.policy, self.tokenizer)
             rollout, per_func = rollout_from_batch(batch, self.num_generations, self.tokenizer, eos_ids)
             return rollout, per_func if given else per_func[:, :0], {"generation": 0.0, "reward": 0.0}
-        self._source = source
         prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         if source == "student":
             rollout = self.generate_samples(prompt_ids, prompt_mask, with_logps=False, batch=batch)
@@ -312,7 +312,7 @@ class Distill(OnlinePolicyGradient):
                 rows = (exp.extra["teacher_owner"] == k).unsqueeze(1) & mask
                 exp.metrics[f"distill/{name}/teacher_logps"] = (exp.extra["teacher_logps"][rows],
                                                                 torch.ones(int(rows.sum())))  # fmt: skip
-        exp.metrics["distill/on_policy"] = torch.tensor([float(getattr(self, "_source", "student") == "student")])
+        exp.metrics["distill/on_policy"] = torch.tensor([float(self._source == "student")])
         return exp
 
     def rollout_source(self) -> Literal["student", "teacher", "data"]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_align.errors import DataError, OptionError, UserError
-from lit_align.models.loading import ModelRef, load_model
+from lit_align.models.loading import ModelRef
 from lit_align.models.runs import load_trained
 from lit_align.reference.mixin import frozen
 
@@ -117,20 +117,12 @@ def teacher_ids(batch: Mapping[str, Any], names: Sequence[str]) -> list[str]:
 
 
 def _load(source: ModelRef) -> tuple[nn.Module, Any]:
+    """A module as it is (no tokenizer to check), anything else as a trained policy is found: a run directory, an
+    export, a ``.ckpt``, else whatever ``load_model`` takes."""
     if isinstance(source, nn.Module):
         return source, None
-    path = str(source)
-    if path.endswith(".ckpt") or _is_run_or_export(path):
-        trained = load_trained(path)
-        return trained.model, trained.tokenizer
-    return load_model(path)
-
-
-def _is_run_or_export(path: str) -> bool:
-    from pathlib import Path
-
-    folder = Path(path)
-    return folder.is_dir() and ((folder / "hf_model" / "config.json").is_file() or (folder / "config.json").is_file())
+    trained = load_trained(str(source))
+    return trained.model, trained.tokenizer
 
 
 def check_teacher_vocabulary(name: str, source: ModelRef, teacher: nn.Module, teacher_tokenizer: Any,
